@@ -1,0 +1,38 @@
+# Two commands set everything up on a fresh machine: `make serve` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# The CPU build of torch: on these machines pip takes it from the local wheel cache; a bare
+# `torch` would pull a multi-GB CUDA build. Override on a GPU host: make TORCH=torch serve
+TORCH ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: install serve test proto lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+serve: $(STAMP)
+	$(VENV)/bin/tensorgate serve --model-repository models
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+proto: $(STAMP)
+	$(PY) protos/generate.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy common gateway runtime tensorgate loadtest
+
+bench: $(STAMP)
+	$(PY) -m loadtest.bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info loadtest/.models

@@ -1,0 +1,168 @@
+"""A model's `config.yaml`: parsed, checked key by key, and turned into a typed ModelConfig."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+
+from common.datatypes import ALL_DATATYPES
+
+DEFAULT_MAX_QUEUE_SIZE = 4096
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+_TOP_KEYS = {
+    "name": "the model's name (must match its folder)",
+    "backend": "onnx | torch",
+    "max_batch_size": "an integer >= 0 (0: the model takes no batch dimension)",
+    "dynamic_batching": "a mapping",
+    "instance_count": "an integer >= 1",
+    "device": "auto | cpu | cuda:N",
+    "inputs": "a list of {name, datatype, shape}",
+    "outputs": "a list of {name, datatype, shape}",
+}
+_BATCHING_KEYS = {
+    "max_queue_delay_microseconds": "an integer >= 0",
+    "preferred_batch_size": "a list of integers >= 1",
+    "max_queue_size": "an integer >= 0 (0: the default bound)",
+    "default_timeout_microseconds": "an integer >= 0 (0: no timeout)",
+}
+
+
+class ConfigError(ValueError):
+    """A model configuration that cannot be served, naming the file, the key and what is allowed."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output; `shape` excludes the batch dimension when the model batches."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class DynamicBatching:
+    max_queue_delay_microseconds: int = 0
+    preferred_batch_size: tuple[int, ...] = ()
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
+    default_timeout_microseconds: int = 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    source: Path
+    max_batch_size: int = 0
+    dynamic_batching: DynamicBatching | None = None
+    instance_count: int = 1
+    device: str = "auto"
+    backend: str | None = None
+    inputs: tuple[TensorSpec, ...] | None = None
+    outputs: tuple[TensorSpec, ...] | None = None
+
+
+def load_model_config(path: Path, name: str) -> ModelConfig:
+    """Read `path` (which may be absent: every key has a default) for the model `name`."""
+    raw: Any = {}
+    if path.exists():
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    return _parse(raw, path, name)
+
+
+def _parse(raw: dict[str, Any], path: Path, name: str) -> ModelConfig:
+    _check_keys(raw, _TOP_KEYS, path, "")
+    if raw.get("name", name) != name:
+        _fail(path, "name", _TOP_KEYS["name"], raw["name"])
+    backend = raw.get("backend")
+    if backend not in (None, "onnx", "torch"):
+        _fail(path, "backend", _TOP_KEYS["backend"], backend)
+    device = raw.get("device", "auto")
+    if not isinstance(device, str) or not _DEVICE.match(device):
+        _fail(path, "device", _TOP_KEYS["device"], device)
+    return ModelConfig(
+        name=name,
+        source=path,
+        max_batch_size=_int(raw, "max_batch_size", 0, 0, path),
+        dynamic_batching=_batching(raw.get("dynamic_batching"), path),
+        instance_count=_int(raw, "instance_count", 1, 1, path),
+        device=device,
+        backend=backend,
+        inputs=_tensors(raw.get("inputs"), path, "inputs"),
+        outputs=_tensors(raw.get("outputs"), path, "outputs"),
+    )
+
+
+def _batching(raw: Any, path: Path) -> DynamicBatching | None:
+    if raw is None:
+        return None
+    if raw == {} or raw is True:
+        return DynamicBatching()
+    if not isinstance(raw, dict):
+        _fail(path, "dynamic_batching", _TOP_KEYS["dynamic_batching"], raw)
+    _check_keys(raw, _BATCHING_KEYS, path, "dynamic_batching.")
+    preferred = raw.get("preferred_batch_size", [])
+    if not isinstance(preferred, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in preferred
+    ):
+        _fail(path, "dynamic_batching.preferred_batch_size", "a list of integers >= 1", preferred)
+    queue = _int(raw, "max_queue_size", 0, 0, path, "dynamic_batching.")
+    return DynamicBatching(
+        max_queue_delay_microseconds=_int(
+            raw, "max_queue_delay_microseconds", 0, 0, path, "dynamic_batching."
+        ),
+        preferred_batch_size=tuple(sorted(preferred)),
+        max_queue_size=queue or DEFAULT_MAX_QUEUE_SIZE,
+        default_timeout_microseconds=_int(
+            raw, "default_timeout_microseconds", 0, 0, path, "dynamic_batching."
+        ),
+    )
+
+
+def _tensors(raw: Any, path: Path, key: str) -> tuple[TensorSpec, ...] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not raw:
+        _fail(path, key, _TOP_KEYS[key], raw)
+    specs = []
+    for i, item in enumerate(raw):
+        where = f"{key}[{i}]"
+        if not isinstance(item, dict) or set(item) - {"name", "datatype", "shape"}:
+            _fail(path, where, "a mapping with keys name, datatype, shape", item)
+        if not isinstance(item.get("name"), str) or not item["name"]:
+            _fail(path, f"{where}.name", "a non-empty string", item.get("name"))
+        if item.get("datatype") not in ALL_DATATYPES:
+            _fail(path, f"{where}.datatype", " | ".join(ALL_DATATYPES), item.get("datatype"))
+        shape = item.get("shape")
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and (d >= 1 or d == -1) for d in shape
+        ):
+            _fail(path, f"{where}.shape", "a list of dimensions, each >= 1 or -1", shape)
+        specs.append(TensorSpec(item["name"], item["datatype"], tuple(shape)))
+    return tuple(specs)
+
+
+def _int(raw: dict, key: str, default: int, low: int, path: Path, prefix: str = "") -> int:
+    value = raw.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        _fail(path, prefix + key, f"an integer >= {low}", value)
+    return value
+
+
+def _check_keys(raw: dict, allowed: dict[str, str], path: Path, prefix: str) -> None:
+    for key in raw:
+        if key not in allowed:
+            known = ", ".join(prefix + k for k in allowed)
+            raise ConfigError(f"{path}: unknown key '{prefix}{key}'; allowed keys: {known}")
+
+
+def _fail(path: Path, key: str, allowed: str, got: Any) -> NoReturn:
+    raise ConfigError(f"{path}: key '{key}': expected {allowed}, got {got!r}")

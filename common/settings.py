@@ -1,0 +1,49 @@
+"""One typed settings object per service, built once at start-up from the command line."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+
+
+def default_threads() -> int:
+    """The cores this process may use (its CPU affinity, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """A runtime worker: which models it serves, where it listens, how many threads compute."""
+
+    model_repository: Path = Path("models")
+    #: Where the worker serves OIP gRPC: "HOST:PORT" (port 0 picks one) or "unix:PATH".
+    listen: str = "127.0.0.1:8011"
+    #: Compute threads shared by all model instances of this worker.
+    threads: int = field(default_factory=default_threads)
+    #: Largest gRPC message accepted or sent, in bytes.
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """A gateway process: its listening ports and the runtime workers it forwards to."""
+
+    host: str = "0.0.0.0"
+    #: HTTP/REST port (OIP + Triton extensions); 0 picks a free one.
+    http_port: int = 8000
+    #: gRPC port (inference.GRPCInferenceService); 0 picks a free one.
+    grpc_port: int = 8001
+    #: Prometheus /metrics port; -1 turns the metrics listener off.
+    metrics_port: int = 8002
+    #: Runtime worker addresses: "HOST:PORT" or "unix:PATH".
+    runtime_endpoints: tuple[str, ...] = ("127.0.0.1:8011",)
+    #: Largest request or response body accepted, in bytes.
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    #: Deadline applied to a forwarded request that carries none, in seconds.
+    default_timeout_s: float = 60.0

@@ -1,0 +1,1 @@
+"""The gateway: OIP over HTTP and gRPC in front of the runtime workers."""

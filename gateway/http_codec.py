@@ -1,0 +1,165 @@
+"""Pure codecs between OIP HTTP bodies (JSON and binary tensor data) and the gRPC messages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from google.protobuf.message import Message
+
+from common.errors import invalid_argument
+from common.proto import grpc_service_pb2 as pb
+from common.tensors import json_to_raw, raw_to_json
+
+# Parameters that steer this codec and mean nothing to the model.
+_CODEC_PARAMETERS = {"binary_data_output", "binary_data_size", "binary_data"}
+
+
+@dataclass
+class OutputPrefs:
+    """Which outputs the caller wants as binary data rather than JSON."""
+
+    default_binary: bool = False
+    per_output: dict[str, bool] = field(default_factory=dict)
+
+
+def decode_infer_request(
+    body: bytes, json_length: int | None, model: str, version: str
+) -> tuple[pb.ModelInferRequest, OutputPrefs]:
+    """An HTTP infer body to a ModelInferRequest with raw tensors, and the output preferences."""
+    view = memoryview(body)
+    end = len(body) if json_length is None else json_length
+    if end > len(body):
+        raise invalid_argument(f"Inference-Header-Content-Length {end} exceeds the body "
+                               f"({len(body)} bytes)")
+    try:
+        header = orjson.loads(view[:end])
+    except orjson.JSONDecodeError as exc:
+        raise invalid_argument(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
+        raise invalid_argument("request body must be a JSON object with an 'inputs' list")
+    request = pb.ModelInferRequest(model_name=model, model_version=version,
+                                   id=str(header.get("id", "")))
+    params = _dict(header.get("parameters"), "parameters")
+    _set_parameters(request.parameters, params)
+    offset = end
+    for i, item in enumerate(header["inputs"]):
+        offset = _add_input(request, item, i, view, offset)
+    if offset != len(body):
+        raise invalid_argument(f"body has {len(body) - offset} bytes beyond the binary tensors "
+                               "the header declares")
+    prefs = OutputPrefs(default_binary=bool(params.get("binary_data_output", False)))
+    for item in header.get("outputs") or []:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise invalid_argument("each entry of 'outputs' must be an object with a 'name'")
+        request.outputs.add(name=item["name"])
+        binary = _dict(item.get("parameters"), "outputs.parameters").get("binary_data")
+        if binary is not None:
+            prefs.per_output[item["name"]] = bool(binary)
+    return request, prefs
+
+
+def _add_input(request: pb.ModelInferRequest, item: Any, i: int, body: memoryview,
+               offset: int) -> int:
+    if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+        raise invalid_argument(f"inputs[{i}] must be an object with a 'name'")
+    name, datatype, shape = item["name"], item.get("datatype"), item.get("shape")
+    what = f"input '{name}' of model '{request.model_name}'"
+    if not isinstance(datatype, str):
+        raise invalid_argument(f"{what}: 'datatype' must be a string")
+    if not isinstance(shape, list) or not all(type(d) is int for d in shape):
+        raise invalid_argument(f"{what}: 'shape' must be a list of integers")
+    params = _dict(item.get("parameters"), f"{what}: parameters")
+    size = params.get("binary_data_size")
+    if size is not None:
+        if type(size) is not int or size < 0 or offset + size > len(body):
+            raise invalid_argument(f"{what}: binary_data_size {size} runs past the end of the "
+                                   f"body ({len(body) - offset} bytes left)")
+        raw = bytes(body[offset : offset + size])
+        offset += size
+    elif "data" in item:
+        raw = json_to_raw(datatype, shape, item["data"], what)
+    else:
+        raise invalid_argument(f"{what}: needs 'data' or a binary_data_size parameter")
+    tensor = request.inputs.add(name=name, datatype=datatype, shape=shape)
+    _set_parameters(tensor.parameters, params)
+    request.raw_input_contents.append(raw)
+    return offset
+
+
+def _dict(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise invalid_argument(f"{what} must be a JSON object")
+    return value
+
+
+def _set_parameters(target: Any, params: dict[str, Any]) -> None:
+    for key, value in params.items():
+        if key in _CODEC_PARAMETERS:
+            continue
+        if isinstance(value, bool):
+            target[key].bool_param = value
+        elif isinstance(value, int):
+            target[key].int64_param = value
+        elif isinstance(value, float):
+            target[key].double_param = value
+        elif isinstance(value, str):
+            target[key].string_param = value
+        else:
+            raise invalid_argument(f"parameter '{key}' must be a string, number or boolean")
+
+
+def encode_infer_response(
+    response: pb.ModelInferResponse, prefs: OutputPrefs
+) -> tuple[bytes, int | None]:
+    """The HTTP body and, when binary outputs follow the JSON, the JSON's length."""
+    outputs = []
+    blobs = []
+    for out, raw in zip(response.outputs, response.raw_output_contents):
+        entry: dict[str, Any] = {"name": out.name, "datatype": out.datatype,
+                                 "shape": list(out.shape)}
+        if prefs.per_output.get(out.name, prefs.default_binary):
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        else:
+            entry["data"] = raw_to_json(out.datatype, out.shape, raw, f"output '{out.name}'")
+        outputs.append(entry)
+    answer: dict[str, Any] = {"model_name": response.model_name,
+                              "model_version": response.model_version, "outputs": outputs}
+    if response.id:
+        answer["id"] = response.id
+    header = orjson.dumps(answer)
+    if not blobs:
+        return header, None
+    return header + b"".join(blobs), len(header)
+
+
+def message_to_json(message: Message) -> dict[str, Any]:
+    """A protobuf message as Triton's HTTP JSON: field names kept, integers as numbers."""
+    result: dict[str, Any] = {}
+    for fd in message.DESCRIPTOR.fields:
+        oneof = fd.containing_oneof
+        if oneof is not None and message.WhichOneof(oneof.name) != fd.name:
+            continue
+        value = getattr(message, fd.name)
+        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+            value_fd = fd.message_type.fields_by_name["value"]
+            result[fd.name] = {k: _scalar(value_fd, v) for k, v in value.items()}
+        elif fd.is_repeated:
+            result[fd.name] = [_scalar(fd, v) for v in value]
+        else:
+            result[fd.name] = _scalar(fd, value)
+    return result
+
+
+def _scalar(fd: Any, value: Any) -> Any:
+    if fd.message_type is not None:
+        return message_to_json(value)
+    if fd.enum_type is not None:
+        return fd.enum_type.values_by_number[value].name
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    return value

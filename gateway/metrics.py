@@ -1,0 +1,28 @@
+"""The gateway's Prometheus metrics: names, labels and bucket boundaries, stated once."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# From 100 µs to 10 s: the span of inference latencies from tiny CPU models to large GPU ones.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                   0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class GatewayMetrics:
+    """Request counters and latency, labelled by model, protocol and status code only."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.requests = Counter(
+            "tensorgate_requests", "Inference requests answered by the gateway",
+            ["model", "protocol", "code"], registry=registry)
+        self.latency = Histogram(
+            "tensorgate_request_duration_seconds", "End-to-end inference latency at the gateway",
+            ["model", "protocol"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.in_flight = Gauge(
+            "tensorgate_requests_in_flight", "Inference requests being handled",
+            registry=registry)
+
+    def observe(self, model: str, protocol: str, code: str, seconds: float) -> None:
+        self.requests.labels(model, protocol, code).inc()
+        self.latency.labels(model, protocol).observe(seconds)

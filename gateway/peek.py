@@ -1,0 +1,55 @@
+"""Parse only what routing needs from a serialized ModelInferRequest: model name and version.
+
+Skips every other field by its length, so tensor bytes are never touched or copied.
+"""
+
+from __future__ import annotations
+
+from common.errors import invalid_argument
+
+_WANTED = {1: "model_name", 2: "model_version"}
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = 0
+    shift = 0
+    while True:
+        if pos >= len(buf):
+            raise invalid_argument("malformed request: truncated varint")
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise invalid_argument("malformed request: varint too long")
+
+
+def model_and_version(buf: bytes) -> tuple[str, str]:
+    """Fields 1 and 2 of the message; the last occurrence of a field wins, as in protobuf."""
+    found = {1: b"", 2: b""}
+    pos = 0
+    end = len(buf)
+    while pos < end:
+        key, pos = _varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 2:
+            length, pos = _varint(buf, pos)
+            if pos + length > end:
+                raise invalid_argument("malformed request: field runs past the end")
+            if number in _WANTED:
+                found[number] = buf[pos : pos + length]
+            pos += length
+        elif wire == 0:
+            _, pos = _varint(buf, pos)
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        else:
+            raise invalid_argument(f"malformed request: unsupported wire type {wire}")
+    try:
+        return found[1].decode(), found[2].decode()
+    except UnicodeDecodeError:
+        raise invalid_argument("malformed request: model name is not UTF-8") from None

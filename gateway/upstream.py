@@ -1,0 +1,52 @@
+"""A runtime endpoint: one persistent gRPC channel, raw-bytes calls, and its outstanding count."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import grpc
+
+from common.errors import TensorgateError
+
+SERVICE = "/inference.GRPCInferenceService/"
+
+RawCall = Callable[..., Awaitable[bytes]]
+
+
+class Upstream:
+    """Calls to one runtime worker with request and response bytes passed through untouched."""
+
+    def __init__(self, address: str, max_message_bytes: int) -> None:
+        self.address = address
+        self.outstanding = 0
+        self.channel = grpc.aio.insecure_channel(address, options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ])
+        self._calls: dict[str, RawCall] = {}
+
+    def method(self, name: str) -> RawCall:
+        call = self._calls.get(name)
+        if call is None:
+            call = self._calls[name] = self.channel.unary_unary(SERVICE + name)
+        return call
+
+    async def call(self, name: str, request: bytes, timeout: float | None) -> bytes:
+        """One RPC; a failure becomes a TensorgateError carrying the runtime's code and message."""
+        self.outstanding += 1
+        try:
+            return await self.method(name)(request, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise _error(exc, self.address) from None
+        finally:
+            self.outstanding -= 1
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+def _error(exc: grpc.aio.AioRpcError, address: str) -> TensorgateError:
+    code = exc.code()
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return TensorgateError(code, f"runtime worker {address} is unavailable: {exc.details()}")
+    return TensorgateError(code, exc.details() or code.name)

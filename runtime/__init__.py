@@ -1,0 +1,1 @@
+"""The runtime worker: queue, batch and run requests on ONNX Runtime or PyTorch."""

@@ -1,0 +1,81 @@
+"""The ONNX Runtime backend: CUDA provider on a GPU, the CPU provider otherwise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from common.datatypes import ONNX_TO_OIP
+from common.model_config import ConfigError, ModelConfig, TensorSpec
+from runtime.backends.base import resolve_device
+
+
+class OnnxBackend:
+    platform = "onnxruntime_onnx"
+    backend_name = "onnxruntime"
+
+    def __init__(self, path: Path, config: ModelConfig, threads: int) -> None:
+        self.device = resolve_device(config.device)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, threads)
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # NOTE: spinning threads would steal the cores the event loop needs between batches.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(path), options, providers=self._providers())
+        batched = config.max_batch_size > 0
+        found_in = _specs(self.session.get_inputs(), batched, path)
+        found_out = _specs(self.session.get_outputs(), batched, path)
+        self.inputs = _reconcile(config.inputs, found_in, config.source, "inputs")
+        self.outputs = _reconcile(config.outputs, found_out, config.source, "outputs")
+        self._input_names = [s.name for s in self.inputs]
+        self._output_names = [s.name for s in self.outputs]
+
+    def _providers(self) -> list[str | tuple[str, dict]]:
+        if self.device.startswith("cuda"):
+            index = int(self.device.partition(":")[2] or 0)
+            return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+        return ["CPUExecutionProvider"]
+
+    def run(self, feeds: list[np.ndarray]) -> list[np.ndarray]:
+        result = self.session.run(self._output_names, dict(zip(self._input_names, feeds)))
+        return [np.asarray(r) for r in result]
+
+
+def _specs(args: list, batched: bool, path: Path) -> tuple[TensorSpec, ...]:
+    specs = []
+    for arg in args:
+        datatype = ONNX_TO_OIP.get(arg.type)
+        if datatype is None:
+            raise ConfigError(f"{path}: tensor '{arg.name}' has unsupported type {arg.type}")
+        dims = [d if isinstance(d, int) and d > 0 else -1 for d in arg.shape]
+        if batched:
+            if not dims:
+                raise ConfigError(f"{path}: '{arg.name}' has no batch dimension but "
+                                  "max_batch_size > 0")
+            dims = dims[1:]
+        specs.append(TensorSpec(arg.name, datatype, tuple(dims)))
+    return tuple(specs)
+
+
+def _reconcile(
+    declared: tuple[TensorSpec, ...] | None,
+    found: tuple[TensorSpec, ...],
+    source: Path,
+    key: str,
+) -> tuple[TensorSpec, ...]:
+    """The config's tensors when given (checked against the model), else the model's own."""
+    if declared is None:
+        return found
+    by_name = {s.name: s for s in found}
+    for spec in declared:
+        actual = by_name.get(spec.name)
+        if actual is None:
+            raise ConfigError(f"{source}: key '{key}': the model has no tensor '{spec.name}'; "
+                              f"it has {sorted(by_name)}")
+        if actual.datatype != spec.datatype:
+            raise ConfigError(f"{source}: key '{key}': '{spec.name}' is {actual.datatype} in "
+                              f"the model, not {spec.datatype}")
+    return declared

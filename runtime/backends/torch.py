@@ -1,0 +1,57 @@
+"""The PyTorch backend: TorchScript modules under `torch.inference_mode`, on the config's device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.model_config import ConfigError, ModelConfig
+from runtime.backends.base import resolve_device
+
+_threads_set = False
+
+
+def configure_threads(threads: int) -> None:
+    """Size torch's thread pools once per process (interop can only be set before first use)."""
+    global _threads_set
+    if _threads_set:
+        return
+    torch.set_num_threads(max(1, threads))
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass
+    _threads_set = True
+
+
+class TorchBackend:
+    platform = "pytorch_libtorch"
+    backend_name = "pytorch"
+
+    def __init__(self, path: Path, config: ModelConfig, threads: int) -> None:
+        if config.inputs is None or config.outputs is None:
+            raise ConfigError(f"{config.source}: keys 'inputs' and 'outputs' are required for "
+                              "a TorchScript model (it does not describe its own signature)")
+        configure_threads(threads)
+        self.device = resolve_device(config.device)
+        self.module = torch.jit.load(str(path), map_location=self.device)
+        self.module.eval()
+        self.inputs = config.inputs
+        self.outputs = config.outputs
+
+    def run(self, feeds: list[np.ndarray]) -> list[np.ndarray]:
+        with torch.inference_mode():
+            args = [_tensor(a).to(self.device) for a in feeds]
+            result = self.module(*args)
+        if isinstance(result, torch.Tensor):
+            result = (result,)
+        elif isinstance(result, dict):
+            result = tuple(result[s.name] for s in self.outputs)
+        return [r.detach().cpu().numpy() for r in result]
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    # NOTE: arrays over received bytes are read-only; torch needs a writable buffer.
+    return torch.from_numpy(array if array.flags.writeable else array.copy())

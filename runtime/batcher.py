@@ -1,0 +1,118 @@
+"""The dynamic batcher: a bounded queue and the rule that forms a batch, driven by a given clock.
+
+Triton's semantics: requests of one model version in arrival order, up to `max_batch_size` rows
+counting each request's own batch dimension, only equal non-batch shapes together; a short batch
+waits at most `max_queue_delay` after its oldest request arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+
+import grpc
+
+from common.errors import TensorgateError
+
+
+@dataclass(eq=False)
+class Pending:
+    """One queued request: its input bytes in signature order and what its answer needs."""
+
+    inputs: list[bytes]
+    shapes: list[tuple[int, ...]]
+    batch_size: int
+    #: The non-batch shapes of every input: only equal keys share a batch.
+    shape_key: tuple
+    arrival: float
+    deadline: float | None
+    future: asyncio.Future
+    outputs: tuple[str, ...] = ()
+    started: float = field(default=0.0)
+
+
+@dataclass
+class Take:
+    """What one look at the queue gives: a batch to run, expired requests, when to look again."""
+
+    batch: list[Pending]
+    expired: list[Pending]
+    wake_at: float | None = None
+
+
+class Batcher:
+    def __init__(
+        self,
+        max_batch_size: int,
+        max_queue_delay_s: float,
+        preferred: tuple[int, ...],
+        max_queue_size: int,
+        batching: bool,
+    ) -> None:
+        self.max_rows = max(1, max_batch_size)
+        self.delay = max_queue_delay_s
+        self.ready_rows = max(preferred) if preferred else self.max_rows
+        self.max_queue_size = max_queue_size
+        self.batching = batching and max_batch_size > 0
+        self.queue: deque[Pending] = deque()
+
+    def __len__(self) -> int:
+        return len(self.queue)
+
+    def put(self, item: Pending, what: str) -> None:
+        if len(self.queue) >= self.max_queue_size:
+            raise TensorgateError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{what}: queue is full ({self.max_queue_size} requests waiting); retry later",
+            )
+        self.queue.append(item)
+
+    def take(self, now: float) -> Take:
+        """Form the next batch if it is ready; leave the queue as it was otherwise."""
+        expired = self._drop_dead(now)
+        if not self.queue:
+            return Take([], expired)
+        head = self.queue[0]
+        if not self.batching:
+            self.queue.popleft()
+            return Take([head], expired)
+        batch, rows, full = self._gather(head.shape_key)
+        wake_at = head.arrival + self.delay
+        if not full and rows < self.ready_rows and now < wake_at:
+            return Take([], expired, wake_at)
+        chosen = set(map(id, batch))
+        self.queue = deque(item for item in self.queue if id(item) not in chosen)
+        return Take(batch, expired)
+
+    def _gather(self, key: tuple) -> tuple[list[Pending], int, bool]:
+        batch: list[Pending] = []
+        rows = 0
+        for item in self.queue:
+            if item.shape_key != key:
+                continue
+            if rows + item.batch_size > self.max_rows:
+                return batch, rows, True
+            batch.append(item)
+            rows += item.batch_size
+            if rows == self.max_rows:
+                return batch, rows, True
+        return batch, rows, False
+
+    def _drop_dead(self, now: float) -> list[Pending]:
+        """Remove cancelled requests and those past their deadline; return the expired ones."""
+        expired: list[Pending] = []
+        queue = self.queue
+        if not any(i.future.done() or (i.deadline is not None and i.deadline <= now)
+                   for i in queue):
+            return expired
+        keep: deque[Pending] = deque()
+        for item in queue:
+            if item.future.done():
+                continue
+            if item.deadline is not None and item.deadline <= now:
+                expired.append(item)
+            else:
+                keep.append(item)
+        self.queue = keep
+        return expired

@@ -1,0 +1,83 @@
+"""The executor stage: join a batch's bytes, run the backend, split outputs by byte offset.
+
+Runs in the model instance's own thread; touches no event-loop state.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from common.datatypes import NUMPY_DTYPES, from_numpy
+from common.tensors import deserialize_bytes, serialize_bytes
+from runtime.backends.base import Backend
+from runtime.batcher import Pending
+
+
+@dataclass
+class Output:
+    """One output tensor of one request."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    raw: bytes
+
+
+@dataclass
+class BatchResult:
+    outputs: list[list[Output]]
+    input_ns: int
+    infer_ns: int
+    output_ns: int
+
+
+def execute(backend: Backend, batched: bool, batch: list[Pending]) -> BatchResult:
+    t0 = time.perf_counter_ns()
+    feeds = [_assemble(batch, j, spec.datatype, batched) for j, spec in enumerate(backend.inputs)]
+    t1 = time.perf_counter_ns()
+    results = backend.run(feeds)
+    t2 = time.perf_counter_ns()
+    outputs = _split(backend, batched, batch, results)
+    t3 = time.perf_counter_ns()
+    return BatchResult(outputs, t1 - t0, t2 - t1, t3 - t2)
+
+
+def _assemble(batch: list[Pending], j: int, datatype: str, batched: bool) -> np.ndarray:
+    first = batch[0]
+    shape = first.shapes[j]
+    if batched:
+        shape = (sum(p.batch_size for p in batch), *shape[1:])
+    raw = first.inputs[j] if len(batch) == 1 else b"".join(p.inputs[j] for p in batch)
+    if datatype == "BYTES":
+        return np.array(deserialize_bytes(raw, "input"), dtype=object).reshape(shape)
+    return np.frombuffer(raw, dtype=NUMPY_DTYPES[datatype]).reshape(shape)
+
+
+def _split(
+    backend: Backend, batched: bool, batch: list[Pending], results: list[np.ndarray]
+) -> list[list[Output]]:
+    per_request: list[list[Output]] = [[] for _ in batch]
+    for spec, array in zip(backend.outputs, results):
+        datatype = spec.datatype if spec.datatype != "BF16" else from_numpy(array.dtype)
+        if datatype != "BYTES":
+            array = np.ascontiguousarray(array, dtype=NUMPY_DTYPES[datatype])
+        if not batched:
+            per_request[0].append(Output(spec.name, datatype, array.shape, _raw(array, datatype)))
+            continue
+        offset = 0
+        for out, pending in zip(per_request, batch):
+            part = array[offset : offset + pending.batch_size]
+            offset += pending.batch_size
+            out.append(Output(spec.name, datatype, part.shape, _raw(part, datatype)))
+    return per_request
+
+
+def _raw(array: np.ndarray, datatype: str) -> bytes:
+    if datatype == "BYTES":
+        return serialize_bytes(
+            v if isinstance(v, bytes) else str(v).encode() for v in array.reshape(-1)
+        )
+    return array.tobytes()

@@ -1,0 +1,69 @@
+"""A served model version (config, backend, signature, scheduler, stats) and the store of them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from common.errors import invalid_argument, not_found
+from common.model_config import ModelConfig, TensorSpec
+from runtime.backends.base import Backend
+from runtime.stats import ModelStats
+
+
+@dataclass(eq=False)
+class ServedModel:
+    config: ModelConfig
+    version: int
+    backends: list[Backend]
+    stats: ModelStats = field(default_factory=ModelStats)
+
+    def __post_init__(self) -> None:
+        first = self.backends[0]
+        self.name = self.config.name
+        self.label = f"model '{self.name}' version {self.version}"
+        self.inputs: tuple[TensorSpec, ...] = first.inputs
+        self.outputs: tuple[TensorSpec, ...] = first.outputs
+        self.input_index = {spec.name: i for i, spec in enumerate(self.inputs)}
+        self.output_names = frozenset(spec.name for spec in self.outputs)
+        self.batched = self.config.max_batch_size > 0
+        self.platform = first.platform
+
+    def full_shape(self, spec: TensorSpec) -> list[int]:
+        """The shape callers see: with the batch dimension as -1 when the model batches."""
+        return [-1, *spec.shape] if self.batched else list(spec.shape)
+
+
+class ModelStore:
+    """Every loaded model version, looked up by name and version string."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, dict[int, ServedModel]] = {}
+
+    def add(self, model: ServedModel) -> None:
+        self._models.setdefault(model.name, {})[model.version] = model
+
+    def names(self) -> list[str]:
+        return sorted(self._models)
+
+    def versions(self, name: str) -> dict[int, ServedModel]:
+        versions = self._models.get(name)
+        if not versions:
+            raise not_found(f"model '{name}' is not served here; models: {self.names()}")
+        return versions
+
+    def get(self, name: str, version: str) -> ServedModel:
+        """The named version, or the newest one when `version` is empty."""
+        versions = self.versions(name)
+        if not version:
+            return versions[max(versions)]
+        if not version.isdigit():
+            raise invalid_argument(f"model '{name}': version must be a positive integer, "
+                                   f"got '{version}'")
+        model = versions.get(int(version))
+        if model is None:
+            raise not_found(f"model '{name}' has no version {version}; "
+                            f"versions: {sorted(versions)}")
+        return model
+
+    def all(self) -> list[ServedModel]:
+        return [m for name in self.names() for _, m in sorted(self._models[name].items())]

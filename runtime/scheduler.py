@@ -1,0 +1,133 @@
+"""The runtime's data path, in order: validate → queue → batch → execute (a thread) → split → respond.
+
+One Scheduler per model version; it owns the queue and one executor thread per model instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any
+
+import grpc
+
+from common.errors import TensorgateError
+from common.proto import grpc_service_pb2 as pb
+from runtime.batcher import Batcher, Pending
+from runtime.executor import BatchResult, execute
+from runtime.model import ServedModel
+from runtime.response import build_response
+from runtime.validate import check
+
+log = logging.getLogger("tensorgate.runtime")
+
+
+class Scheduler:
+    def __init__(self, model: ServedModel, clock: Callable[[], float] = time.monotonic) -> None:
+        config = model.config
+        batching = config.dynamic_batching
+        self.model = model
+        self.clock = clock
+        self.batcher = Batcher(
+            max_batch_size=config.max_batch_size,
+            max_queue_delay_s=(batching.max_queue_delay_microseconds / 1e6 if batching else 0.0),
+            preferred=batching.preferred_batch_size if batching else (),
+            max_queue_size=batching.max_queue_size if batching else 4096,
+            batching=batching is not None,
+        )
+        self.default_timeout = batching.default_timeout_microseconds / 1e6 if batching else 0.0
+        self.free = [
+            (backend, ThreadPoolExecutor(1, thread_name_prefix=f"{model.name}-{model.version}"))
+            for backend in model.backends
+        ]
+        self._pool = list(self.free)
+        self.wakeup = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        for _, pool in self._pool:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    async def infer(self, request: Any, timeout: float | None) -> pb.ModelInferResponse:
+        """The whole runtime path of one request; raises TensorgateError on any failure."""
+        checked = check(request, self.model)
+        now = self.clock()
+        if self.default_timeout and (timeout is None or timeout > self.default_timeout):
+            timeout = self.default_timeout
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        item = Pending(checked.inputs, checked.shapes, checked.batch_size, checked.shape_key,
+                       now, None if timeout is None else now + timeout, future, checked.outputs)
+        self.batcher.put(item, self.model.label)
+        self.wakeup.set()
+        try:
+            outputs = await future
+        except TensorgateError:
+            self.model.stats.fail.add(int((self.clock() - now) * 1e9))
+            raise
+        self.model.stats.success.add(int((self.clock() - now) * 1e9))
+        return build_response(request, self.model, outputs, checked.outputs)
+
+    async def _run(self) -> None:
+        while True:
+            await self.wakeup.wait()
+            self.wakeup.clear()
+            self._dispatch_ready()
+
+    def _dispatch_ready(self) -> None:
+        while self.free:
+            take = self.batcher.take(self.clock())
+            for item in take.expired:
+                item.future.set_exception(TensorgateError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"{self.model.label}: deadline passed while queued; it was not run"))
+            if not take.batch:
+                if take.wake_at is not None:
+                    self._arm_timer(take.wake_at)
+                return
+            self._launch(take.batch)
+
+    def _arm_timer(self, wake_at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        delay = max(0.0, wake_at - self.clock())
+        self._timer = asyncio.get_running_loop().call_later(delay, self.wakeup.set)
+
+    def _launch(self, batch: list[Pending]) -> None:
+        instance = self.free.pop()
+        backend, pool = instance
+        now = self.clock()
+        for item in batch:
+            self.model.stats.queue.add(int((now - item.arrival) * 1e9))
+        work = asyncio.get_running_loop().run_in_executor(
+            pool, execute, backend, self.model.batched, batch)
+        work.add_done_callback(partial(self._finish, batch, instance))
+
+    def _finish(self, batch: list[Pending], instance: tuple, work: asyncio.Future) -> None:
+        self.free.append(instance)
+        self.wakeup.set()
+        error = work.exception()
+        if error is not None:
+            log.error("%s failed on a batch of %d requests: %s", self.model.label, len(batch), error)
+            failure = TensorgateError(grpc.StatusCode.INTERNAL,
+                                      f"{self.model.label} failed to run: {error}")
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(failure)
+            return
+        result: BatchResult = work.result()
+        rows = sum(item.batch_size for item in batch)
+        self.model.stats.record_batch(rows, len(batch), result.input_ns, result.infer_ns,
+                                      result.output_ns)
+        for item, outputs in zip(batch, result.outputs):
+            if not item.future.done():
+                item.future.set_result(outputs)

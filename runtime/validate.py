@@ -1,0 +1,108 @@
+"""The validation stage: a request checked against its model's signature before it is queued."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from common.errors import invalid_argument
+from common.tensors import contents_to_raw, deserialize_bytes, element_count, expected_byte_size
+from runtime.model import ServedModel
+
+
+@dataclass
+class Checked:
+    """A request that fits its model: input bytes and shapes in signature order."""
+
+    inputs: list[bytes]
+    shapes: list[tuple[int, ...]]
+    batch_size: int
+    shape_key: tuple
+    outputs: tuple[str, ...]
+
+
+def check(request: Any, model: ServedModel) -> Checked:
+    """Raise INVALID_ARGUMENT naming model, input, expected and received; else the parts."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise invalid_argument(f"{model.label}: {len(request.inputs)} inputs but "
+                               f"{len(raw)} raw_input_contents")
+    count = len(model.inputs)
+    inputs: list[bytes | None] = [None] * count
+    shapes: list[tuple[int, ...]] = [()] * count
+    for i, tensor in enumerate(request.inputs):
+        j = _index(model, tensor.name)
+        if inputs[j] is not None:
+            raise invalid_argument(f"input '{tensor.name}' of {model.label}: given twice")
+        shapes[j] = tuple(tensor.shape)
+        inputs[j] = _payload(model, j, tensor, raw[i] if raw else None)
+    missing = [spec.name for j, spec in enumerate(model.inputs) if inputs[j] is None]
+    if missing:
+        raise invalid_argument(f"{model.label}: missing inputs {missing}; expected "
+                               f"{[s.name for s in model.inputs]}")
+    batch = _batch_size(model, shapes)
+    return Checked(
+        inputs=inputs,  # type: ignore[arg-type]
+        shapes=shapes,
+        batch_size=batch,
+        shape_key=tuple(s[1:] for s in shapes) if model.batched else tuple(shapes),
+        outputs=_requested(request, model),
+    )
+
+
+def _index(model: ServedModel, name: str) -> int:
+    j = model.input_index.get(name)
+    if j is None:
+        raise invalid_argument(f"{model.label} has no input '{name}'; expected "
+                               f"{[s.name for s in model.inputs]}")
+    return j
+
+
+def _payload(model: ServedModel, j: int, tensor: Any, raw: bytes | None) -> bytes:
+    spec = model.inputs[j]
+    what = f"input '{spec.name}' of {model.label}"
+    if tensor.datatype != spec.datatype:
+        raise invalid_argument(f"{what}: expected datatype {spec.datatype}, got "
+                               f"{tensor.datatype or 'none'}")
+    expected = model.full_shape(spec)
+    shape = list(tensor.shape)
+    if len(shape) != len(expected) or any(e not in (-1, d) for e, d in zip(expected, shape)):
+        raise invalid_argument(f"{what}: expected shape {expected}, got {shape}")
+    count = element_count(shape, what)
+    if raw is None:
+        if tensor.HasField("contents"):
+            raw = contents_to_raw(spec.datatype, tensor.contents, what)
+        else:
+            raise invalid_argument(f"{what}: no data (set contents or raw_input_contents)")
+    elif tensor.HasField("contents"):
+        raise invalid_argument(f"{what}: contents must not be set when raw_input_contents is used")
+    size = expected_byte_size(spec.datatype, count)
+    if size is not None and len(raw) != size:
+        raise invalid_argument(f"{what}: shape {shape} of {spec.datatype} takes {size} bytes, "
+                               f"got {len(raw)}")
+    if size is None and len(deserialize_bytes(raw, what)) != count:
+        raise invalid_argument(f"{what}: shape {shape} needs {count} BYTES elements")
+    return raw
+
+
+def _batch_size(model: ServedModel, shapes: list[tuple[int, ...]]) -> int:
+    if not model.batched:
+        return 1
+    sizes = {s[0] for s in shapes}
+    if len(sizes) != 1:
+        raise invalid_argument(f"{model.label}: inputs disagree on the batch size: {sorted(sizes)}")
+    batch = sizes.pop()
+    limit = model.config.max_batch_size
+    if batch < 1 or batch > limit:
+        raise invalid_argument(f"{model.label}: batch size {batch} is outside 1..{limit} "
+                               f"(max_batch_size {limit})")
+    return batch
+
+
+def _requested(request: Any, model: ServedModel) -> tuple[str, ...]:
+    names = tuple(o.name for o in request.outputs)
+    for name in names:
+        if name not in model.output_names:
+            raise invalid_argument(f"{model.label} has no output '{name}'; outputs: "
+                                   f"{sorted(model.output_names)}")
+    return names

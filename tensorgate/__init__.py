@@ -1,0 +1,1 @@
+"""tensorgate's top floor: the command line and the `serve` supervisor."""

@@ -1,0 +1,5 @@
+"""`python -m tensorgate` is the `tensorgate` command."""
+
+from tensorgate.cli import main
+
+raise SystemExit(main())

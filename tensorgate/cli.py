@@ -1,0 +1,67 @@
+"""The `tensorgate` command: `serve` (gateway + runtime), `gateway` and `runtime` (one role each)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from common.model_config import ConfigError
+from common.settings import GatewaySettings, RuntimeSettings, default_threads
+
+
+def _gateway_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (0.0.0.0)")
+    parser.add_argument("--http-port", type=int, default=8000, help="HTTP port (8000)")
+    parser.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (8001)")
+    parser.add_argument("--metrics-port", type=int, default=8002,
+                        help="Prometheus /metrics port (8002; -1 turns it off)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tensorgate", description=__doc__)
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve a model repository (gateway + runtime)")
+    serve.add_argument("--model-repository", type=Path, default=Path("models"),
+                       help="the model repository (./models)")
+    serve.add_argument("--threads", type=int, default=default_threads(),
+                       help="compute threads for the runtime worker (all cores)")
+    _gateway_args(serve)
+    gateway = commands.add_parser("gateway", help="run only the gateway")
+    gateway.add_argument("--runtime", action="append", default=[], metavar="ADDRESS",
+                         help="a runtime worker (HOST:PORT or unix:PATH); repeat for several")
+    _gateway_args(gateway)
+    runtime = commands.add_parser("runtime", help="run only a runtime worker")
+    runtime.add_argument("--model-repository", type=Path, default=Path("models"))
+    runtime.add_argument("--listen", default="127.0.0.1:8011",
+                         help="gRPC address: HOST:PORT or unix:PATH (127.0.0.1:8011)")
+    runtime.add_argument("--threads", type=int, default=default_threads())
+    return parser
+
+
+def gateway_settings(args: argparse.Namespace, endpoints: tuple[str, ...]) -> GatewaySettings:
+    return GatewaySettings(host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+                           metrics_port=args.metrics_port, runtime_endpoints=endpoints)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from tensorgate import supervisor
+
+    try:
+        if args.command == "runtime":
+            settings = RuntimeSettings(model_repository=args.model_repository,
+                                       listen=args.listen, threads=args.threads)
+            return supervisor.run_runtime(settings)
+        if args.command == "gateway":
+            endpoints = tuple(args.runtime) or ("127.0.0.1:8011",)
+            return supervisor.run_gateway(gateway_settings(args, endpoints))
+        return supervisor.serve(args.model_repository, args.threads,
+                                lambda endpoint: gateway_settings(args, (endpoint,)))
+    except ConfigError as exc:
+        print(f"tensorgate: configuration error: {exc}", file=sys.stderr)
+        return 2
