@@ -1,4 +1,4 @@
-"""The gateway's assembly: upstream channels, the pipeline, and the HTTP, gRPC and metrics servers."""
+"""The gateway's assembly: upstream channels, the pipeline, the HTTP, gRPC and metrics servers."""
 
 from __future__ import annotations
 

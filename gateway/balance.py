@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from common.errors import unavailable
 from gateway.upstream import Upstream
 
-
 _rng = random.Random()
 
 

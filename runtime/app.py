@@ -7,10 +7,13 @@ import logging
 import time
 
 import grpc
+import numpy as np
 
+from common.datatypes import NUMPY_DTYPES
 from common.proto import grpc_service_pb2_grpc as pb_grpc
 from common.settings import RuntimeSettings
 from runtime.backends import load_backend
+from runtime.backends.base import Backend
 from runtime.model import ModelStore, ServedModel
 from runtime.repository import scan
 from runtime.scheduler import Scheduler
@@ -28,11 +31,25 @@ def load_models(settings: RuntimeSettings) -> ModelStore:
         threads = max(1, settings.threads // count)
         backends = [load_backend(source.backend, source.artifact, source.config, threads)
                     for _ in range(count)]
+        for backend in backends:
+            warm_up(backend, source.config.max_batch_size > 0)
         store.add(ServedModel(source.config, source.version, backends))
         log.info("loaded %s version %d (%s on %s, %d instance(s)) in %.2fs", source.config.name,
                  source.version, source.backend, backends[0].device, count,
                  time.perf_counter() - started)
     return store
+
+
+def warm_up(backend: Backend, batched: bool) -> None:
+    """One batch of zeros, so the first caller does not pay for lazy initialisation."""
+    feeds = []
+    for spec in backend.inputs:
+        if spec.datatype not in NUMPY_DTYPES or spec.datatype == "BYTES" or -1 in spec.shape:
+            return
+        shape = (1, *spec.shape) if batched else spec.shape
+        feeds.append(np.zeros(shape, NUMPY_DTYPES[spec.datatype]))
+    for _ in range(2):
+        backend.run(feeds)
 
 
 class Runtime:
@@ -60,7 +77,8 @@ class Runtime:
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.service, self.server)
         listen = self.settings.listen
         port = self.server.add_insecure_port(listen)
-        self.address = listen if listen.startswith("unix:") else f"{listen.rpartition(':')[0]}:{port}"
+        host = listen.rpartition(":")[0]
+        self.address = listen if listen.startswith("unix:") else f"{host}:{port}"
         await self.server.start()
         self.service.ready = True
         models = ", ".join(f"{m.name}:{m.version}" for m in self.store.all())

@@ -1,4 +1,4 @@
-"""The model repository on disk: `<repo>/<name>/config.yaml` and `<repo>/<name>/<version>/model.*`."""
+"""The model repository on disk: `<repo>/<name>/config.yaml`, `<repo>/<name>/<version>/model.*`."""
 
 from __future__ import annotations
 
@@ -20,13 +20,15 @@ class VersionSource:
 
 
 def scan(repo: Path) -> list[VersionSource]:
-    """Every model version in the repository, configs checked; raises ConfigError at the first fault."""
+    """Every model version in the repository; raises ConfigError at the first fault."""
     if not repo.is_dir():
         raise ConfigError(f"{repo}: model repository not found (expected a directory)")
     found: list[VersionSource] = []
-    for model_dir in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    model_dirs = sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for model_dir in model_dirs:
         config = load_model_config(model_dir / "config.yaml", model_dir.name)
-        versions = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+        versions = sorted(
+            int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
         if not versions:
             raise ConfigError(f"{model_dir}: no version folders (expected e.g. {model_dir}/1/)")
         for version in versions:

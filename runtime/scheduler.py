@@ -1,4 +1,4 @@
-"""The runtime's data path, in order: validate → queue → batch → execute (a thread) → split → respond.
+"""The runtime's data path, in order: validate → queue → batch → execute → split → respond.
 
 One Scheduler per model version; it owns the queue and one executor thread per model instance.
 """
@@ -117,7 +117,8 @@ class Scheduler:
         self.wakeup.set()
         error = work.exception()
         if error is not None:
-            log.error("%s failed on a batch of %d requests: %s", self.model.label, len(batch), error)
+            log.error("%s failed on a batch of %d requests: %s", self.model.label, len(batch),
+                      error)
             failure = TensorgateError(grpc.StatusCode.INTERNAL,
                                       f"{self.model.label} failed to run: {error}")
             for item in batch:

@@ -14,7 +14,6 @@ from runtime import describe
 from runtime.model import ModelStore
 from runtime.scheduler import Scheduler
 
-
 R = TypeVar("R")
 
 

@@ -1,4 +1,4 @@
-"""The `tensorgate` command: `serve` (gateway + runtime), `gateway` and `runtime` (one role each)."""
+"""The `tensorgate` command: `serve` (gateway + runtime); `gateway` and `runtime`, one role each."""
 
 from __future__ import annotations
 

@@ -11,14 +11,12 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-import grpc
 import uvloop
 
 from common.settings import GatewaySettings, RuntimeSettings
-from gateway.app import Gateway
-from runtime.app import Runtime, load_models
 
 log = logging.getLogger("tensorgate")
+READY = "tensorgate-runtime ready"
 
 
 def _stop_event() -> asyncio.Event:
@@ -34,12 +32,16 @@ def _run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
 
 
 def run_runtime(settings: RuntimeSettings) -> int:
+    from runtime.app import Runtime, load_models
+
     store = load_models(settings)
 
     async def main() -> int:
         stop = _stop_event()
         runtime = Runtime(settings, store)
-        await runtime.start()
+        address = await runtime.start()
+        # The one line on stdout: how a supervisor learns that this worker is ready, and where.
+        print(f"{READY} {address}", flush=True)
         await stop.wait()
         log.info("runtime stopping")
         await runtime.stop()
@@ -49,6 +51,8 @@ def run_runtime(settings: RuntimeSettings) -> int:
 
 
 def run_gateway(settings: GatewaySettings) -> int:
+    from gateway.app import Gateway
+
     async def main() -> int:
         stop = _stop_event()
         gateway = Gateway(settings)
@@ -69,14 +73,16 @@ def serve(repository: Path, threads: int,
         endpoint = f"unix:{tmp}/runtime.sock"
         command = [sys.executable, "-m", "tensorgate", "runtime", "--model-repository",
                    str(repository), "--listen", endpoint, "--threads", str(threads)]
-        return _run(lambda: _serve(command, endpoint, gateway_settings(endpoint)))
+        return _run(lambda: _serve(command, gateway_settings(endpoint)))
 
 
-async def _serve(command: list[str], endpoint: str, settings: GatewaySettings) -> int:
+async def _serve(command: list[str], settings: GatewaySettings) -> int:
+    from gateway.app import Gateway
+
     stop = _stop_event()
-    child = await asyncio.create_subprocess_exec(*command)
+    child = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE)
     exited = asyncio.ensure_future(child.wait())
-    if not await _wait_ready(endpoint, exited, stop):
+    if not await _wait_ready(child, stop):
         if not exited.done():
             child.terminate()
         code = await exited
@@ -102,14 +108,21 @@ async def _serve(command: list[str], endpoint: str, settings: GatewaySettings) -
     return code
 
 
-async def _wait_ready(endpoint: str, exited: asyncio.Future, stop: asyncio.Event) -> bool:
-    """True once the runtime accepts connections; False if it exits or we are told to stop."""
-    async with grpc.aio.insecure_channel(endpoint) as channel:
-        ready = asyncio.ensure_future(channel.channel_ready())
-        stopping = asyncio.ensure_future(stop.wait())
-        await asyncio.wait((ready, exited, stopping), return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        if not ready.done():
-            ready.cancel()
-            return False
-        return True
+async def _wait_ready(child: asyncio.subprocess.Process, stop: asyncio.Event) -> bool:
+    """True once the runtime announces it is ready; False if it exits or we are told to stop."""
+    assert child.stdout is not None
+    announced = asyncio.ensure_future(_announcement(child.stdout))
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait((announced, stopping), return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not announced.done():
+        announced.cancel()
+        return False
+    return announced.result()
+
+
+async def _announcement(stdout: asyncio.StreamReader) -> bool:
+    async for line in stdout:
+        if line.decode(errors="replace").startswith(READY):
+            return True
+    return False

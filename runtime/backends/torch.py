@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +21,9 @@ def configure_threads(threads: int) -> None:
     if _threads_set:
         return
     torch.set_num_threads(max(1, threads))
-    try:
+    # Interop threads can only be sized before torch first runs in parallel.
+    with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(1)
-    except RuntimeError:
-        pass
     _threads_set = True
 
 
@@ -36,7 +37,10 @@ class TorchBackend:
                               "a TorchScript model (it does not describe its own signature)")
         configure_threads(threads)
         self.device = resolve_device(config.device)
-        self.module = torch.jit.load(str(path), map_location=self.device)
+        with warnings.catch_warnings():
+            # NOTE: TorchScript is deprecated upstream but remains the format Triton users ship.
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            self.module = torch.jit.load(str(path), map_location=self.device)
         self.module.eval()
         self.inputs = config.inputs
         self.outputs = config.outputs
