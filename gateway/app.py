@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import grpc
 import uvicorn
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
 from common.settings import GatewaySettings
 from gateway.grpc_server import GrpcTransport
@@ -42,7 +42,7 @@ class _Uvicorn(uvicorn.Server):
 class Gateway:
     """A gateway process: start() binds every listener, stop() closes them in order."""
 
-    def __init__(self, settings: GatewaySettings, registry: CollectorRegistry | None = None):
+    def __init__(self, settings: GatewaySettings, registry: CollectorRegistry = REGISTRY) -> None:
         self.settings = settings
         self.upstreams = [Upstream(a, settings.max_message_bytes)
                           for a in settings.runtime_endpoints]

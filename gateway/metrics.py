@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 # From 100 µs to 10 s: the span of inference latencies from tiny CPU models to large GPU ones.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -12,7 +12,7 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 class GatewayMetrics:
     """Request counters and latency, labelled by model, protocol and status code only."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         self.requests = Counter(
             "tensorgate_requests", "Inference requests answered by the gateway",
             ["model", "protocol", "code"], registry=registry)

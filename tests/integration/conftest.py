@@ -24,6 +24,7 @@ class Servers:
     gateway_http: str
     gateway_grpc: str
     repository: Path
+    metrics: CollectorRegistry
 
 
 class _Background:
@@ -50,12 +51,13 @@ class _Background:
                                    threads=2)
         runtime = Runtime(settings, load_models(settings))
         address = await runtime.start()
+        registry = CollectorRegistry()
         gateway = Gateway(GatewaySettings(host="127.0.0.1", http_port=0, grpc_port=0,
                                           metrics_port=-1, runtime_endpoints=(address,)),
-                          registry=CollectorRegistry())
+                          registry=registry)
         await gateway.start()
         self.servers = Servers(address, f"127.0.0.1:{gateway.http_port}",
-                               f"127.0.0.1:{gateway.grpc_port}", self.repository)
+                               f"127.0.0.1:{gateway.grpc_port}", self.repository, registry)
         self.stop = asyncio.Event()
         self.started.set()
         await self.stop.wait()

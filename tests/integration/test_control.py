@@ -106,3 +106,25 @@ def test_unimplemented_rpcs_say_so(servers: Servers) -> None:
     with pytest.raises(InferenceServerException) as caught:
         client.get_system_shared_memory_status()
     assert "UNIMPLEMENTED" in caught.value.status()
+
+
+def test_metrics_count_requests_by_model_protocol_and_code(servers: Servers) -> None:
+    def count(protocol: str, code: str, model: str = "digits") -> float:
+        value = servers.metrics.get_sample_value(
+            "tensorgate_requests_total", {"model": model, "protocol": protocol, "code": code})
+        return value or 0.0
+
+    before_ok, before_bad = count("http", "OK"), count("http", "INVALID_ARGUMENT")
+    client = thttp.InferenceServerClient(servers.gateway_http)
+    good = thttp.InferInput("INPUT0", [1, 64], "FP32")
+    good.set_data_from_numpy(np.zeros((1, 64), np.float32))
+    client.infer("digits", [good])
+    bad = thttp.InferInput("INPUT0", [1, 8], "FP32")
+    bad.set_data_from_numpy(np.zeros((1, 8), np.float32))
+    with pytest.raises(InferenceServerException):
+        client.infer("digits", [bad])
+    assert count("http", "OK") == before_ok + 1
+    assert count("http", "INVALID_ARGUMENT") == before_bad + 1
+    latency = servers.metrics.get_sample_value(
+        "tensorgate_request_duration_seconds_count", {"model": "digits", "protocol": "http"})
+    assert latency is not None and latency >= 2
