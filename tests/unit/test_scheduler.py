@@ -1,0 +1,142 @@
+"""The runtime scheduler with a fake backend: deadlines, queue bounds, failures, batch splitting."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from common.errors import TensorgateError
+from common.model_config import DynamicBatching, ModelConfig, TensorSpec
+from common.proto import grpc_service_pb2 as pb
+from runtime.model import ServedModel
+from runtime.scheduler import Scheduler
+
+
+class FakeBackend:
+    """Doubles its input; waits for `gate` before each run; can be told to fail."""
+
+    platform = "fake"
+    backend_name = "fake"
+    device = "cpu"
+    inputs = (TensorSpec("X", "FP32", (2,)),)
+    outputs = (TensorSpec("Y", "FP32", (2,)),)
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.gate.set()
+        self.batches: list[int] = []
+        self.fail = False
+
+    def run(self, feeds: list[np.ndarray]) -> list[np.ndarray]:
+        self.gate.wait(5)
+        self.batches.append(feeds[0].shape[0])
+        if self.fail:
+            raise RuntimeError("the model broke")
+        return [feeds[0] * 2]
+
+
+def served(backend: FakeBackend, queue: int = 16, delay_us: int = 0) -> ServedModel:
+    config = ModelConfig(name="m", source=Path("config.yaml"), max_batch_size=8,
+                         dynamic_batching=DynamicBatching(max_queue_delay_microseconds=delay_us,
+                                                          max_queue_size=queue))
+    return ServedModel(config, 1, [backend])  # type: ignore[list-item]
+
+
+def request(rows: int, value: float) -> pb.ModelInferRequest:
+    message = pb.ModelInferRequest(model_name="m")
+    message.inputs.add(name="X", datatype="FP32", shape=[rows, 2])
+    message.raw_input_contents.append(np.full((rows, 2), value, "<f4").tobytes())
+    return message
+
+
+def values(response: pb.ModelInferResponse) -> list[float]:
+    return np.frombuffer(response.raw_output_contents[0], "<f4").tolist()
+
+
+async def started(backend: FakeBackend, **kwargs: int) -> Scheduler:
+    scheduler = Scheduler(served(backend, **kwargs))
+    scheduler.start()
+    return scheduler
+
+
+async def test_concurrent_requests_share_a_batch_and_get_their_own_rows() -> None:
+    backend = FakeBackend()
+    backend.gate.clear()
+    scheduler = await started(backend)
+    first = asyncio.ensure_future(scheduler.infer(request(1, 1.0), None))
+    await asyncio.sleep(0.05)  # the first batch is now running, held at the gate
+    rest = [asyncio.ensure_future(scheduler.infer(request(r, float(r)), None))
+            for r in (1, 2, 3)]
+    await asyncio.sleep(0.05)
+    backend.gate.set()
+    answers = await asyncio.gather(first, *rest)
+    assert backend.batches == [1, 6]
+    assert values(answers[1]) == [2.0, 2.0]
+    assert values(answers[2]) == [4.0] * 4
+    assert values(answers[3]) == [6.0] * 6
+    assert list(answers[3].outputs[0].shape) == [3, 2]
+    await scheduler.stop()
+
+
+async def test_a_request_past_its_deadline_is_answered_and_never_runs() -> None:
+    backend = FakeBackend()
+    backend.gate.clear()
+    scheduler = await started(backend)
+    blocker = asyncio.ensure_future(scheduler.infer(request(1, 1.0), None))
+    await asyncio.sleep(0.05)
+    late = asyncio.ensure_future(scheduler.infer(request(1, 2.0), timeout=0.05))
+    await asyncio.sleep(0.15)
+    backend.gate.set()
+    await blocker
+    with pytest.raises(TensorgateError) as caught:
+        await late
+    assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "model 'm' version 1" in caught.value.message
+    assert backend.batches == [1]
+    assert scheduler.model.stats.fail.count == 1
+    await scheduler.stop()
+
+
+async def test_a_full_queue_answers_resource_exhausted_at_once() -> None:
+    backend = FakeBackend()
+    backend.gate.clear()
+    scheduler = await started(backend, queue=2)
+    running = asyncio.ensure_future(scheduler.infer(request(8, 1.0), None))
+    await asyncio.sleep(0.05)
+    queued = [asyncio.ensure_future(scheduler.infer(request(8, 1.0), None)) for _ in range(2)]
+    await asyncio.sleep(0)
+    with pytest.raises(TensorgateError) as caught:
+        await scheduler.infer(request(1, 1.0), None)
+    assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    backend.gate.set()
+    await asyncio.gather(running, *queued)
+    await scheduler.stop()
+
+
+async def test_a_failing_batch_fails_its_requests_and_the_next_batch_still_runs() -> None:
+    backend = FakeBackend()
+    backend.fail = True
+    scheduler = await started(backend)
+    with pytest.raises(TensorgateError) as caught:
+        await scheduler.infer(request(1, 1.0), None)
+    assert caught.value.code == grpc.StatusCode.INTERNAL
+    assert "the model broke" in caught.value.message
+    backend.fail = False
+    assert values(await scheduler.infer(request(1, 3.0), None)) == [6.0, 6.0]
+    await scheduler.stop()
+
+
+async def test_a_short_batch_waits_for_the_queue_delay() -> None:
+    backend = FakeBackend()
+    scheduler = await started(backend, delay_us=200_000)
+    first = asyncio.ensure_future(scheduler.infer(request(1, 1.0), None))
+    await asyncio.sleep(0.02)
+    second = asyncio.ensure_future(scheduler.infer(request(1, 1.0), None))
+    await asyncio.gather(first, second)
+    assert backend.batches == [2]
+    await scheduler.stop()
