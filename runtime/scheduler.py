@@ -47,6 +47,10 @@ class Scheduler:
         self._pool = list(self.free)
         self.wakeup = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        # The latest wake-up time whose timer has fired. Event-loop timers may fire up to a
+        # millisecond early (uvloop rounds to ms); a fired timer counts as that time reached.
+        self._due = 0.0
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -85,13 +89,13 @@ class Scheduler:
 
     def _dispatch_ready(self) -> None:
         while self.free:
-            take = self.batcher.take(self.clock())
+            take = self.batcher.take(max(self.clock(), self._due))
             for item in take.expired:
                 item.future.set_exception(TensorgateError(
                     grpc.StatusCode.DEADLINE_EXCEEDED,
                     f"{self.model.label}: deadline passed while queued; it was not run"))
             if not take.batch:
-                if take.wake_at is not None:
+                if take.wake_at is not None and take.wake_at != self._timer_at:
                     self._arm_timer(take.wake_at)
                 return
             self._launch(take.batch)
@@ -99,8 +103,14 @@ class Scheduler:
     def _arm_timer(self, wake_at: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        self._timer_at = wake_at
         delay = max(0.0, wake_at - self.clock())
-        self._timer = asyncio.get_running_loop().call_later(delay, self.wakeup.set)
+        self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer, wake_at)
+
+    def _on_timer(self, wake_at: float) -> None:
+        self._timer = self._timer_at = None
+        self._due = wake_at
+        self.wakeup.set()
 
     def _launch(self, batch: list[Pending]) -> None:
         instance = self.free.pop()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 from typing import Protocol
 
 import numpy as np
@@ -24,10 +26,21 @@ class Backend(Protocol):
         ...
 
 
+@functools.cache
+def cuda_device_count() -> int:
+    """GPUs the NVIDIA driver sees; asks the driver itself so no framework is imported for it."""
+    try:
+        driver = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
+
+
 def resolve_device(device: str) -> str:
     """'auto' becomes the first GPU when one is visible, else the CPU."""
     if device != "auto":
         return device
-    import torch
-
-    return "cuda:0" if torch.cuda.is_available() else "cpu"
+    return "cuda:0" if cuda_device_count() > 0 else "cpu"
