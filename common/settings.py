@@ -24,6 +24,8 @@ class RuntimeSettings:
     model_repository: Path = Path("models")
     #: Where the worker serves OIP gRPC: "HOST:PORT" (port 0 picks one) or "unix:PATH".
     listen: str = "127.0.0.1:8011"
+    #: Where it serves the gateway's lane (multiplexed frames): "HOST:PORT" or "unix:PATH".
+    lane: str = "127.0.0.1:8012"
     #: Compute threads shared by all model instances of this worker.
     threads: int = field(default_factory=default_threads)
     #: Largest gRPC message accepted or sent, in bytes.
@@ -41,8 +43,9 @@ class GatewaySettings:
     grpc_port: int = 8001
     #: Prometheus /metrics port; -1 turns the metrics listener off.
     metrics_port: int = 8002
-    #: Runtime worker addresses: "HOST:PORT" or "unix:PATH".
-    runtime_endpoints: tuple[str, ...] = ("127.0.0.1:8011",)
+    #: Runtime workers' lane addresses ("HOST:PORT" or "unix:PATH"), or "grpc://HOST:PORT" for
+    #: any OIP gRPC server (a runtime's gRPC port, or Triton).
+    runtime_endpoints: tuple[str, ...] = ("127.0.0.1:8012",)
     #: Largest request or response body accepted, in bytes.
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     #: Deadline applied to a forwarded request that carries none, in seconds.

@@ -18,7 +18,7 @@ from gateway.http_server import HttpTransport
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline
 from gateway.route import Router
-from gateway.upstream import Upstream
+from gateway.upstream import connect
 
 log = logging.getLogger("tensorgate.gateway")
 
@@ -44,7 +44,7 @@ class Gateway:
 
     def __init__(self, settings: GatewaySettings, registry: CollectorRegistry = REGISTRY) -> None:
         self.settings = settings
-        self.upstreams = [Upstream(a, settings.max_message_bytes)
+        self.upstreams = [connect(a, settings.max_message_bytes)
                           for a in settings.runtime_endpoints]
         self.metrics = GatewayMetrics(registry)
         self.pipeline = Pipeline(settings, Router(self.upstreams), self.metrics)

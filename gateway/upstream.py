@@ -1,20 +1,42 @@
-"""A runtime endpoint: one persistent gRPC channel, raw-bytes calls, and its outstanding count."""
+"""A runtime endpoint: raw-bytes calls over the lane, or over gRPC to any OIP server (Triton too).
+
+`connect` picks by address: `grpc://HOST:PORT` speaks OIP gRPC; anything else is a lane address.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import grpc
 
 from common.errors import TensorgateError
+from gateway.lane_client import LaneUpstream
 
 SERVICE = "/inference.GRPCInferenceService/"
 
 RawCall = Callable[..., Awaitable[bytes]]
 
 
-class Upstream:
-    """Calls to one runtime worker with request and response bytes passed through untouched."""
+class Upstream(Protocol):
+    """What the pipeline needs of an endpoint: raw calls and the count of calls in flight."""
+
+    address: str
+    outstanding: int
+
+    async def call(self, name: str, request: bytes, timeout: float | None) -> bytes: ...
+
+    async def close(self) -> None: ...
+
+
+def connect(address: str, max_message_bytes: int) -> Upstream:
+    if address.startswith("grpc://"):
+        return GrpcUpstream(address.removeprefix("grpc://"), max_message_bytes)
+    return LaneUpstream(address, max_message_bytes)
+
+
+class GrpcUpstream:
+    """Calls to one OIP gRPC server with request and response bytes passed through untouched."""
 
     def __init__(self, address: str, max_message_bytes: int) -> None:
         self.address = address

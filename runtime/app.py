@@ -10,14 +10,15 @@ import grpc
 import numpy as np
 
 from common.datatypes import NUMPY_DTYPES
-from common.proto import grpc_service_pb2_grpc as pb_grpc
 from common.settings import RuntimeSettings
 from runtime.backends import load_backend
 from runtime.backends.base import Backend
+from runtime.core import RuntimeCore
+from runtime.lane_server import LaneServer
 from runtime.model import ModelStore, ServedModel
 from runtime.repository import scan
 from runtime.scheduler import Scheduler
-from runtime.server import RuntimeService
+from runtime.server import grpc_handlers
 
 log = logging.getLogger("tensorgate.runtime")
 
@@ -59,41 +60,57 @@ class Runtime:
         self.settings = settings
         self.store = store
         self.schedulers: dict[int, Scheduler] = {}
-        self.service = RuntimeService(store, self.schedulers)
+        self.core = RuntimeCore(store, self.schedulers)
         self.server: grpc.aio.Server | None = None
-        self.address = ""
+        self.lane: asyncio.Server | None = None
+        self.grpc_address = ""
+        self.lane_address = ""
 
-    async def start(self) -> str:
+    async def start(self) -> None:
         for model in self.store.all():
             scheduler = Scheduler(model)
             scheduler.start()
             self.schedulers[id(model)] = scheduler
+        if self.settings.listen:
+            await self._start_grpc(self.settings.listen)
+        if self.settings.lane:
+            await self._start_lane(self.settings.lane)
+        self.core.ready = True
+        models = ", ".join(f"{m.name}:{m.version}" for m in self.store.all())
+        log.info("runtime serving gRPC on %s and the lane on %s; models ready: %s",
+                 self.grpc_address or "-", self.lane_address or "-", models or "none")
+
+    async def _start_grpc(self, listen: str) -> None:
         limit = self.settings.max_message_bytes
         self.server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 0),
         ])
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.service, self.server)
-        listen = self.settings.listen
+        self.server.add_generic_rpc_handlers((grpc_handlers(self.core),))
         port = self.server.add_insecure_port(listen)
         host = listen.rpartition(":")[0]
-        self.address = listen if listen.startswith("unix:") else f"{host}:{port}"
+        self.grpc_address = listen if listen.startswith("unix:") else f"{host}:{port}"
         await self.server.start()
-        self.service.ready = True
-        models = ", ".join(f"{m.name}:{m.version}" for m in self.store.all())
-        log.info("runtime serving gRPC on %s; models ready: %s", self.address, models or "none")
-        return self.address
+
+    async def _start_lane(self, listen: str) -> None:
+        loop = asyncio.get_running_loop()
+        limit = self.settings.max_message_bytes
+        factory = lambda: LaneServer(self.core, limit)  # noqa: E731
+        if listen.startswith("unix:"):
+            self.lane = await loop.create_unix_server(factory, listen[5:])
+            self.lane_address = listen
+            return
+        host, _, port = listen.rpartition(":")
+        self.lane = await loop.create_server(factory, host, int(port))
+        bound = self.lane.sockets[0].getsockname()[1]
+        self.lane_address = f"{host}:{bound}"
 
     async def stop(self, grace: float = 5.0) -> None:
-        self.service.ready = False
+        self.core.ready = False
+        if self.lane is not None:
+            self.lane.close()
         if self.server is not None:
             await self.server.stop(grace)
         for scheduler in self.schedulers.values():
             await scheduler.stop()
-
-
-async def serve_until(runtime: Runtime, stop: asyncio.Event) -> None:
-    await runtime.start()
-    await stop.wait()
-    await runtime.stop()

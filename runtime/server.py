@@ -1,80 +1,38 @@
-"""The runtime's transport: OIP gRPC, each RPC decodes, calls the store or a scheduler, encodes."""
+"""The runtime's OIP gRPC transport: generic handlers built from the core's table of RPCs."""
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
-from common import __version__
+import grpc
+from google.protobuf.message import Message
+
 from common.errors import TensorgateError
-from common.proto import grpc_service_pb2 as pb
-from common.proto import grpc_service_pb2_grpc as pb_grpc
-from runtime import describe
-from runtime.model import ModelStore
-from runtime.scheduler import Scheduler
+from runtime.core import Handler, RuntimeCore
 
-R = TypeVar("R")
+SERVICE = "inference.GRPCInferenceService"
 
 
-def _aborts(
-    handler: Callable[[Any, Any, Any], Awaitable[R]],
-) -> Callable[[Any, Any, Any], Awaitable[R]]:
-    """Answer a TensorgateError with its own gRPC code and message."""
-
-    @functools.wraps(handler)
-    async def wrapped(self: Any, request: Any, context: Any) -> R:
+def _rpc(handler: Handler) -> Any:
+    async def call(request: Any, context: Any) -> Message:
         try:
-            return await handler(self, request, context)
+            return await handler(request, context.time_remaining())
         except TensorgateError as exc:
             await context.abort(exc.code, exc.message)
             raise  # unreachable: abort raises
 
-    return wrapped
+    return call
 
 
-class RuntimeService(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, store: ModelStore, schedulers: dict[int, Scheduler]) -> None:
-        self.store = store
-        # Keyed by id(ServedModel): the hot path does one dict lookup after the store's.
-        self.schedulers = schedulers
-        self.ready = False
+def grpc_handlers(core: RuntimeCore) -> grpc.GenericRpcHandler:
+    """Every RPC of the core; the others answer UNIMPLEMENTED."""
+    return grpc.method_handlers_generic_handler(SERVICE, {
+        name: grpc.unary_unary_rpc_method_handler(
+            _rpc(handler), request_deserializer=kind.FromString,
+            response_serializer=_serialize)
+        for name, (kind, handler) in core.methods.items()
+    })
 
-    async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
-        return pb.ServerLiveResponse(live=True)
 
-    async def ServerReady(self, request: Any, context: Any) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self.ready)
-
-    async def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(
-            name="tensorgate-runtime", version=__version__, extensions=describe.EXTENSIONS
-        )
-
-    async def ModelReady(self, request: Any, context: Any) -> pb.ModelReadyResponse:
-        try:
-            self.store.get(request.name, request.version)
-        except TensorgateError:
-            return pb.ModelReadyResponse(ready=False)
-        return pb.ModelReadyResponse(ready=self.ready)
-
-    @_aborts
-    async def ModelMetadata(self, request: Any, context: Any) -> pb.ModelMetadataResponse:
-        return describe.metadata(self.store, request.name, request.version)
-
-    @_aborts
-    async def ModelConfig(self, request: Any, context: Any) -> pb.ModelConfigResponse:
-        model = self.store.get(request.name, request.version)
-        return pb.ModelConfigResponse(config=describe.model_config(model))
-
-    @_aborts
-    async def ModelStatistics(self, request: Any, context: Any) -> pb.ModelStatisticsResponse:
-        return describe.statistics(self.store, request.name, request.version)
-
-    async def RepositoryIndex(self, request: Any, context: Any) -> pb.RepositoryIndexResponse:
-        return describe.index(self.store, self.ready)
-
-    @_aborts
-    async def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
-        model = self.store.get(request.model_name, request.model_version)
-        return await self.schedulers[id(model)].infer(request, context.time_remaining())
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()

@@ -31,12 +31,15 @@ def build_parser() -> argparse.ArgumentParser:
     _gateway_args(serve)
     gateway = commands.add_parser("gateway", help="run only the gateway")
     gateway.add_argument("--runtime", action="append", default=[], metavar="ADDRESS",
-                         help="a runtime worker (HOST:PORT or unix:PATH); repeat for several")
+                         help="a runtime worker's lane (HOST:PORT or unix:PATH), or "
+                         "grpc://HOST:PORT for any OIP gRPC server; repeat for several")
     _gateway_args(gateway)
     runtime = commands.add_parser("runtime", help="run only a runtime worker")
     runtime.add_argument("--model-repository", type=Path, default=Path("models"))
     runtime.add_argument("--listen", default="127.0.0.1:8011",
                          help="gRPC address: HOST:PORT or unix:PATH (127.0.0.1:8011)")
+    runtime.add_argument("--lane", default="127.0.0.1:8012",
+                         help="the gateway's lane: HOST:PORT or unix:PATH (127.0.0.1:8012)")
     runtime.add_argument("--threads", type=int, default=default_threads())
     return parser
 
@@ -55,10 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "runtime":
             settings = RuntimeSettings(model_repository=args.model_repository,
-                                       listen=args.listen, threads=args.threads)
+                                       listen=args.listen, lane=args.lane,
+                                       threads=args.threads)
             return supervisor.run_runtime(settings)
         if args.command == "gateway":
-            endpoints = tuple(args.runtime) or ("127.0.0.1:8011",)
+            endpoints = tuple(args.runtime) or ("127.0.0.1:8012",)
             return supervisor.run_gateway(gateway_settings(args, endpoints))
         return supervisor.serve(args.model_repository, args.threads,
                                 lambda endpoint: gateway_settings(args, (endpoint,)))

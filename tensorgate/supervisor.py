@@ -39,9 +39,9 @@ def run_runtime(settings: RuntimeSettings) -> int:
     async def main() -> int:
         stop = _stop_event()
         runtime = Runtime(settings, store)
-        address = await runtime.start()
+        await runtime.start()
         # The one line on stdout: how a supervisor learns that this worker is ready, and where.
-        print(f"{READY} {address}", flush=True)
+        print(f"{READY} grpc={runtime.grpc_address} lane={runtime.lane_address}", flush=True)
         await stop.wait()
         log.info("runtime stopping")
         await runtime.stop()
@@ -70,9 +70,10 @@ def serve(repository: Path, threads: int,
           gateway_settings: Callable[[str], GatewaySettings]) -> int:
     """Start a runtime worker as a child on a unix socket, then the gateway in front of it."""
     with tempfile.TemporaryDirectory(prefix="tensorgate-") as tmp:
-        endpoint = f"unix:{tmp}/runtime.sock"
+        endpoint = f"unix:{tmp}/lane.sock"
         command = [sys.executable, "-m", "tensorgate", "runtime", "--model-repository",
-                   str(repository), "--listen", endpoint, "--threads", str(threads)]
+                   str(repository), "--listen", f"unix:{tmp}/grpc.sock", "--lane", endpoint,
+                   "--threads", str(threads)]
         return _run(lambda: _serve(command, gateway_settings(endpoint)))
 
 

@@ -48,15 +48,16 @@ class _Background:
 
     async def _serve(self) -> None:
         settings = RuntimeSettings(model_repository=self.repository, listen="127.0.0.1:0",
-                                   threads=2)
+                                   lane="127.0.0.1:0", threads=2)
         runtime = Runtime(settings, load_models(settings))
-        address = await runtime.start()
+        await runtime.start()
+        address = runtime.lane_address
         registry = CollectorRegistry()
         gateway = Gateway(GatewaySettings(host="127.0.0.1", http_port=0, grpc_port=0,
                                           metrics_port=-1, runtime_endpoints=(address,)),
                           registry=registry)
         await gateway.start()
-        self.servers = Servers(address, f"127.0.0.1:{gateway.http_port}",
+        self.servers = Servers(runtime.grpc_address, f"127.0.0.1:{gateway.http_port}",
                                f"127.0.0.1:{gateway.grpc_port}", self.repository, registry)
         self.stop = asyncio.Event()
         self.started.set()

@@ -1,0 +1,134 @@
+"""The gateway's end of the lane: one connection per runtime worker, calls matched by id.
+
+Requests issued in one turn of the event loop leave in one write; a lost connection fails
+every call in flight at once with UNAVAILABLE, and the next call reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+import grpc
+
+from common import lane
+from common.errors import TensorgateError, unavailable
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, address: str, max_payload: int) -> None:
+        self.address = address
+        self.reader = lane.FrameReader(max_payload)
+        self.pending: dict[int, asyncio.Future] = {}
+        self.ids = itertools.count(1)
+        self.out: list[bytes] = []
+        self.transport: asyncio.Transport | None = None
+        self.loop = asyncio.get_running_loop()
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        error = unavailable(f"runtime worker {self.address} closed the connection"
+                            + (f": {exc}" if exc else ""))
+        pending, self.pending = self.pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(error)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.reader.feed(data)
+        except ValueError:
+            assert self.transport is not None
+            self.transport.close()
+            return
+        for call_id, kind, _, payload in frames:
+            future = self.pending.pop(call_id, None)
+            if future is None or future.done():
+                continue
+            if kind == lane.OK:
+                future.set_result(payload)
+            else:
+                future.set_exception(lane.parse_error(payload))
+
+    def send(self, kind: int, payload: bytes, timeout: float | None) -> asyncio.Future:
+        if self.transport is None:
+            raise unavailable(f"runtime worker {self.address} is not connected")
+        call_id = next(self.ids)
+        future = self.loop.create_future()
+        self.pending[call_id] = future
+        if not self.out:
+            self.loop.call_soon(self.flush)
+        self.out.append(lane.header(call_id, kind, len(payload), lane.timeout_us(timeout)))
+        self.out.append(payload)
+        return future
+
+    def flush(self) -> None:
+        if self.transport is not None and self.out:
+            self.transport.writelines(self.out)
+        self.out = []
+
+    def forget(self, future: asyncio.Future) -> None:
+        for call_id, pending in self.pending.items():
+            if pending is future:
+                del self.pending[call_id]
+                return
+
+
+class LaneUpstream:
+    """Calls to one runtime worker over the lane; same interface as the gRPC upstream."""
+
+    def __init__(self, address: str, max_message_bytes: int) -> None:
+        self.address = address
+        self.outstanding = 0
+        self.max_payload = max_message_bytes
+        self._connection: _Connection | None = None
+        self._connecting: asyncio.Future | None = None
+
+    async def _connect(self) -> _Connection:
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._open())
+        try:
+            return await asyncio.shield(self._connecting)
+        finally:
+            if self._connecting is not None and self._connecting.done():
+                self._connecting = None
+
+    async def _open(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        factory = lambda: _Connection(self.address, self.max_payload)  # noqa: E731
+        try:
+            if self.address.startswith("unix:"):
+                _, protocol = await loop.create_unix_connection(factory, self.address[5:])
+            else:
+                host, _, port = self.address.rpartition(":")
+                _, protocol = await loop.create_connection(factory, host, int(port))
+        except OSError as exc:
+            raise unavailable(f"runtime worker {self.address} is unavailable: {exc}") from None
+        self._connection = protocol
+        return protocol
+
+    async def call(self, name: str, request: bytes, timeout: float | None) -> bytes:
+        connection = self._connection
+        if connection is None or connection.transport is None:
+            connection = await self._connect()
+        self.outstanding += 1
+        future = connection.send(lane.METHOD_KIND[name], request, timeout)
+        try:
+            if timeout is None:
+                return await future
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            connection.forget(future)
+            raise TensorgateError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                  f"runtime worker {self.address} did not answer within "
+                                  f"{timeout:.3f}s") from None
+        finally:
+            self.outstanding -= 1
+
+    async def close(self) -> None:
+        if self._connection is not None and self._connection.transport is not None:
+            self._connection.transport.close()
