@@ -360,12 +360,13 @@ def measure_floor(opts: Options, children: Children, payload: bytes) -> list[Row
 def start_servers(opts: Options, children: Children) -> tuple[str, str]:
     """A runtime worker over the bench repository and a gateway in front of it."""
     runtime = f"127.0.0.1:{free_port()}"
+    lane = f"127.0.0.1:{free_port()}"
     children.start("runtime", [sys.executable, "-m", "tensorgate", "runtime",
                                "--model-repository", str(REPO), "--listen", runtime,
-                               "--threads", str(opts.threads)], RUNTIME_READY)
+                               "--lane", lane, "--threads", str(opts.threads)], RUNTIME_READY)
     grpc_port = free_port()
     children.start("gateway", [sys.executable, "-m", "tensorgate", "gateway", "--runtime",
-                               runtime, "--host", "127.0.0.1", "--http-port", str(free_port()),
+                               lane, "--host", "127.0.0.1", "--http-port", str(free_port()),
                                "--grpc-port", str(grpc_port), "--metrics-port", "-1"],
                    GATEWAY_READY)
     return runtime, f"127.0.0.1:{grpc_port}"
