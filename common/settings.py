@@ -30,6 +30,9 @@ class RuntimeSettings:
     threads: int = field(default_factory=default_threads)
     #: Largest gRPC message accepted or sent, in bytes.
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    #: A model whose batches take less than this (µs) runs them on the event loop thread:
+    #: handing a batch to an executor thread and back costs more than such a model. 0: never.
+    inline_compute_us: int = 200
 
 
 @dataclass(frozen=True)

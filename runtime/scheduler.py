@@ -27,7 +27,15 @@ log = logging.getLogger("tensorgate.runtime")
 
 
 class Scheduler:
-    def __init__(self, model: ServedModel, clock: Callable[[], float] = time.monotonic) -> None:
+    """Forms batches when an instance is free and runs them.
+
+    A batch runs in its instance's executor thread, unless the model's recent batches took less
+    than `inline_ns`: then it runs on the event loop itself, since handing a batch to a thread
+    and back costs two thread wake-ups, more than such a model's whole compute.
+    """
+
+    def __init__(self, model: ServedModel, clock: Callable[[], float] = time.monotonic,
+                 inline_ns: int = 0) -> None:
         config = model.config
         batching = config.dynamic_batching
         self.model = model
@@ -52,6 +60,9 @@ class Scheduler:
         # millisecond early (uvloop rounds to ms); a fired timer counts as that time reached.
         self._due = 0.0
         self._task: asyncio.Task | None = None
+        self.inline_ns = inline_ns
+        # Recent batch compute time (an exponential average); starts at the warm-up's.
+        self.compute_ns = float(model.warmup_ns)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -118,15 +129,27 @@ class Scheduler:
         now = self.clock()
         for item in batch:
             self.model.stats.queue.add(int((now - item.arrival) * 1e9))
+        if self.compute_ns < self.inline_ns:
+            try:
+                result = execute(backend, self.model.batched, batch)
+            except Exception as exc:
+                self._complete(batch, instance, None, exc)
+            else:
+                self._complete(batch, instance, result, None)
+            return
         work = asyncio.get_running_loop().run_in_executor(
             pool, execute, backend, self.model.batched, batch)
         work.add_done_callback(partial(self._finish, batch, instance))
 
     def _finish(self, batch: list[Pending], instance: tuple, work: asyncio.Future) -> None:
+        error = work.exception()
+        self._complete(batch, instance, None if error else work.result(), error)
+
+    def _complete(self, batch: list[Pending], instance: tuple, result: BatchResult | None,
+                  error: BaseException | None) -> None:
         self.free.append(instance)
         self.wakeup.set()
-        error = work.exception()
-        if error is not None:
+        if result is None:
             log.error("%s failed on a batch of %d requests: %s", self.model.label, len(batch),
                       error)
             failure = TensorgateError(grpc.StatusCode.INTERNAL,
@@ -135,7 +158,7 @@ class Scheduler:
                 if not item.future.done():
                     item.future.set_exception(failure)
             return
-        result: BatchResult = work.result()
+        self.compute_ns = 0.8 * self.compute_ns + 0.2 * result.infer_ns
         rows = sum(item.batch_size for item in batch)
         self.model.stats.record_batch(rows, len(batch), result.input_ns, result.infer_ns,
                                       result.output_ns)

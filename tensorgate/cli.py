@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     runtime.add_argument("--lane", default="127.0.0.1:8012",
                          help="the gateway's lane: HOST:PORT or unix:PATH (127.0.0.1:8012)")
     runtime.add_argument("--threads", type=int, default=default_threads())
+    runtime.add_argument("--inline-compute-us", type=int, default=200,
+                         help="models whose batches take less than this run on the event loop "
+                              "thread instead of an executor thread (200; 0: never)")
     return parser
 
 
@@ -59,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "runtime":
             settings = RuntimeSettings(model_repository=args.model_repository,
                                        listen=args.listen, lane=args.lane,
-                                       threads=args.threads)
+                                       threads=args.threads,
+                                       inline_compute_us=args.inline_compute_us)
             return supervisor.run_runtime(settings)
         if args.command == "gateway":
             endpoints = tuple(args.runtime) or ("127.0.0.1:8012",)

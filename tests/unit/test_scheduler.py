@@ -140,3 +140,27 @@ async def test_a_short_batch_waits_for_the_queue_delay() -> None:
     await asyncio.gather(first, second)
     assert backend.batches == [2]
     await scheduler.stop()
+
+
+class ThreadRecorder(FakeBackend):
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[str] = []
+
+    def run(self, feeds: list[np.ndarray]) -> list[np.ndarray]:
+        self.threads.append(threading.current_thread().name)
+        return super().run(feeds)
+
+
+@pytest.mark.parametrize(("warmup_ns", "inline"), [(50_000, True), (5_000_000, False)])
+async def test_fast_models_run_on_the_loop_and_slow_ones_in_their_thread(
+        warmup_ns: int, inline: bool) -> None:
+    backend = ThreadRecorder()
+    model = served(backend)
+    model.warmup_ns = warmup_ns
+    scheduler = Scheduler(model, inline_ns=200_000)
+    scheduler.start()
+    assert values(await scheduler.infer(request(1, 2.0), None)) == [4.0, 4.0]
+    on_loop = backend.threads == [threading.current_thread().name]
+    assert on_loop is inline
+    await scheduler.stop()
