@@ -53,3 +53,5 @@ class GatewaySettings:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     #: Deadline applied to a forwarded request that carries none, in seconds.
     default_timeout_s: float = 60.0
+    #: Share the HTTP and gRPC ports with sibling gateway processes (SO_REUSEPORT).
+    reuse_port: bool = False

@@ -60,12 +60,15 @@ class Gateway:
         self.grpc_server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", int(s.reuse_port)),
         ])
         self.grpc_server.add_generic_rpc_handlers((GrpcTransport(self.pipeline).handlers(),))
         self.grpc_port = self.grpc_server.add_insecure_port(f"{s.host}:{s.grpc_port}")
         await self.grpc_server.start()
         sock = socket.socket(socket.AF_INET6 if ":" in s.host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if s.reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((s.host, s.http_port))
         self.http_port = sock.getsockname()[1]
         config = uvicorn.Config(HttpTransport(self.pipeline, limit), http="httptools",

@@ -21,7 +21,7 @@ class GatewayMetrics:
             ["model", "protocol"], buckets=LATENCY_BUCKETS, registry=registry)
         self.in_flight = Gauge(
             "tensorgate_requests_in_flight", "Inference requests being handled",
-            registry=registry)
+            registry=registry, multiprocess_mode="livesum")
 
     def observe(self, model: str, protocol: str, code: str, seconds: float) -> None:
         self.requests.labels(model, protocol, code).inc()

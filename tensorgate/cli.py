@@ -28,11 +28,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the model repository (./models)")
     serve.add_argument("--threads", type=int, default=default_threads(),
                        help="compute threads for the runtime worker (all cores)")
+    serve.add_argument("--gateway-processes", type=int, default=default_threads(),
+                       help="gateway processes sharing the ports (one per core)")
     _gateway_args(serve)
     gateway = commands.add_parser("gateway", help="run only the gateway")
     gateway.add_argument("--runtime", action="append", default=[], metavar="ADDRESS",
                          help="a runtime worker's lane (HOST:PORT or unix:PATH), or "
                          "grpc://HOST:PORT for any OIP gRPC server; repeat for several")
+    gateway.add_argument("--processes", type=int, default=1,
+                         help="gateway processes sharing the ports (1)")
+    gateway.add_argument("--reuse-port", action="store_true",
+                         help="let sibling processes share the ports (SO_REUSEPORT)")
     _gateway_args(gateway)
     runtime = commands.add_parser("runtime", help="run only a runtime worker")
     runtime.add_argument("--model-repository", type=Path, default=Path("models"))
@@ -47,29 +53,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def gateway_settings(args: argparse.Namespace, endpoints: tuple[str, ...]) -> GatewaySettings:
+def gateway_settings(args: argparse.Namespace, endpoints: tuple[str, ...],
+                     reuse_port: bool = False) -> GatewaySettings:
     return GatewaySettings(host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
-                           metrics_port=args.metrics_port, runtime_endpoints=endpoints)
+                           metrics_port=args.metrics_port, runtime_endpoints=endpoints,
+                           reuse_port=reuse_port)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tensorgate import roles, supervisor
+
+    if args.command == "runtime":
+        return roles.run_runtime(RuntimeSettings(
+            model_repository=args.model_repository, listen=args.listen, lane=args.lane,
+            threads=args.threads, inline_compute_us=args.inline_compute_us))
+    if args.command == "gateway":
+        endpoints = tuple(args.runtime) or ("127.0.0.1:8012",)
+        if args.processes > 1:
+            return supervisor.gateways(gateway_settings(args, endpoints), args.processes)
+        return roles.run_gateway(gateway_settings(args, endpoints, args.reuse_port))
+    return supervisor.serve(args.model_repository, args.threads,
+                            max(1, args.gateway_processes), gateway_settings(args, ()))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from tensorgate import supervisor
-
     try:
-        if args.command == "runtime":
-            settings = RuntimeSettings(model_repository=args.model_repository,
-                                       listen=args.listen, lane=args.lane,
-                                       threads=args.threads,
-                                       inline_compute_us=args.inline_compute_us)
-            return supervisor.run_runtime(settings)
-        if args.command == "gateway":
-            endpoints = tuple(args.runtime) or ("127.0.0.1:8012",)
-            return supervisor.run_gateway(gateway_settings(args, endpoints))
-        return supervisor.serve(args.model_repository, args.threads,
-                                lambda endpoint: gateway_settings(args, (endpoint,)))
+        return run(args)
     except ConfigError as exc:
         print(f"tensorgate: configuration error: {exc}", file=sys.stderr)
         return 2

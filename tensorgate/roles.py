@@ -1,0 +1,62 @@
+"""One process, one role: a runtime worker or a gateway, run until SIGINT or SIGTERM.
+
+Each announces readiness with one line on stdout, which is how a supervisor learns it is up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import uvloop
+
+from common.settings import GatewaySettings, RuntimeSettings
+
+log = logging.getLogger("tensorgate")
+RUNTIME_READY = "tensorgate-runtime ready"
+GATEWAY_READY = "tensorgate-gateway ready"
+
+
+def stop_event() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def run_runtime(settings: RuntimeSettings) -> int:
+    from runtime.app import Runtime, load_models
+
+    store = load_models(settings)
+
+    async def main() -> int:
+        stop = stop_event()
+        runtime = Runtime(settings, store)
+        await runtime.start()
+        print(f"{RUNTIME_READY} grpc={runtime.grpc_address} lane={runtime.lane_address}",
+              flush=True)
+        await stop.wait()
+        log.info("runtime stopping")
+        await runtime.stop()
+        return 0
+
+    return uvloop.run(main())
+
+
+def run_gateway(settings: GatewaySettings) -> int:
+    from gateway.app import Gateway
+
+    async def main() -> int:
+        stop = stop_event()
+        gateway = Gateway(settings)
+        await gateway.start()
+        gateway.start_metrics()
+        print(f"{GATEWAY_READY} http={gateway.http_port} grpc={gateway.grpc_port}", flush=True)
+        await stop.wait()
+        log.info("gateway stopping")
+        await gateway.stop()
+        return 0
+
+    return uvloop.run(main())
