@@ -37,7 +37,7 @@ def load_models(settings: RuntimeSettings) -> ModelStore:
         threads = intra_op_threads(settings.threads, count)
         backends = [load_backend(source.backend, source.artifact, source.config, threads)
                     for _ in range(count)]
-        warmup_ns = min(warm_up(b, source.config.max_batch_size > 0) for b in backends)
+        warmup_ns = min(warm_up(b, source.config.max_batch_size) for b in backends)
         store.add(ServedModel(source.config, source.version, backends, warmup_ns))
         log.info("loaded %s version %d (%s on %s, %d instance(s)) in %.2fs", source.config.name,
                  source.version, source.backend, backends[0].device, count,
@@ -45,8 +45,8 @@ def load_models(settings: RuntimeSettings) -> ModelStore:
     return store
 
 
-def warm_up(backend: Backend, batched: bool) -> float:
-    """Run zeros a few times, so the first caller does not pay for lazy initialisation.
+def warm_up(backend: Backend, max_batch_size: int) -> float:
+    """Run a full batch of zeros a few times, so no caller pays for lazy initialisation.
 
     Returns the fastest run in ns; infinite when the signature gives no shape to run.
     """
@@ -54,7 +54,7 @@ def warm_up(backend: Backend, batched: bool) -> float:
     for spec in backend.inputs:
         if spec.datatype not in NUMPY_DTYPES or spec.datatype == "BYTES" or -1 in spec.shape:
             return float("inf")
-        shape = (1, *spec.shape) if batched else spec.shape
+        shape = (max_batch_size, *spec.shape) if max_batch_size else spec.shape
         feeds.append(np.zeros(shape, NUMPY_DTYPES[spec.datatype]))
     fastest = float("inf")
     for _ in range(3):

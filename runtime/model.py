@@ -15,7 +15,7 @@ class ServedModel:
     config: ModelConfig
     version: int
     backends: list[Backend]
-    #: How long one warm-up batch of one row took; infinite when it could not be measured.
+    #: How long a full warm-up batch took; infinite when it could not be measured.
     warmup_ns: float = float("inf")
     stats: ModelStats = field(default_factory=ModelStats)
 

@@ -29,9 +29,9 @@ log = logging.getLogger("tensorgate.runtime")
 class Scheduler:
     """Forms batches when an instance is free and runs them.
 
-    A batch runs in its instance's executor thread, unless the model's recent batches took less
-    than `inline_ns`: then it runs on the event loop itself, since handing a batch to a thread
-    and back costs two thread wake-ups, more than such a model's whole compute.
+    A batch runs in its instance's executor thread, unless a full batch of the model took less
+    than `inline_ns` at warm-up: then it runs on the event loop itself, since handing a batch to
+    a thread and back costs two thread wake-ups, more than such a model's whole compute.
     """
 
     def __init__(self, model: ServedModel, clock: Callable[[], float] = time.monotonic,
@@ -60,9 +60,7 @@ class Scheduler:
         # millisecond early (uvloop rounds to ms); a fired timer counts as that time reached.
         self._due = 0.0
         self._task: asyncio.Task | None = None
-        self.inline_ns = inline_ns
-        # Recent batch compute time (an exponential average); starts at the warm-up's.
-        self.compute_ns = float(model.warmup_ns)
+        self.inline = model.warmup_ns < inline_ns
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -129,7 +127,7 @@ class Scheduler:
         now = self.clock()
         for item in batch:
             self.model.stats.queue.add(int((now - item.arrival) * 1e9))
-        if self.compute_ns < self.inline_ns:
+        if self.inline:
             try:
                 result = execute(backend, self.model.batched, batch)
             except Exception as exc:
@@ -158,7 +156,6 @@ class Scheduler:
                 if not item.future.done():
                     item.future.set_exception(failure)
             return
-        self.compute_ns = 0.8 * self.compute_ns + 0.2 * result.infer_ns
         rows = sum(item.batch_size for item in batch)
         self.model.stats.record_batch(rows, len(batch), result.input_ns, result.infer_ns,
                                       result.output_ns)
