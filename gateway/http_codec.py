@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from google.protobuf.message import Message
 
-from common.errors import invalid_argument
+from common.errors import TensorgateError, invalid_argument
 from common.proto import grpc_service_pb2 as pb
 from common.tensors import json_to_raw, raw_to_json
 
@@ -41,16 +41,17 @@ def decode_infer_request(
         raise invalid_argument("request body must be a JSON object with an 'inputs' list")
     request = pb.ModelInferRequest(model_name=model, model_version=version,
                                    id=str(header.get("id", "")))
-    params = _dict(header.get("parameters"), "parameters")
-    _set_parameters(request.parameters, params)
+    params = header.get("parameters")
+    if params:
+        _set_parameters(request.parameters, _dict(params, "parameters"))
     offset = end
     for i, item in enumerate(header["inputs"]):
         offset = _add_input(request, item, i, view, offset)
     if offset != len(body):
         raise invalid_argument(f"body has {len(body) - offset} bytes beyond the binary tensors "
                                "the header declares")
-    prefs = OutputPrefs(default_binary=bool(params.get("binary_data_output", False)))
-    for item in header.get("outputs") or []:
+    prefs = OutputPrefs(default_binary=bool(params and params.get("binary_data_output")))
+    for item in header.get("outputs") or ():
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise invalid_argument("each entry of 'outputs' must be an object with a 'name'")
         request.outputs.add(name=item["name"])
@@ -62,30 +63,38 @@ def decode_infer_request(
 
 def _add_input(request: pb.ModelInferRequest, item: Any, i: int, body: memoryview,
                offset: int) -> int:
-    if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+    if type(item) is not dict or type(item.get("name")) is not str:
         raise invalid_argument(f"inputs[{i}] must be an object with a 'name'")
     name, datatype, shape = item["name"], item.get("datatype"), item.get("shape")
-    what = f"input '{name}' of model '{request.model_name}'"
-    if not isinstance(datatype, str):
-        raise invalid_argument(f"{what}: 'datatype' must be a string")
-    if not isinstance(shape, list) or not all(type(d) is int for d in shape):
-        raise invalid_argument(f"{what}: 'shape' must be a list of integers")
-    params = _dict(item.get("parameters"), f"{what}: parameters")
-    size = params.get("binary_data_size")
+    if type(datatype) is not str:
+        raise _bad(request, name, "'datatype' must be a string")
+    if type(shape) is not list or not all(type(d) is int for d in shape):
+        raise _bad(request, name, "'shape' must be a list of integers")
+    params = item.get("parameters")
+    size = _dict(params, "parameters").get("binary_data_size") if params else None
     if size is not None:
         if type(size) is not int or size < 0 or offset + size > len(body):
-            raise invalid_argument(f"{what}: binary_data_size {size} runs past the end of the "
-                                   f"body ({len(body) - offset} bytes left)")
+            raise _bad(request, name, f"binary_data_size {size} runs past the end of the body "
+                                      f"({len(body) - offset} bytes left)")
         raw = bytes(body[offset : offset + size])
         offset += size
     elif "data" in item:
-        raw = json_to_raw(datatype, shape, item["data"], what)
+        raw = json_to_raw(datatype, shape, item["data"], _what(request, name))
     else:
-        raise invalid_argument(f"{what}: needs 'data' or a binary_data_size parameter")
+        raise _bad(request, name, "needs 'data' or a binary_data_size parameter")
     tensor = request.inputs.add(name=name, datatype=datatype, shape=shape)
-    _set_parameters(tensor.parameters, params)
+    if params:
+        _set_parameters(tensor.parameters, params)
     request.raw_input_contents.append(raw)
     return offset
+
+
+def _what(request: pb.ModelInferRequest, name: str) -> str:
+    return f"input '{name}' of model '{request.model_name}'"
+
+
+def _bad(request: pb.ModelInferRequest, name: str, text: str) -> TensorgateError:
+    return invalid_argument(f"{_what(request, name)}: {text}")
 
 
 def _dict(value: Any, what: str) -> dict[str, Any]:
