@@ -1,0 +1,66 @@
+"""The gateway in front of other upstreams: any OIP gRPC server, and a worker that is gone."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import grpc
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from common.errors import TensorgateError
+from common.proto import grpc_service_pb2 as pb
+from common.settings import GatewaySettings
+from gateway.app import Gateway
+from tests.integration.conftest import Servers
+
+
+def infer_bytes(rows: int = 1) -> bytes:
+    request = pb.ModelInferRequest(model_name="digits", model_version="1")
+    request.inputs.add(name="INPUT0", datatype="FP32", shape=[rows, 64])
+    request.raw_input_contents.append(np.zeros((rows, 64), "<f4").tobytes())
+    return request.SerializeToString()
+
+
+async def call_through(endpoint: str) -> bytes:
+    gateway = Gateway(GatewaySettings(host="127.0.0.1", http_port=0, grpc_port=0,
+                                      metrics_port=-1, runtime_endpoints=(endpoint,)),
+                      registry=CollectorRegistry())
+    await gateway.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
+            call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+            return await call(infer_bytes(2), timeout=10)
+    finally:
+        await gateway.stop(grace=0.5)
+
+
+def test_a_grpc_upstream_serves_like_the_lane(servers: Servers) -> None:
+    answer = pb.ModelInferResponse.FromString(
+        asyncio.run(call_through(f"grpc://{servers.runtime_grpc}")))
+    assert answer.model_name == "digits" and list(answer.outputs[0].shape) == [2, 10]
+
+
+def test_a_worker_that_is_gone_answers_unavailable_at_once() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        asyncio.run(call_through(f"127.0.0.1:{port}"))
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert f"runtime worker 127.0.0.1:{port} is unavailable" in (caught.value.details() or "")
+
+
+def test_lane_upstream_reports_unavailable_as_the_error_type() -> None:
+    from gateway.lane_client import LaneUpstream
+
+    async def go() -> None:
+        upstream = LaneUpstream("unix:/nonexistent/lane.sock", 1024)
+        with pytest.raises(TensorgateError) as caught:
+            await upstream.call("ModelInfer", b"", 1.0)
+        assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+        assert upstream.outstanding == 0
+
+    asyncio.run(go())
