@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install serve test proto lint bench clean
+.PHONY: install serve test proto lint bench soak clean
 
 install: $(STAMP)
 
@@ -33,6 +33,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m loadtest.bench
+
+soak: $(STAMP)
+	$(PY) -m loadtest.soak
 
 clean:
 	rm -rf $(VENV) build *.egg-info loadtest/.models
