@@ -73,7 +73,8 @@ class Gateway:
         self.http_port = sock.getsockname()[1]
         config = uvicorn.Config(HttpTransport(self.pipeline, limit), http="httptools",
                                 loop="none", lifespan="off", access_log=False,
-                                log_level="warning")
+                                log_level="warning", proxy_headers=False,
+                                server_header=False)
         self.http_server = _Uvicorn(config)
         self._http_task = asyncio.get_running_loop().create_task(self.http_server.serve([sock]))
         up = asyncio.ensure_future(self.http_server.up.wait())

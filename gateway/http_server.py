@@ -40,7 +40,9 @@ class HttpTransport:
             status, payload, extra = await self.route(scope["method"], scope["path"], headers, body)
         except TensorgateError as exc:
             status, payload, extra = _json(exc.http_status, {"error": exc.message})
-        await send({"type": "http.response.start", "status": status, "headers": extra})
+        # NOTE: with a Content-Length the server need not chunk the body.
+        headers = [*extra, (b"content-length", b"%d" % len(payload))]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 
     async def _body(self, receive: Callable, headers: dict[bytes, bytes]) -> bytes:

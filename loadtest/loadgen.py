@@ -1,226 +1,286 @@
-"""The closed-loop gRPC load generator (a child process, raw bytes through grpc.aio) and the
-do-nothing floor server: ``python -m loadtest.loadgen floor --listen HOST:PORT``.
+"""Closed-loop load generation: h2load for gRPC, wrk for HTTP, and Python generators
+(``loadtest/pyload.py``) where those are not installed or ``--python-clients`` asks for them.
+
+Every generator runs as a child process: first a warm-up run of ``warmup_s`` that is not
+measured, then the measured run of ``duration_s``. The servers' CPU time is read right before
+and right after the measured run (the Python generators say when their window opens and closes);
+the generator's own CPU time is reported apart.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import multiprocessing as mp
-import signal
+import json
+import math
+import re
+import resource
+import shutil
+import subprocess
 import sys
-import time
-from collections import Counter
+import tempfile
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
+from pathlib import Path
 
-import grpc
 import numpy as np
-import uvloop
 
-from common.proto import grpc_service_pb2 as pb
+from loadtest.cases import ROOT
 
-SERVICE = "inference.GRPCInferenceService"
-METHOD = f"/{SERVICE}/ModelInfer"
+Meter = Callable[[], dict[str, float]]
 CALL_TIMEOUT_S = 30.0
-FLOOR_READY = "floor serving gRPC on"
+WINDOW_OPEN, WINDOW_CLOSED = "window open", "window closed"
 
 
-def infer_request(model: str, version: str, row: np.ndarray) -> bytes:
-    """A serialized one-row ModelInferRequest with its tensor in raw_input_contents."""
-    row = np.ascontiguousarray(row, dtype=np.float32).reshape(1, -1)
-    request = pb.ModelInferRequest(model_name=model, model_version=version)
-    request.inputs.add(name="INPUT0", datatype="FP32", shape=list(row.shape))
-    request.raw_input_contents.append(row.tobytes())
-    return request.SerializeToString()
+@dataclass(frozen=True)
+class Target:
+    """What one load run sends, and where: a gRPC method or an HTTP path, the body (for gRPC the
+    serialized message, unframed), extra headers, and for gRPC the wire size of a good answer."""
+
+    protocol: str  # "grpc" or "http"
+    address: str  # HOST:PORT
+    path: str
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+    answer_size: int = 0
 
 
-@dataclass
-class LoadSpec:
-    """What one measurement sends, where, how hard and for how long."""
+@dataclass(frozen=True)
+class Load:
+    """How hard and how long: ``concurrency`` callers, each sending its next request when the
+    previous one is answered; gRPC callers share ``connections`` HTTP/2 connections."""
 
-    target: str
-    payload: bytes
     concurrency: int
+    connections: int
     warmup_s: float
     duration_s: float
-    channels: int = 1
+    python_only: bool = False
+
+    def streams(self) -> tuple[int, int]:
+        """(connections, streams per connection) whose product is the concurrency."""
+        connections = max(1, min(self.connections, self.concurrency))
+        while self.concurrency % connections:
+            connections -= 1
+        return connections, self.concurrency // connections
 
 
 @dataclass
-class LoadResult:
-    """Latencies (ns) of the calls that completed inside the measured window, and all errors."""
+class Outcome:
+    """One measured run: answers inside the window, latency percentiles, errors, and CPU."""
 
-    latencies_ns: np.ndarray
+    generator: str
+    answered: int
     window_s: float
-    errors: Counter[str] = field(default_factory=Counter)
+    percentiles_ms: dict[str, float]  # "50", "90", "99", "99.9"
+    errors: int = 0
     first_error: str = ""
-    #: Calls answered during warm-up and measurement, and the client's CPU seconds meanwhile.
-    calls: int = 0
-    cpu_s: float = 0.0
+    client_cpu_s: float = 0.0
+    server_cpu_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
-        return len(self.latencies_ns) / self.window_s
+        return self.answered / self.window_s if self.window_s else 0.0
 
-    def percentile_ms(self, q: float) -> float:
-        if not len(self.latencies_ns):
-            return float("nan")
-        return float(np.percentile(self.latencies_ns, q)) / 1e6
+    def p(self, q: str) -> float:
+        return self.percentiles_ms.get(q, math.nan)
 
-    @property
-    def error_count(self) -> int:
-        return sum(self.errors.values())
+
+QUANTILES = ("50", "90", "99", "99.9")
+
+
+def percentiles_ms(latencies_ns: np.ndarray) -> dict[str, float]:
+    if not len(latencies_ns):
+        return {q: math.nan for q in QUANTILES}
+    values = np.percentile(latencies_ns, [float(q) for q in QUANTILES]) / 1e6
+    return dict(zip(QUANTILES, (float(v) for v in values)))
+
+
+def generator_for(protocol: str, python_only: bool) -> str:
+    """``h2load``/``wrk`` where installed, else ``python``."""
+    tool = "h2load" if protocol == "grpc" else "wrk"
+    return tool if not python_only and shutil.which(tool) else "python"
+
+
+def tool_version(tool: str) -> str:
+    try:
+        text = subprocess.run([tool, "--version"] if tool == "h2load" else [tool, "-v"],
+                              capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return f"{tool} (not found)"
+    return text.splitlines()[0].strip() if text else tool
+
+
+def closed_loop(target: Target, load: Load, meter: Meter) -> Outcome:
+    """One warm-up run and one measured run of the generator that fits ``target``."""
+    kind = generator_for(target.protocol, load.python_only)
+    with tempfile.TemporaryDirectory(prefix="tg-load-") as tmp:
+        if kind == "h2load":
+            return _h2load(target, load, meter, Path(tmp))
+        if kind == "wrk":
+            return _wrk(target, load, meter, Path(tmp))
+        return _python(target, load, meter, Path(tmp))
 
 
 @dataclass
-class _Tally:
-    """What the workers of one run share: in-window latencies, answered calls and errors."""
-
-    latencies: list[int] = field(default_factory=list)
-    calls: int = 0
-    errors: Counter[str] = field(default_factory=Counter)
-    first_error: str = ""
+class _Ran:
+    stdout: str
+    returncode: int
+    client_cpu_s: float
+    server_cpu_s: dict[str, float]
 
 
-async def _worker(call: grpc.aio.UnaryUnaryMultiCallable, payload: bytes,
-                  window: tuple[int, int], tally: _Tally) -> None:
-    start, end = window
-    clock = time.perf_counter_ns
-    latencies = tally.latencies
-    while (t0 := clock()) < end:
-        try:
-            await call(payload, timeout=CALL_TIMEOUT_S)
-        except grpc.aio.AioRpcError as exc:
-            tally.errors[exc.code().name] += 1
-            tally.first_error = tally.first_error or f"{exc.code().name}: {exc.details()}"
-            continue
-        t1 = clock()
-        tally.calls += 1
-        if start <= t1 <= end:
-            latencies.append(t1 - t0)
+def _delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {name: after[name] - before[name] for name in after if name in before}
 
 
-async def _drive(spec: LoadSpec) -> LoadResult:
-    channels = [grpc.aio.insecure_channel(spec.target) for _ in range(spec.channels)]
+def _run(argv: list[str], limit_s: float, meter: Meter | None = None,
+         markers: bool = False) -> _Ran:
+    """Run a generator to its end (killed after ``limit_s``). With ``meter``, the servers' CPU
+    over its run, or between its window markers; its own CPU from the kernel's accounting."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before = meter() if meter and not markers else {}
+    after: dict[str, float] = {}
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, text=True)
+    watchdog = threading.Timer(limit_s, proc.kill)
+    watchdog.start()
+    lines = []
     try:
-        await asyncio.gather(*(ch.channel_ready() for ch in channels))
-        calls = [ch.unary_unary(METHOD) for ch in channels]  # no serializers: bytes in and out
-        cpu = time.process_time()
-        start = time.perf_counter_ns() + int(spec.warmup_s * 1e9)
-        window = (start, start + int(spec.duration_s * 1e9))
-        tally = _Tally()
-        await asyncio.gather(*(_worker(calls[i % len(calls)], spec.payload, window, tally)
-                               for i in range(spec.concurrency)))
-        cpu = time.process_time() - cpu
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if meter and markers and line.startswith(WINDOW_OPEN):
+                before = meter()
+            elif meter and markers and line.startswith(WINDOW_CLOSED):
+                after = meter()
+        code = proc.wait()
     finally:
-        await asyncio.gather(*(ch.close() for ch in channels))
-    return LoadResult(np.asarray(tally.latencies, dtype=np.int64), spec.duration_s,
-                      tally.errors, tally.first_error, tally.calls, cpu)
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if meter and not markers:
+        after = meter()
+    spent = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = spent.ru_utime + spent.ru_stime - usage.ru_utime - usage.ru_stime
+    if code == -9:
+        lines.append(f"\n(killed after {limit_s:.0f}s)")
+    return _Ran("".join(lines), code, cpu, _delta(after, before))
 
 
-def _child(spec: LoadSpec, conn: Connection) -> None:
-    try:
-        conn.send(uvloop.run(_drive(spec)))
-    except BaseException as exc:
-        conn.send(RuntimeError(f"load generator failed: {exc!r}"))
-        raise
-    finally:
-        conn.close()
+def _limit(seconds: float) -> float:
+    return seconds + CALL_TIMEOUT_S + 30.0
 
 
-def run_load(spec: LoadSpec) -> LoadResult:
-    """Run one closed-loop measurement in a fresh process; always reaps it."""
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(spec, child), name="loadgen", daemon=True)
-    proc.start()
-    child.close()
-    try:
-        limit = spec.warmup_s + spec.duration_s + CALL_TIMEOUT_S + 60.0
-        if not parent.poll(limit):
-            raise TimeoutError(f"load generator gave no result within {limit:.0f}s")
-        result = parent.recv()
-        if isinstance(result, BaseException):
-            raise result
-        proc.join(10)
-        return result
-    finally:
-        parent.close()
-        _reap(proc)
+def _h2load(target: Target, load: Load, meter: Meter, tmp: Path) -> Outcome:
+    body = tmp / "request.grpc"
+    body.write_bytes(b"\x00" + len(target.body).to_bytes(4, "big") + target.body)
+    connections, streams = load.streams()
+    argv = ["h2load", "-t", "1", "-c", str(connections), "-m", str(streams), "-d", str(body),
+            "-H", "content-type: application/grpc", "-H", "te: trailers",
+            "-T", f"{CALL_TIMEOUT_S:.0f}s", f"http://{target.address}{target.path}"]
+    if load.warmup_s > 0:
+        _run([*argv, "-D", f"{round(load.warmup_s * 1000)}ms"], _limit(load.warmup_s))
+    log = tmp / "requests.tsv"
+    ran = _run([*argv, "-D", f"{round(load.duration_s * 1000)}ms", "--log-file", str(log)],
+               _limit(load.duration_s), meter)
+    name = f"h2load -c {connections} -m {streams}"
+    return _parse_h2load(name, ran, log, target.answer_size, load.duration_s)
 
 
-def _reap(proc: mp.process.BaseProcess) -> None:
-    if proc.is_alive():
-        proc.terminate()
-        proc.join(5)
-    if proc.is_alive():
-        proc.kill()
-        proc.join(5)
+def _numbers(pattern: str, text: str) -> list[int]:
+    found = re.search(pattern, text)
+    return [int(g) for g in found.groups()] if found else []
 
 
-def _echo(conn: Connection) -> None:
-    while message := conn.recv_bytes():
-        conn.send_bytes(message)
+def _parse_h2load(name: str, ran: _Ran, log: Path, answer_size: int,
+                  window_s: float) -> Outcome:
+    counts = _numbers(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+                      r"(\d+) failed, (\d+) errored, (\d+) timeout", ran.stdout)
+    data = _numbers(r"traffic: .*\((\d+)\) data", ran.stdout)
+    if ran.returncode != 0 or not counts or not data:
+        raise RuntimeError(f"h2load failed (exit {ran.returncode}):\n{ran.stdout[-3000:]}")
+    succeeded, failed, errored, timeout = counts[3:]
+    rows = np.loadtxt(log, dtype=np.int64, ndmin=2) if log.stat().st_size else np.zeros((0, 3))
+    ok = rows[(rows[:, 1] >= 200) & (rows[:, 1] < 300)] if len(rows) else rows
+    # h2load counts HTTP statuses only; a gRPC error is a 200 with grpc-status in trailers and
+    # no message. Every good answer carries answer_size bytes of DATA, so the missing bytes
+    # count the errors (the first check call verified grpc-status and the answer itself).
+    grpc_errors = max(0, succeeded - data[0] // answer_size) if answer_size else 0
+    errors = failed + errored + timeout + grpc_errors
+    first = ""
+    if grpc_errors:
+        first = f"{grpc_errors} answers without a message (gRPC errors: grpc-status != 0)"
+    elif errors:
+        first = f"h2load: {failed} failed, {errored} errored, {timeout} timed out"
+    return Outcome(name, max(0, succeeded - grpc_errors), window_s,
+                   percentiles_ms(ok[:, 2] * 1000 if len(ok) else np.zeros(0)), errors, first,
+                   ran.client_cpu_s, ran.server_cpu_s)
 
 
-def wakeup_rtt_us(rounds: int = 2000) -> float:
-    """Median round trip of one byte to a sleeping process and back: this machine's wake-up cost."""
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_echo, args=(child,), name="echo", daemon=True)
-    proc.start()
-    try:
-        samples = []
-        for _ in range(rounds):
-            t0 = time.perf_counter_ns()
-            parent.send_bytes(b"x")
-            parent.recv_bytes()
-            samples.append(time.perf_counter_ns() - t0)
-            time.sleep(0.0002)  # let the echo process go back to sleep
-        parent.send_bytes(b"")
-        return float(np.median(samples)) / 1e3
-    finally:
-        parent.close()
-        _reap(proc)
+_WRK_SCRIPT = """\
+local f = assert(io.open(%(body)s, "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+%(headers)s
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("TG %%d %%d %%d %%d %%d %%d %%d", summary.requests, summary.duration,
+    e.connect, e.read, e.write, e.status, e.timeout))
+  for _, q in ipairs({50, 90, 99, 99.9}) do io.write(string.format(" %%d", latency:percentile(q))) end
+  io.write("\\n")
+end
+"""
 
 
-def floor_response() -> bytes:
-    """The fixed answer of the floor server: a digits-shaped ModelInferResponse (10 FP32)."""
-    response = pb.ModelInferResponse(model_name="digits", model_version="1", id="")
-    response.outputs.add(name="OUTPUT0", datatype="FP32", shape=[1, 10])
-    response.raw_output_contents.append(np.full(10, 0.1, dtype=np.float32).tobytes())
-    return response.SerializeToString()
+def _wrk_seconds(seconds: float) -> str:
+    return f"{max(1, round(seconds))}s"  # wrk takes whole seconds
 
 
-async def serve_floor(listen: str) -> None:
-    """A grpc.aio server whose ModelInfer answers a fixed response and does nothing else."""
-    answer = floor_response()
-
-    async def model_infer(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        return answer
-
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-        SERVICE, {"ModelInfer": grpc.unary_unary_rpc_method_handler(model_infer)}),))
-    port = server.add_insecure_port(listen)
-    await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    print(f"{FLOOR_READY} {listen.rpartition(':')[0]}:{port}", file=sys.stderr, flush=True)
-    await stop.wait()
-    await server.stop(1.0)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description="the do-nothing gRPC floor server")
-    parser.add_argument("role", choices=["floor"])
-    parser.add_argument("--listen", default="127.0.0.1:0")
-    args = parser.parse_args()
-    uvloop.run(serve_floor(args.listen))
+def _wrk(target: Target, load: Load, meter: Meter, tmp: Path) -> Outcome:
+    body = tmp / "request.body"
+    body.write_bytes(target.body)
+    headers = "\n".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}"
+                        for k, v in target.headers)
+    script = tmp / "request.lua"
+    script.write_text(_WRK_SCRIPT % {"body": json.dumps(str(body)), "headers": headers})
+    argv = ["wrk", "-t", "1", "-c", str(load.concurrency), "--timeout", f"{CALL_TIMEOUT_S:.0f}s",
+            "-s", str(script), f"http://{target.address}{target.path}"]
+    if load.warmup_s > 0:
+        _run([*argv, "-d", _wrk_seconds(load.warmup_s)], _limit(load.warmup_s))
+    window = _wrk_seconds(load.duration_s)
+    ran = _run([*argv, "-d", window, "--latency"], _limit(load.duration_s), meter)
+    found = re.search(r"^TG ([\d ]+)$", ran.stdout, re.MULTILINE)
+    if ran.returncode != 0 or not found:
+        raise RuntimeError(f"wrk failed (exit {ran.returncode}):\n{ran.stdout[-3000:]}")
+    requests, duration_us, *errs, p50, p90, p99, p999 = (int(v) for v in found.group(1).split())
+    connect, read, write, status, timeout = errs
+    errors = connect + read + write + status + timeout
+    first = (f"wrk: {status} non-2xx/3xx answers, {timeout} timeouts, socket errors: connect "
+             f"{connect}, read {read}, write {write}") if errors else ""
+    lat = {"50": p50 / 1e3, "90": p90 / 1e3, "99": p99 / 1e3, "99.9": p999 / 1e3}
+    return Outcome(f"wrk -t 1 -c {load.concurrency}", max(0, requests - status),
+                   duration_us / 1e6, lat, errors, first, ran.client_cpu_s, ran.server_cpu_s)
 
 
-if __name__ == "__main__":
-    main()
+def _python(target: Target, load: Load, meter: Meter, tmp: Path) -> Outcome:
+    body = tmp / "request.body"
+    body.write_bytes(target.body)
+    connections, _ = load.streams()
+    argv = [sys.executable, "-m", "loadtest.pyload", target.protocol, "--address",
+            target.address, "--path", target.path, "--body", str(body),
+            "--concurrency", str(load.concurrency), "--connections", str(connections),
+            "--warmup", str(load.warmup_s), "--duration", str(load.duration_s)]
+    for name, value in target.headers:
+        argv += ["--header", f"{name}: {value}"]
+    ran = _run(argv, _limit(load.warmup_s + load.duration_s), meter, markers=True)
+    result = next((json.loads(line) for line in ran.stdout.splitlines()
+                   if line.startswith("{")), None)
+    if ran.returncode != 0 or result is None:
+        raise RuntimeError(f"python load generator failed (exit {ran.returncode}):\n"
+                           f"{ran.stdout[-3000:]}")
+    shape = (f"{connections} channels" if target.protocol == "grpc"
+             else f"{load.concurrency} connections")
+    return Outcome(f"python {target.protocol} ({shape})", result["answered"],
+                   result["window_s"], result["percentiles_ms"], result["errors"],
+                   result["first_error"], result["cpu_s"], ran.server_cpu_s)
