@@ -106,7 +106,7 @@ def tool_version(tool: str) -> str:
                               capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
         return f"{tool} (not found)"
-    return text.splitlines()[0].strip() if text else tool
+    return text.splitlines()[0].partition(" Copyright")[0].strip() if text else tool
 
 
 def closed_loop(target: Target, load: Load, meter: Meter) -> Outcome:
@@ -227,7 +227,9 @@ function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format("TG %%d %%d %%d %%d %%d %%d %%d", summary.requests, summary.duration,
     e.connect, e.read, e.write, e.status, e.timeout))
-  for _, q in ipairs({50, 90, 99, 99.9}) do io.write(string.format(" %%d", latency:percentile(q))) end
+  for _, q in ipairs({50, 90, 99, 99.9}) do
+    io.write(string.format(" %%d", latency:percentile(q)))
+  end
   io.write("\\n")
 end
 """

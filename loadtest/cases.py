@@ -1,0 +1,210 @@
+"""The benchmarked models: their repository, one-row requests in each encoding, the in-process
+ceiling sweep, and the checks that a served answer matches the in-process one.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from common.model_config import load_model_config
+from common.proto import grpc_service_pb2 as pb
+from runtime.backends.base import Backend
+
+ROOT = Path(__file__).resolve().parents[1]
+REPO = ROOT / "loadtest" / ".models"
+LOGS = REPO / ".logs"  # a dot folder: the runtime's repository scan skips it
+BATCH_SIZES = (1, 8, 16, 32, 64)
+MODELS = ("digits", "heavy")
+SERVICE = "inference.GRPCInferenceService"
+METHOD = f"/{SERVICE}/ModelInfer"
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+def infer_request(model: str, version: str, row: np.ndarray) -> bytes:
+    """A serialized one-row ModelInferRequest with its tensor in raw_input_contents."""
+    row = np.ascontiguousarray(row, dtype=np.float32).reshape(1, -1)
+    request = pb.ModelInferRequest(model_name=model, model_version=version)
+    request.inputs.add(name="INPUT0", datatype="FP32", shape=list(row.shape))
+    request.raw_input_contents.append(row.tobytes())
+    return request.SerializeToString()
+
+
+def json_request(row: np.ndarray) -> bytes:
+    """The OIP REST body of one row, its tensor as JSON numbers."""
+    tensor = {"name": "INPUT0", "datatype": "FP32", "shape": [1, row.size],
+              "data": row.astype(np.float32).tolist()}
+    return json.dumps({"inputs": [tensor]}).encode()
+
+
+def binary_request(row: np.ndarray) -> tuple[bytes, int]:
+    """Triton's binary tensor extension: a JSON header, then the raw little-endian row; and the
+    header's length (the Inference-Header-Content-Length). Outputs come back binary too."""
+    raw = np.ascontiguousarray(row, dtype="<f4").tobytes()
+    tensor = {"name": "INPUT0", "datatype": "FP32", "shape": [1, row.size],
+              "parameters": {"binary_data_size": len(raw)}}
+    header = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}}).encode()
+    return header + raw, len(header)
+
+
+@dataclass
+class Case:
+    """One benchmarked model version: where it is, its one-row requests and expected answer."""
+
+    name: str
+    version: str
+    directory: Path
+    row: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    grpc_body: bytes = b""
+    json_body: bytes = b""
+    binary_body: bytes = b""
+    binary_header_length: int = 0
+    expected: np.ndarray | None = None
+
+    @property
+    def artifact(self) -> Path:
+        return self.directory / self.version / "model.onnx"
+
+    @property
+    def config_path(self) -> Path:
+        return self.directory / "config.yaml"
+
+    @property
+    def http_path(self) -> str:
+        return f"/v2/models/{self.name}/versions/{self.version}/infer"
+
+    def queue_delay_us(self) -> int:
+        batching = load_model_config(self.config_path, self.name).dynamic_batching
+        return batching.max_queue_delay_microseconds if batching else 0
+
+
+def prepare_repo() -> dict[str, Case]:
+    """``loadtest/.models``: the built ``heavy`` model and a link to ``models/digits``."""
+    from loadtest.build_heavy_model import build
+
+    REPO.mkdir(parents=True, exist_ok=True)
+    LOGS.mkdir(exist_ok=True)
+    digits = REPO / "digits"
+    if not digits.exists():
+        digits.symlink_to(ROOT / "models" / "digits", target_is_directory=True)
+    cases = {"digits": Case("digits", "1", digits), "heavy": Case("heavy", "1", build(REPO))}
+    rng = np.random.default_rng(7)
+    for case in cases.values():
+        config = load_model_config(case.config_path, case.name)
+        width = config.inputs[0].shape[0] if config.inputs else 0
+        case.row = rng.random(width, dtype=np.float32)
+        case.grpc_body = infer_request(case.name, case.version, case.row)
+        case.json_body = json_request(case.row)
+        case.binary_body, case.binary_header_length = binary_request(case.row)
+    return cases
+
+
+@dataclass(frozen=True)
+class BatchPoint:
+    """The in-process backend at one batch size: rows/s and the latency of one call."""
+
+    batch: int
+    rows_per_s: float
+    p50_ms: float
+    p99_ms: float
+
+
+def time_batch(backend: Backend, x: np.ndarray, seconds: float) -> BatchPoint:
+    """Back-to-back calls of one batch size for ``seconds``: rows/s and per-call latency."""
+    run = backend.run
+    for _ in range(5):
+        run([x])
+    clock = time.perf_counter_ns
+    latencies: list[int] = []
+    start = clock()
+    end = start + int(seconds * 1e9)
+    while (t0 := clock()) < end:
+        run([x])
+        latencies.append(clock() - t0)
+    elapsed = (clock() - start) / 1e9
+    ns = np.asarray(latencies)
+    return BatchPoint(len(x), len(x) * len(ns) / elapsed, float(np.percentile(ns, 50)) / 1e6,
+                      float(np.percentile(ns, 99)) / 1e6)
+
+
+def ceiling(case: Case, threads: int, seconds: float) -> list[BatchPoint]:
+    """The backend in this process, as the runtime builds it, at each batch size; also sets
+    ``case.expected``, the answer every served path must give."""
+    from runtime.backends.onnx import OnnxBackend
+
+    config = load_model_config(case.config_path, case.name)
+    backend = OnnxBackend(case.artifact, config, threads)
+    case.expected = backend.run([case.row.reshape(1, -1)])[0]
+    rng = np.random.default_rng(11)
+    sizes = [b for b in BATCH_SIZES if b <= max(1, config.max_batch_size)]
+    points = []
+    for size in sizes:
+        x = rng.random((size, case.row.size), dtype=np.float32)
+        points.append(time_batch(backend, x, seconds))
+        print(f"  {case.name} in-process batch {size:>2}: {points[-1].rows_per_s:10.0f} rows/s, "
+              f"p50 {points[-1].p50_ms:.3f} ms", flush=True)
+    return points
+
+
+def _compare(where: str, case: Case, got: np.ndarray) -> None:
+    if case.expected is None:
+        return
+    want = case.expected.reshape(-1)
+    if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-5):
+        raise RuntimeError(f"{where}: wrong answer for {case.name}: {got[:8]} ...")
+
+
+def check_grpc(target: str, case: Case) -> int:
+    """One real call: grpc-status must be OK and the answer must match the in-process one.
+    Returns the size of the answer's gRPC message on the wire (5-byte prefix included)."""
+    with grpc.insecure_channel(target) as channel:
+        answer = channel.unary_unary(METHOD)(case.grpc_body, timeout=60)
+    response = pb.ModelInferResponse.FromString(answer)
+    got = (np.frombuffer(response.raw_output_contents[0], dtype=np.float32)
+           if len(response.raw_output_contents) == 1 else np.zeros(0, np.float32))
+    _compare(f"gRPC {target}", case, got)
+    return len(answer) + 5
+
+
+Answer = tuple[int, dict[str, str], bytes]
+
+
+def post(address: str, path: str, body: bytes, headers: dict[str, str]) -> Answer:
+    """One HTTP/1.1 POST: status, headers (lower-case names) and body."""
+    host, _, port = address.rpartition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        conn.request("POST", path, body=body, headers=headers)
+        response = conn.getresponse()
+        data = response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+    finally:
+        conn.close()
+
+
+def check_http(address: str, case: Case, binary: bool) -> None:
+    """One real call over HTTP (JSON or binary tensors): 200 and the in-process answer."""
+    if binary:
+        headers = {HEADER_LENGTH: str(case.binary_header_length),
+                   "Content-Type": "application/octet-stream"}
+        status, got_headers, data = post(address, case.http_path, case.binary_body, headers)
+    else:
+        headers = {"Content-Type": "application/json"}
+        status, got_headers, data = post(address, case.http_path, case.json_body, headers)
+    where = f"HTTP {'binary' if binary else 'JSON'} {address}"
+    if status != 200:
+        raise RuntimeError(f"{where}: status {status}: {data[:300]!r}")
+    length = got_headers.get(HEADER_LENGTH.lower())
+    if binary:
+        if length is None:
+            raise RuntimeError(f"{where}: the answer has no {HEADER_LENGTH}: {data[:300]!r}")
+        got = np.frombuffer(data[int(length):], dtype="<f4")
+    else:
+        got = np.asarray(json.loads(data)["outputs"][0]["data"], dtype=np.float32)
+    _compare(where, case, got)

@@ -1,0 +1,128 @@
+"""The do-nothing servers, the floors every served path is compared with:
+
+- ``python -m loadtest.floors grpc --listen HOST:PORT``: a ``grpc.aio`` server whose ModelInfer
+  answers a fixed ModelInferResponse through a generic handler (bytes in, bytes out);
+- ``python -m loadtest.floors http --listen HOST:PORT``: a bare ASGI app on uvicorn with
+  httptools and uvloop that reads the body, parses its JSON (the JSON header only, for binary
+  tensors) with orjson and answers a fixed OIP infer response.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import numpy as np
+import orjson
+import uvloop
+
+from common.proto import grpc_service_pb2 as pb
+from loadtest.cases import SERVICE
+
+FLOOR_READY = "floor serving on"
+_OUTPUT = np.full(10, 0.1, dtype=np.float32)
+
+
+def grpc_answer() -> bytes:
+    """The gRPC floor's fixed answer: a digits-shaped ModelInferResponse (10 FP32)."""
+    response = pb.ModelInferResponse(model_name="digits", model_version="1", id="")
+    response.outputs.add(name="OUTPUT0", datatype="FP32", shape=[1, 10])
+    response.raw_output_contents.append(_OUTPUT.tobytes())
+    return response.SerializeToString()
+
+
+def http_answer() -> bytes:
+    """The HTTP floor's fixed answer: a digits-shaped OIP JSON infer response."""
+    return orjson.dumps({"model_name": "digits", "model_version": "1", "outputs": [
+        {"name": "OUTPUT0", "datatype": "FP32", "shape": [1, 10], "data": _OUTPUT.tolist()}]})
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def serve_grpc(listen: str) -> None:
+    answer = grpc_answer()
+
+    async def model_infer(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return answer
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        SERVICE, {"ModelInfer": grpc.unary_unary_rpc_method_handler(model_infer)}),))
+    port = server.add_insecure_port(listen)
+    await server.start()
+    stop = _stop_on_signals()
+    print(f"{FLOOR_READY} {listen.rpartition(':')[0]}:{port}", file=sys.stderr, flush=True)
+    await stop.wait()
+    await server.stop(1.0)
+
+
+Receive = Callable[[], Any]
+Send = Callable[[dict[str, Any]], Any]
+
+
+def asgi_app() -> Callable[[dict[str, Any], Receive, Send], Any]:
+    answer = http_answer()
+    start = {"type": "http.response.start", "status": 200, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]}
+    body = {"type": "http.response.body", "body": answer}
+
+    async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        chunks = []
+        more = True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        data = b"".join(chunks)
+        for name, value in scope["headers"]:
+            if name == b"inference-header-content-length":
+                data = data[:int(value)]
+        orjson.loads(data)
+        await send(start)
+        await send(body)
+
+    return app
+
+
+def serve_http(listen: str) -> None:
+    import uvicorn
+
+    host, _, port = listen.rpartition(":")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, int(port)))
+    sock.listen(2048)
+    config = uvicorn.Config(asgi_app(), loop="uvloop", http="httptools", lifespan="off",
+                            access_log=False, log_level="warning")
+    print(f"{FLOOR_READY} {host}:{sock.getsockname()[1]}", file=sys.stderr, flush=True)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("protocol", choices=["grpc", "http"])
+    parser.add_argument("--listen", default="127.0.0.1:0")
+    args = parser.parse_args()
+    if args.protocol == "grpc":
+        uvloop.run(serve_grpc(args.listen))
+    else:
+        serve_http(args.listen)
+
+
+if __name__ == "__main__":
+    main()

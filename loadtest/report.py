@@ -1,0 +1,245 @@
+"""The results of one benchmark run, and their rendering as ``loadtest/RESULTS.md``."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from loadtest.cases import BatchPoint
+from loadtest.loadgen import Outcome
+from loadtest.openloop import OpenOutcome
+from loadtest.servers import Batching
+
+FLOOR_GRPC = "do-nothing grpc.aio server (gRPC)"
+FLOOR_HTTP = "do-nothing uvicorn app (HTTP JSON)"
+RUNTIME = "runtime (gRPC)"
+GW_GRPC = "gateway → runtime, gRPC"
+GW_JSON = "gateway → runtime, HTTP JSON"
+GW_BINARY = "gateway → runtime, HTTP binary"
+FLOORS = {"grpc": FLOOR_GRPC, "http": FLOOR_HTTP}
+SERVERS = ("gateway", "runtime", "floor")
+
+
+@dataclass
+class Row:
+    """One closed-loop run: a path to a model under ``concurrency`` callers."""
+
+    model: str
+    path: str
+    protocol: str  # "grpc" or "http": which floor it is compared with
+    concurrency: int
+    outcome: Outcome
+    rss_mib: dict[str, float] = field(default_factory=dict)
+    #: The runtime's own statistics over the run (see servers.batching).
+    batching: Batching | None = None
+
+    def cpu_per_1k(self, name: str) -> float:
+        """CPU seconds per 1,000 answered requests of one process ("client" or a server)."""
+        out = self.outcome
+        cpu = out.client_cpu_s if name == "client" else out.server_cpu_s.get(name, math.nan)
+        return 1000 * cpu / out.answered if out.answered else math.nan
+
+
+@dataclass
+class OpenRow:
+    model: str
+    path: str
+    fraction: float  # of the maximum rate
+    max_rate: float
+    outcome: OpenOutcome
+
+
+@dataclass
+class Results:
+    machine: dict[str, str]
+    command: str
+    threads: int
+    gateway_processes: int = 1
+    generators: list[str] = field(default_factory=list)
+    sweeps: dict[str, list[BatchPoint]] = field(default_factory=dict)
+    queue_delay_us: dict[str, int] = field(default_factory=dict)
+    rows: list[Row] = field(default_factory=list)
+    open_rows: list[OpenRow] = field(default_factory=list)
+    #: Anything wrong that did not stop the run, e.g. a server that did not exit cleanly.
+    problems: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    def find(self, model: str, path: str, concurrency: int) -> Row | None:
+        for row in self.rows:
+            if (row.model, row.path, row.concurrency) == (model, path, concurrency):
+                return row
+        return None
+
+    def ceiling(self, model: str) -> BatchPoint | None:
+        sweep = self.sweeps.get(model)
+        return max(sweep, key=lambda p: p.rows_per_s) if sweep else None
+
+
+HEADER = """\
+Every row is one measurement on this machine, in one run, with the load generator on the same
+cores. **in-process** rows call the ONNX Runtime backend inside the benchmark process with the
+runtime's thread budget: the *ceiling* is its best rows/s over batch sizes 1-64 (its latencies
+are those of one batch call); *batch 1* is one row alone. **runtime (gRPC)** is a `tensorgate
+runtime` worker called directly; **gateway → runtime** rows are the full path, `tensorgate
+gateway` (gRPC, HTTP with JSON tensors, or HTTP with Triton's binary tensor extension)
+forwarding over the lane to that same worker. The **do-nothing** servers answer a fixed infer
+response: a `grpc.aio` server (generic handler, bytes in and out) and a bare ASGI app on uvicorn
+with httptools and uvloop (reads the body, parses its JSON with orjson). They are the floors:
+what one Python server process on these cores can answer these clients at all.
+
+Closed-loop rows: *concurrency* callers, each sending its next one-row request as soon as the
+previous one is answered; latencies are measured by the load generator (see *Load generators*).
+*÷ ceiling* is requests/s ÷ ceiling rows/s; *÷ floor* is requests/s ÷ the matching floor's
+(gRPC rows ÷ the gRPC floor, HTTP rows ÷ the HTTP floor) at the same concurrency. *CPU s/1k* is a
+process's user + system CPU seconds over the measured window per 1,000 answered requests (all its
+processes and threads); the load generator's is apart in *client*. *RSS* is VmRSS after the run.
+"""
+
+
+def _table(header: list[str], rows: list[list[str]], left: int = 2) -> list[str]:
+    align = ["---" if i < left else "---:" for i in range(len(header))]
+    return [f"| {' | '.join(cells)} |" for cells in (header, align, *rows)]
+
+
+def _num(value: float, digits: int = 3) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _ratio(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.3g}"
+
+
+def _row_cells(results: Results, r: Row) -> list[str]:
+    best = results.ceiling(r.model)
+    floor = results.find("-", FLOORS[r.protocol], r.concurrency)
+    out = r.outcome
+    cpu = [_num(r.cpu_per_1k(n), 3) if n in out.server_cpu_s else "-" for n in SERVERS]
+    rss = [_num(r.rss_mib[n], 0) if n in r.rss_mib else "-" for n in ("gateway", "runtime")]
+    return [r.model, r.path, out.generator, str(r.concurrency), f"{out.rate:.0f}",
+            _num(out.p("50")), _num(out.p("99")),
+            _ratio(out.rate / best.rows_per_s) if best else "-",
+            _ratio(out.rate / floor.outcome.rate) if floor and r.model != "-" else "-",
+            *cpu, _num(r.cpu_per_1k("client"), 3), *rss, str(out.errors)]
+
+
+def _main_table(results: Results) -> list[str]:
+    rows = [_row_cells(results, r) for r in results.rows if r.model == "-"]
+    blank = ["-"] * 7
+    for model, sweep in results.sweeps.items():
+        best, one = max(sweep, key=lambda p: p.rows_per_s), sweep[0]
+        rows.append([model, f"in-process ceiling (batch {best.batch})", "-", "-",
+                     f"{best.rows_per_s:.0f} rows/s", _num(best.p50_ms), _num(best.p99_ms), "1",
+                     *blank])
+        rows.append([model, "in-process, batch 1", "-", "1", f"{one.rows_per_s:.0f}",
+                     _num(one.p50_ms), _num(one.p99_ms), _ratio(one.rows_per_s / best.rows_per_s),
+                     *blank])
+        rows += [_row_cells(results, r) for r in results.rows if r.model == model]
+    return _table(["model", "path", "generator", "concurrency", "requests/s", "p50 ms", "p99 ms",
+                   "÷ ceiling", "÷ floor", "gateway CPU s/1k", "runtime CPU s/1k",
+                   "floor CPU s/1k", "client CPU s/1k", "gateway RSS MiB", "runtime RSS MiB",
+                   "errors"], rows)
+
+
+def _open_table(results: Results, senders: int) -> list[str]:
+    rows = []
+    for r in results.open_rows:
+        out = r.outcome
+        per_1k = [_num(1000 * out.server_cpu_s[n] / out.total_answered, 3)
+                  if n in out.server_cpu_s and out.total_answered else "-"
+                  for n in ("gateway", "runtime")]
+        client = _num(1000 * out.client_cpu_s / out.total_answered, 3) if out.total_answered \
+            else "-"
+        rows.append([r.model, r.path, f"{senders} python {out.client} senders",
+                     f"{100 * r.fraction:.0f} % of {r.max_rate:.0f}",
+                     f"{out.rate:.0f}", f"{out.achieved:.0f}",
+                     *(_num(out.percentiles_ms[q]) for q in ("50", "90", "99", "99.9")),
+                     str(out.errors), f"{out.send_lag_ms[0]:.2f} / {out.send_lag_ms[1]:.1f}",
+                     *per_1k, client])
+    return _table(["model", "path", "generator", "rate", "sent/s", "answered/s", "p50 ms",
+                   "p90 ms", "p99 ms", "p99.9 ms", "errors", "send lag p99 / max ms",
+                   "gateway CPU s/1k", "runtime CPU s/1k", "client CPU s/1k"], rows)
+
+
+def _us(value: float) -> str:
+    return _num(1000 * value, 0)
+
+
+def _added_latency(results: Results) -> list[str]:
+    floors = [results.find("-", path, 1) for path in (FLOOR_GRPC, FLOOR_HTTP)]
+    hops = [_us(f.outcome.p("50")) if f else "-" for f in floors]
+    rows = []
+    for model, sweep in results.sweeps.items():
+        runtime = results.find(model, RUNTIME, 1)
+        if runtime is None:
+            continue
+        p50 = runtime.outcome.p("50")
+        gateways = [results.find(model, path, 1) for path in (GW_GRPC, GW_JSON, GW_BINARY)]
+        added = [_us(g.outcome.p("50") - p50) if g else "-" for g in gateways]
+        delay = results.queue_delay_us[model]
+        to_runtime = 1000 * (p50 - sweep[0].p50_ms)
+        rows.append([model, *added, _num(to_runtime, 0), str(delay),
+                     _num(to_runtime - delay, 0), *hops])
+    return _table(["model", "gateway gRPC - runtime", "gateway HTTP JSON - runtime",
+                   "gateway HTTP binary - runtime", "runtime - in-process batch 1",
+                   "of which max_queue_delay", "the rest", "do-nothing gRPC server p50",
+                   "do-nothing HTTP server p50"], rows, left=1)
+
+
+def _batching(results: Results) -> list[str]:
+    rows = [[r.model, r.path, str(r.concurrency), str(b[0]), _num(b[1], 1), _num(b[2], 0),
+             _num(b[3], 0), str(b[4])] for r in results.rows if (b := r.batching) is not None]
+    return _table(["model", "path", "concurrency", "batches", "rows per batch",
+                   "queue µs per request", "compute µs per batch", "failed"], rows)
+
+
+def _sweep(results: Results) -> list[str]:
+    rows = [[model, str(p.batch), f"{p.rows_per_s:.0f}", _num(p.p50_ms), _num(p.p99_ms)]
+            for model, sweep in results.sweeps.items() for p in sweep]
+    return _table(["model", "batch", "rows/s", "p50 ms per call", "p99 ms per call"], rows,
+                  left=1)
+
+
+OPEN_LOOP = """\
+Requests sent at a fixed rate (a fraction of the gateway's gRPC requests/s at the highest
+concurrency above, measured in this run) whatever the answers do, by {senders} Python processes
+each on an evenly spaced schedule over its own connection; every latency is measured from the
+request's *scheduled* send time, so stalls are not hidden (no coordinated omission). The client
+is `h2` (raw HTTP/2 frames, loadtest/h2wire.py: far cheaper than grpc.aio, whose client CPU on
+these shared cores would itself saturate the machine near 80 %) or `grpcio` (grpc.aio, raw
+bytes). *send lag* is how late the client actually sent (a large one means the client, on the
+same cores, fell behind). CPU per 1k covers the whole run, warm-up included.
+"""
+
+
+def render(results: Results, senders: int) -> str:
+    lines = ["# Benchmark results", "", HEADER, f"Command: `{results.command}` "
+             f"(took {results.elapsed_s:.0f} s; gateway processes: "
+             f"{results.gateway_processes})", ""]
+    lines += [f"- {key}: {value}" for key, value in results.machine.items()]
+    lines += ["", "## Load generators", "", *(f"- {g}" for g in results.generators), ""]
+    lines += ["## Throughput, latency and cost (closed loop)", "", *_main_table(results), ""]
+    if results.open_rows:
+        lines += ["## Open loop (fixed rate)", "", OPEN_LOOP.format(senders=senders),
+                  *_open_table(results, senders), ""]
+    lines += ["## Added latency at concurrency 1 (p50 differences, µs)", "",
+              "The runtime's dynamic batcher holds a lone request for the model's "
+              "`max_queue_delay_microseconds` before running it (Triton's rule), so that delay "
+              "is part of *runtime - in-process*. The last columns are whole round trips to the "
+              "do-nothing servers at concurrency 1: what one gRPC or HTTP hop costs here.", "",
+              *_added_latency(results), ""]
+    lines += ["## What the runtime's batcher did (its statistics over each run)", "",
+              *_batching(results), ""]
+    lines += [f"## Ceiling sweep (in-process, {results.threads} threads)", "",
+              *_sweep(results), ""]
+    failed = [r for r in results.rows if r.outcome.errors]
+    failed_open = [r for r in results.open_rows if r.outcome.errors]
+    if failed or failed_open or results.problems:
+        lines += ["## Errors", ""]
+        lines += [f"- {r.model} {r.path} c{r.concurrency}: {r.outcome.errors} errors, first: "
+                  f"`{r.outcome.first_error}`" for r in failed]
+        lines += [f"- open loop {r.model} {r.path} at {100 * r.fraction:.0f} %: "
+                  f"{r.outcome.errors} errors, first: `{r.outcome.first_error}`"
+                  for r in failed_open]
+        lines += [f"- {problem}" for problem in results.problems]
+        lines.append("")
+    return "\n".join(lines)
