@@ -71,7 +71,13 @@ class _Connection(asyncio.Protocol):
             self.transport.writelines(self.out)
         self.out = []
 
-    def forget(self, future: asyncio.Future) -> None:
+    def expire(self, future: asyncio.Future, timeout: float) -> None:
+        """A call's deadline passed with no answer: fail it and stop waiting for one."""
+        if future.done():
+            return
+        future.set_exception(TensorgateError(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            f"runtime worker {self.address} did not answer within {timeout:.3f}s"))
         for call_id, pending in self.pending.items():
             if pending is future:
                 del self.pending[call_id]
@@ -117,17 +123,15 @@ class LaneUpstream:
             connection = await self._connect()
         self.outstanding += 1
         future = connection.send(lane.METHOD_KIND[name], request, timeout)
+        # NOTE: a timer, not asyncio.wait_for: no extra future and task per call.
+        timer = None if timeout is None else connection.loop.call_later(
+            timeout, connection.expire, future, timeout)
         try:
-            if timeout is None:
-                return await future
-            return await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            connection.forget(future)
-            raise TensorgateError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                  f"runtime worker {self.address} did not answer within "
-                                  f"{timeout:.3f}s") from None
+            return await future
         finally:
             self.outstanding -= 1
+            if timer is not None:
+                timer.cancel()
 
     async def close(self) -> None:
         if self._connection is not None and self._connection.transport is not None:

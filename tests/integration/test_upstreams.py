@@ -64,3 +64,21 @@ def test_lane_upstream_reports_unavailable_as_the_error_type() -> None:
         assert upstream.outstanding == 0
 
     asyncio.run(go())
+
+
+def test_a_lane_call_past_its_deadline_fails_and_is_forgotten() -> None:
+    from gateway.lane_client import LaneUpstream
+
+    async def go() -> None:
+        # A listener that accepts and never answers: the gateway's own deadline must fire.
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        upstream = LaneUpstream(f"127.0.0.1:{port}", 1024)
+        with pytest.raises(TensorgateError) as caught:
+            await upstream.call("ModelInfer", b"", 0.05)
+        assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert upstream._connection is not None and not upstream._connection.pending
+        await upstream.close()
+        server.close()
+
+    asyncio.run(go())
