@@ -41,8 +41,8 @@ class HttpTransport:
         except TensorgateError as exc:
             status, payload, extra = _json(exc.http_status, {"error": exc.message})
         # NOTE: with a Content-Length the server need not chunk the body.
-        headers = [*extra, (b"content-length", b"%d" % len(payload))]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
+        answer = [*extra, (b"content-length", b"%d" % len(payload))]
+        await send({"type": "http.response.start", "status": status, "headers": answer})
         await send({"type": "http.response.body", "body": payload})
 
     async def _body(self, receive: Callable, headers: dict[bytes, bytes]) -> bytes:
