@@ -30,6 +30,13 @@ class HttpTransport:
     def __init__(self, pipeline: Pipeline, max_body_bytes: int) -> None:
         self.pipeline = pipeline
         self.max_body = max_body_bytes
+        self.model_handlers: dict[tuple[str, str], Callable[..., Awaitable[Reply]]] = {
+            ("POST", "infer"): self.infer,
+            ("GET", ""): self.metadata,
+            ("GET", "ready"): self.model_ready,
+            ("GET", "config"): self.config,
+            ("GET", "stats"): self.statistics_of,
+        }
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -99,14 +106,7 @@ class HttpTransport:
         if len(tail) >= 2 and tail[0] == "versions":
             version, tail = tail[1], tail[2:]
         action = tail[0] if len(tail) == 1 else "" if not tail else "?"
-        handlers: dict[tuple[str, str], Callable[..., Awaitable[Reply]]] = {
-            ("POST", "infer"): self.infer,
-            ("GET", ""): self.metadata,
-            ("GET", "ready"): self.model_ready,
-            ("GET", "config"): self.config,
-            ("GET", "stats"): self.statistics_of,
-        }
-        handler = handlers.get((method, action))
+        handler = self.model_handlers.get((method, action))
         if handler is None:
             raise not_found(f"no such path: {method} /v2/models/{'/'.join(rest)}")
         return await handler(model, version, headers, body)

@@ -225,7 +225,10 @@ def render(results: Results, senders: int) -> str:
               "The runtime's dynamic batcher holds a lone request for the model's "
               "`max_queue_delay_microseconds` before running it (Triton's rule), so that delay "
               "is part of *runtime - in-process*. The last columns are whole round trips to the "
-              "do-nothing servers at concurrency 1: what one gRPC or HTTP hop costs here.", "",
+              "do-nothing servers at concurrency 1: what one gRPC or HTTP hop costs here. The "
+              "HTTP columns set an HTTP path against the runtime reached over gRPC, so they can be "
+              "negative where the gateway's HTTP stack plus the lane costs less than a grpcio "
+              "hop.", "",
               *_added_latency(results), ""]
     lines += ["## What the runtime's batcher did (its statistics over each run)", "",
               *_batching(results), ""]
