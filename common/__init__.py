@@ -1,3 +1,6 @@
 """What the gateway and the runtime share: protocol codecs, errors, settings, model configs."""
 
 __version__ = "0.1.0"
+
+#: The OIP extensions that the gateway and the runtime implement (Server Metadata lists them).
+EXTENSIONS = ("model_configuration", "statistics", "model_repository")

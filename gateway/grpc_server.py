@@ -10,14 +10,13 @@ from typing import Any
 
 import grpc
 
-from common import __version__
+from common import EXTENSIONS, __version__
 from common.errors import TensorgateError
 from common.proto import grpc_service_pb2 as pb
 from gateway.peek import model_and_version
 from gateway.pipeline import Pipeline
 
 SERVICE = "inference.GRPCInferenceService"
-EXTENSIONS = ["model_configuration", "statistics", "model_repository"]
 _FORWARDED = ("ModelReady", "ModelMetadata", "ModelConfig", "ModelStatistics")
 
 Handler = Callable[[bytes, Any], Awaitable[bytes]]

@@ -8,10 +8,9 @@ from typing import Any
 
 import orjson
 
-from common import __version__
+from common import EXTENSIONS, __version__
 from common.errors import TensorgateError, invalid_argument, not_found
 from common.proto import grpc_service_pb2 as pb
-from gateway.grpc_server import EXTENSIONS
 from gateway.http_codec import decode_infer_request, encode_infer_response, message_to_json
 from gateway.pipeline import Pipeline
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import grpc
 
@@ -29,7 +29,6 @@ class Pending:
     deadline: float | None
     future: asyncio.Future
     outputs: tuple[str, ...] = ()
-    started: float = field(default=0.0)
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from common import __version__
+from common import EXTENSIONS, __version__
 from common.errors import TensorgateError
 from common.proto import grpc_service_pb2 as pb
 from runtime import describe
@@ -51,7 +51,7 @@ class RuntimeCore:
 
     async def server_metadata(self, request: Any, timeout: float | None) -> Message:
         return pb.ServerMetadataResponse(name="tensorgate-runtime", version=__version__,
-                                         extensions=describe.EXTENSIONS)
+                                         extensions=EXTENSIONS)
 
     async def model_ready(self, request: Any, timeout: float | None) -> Message:
         try:

@@ -8,8 +8,6 @@ from common.proto import model_config_pb2 as mc
 from runtime.model import ModelStore, ServedModel
 from runtime.stats import Duration
 
-EXTENSIONS = ["model_configuration", "statistics", "model_repository"]
-
 
 def metadata(store: ModelStore, name: str, version: str) -> pb.ModelMetadataResponse:
     model = store.get(name, version)
