@@ -15,9 +15,9 @@ from gateway.upstream import Upstream
 _rng = random.Random()
 
 
-def pick(pool: Sequence[Upstream], what: str, rng: random.Random = _rng) -> Upstream:
+def pick(pool: Sequence[Upstream], model: str, rng: random.Random = _rng) -> Upstream:
     if not pool:
-        raise unavailable(f"{what}: no runtime worker is available")
+        raise unavailable(f"model '{model}': no runtime worker is available")
     if len(pool) == 1:
         return pool[0]
     a, b = rng.sample(range(len(pool)), 2)

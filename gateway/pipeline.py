@@ -5,6 +5,7 @@ Status and latency are recorded once per request, in one `finally`.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import grpc
@@ -32,10 +33,13 @@ class Pipeline:
         self.metrics.in_flight.inc()
         try:
             pool = self.router.pool(model, version)
-            upstream = balance.pick(pool, f"model '{model}'")
+            upstream = balance.pick(pool, model)
             return await upstream.call("ModelInfer", request, timeout or self.default_timeout)
         except TensorgateError as exc:
             code = exc.code
+            raise
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
             raise
         finally:
             self.metrics.in_flight.dec()
@@ -44,7 +48,7 @@ class Pipeline:
 
     async def ask(self, method: str, request: bytes, model: str = "", version: str = "") -> bytes:
         """A control-plane call (metadata, config, statistics, index) to a worker of the model."""
-        upstream = balance.pick(self.router.pool(model, version), f"model '{model}'")
+        upstream = balance.pick(self.router.pool(model, version), model)
         return await upstream.call(method, request, self.default_timeout)
 
     async def ready(self) -> bool:

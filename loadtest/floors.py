@@ -10,8 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 import socket
 import sys
 from collections.abc import Callable
@@ -24,6 +22,7 @@ import uvloop
 
 from common.proto import grpc_service_pb2 as pb
 from loadtest.cases import SERVICE
+from tensorgate.roles import stop_event
 
 FLOOR_READY = "floor serving on"
 _OUTPUT = np.full(10, 0.1, dtype=np.float32)
@@ -43,14 +42,6 @@ def http_answer() -> bytes:
         {"name": "OUTPUT0", "datatype": "FP32", "shape": [1, 10], "data": _OUTPUT.tolist()}]})
 
 
-def _stop_on_signals() -> asyncio.Event:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    return stop
-
-
 async def serve_grpc(listen: str) -> None:
     answer = grpc_answer()
 
@@ -62,7 +53,7 @@ async def serve_grpc(listen: str) -> None:
         SERVICE, {"ModelInfer": grpc.unary_unary_rpc_method_handler(model_infer)}),))
     port = server.add_insecure_port(listen)
     await server.start()
-    stop = _stop_on_signals()
+    stop = stop_event()
     print(f"{FLOOR_READY} {listen.rpartition(':')[0]}:{port}", file=sys.stderr, flush=True)
     await stop.wait()
     await server.stop(1.0)
