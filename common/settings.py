@@ -36,6 +36,42 @@ class RuntimeSettings:
 
 
 @dataclass(frozen=True)
+class AuthSettings:
+    """Who may call: API keys from the registry, JWTs checked with pyjwt."""
+
+    #: Off only with an explicit `--no-auth`.
+    enabled: bool = True
+    #: HS256 shared secret, if JWTs signed that way are accepted.
+    jwt_secret: str | None = None
+    #: PEM public keys (RS256 / ES256) accepted for JWTs.
+    jwt_public_keys: tuple[Path, ...] = ()
+    #: A JWKS file, re-read when it changes.
+    jwks_file: Path | None = None
+    #: Required `iss` and `aud` claims, when set.
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    #: Clock skew allowed on `exp` and `nbf`, in seconds.
+    jwt_leeway_s: float = 30.0
+    #: Claims that carry the role and the allowed models (a list of globs or one string).
+    role_claim: str = "role"
+    models_claim: str = "models"
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """TLS for the gateway's listeners, and for its connections to runtime workers."""
+
+    cert: Path | None = None
+    key: Path | None = None
+    #: Require client certificates signed by this CA (mTLS).
+    client_ca: Path | None = None
+    #: Connect to runtime workers over TLS, trusting this CA; optional client certificate.
+    upstream_ca: Path | None = None
+    upstream_cert: Path | None = None
+    upstream_key: Path | None = None
+
+
+@dataclass(frozen=True)
 class GatewaySettings:
     """A gateway process: its listening ports and the runtime workers it forwards to."""
 
@@ -55,3 +91,17 @@ class GatewaySettings:
     default_timeout_s: float = 60.0
     #: Share the HTTP and gRPC ports with sibling gateway processes (SO_REUSEPORT).
     reuse_port: bool = False
+    #: The registry database (keys, traffic policies); None: no registry, no keys.
+    registry_path: Path | None = None
+    #: How often the gateway looks for a new registry generation, in seconds.
+    registry_refresh_s: float = 0.5
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    #: A file shared by sibling gateway processes so quotas hold per host; None: per process.
+    quota_path: Path | None = None
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    #: Active health checks of runtime workers: the probe interval, and the consecutive
+    #: failures that eject a worker until a probe succeeds again.
+    health_interval_s: float = 1.0
+    eject_after_failures: int = 3
+    #: How often a runtime address given as a DNS name is re-resolved, in seconds.
+    dns_refresh_s: float = 5.0

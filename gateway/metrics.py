@@ -22,6 +22,30 @@ class GatewayMetrics:
         self.in_flight = Gauge(
             "tensorgate_requests_in_flight", "Inference requests being handled",
             registry=registry, multiprocess_mode="livesum")
+        self.auth_failures = Counter(
+            "tensorgate_auth_failures", "Requests refused by authentication or authorisation",
+            ["code"], registry=registry)
+        self.quota_rejections = Counter(
+            "tensorgate_quota_rejections", "Requests refused for being over a quota",
+            ["model", "limit"], registry=registry)
+        self.retries = Counter(
+            "tensorgate_upstream_retries", "Requests retried on another runtime worker",
+            ["model"], registry=registry)
+        self.endpoint_healthy = Gauge(
+            "tensorgate_endpoint_healthy", "1 while a runtime worker is admitted, 0 if ejected",
+            ["endpoint"], registry=registry, multiprocess_mode="min")
+        self.ejections = Counter(
+            "tensorgate_endpoint_ejections", "Runtime workers ejected after repeated failures",
+            ["endpoint"], registry=registry)
+        self.shadow_requests = Counter(
+            "tensorgate_shadow_requests", "Shadow copies sent, by outcome",
+            ["model", "version", "code"], registry=registry)
+        self.shadow_latency = Histogram(
+            "tensorgate_shadow_duration_seconds", "Latency of shadow copies",
+            ["model", "version"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.shadow_agreement = Counter(
+            "tensorgate_shadow_agreement", "Shadow answers compared with the primary's",
+            ["model", "version", "agree"], registry=registry)
 
     def observe(self, model: str, protocol: str, code: str, seconds: float) -> None:
         self.requests.labels(model, protocol, code).inc()
