@@ -26,12 +26,19 @@ CODE_TO_HTTP: dict[grpc.StatusCode, int] = {
 }
 
 class TensorgateError(Exception):
-    """A failure to report to the caller, with the gRPC code that classifies it."""
+    """A failure to report to the caller, with the gRPC code that classifies it.
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    `retry_after`, when set, is how many seconds the caller should wait before trying again
+    (HTTP sends it as `Retry-After`, whole seconds rounded up, at least 1).
+    """
+
+    def __init__(
+        self, code: grpc.StatusCode, message: str, *, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.retry_after = retry_after
 
     @property
     def http_status(self) -> int:

@@ -33,6 +33,11 @@ class RuntimeSettings:
     #: A model whose batches take less than this (µs) runs them on the event loop thread:
     #: handing a batch to an executor thread and back costs more than such a model. 0: never.
     inline_compute_us: int = 200
+    #: Serve the lane and gRPC over TLS with this certificate and key; with tls_client_ca,
+    #: require client certificates signed by it (the gateway's, for mTLS).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,14 @@ import uvicorn
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
 from common.settings import GatewaySettings
+from gateway.discover import Discovery
 from gateway.grpc_server import GrpcTransport
+from gateway.health import Health
 from gateway.http_server import HttpTransport
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline
 from gateway.route import Router
-from gateway.upstream import connect
+from gateway.upstream import Upstream, connect
 
 log = logging.getLogger("tensorgate.gateway")
 
@@ -44,18 +46,24 @@ class Gateway:
 
     def __init__(self, settings: GatewaySettings, registry: CollectorRegistry = REGISTRY) -> None:
         self.settings = settings
-        self.upstreams = [connect(a, settings.max_message_bytes)
-                          for a in settings.runtime_endpoints]
         self.metrics = GatewayMetrics(registry)
-        self.pipeline = Pipeline(settings, Router(self.upstreams), self.metrics)
+        self.router = Router(Health(settings, self.metrics))
+        self.discovery = Discovery(settings, self.router, self.dial)
+        self.pipeline = Pipeline(settings, self.router, self.metrics)
         self.grpc_server: grpc.aio.Server | None = None
         self.http_server: _Uvicorn | None = None
         self._http_task: asyncio.Task | None = None
         self.http_port = 0
         self.grpc_port = 0
 
+    def dial(self, address: str) -> Upstream:
+        """The upstream for one runtime address (discovery calls it for each one it finds)."""
+        return connect(address, self.settings.max_message_bytes)
+
     async def start(self) -> None:
         s = self.settings
+        await self.discovery.start()
+        self.router.health.start()
         limit = s.max_message_bytes
         self.grpc_server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", limit),
@@ -98,5 +106,6 @@ class Gateway:
             await self._http_task
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace)
-        for upstream in self.upstreams:
-            await upstream.close()
+        await self.router.health.stop()
+        await self.discovery.stop()
+        await self.router.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -25,12 +26,16 @@ class _Connection(asyncio.Protocol):
         self.out: list[bytes] = []
         self.transport: asyncio.Transport | None = None
         self.loop = asyncio.get_running_loop()
+        self.on_lost: Callable[[], None] | None = None
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        if self.on_lost is not None:
+            # NOTE: before the calls fail, so their retries already avoid this worker.
+            self.on_lost()
         error = unavailable(f"runtime worker {self.address} closed the connection"
                             + (f": {exc}" if exc else ""))
         pending, self.pending = self.pending, {}
@@ -93,10 +98,13 @@ class LaneUpstream:
         self.max_payload = max_message_bytes
         self._connection: _Connection | None = None
         self._connecting: asyncio.Future | None = None
+        #: Called when an open connection is lost (health ejects the worker); None: nothing.
+        self.on_lost: Callable[[], None] | None = None
 
     async def _connect(self) -> _Connection:
         if self._connecting is None:
             self._connecting = asyncio.ensure_future(self._open())
+            self._connecting.add_done_callback(self._opened)
         try:
             return await asyncio.shield(self._connecting)
         finally:
@@ -117,12 +125,21 @@ class LaneUpstream:
         self._connection = protocol
         return protocol
 
+    def _opened(self, opening: asyncio.Future) -> None:
+        if not opening.cancelled() and opening.exception() is None:
+            opening.result().on_lost = self._lost
+
+    def _lost(self) -> None:
+        if self.on_lost is not None:
+            self.on_lost()
+
     async def call(self, name: str, request: bytes, timeout: float | None) -> bytes:
         connection = self._connection
         if connection is None or connection.transport is None:
             connection = await self._connect()
-        self.outstanding += 1
         future = connection.send(lane.METHOD_KIND[name], request, timeout)
+        # NOTE: counted only once sent: send raises when the connection is already gone.
+        self.outstanding += 1
         # NOTE: a timer, not asyncio.wait_for: no extra future and task per call.
         timer = None if timeout is None else connection.loop.call_later(
             timeout, connection.expire, future, timeout)

@@ -13,7 +13,7 @@ import grpc
 from common.errors import TensorgateError
 from common.proto import grpc_service_pb2 as pb
 from common.settings import GatewaySettings
-from gateway import balance
+from gateway.forward import Forward
 from gateway.metrics import GatewayMetrics
 from gateway.route import Router
 
@@ -23,6 +23,7 @@ class Pipeline:
         self.router = router
         self.metrics = metrics
         self.default_timeout = settings.default_timeout_s
+        self.forward = Forward(router.health, metrics)
 
     async def infer(
         self, request: bytes, model: str, version: str, timeout: float | None, protocol: str
@@ -33,8 +34,8 @@ class Pipeline:
         self.metrics.in_flight.inc()
         try:
             pool = self.router.pool(model, version)
-            upstream = balance.pick(pool, model)
-            return await upstream.call("ModelInfer", request, timeout or self.default_timeout)
+            return await self.forward(pool, model, "ModelInfer", request,
+                                      timeout or self.default_timeout)
         except TensorgateError as exc:
             code = exc.code
             raise
@@ -48,14 +49,16 @@ class Pipeline:
 
     async def ask(self, method: str, request: bytes, model: str = "", version: str = "") -> bytes:
         """A control-plane call (metadata, config, statistics, index) to a worker of the model."""
-        upstream = balance.pick(self.router.pool(model, version), model)
-        return await upstream.call(method, request, self.default_timeout)
+        pool = self.router.pool(model, version)
+        return await self.forward(pool, model, method, request, self.default_timeout)
 
     async def ready(self) -> bool:
-        """Ready when at least one runtime worker says it is."""
-        for upstream in self.router.upstreams:
+        """Ready when at least one admitted runtime worker says it is."""
+        for endpoint in self.router.endpoints:
+            if not endpoint.admitted:
+                continue
             try:
-                answer = await upstream.call("ServerReady", b"", 2.0)
+                answer = await endpoint.upstream.call("ServerReady", b"", 2.0)
             except TensorgateError:
                 continue
             if pb.ServerReadyResponse.FromString(answer).ready:

@@ -91,7 +91,7 @@ def parse_args(argv: list[str]) -> Options:
     add("--duration", type=float, default=10.0, help="seconds measured per load run (10)")
     add("--warmup", type=float, default=1.5,
         help="seconds of load before each measurement, not measured (1.5)")
-    add("--models", default=",".join(MODELS), help="digits,heavy")
+    add("--models", default=",".join(MODELS), help="digits,heavy,resnet50")
     add("--concurrency", type=int, default=64,
         help="closed-loop callers of the loaded runs (64); 1 is always run too")
     add("--connections", type=int, default=8,

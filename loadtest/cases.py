@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REPO = ROOT / "loadtest" / ".models"
 LOGS = REPO / ".logs"  # a dot folder: the runtime's repository scan skips it
 BATCH_SIZES = (1, 8, 16, 32, 64)
-MODELS = ("digits", "heavy")
+MODELS = ("digits", "heavy", "resnet50")
 SERVICE = "inference.GRPCInferenceService"
 METHOD = f"/{SERVICE}/ModelInfer"
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -85,7 +85,9 @@ class Case:
 
 
 def prepare_repo() -> dict[str, Case]:
-    """``loadtest/.models``: the built ``heavy`` model and a link to ``models/digits``."""
+    """``loadtest/.models``: the built ``heavy`` and ``resnet50`` models and a link to
+    ``models/digits``."""
+    from loadtest import build_resnet
     from loadtest.build_heavy_model import build
 
     REPO.mkdir(parents=True, exist_ok=True)
@@ -93,7 +95,8 @@ def prepare_repo() -> dict[str, Case]:
     digits = REPO / "digits"
     if not digits.exists():
         digits.symlink_to(ROOT / "models" / "digits", target_is_directory=True)
-    cases = {"digits": Case("digits", "1", digits), "heavy": Case("heavy", "1", build(REPO))}
+    cases = {"digits": Case("digits", "1", digits), "heavy": Case("heavy", "1", build(REPO)),
+             "resnet50": Case("resnet50", "1", build_resnet.build(REPO))}
     rng = np.random.default_rng(7)
     for case in cases.values():
         config = load_model_config(case.config_path, case.name)

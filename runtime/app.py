@@ -9,6 +9,7 @@ import time
 import grpc
 import numpy as np
 
+from common import tls
 from common.datatypes import NUMPY_DTYPES
 from common.settings import RuntimeSettings
 from runtime.backends import load_backend
@@ -99,7 +100,12 @@ class Runtime:
             ("grpc.so_reuseport", 0),
         ])
         self.server.add_generic_rpc_handlers((grpc_handlers(self.core),))
-        port = self.server.add_insecure_port(listen)
+        s = self.settings
+        if s.tls_cert and s.tls_key:
+            credentials = tls.grpc_server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca)
+            port = self.server.add_secure_port(listen, credentials)
+        else:
+            port = self.server.add_insecure_port(listen)
         host = listen.rpartition(":")[0]
         self.grpc_address = listen if listen.startswith("unix:") else f"{host}:{port}"
         await self.server.start()
@@ -113,7 +119,10 @@ class Runtime:
             self.lane_address = listen
             return
         host, _, port = listen.rpartition(":")
-        self.lane = await loop.create_server(factory, host, int(port))
+        s = self.settings
+        context = (tls.server_context(s.tls_cert, s.tls_key, s.tls_client_ca)
+                   if s.tls_cert and s.tls_key else None)
+        self.lane = await loop.create_server(factory, host, int(port), ssl=context)
         bound = self.lane.sockets[0].getsockname()[1]
         self.lane_address = f"{host}:{bound}"
 

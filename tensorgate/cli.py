@@ -9,6 +9,7 @@ from pathlib import Path
 
 from common.model_config import ConfigError
 from common.settings import GatewaySettings, RuntimeSettings, default_threads
+from tensorgate import admin
 
 
 def _gateway_args(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-repository", type=Path, default=Path("models"),
                        help="the model repository (./models)")
     serve.add_argument("--threads", type=int, default=default_threads(),
-                       help="compute threads for the runtime worker (all cores)")
+                       help="compute threads, shared by the runtime workers (all cores)")
+    serve.add_argument("--runtime-workers", type=int, default=1,
+                       help="local runtime worker processes; one that dies is restarted (1)")
     serve.add_argument("--gateway-processes", type=int, default=default_threads(),
                        help="gateway processes sharing the ports (one per core)")
     _gateway_args(serve)
@@ -50,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     runtime.add_argument("--inline-compute-us", type=int, default=200,
                          help="models whose batches take less than this run on the event loop "
                               "thread instead of an executor thread (200; 0: never)")
+    runtime.add_argument("--tls-cert", type=Path, help="serve the lane and gRPC over TLS")
+    runtime.add_argument("--tls-key", type=Path, help="the private key of --tls-cert")
+    runtime.add_argument("--tls-client-ca", type=Path,
+                         help="require client certificates signed by this CA (mTLS)")
+    admin.add_commands(commands)
     return parser
 
 
@@ -61,19 +69,23 @@ def gateway_settings(args: argparse.Namespace, endpoints: tuple[str, ...],
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.command in admin.COMMANDS:
+        return admin.run(args)
     from tensorgate import roles, supervisor
 
     if args.command == "runtime":
         return roles.run_runtime(RuntimeSettings(
             model_repository=args.model_repository, listen=args.listen, lane=args.lane,
-            threads=args.threads, inline_compute_us=args.inline_compute_us))
+            threads=args.threads, inline_compute_us=args.inline_compute_us,
+            tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca))
     if args.command == "gateway":
         endpoints = tuple(args.runtime) or ("127.0.0.1:8012",)
         if args.processes > 1:
             return supervisor.gateways(gateway_settings(args, endpoints), args.processes)
         return roles.run_gateway(gateway_settings(args, endpoints, args.reuse_port))
     return supervisor.serve(args.model_repository, args.threads,
-                            max(1, args.gateway_processes), gateway_settings(args, ()))
+                            max(1, args.gateway_processes), gateway_settings(args, ()),
+                            max(1, args.runtime_workers))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
 Children announce readiness on stdout (see roles.py). Gateways share their ports through
 SO_REUSEPORT; their metrics meet in a prometheus multiprocess directory served from here.
+A runtime worker that dies is restarted with back-off; a gateway that dies stops the group.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import socket
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -23,6 +25,11 @@ from tensorgate.roles import GATEWAY_READY, RUNTIME_READY, stop_event
 
 log = logging.getLogger("tensorgate")
 
+#: Restart back-off: the first wait, the longest, and the time up after which it starts over.
+RESTART_FIRST_S = 0.5
+RESTART_MAX_S = 10.0
+STABLE_AFTER_S = 30.0
+
 
 @dataclass
 class Child:
@@ -31,6 +38,8 @@ class Child:
     ready: str
     env: dict[str, str] = field(default_factory=dict)
     process: asyncio.subprocess.Process | None = None
+    #: Restarted when it dies (runtime workers) instead of stopping the group.
+    restart: bool = False
 
 
 def gateway_argv(settings: GatewaySettings) -> list[str]:
@@ -50,16 +59,37 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(repository: Path, threads: int, processes: int, settings: GatewaySettings) -> int:
-    """A runtime worker on a unix socket and `processes` gateways in front of it."""
+def serve(repository: Path, threads: int, processes: int, settings: GatewaySettings,
+          runtime_workers: int = 1) -> int:
+    """`runtime_workers` runtime workers on unix sockets, sharing `threads`, and `processes`
+    gateways in front of them all."""
     with tempfile.TemporaryDirectory(prefix="tensorgate-") as tmp:
-        lane = f"unix:{tmp}/lane.sock"
-        runtime = Child("runtime", [sys.executable, "-m", "tensorgate", "runtime",
-                                    "--model-repository", str(repository), "--listen",
-                                    f"unix:{tmp}/grpc.sock", "--lane", lane, "--threads",
-                                    str(threads)], RUNTIME_READY)
-        return run_group([runtime], replace(settings, runtime_endpoints=(lane,)), processes,
+        runtimes = [runtime_child(repository, Path(tmp), i, share)
+                    for i, share in enumerate(split_threads(threads, runtime_workers))]
+        lanes = tuple(f"unix:{tmp}/lane-{i}.sock" for i in range(len(runtimes)))
+        return run_group(runtimes, replace(settings, runtime_endpoints=lanes), processes,
                          Path(tmp))
+
+
+def split_threads(threads: int, workers: int) -> list[int]:
+    """`threads` shared out as evenly as they go, at least one each."""
+    workers = max(1, workers)
+    return [max(1, threads // workers + (i < threads % workers)) for i in range(workers)]
+
+
+def runtime_child(repository: Path, tmp: Path, index: int, threads: int) -> Child:
+    argv = [sys.executable, "-m", "tensorgate", "runtime", "--model-repository",
+            str(repository), "--listen", f"unix:{tmp}/grpc-{index}.sock",
+            "--lane", f"unix:{tmp}/lane-{index}.sock", "--threads", str(threads)]
+    return Child(f"runtime-{index}", argv, RUNTIME_READY, restart=True)
+
+
+def restart_delay(previous: float | None, uptime: float) -> float:
+    """The wait before the next restart: 0.5 s, doubling up to 10 s while the child keeps dying
+    quickly; back to 0.5 s once it has stayed up 30 s."""
+    if previous is None or uptime >= STABLE_AFTER_S:
+        return RESTART_FIRST_S
+    return min(previous * 2, RESTART_MAX_S)
 
 
 def gateways(settings: GatewaySettings, processes: int) -> int:
@@ -86,15 +116,22 @@ def run_group(first: list[Child], settings: GatewaySettings, processes: int, tmp
 
 async def _supervise(children: list[Child], settings: GatewaySettings, metrics: Path) -> int:
     stop = stop_event()
+    keepers: list[asyncio.Task] = []
     try:
+        # NOTE: runtime workers load their models side by side; gateways start after them.
+        first = [c for c in children if c.restart]
+        if not all(await asyncio.gather(*(_start(c, stop) for c in first))):
+            return 1 if not stop.is_set() else 0
         for child in children:
-            if not await _start(child, stop):
+            if not child.restart and not await _start(child, stop):
                 return 1 if not stop.is_set() else 0
         _serve_metrics(settings, metrics)
         log.info("tensorgate ready: HTTP :%d, gRPC :%d, metrics :%d (%d gateway processes)",
                  settings.http_port, settings.grpc_port, settings.metrics_port,
                  sum(c.ready == GATEWAY_READY for c in children))
-        exits = [asyncio.ensure_future(c.process.wait()) for c in children if c.process]
+        keepers = [asyncio.ensure_future(_keep_alive(c, stop)) for c in first]
+        exits = [asyncio.ensure_future(c.process.wait())
+                 for c in children if c.process and not c.restart]
         stopping = asyncio.ensure_future(stop.wait())
         done, _ = await asyncio.wait([stopping, *exits], return_when=asyncio.FIRST_COMPLETED)
         if stopping not in done:
@@ -102,21 +139,49 @@ async def _supervise(children: list[Child], settings: GatewaySettings, metrics: 
             return 1
         return 0
     finally:
+        for keeper in keepers:
+            keeper.cancel()
+        await asyncio.gather(*keepers, return_exceptions=True)
         log.info("tensorgate stopping")
         await _stop_all(children)
+
+
+async def _keep_alive(child: Child, stop: asyncio.Event) -> None:
+    """Restart the child each time it dies, waiting longer after each quick death."""
+    delay: float | None = None
+    started = time.monotonic()
+    while not stop.is_set():
+        assert child.process is not None
+        pid = child.process.pid
+        code = await child.process.wait()
+        delay = restart_delay(delay, time.monotonic() - started)
+        log.warning("%s (pid %d) exited with code %s; restarting it in %.1fs", child.name, pid,
+                    code, delay)
+        try:
+            await asyncio.wait_for(stop.wait(), delay)
+            return
+        except TimeoutError:
+            pass
+        started = time.monotonic()
+        if await _start(child, stop):
+            log.warning("%s restarted (pid %d)", child.name, child.process.pid)
 
 
 async def _start(child: Child, stop: asyncio.Event) -> bool:
     """Start one child and wait for its ready line; False if it exits or we must stop first."""
     child.process = await asyncio.create_subprocess_exec(
         *child.argv, stdout=asyncio.subprocess.PIPE, env={**os.environ, **child.env})
+    log.info("%s started (pid %d)", child.name, child.process.pid)
     announced = asyncio.ensure_future(_announcement(child.process.stdout, child.ready))
     stopping = asyncio.ensure_future(stop.wait())
-    await asyncio.wait((announced, stopping), return_when=asyncio.FIRST_COMPLETED)
-    stopping.cancel()
+    try:
+        await asyncio.wait((announced, stopping), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not announced.done():
+            announced.cancel()
     if announced.done() and announced.result():
         return True
-    announced.cancel()
     code = await child.process.wait() if not stop.is_set() else None
     if code is not None:
         log.error("%s exited with code %s before it was ready", child.name, code)

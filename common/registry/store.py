@@ -1,0 +1,390 @@
+"""The registry store: API keys, traffic policies and the audit log in one SQLite file (WAL).
+
+Every change is one transaction that also bumps the generation counter and appends an audit row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType, TracebackType
+from typing import Any
+
+from common.policy import ROLES, KeyRecord, Snapshot, TrafficPolicy
+from common.registry.migrations import LATEST, migrate, schema_version
+
+#: How long a connection waits for another process's write lock before giving up.
+BUSY_TIMEOUT_S = 5.0
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_HEADER = re.compile(r"^[A-Za-z0-9_.-]+$")
+_KEY_COLUMNS = "key_id, name, role, models, rate, burst, concurrency, created_at, revoked_at"
+_TRAFFIC_COLUMNS = "model, weights, sticky, shadow_version, shadow_percent"
+
+
+class RegistryError(ValueError):
+    """A registry request that cannot be done; the message says what was wrong and what fits."""
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One change as the audit log recorded it; `before` and `after` are decoded JSON (or None)."""
+
+    id: int
+    at: float
+    actor: str
+    action: str
+    target: str
+    before: Any
+    after: Any
+
+
+def key_target(name: str) -> str:
+    """The audit target of an API key; `/` keeps it apart from model targets (`model[:version]`)."""
+    return f"key/{name}"
+
+
+def hash_secret(secret: str) -> str:
+    """What the registry keeps of a key's secret, and what the gateway looks a caller up by."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file for its owner only (SQLite gives -wal and -shm the same mode)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+def _key_record(row: sqlite3.Row) -> KeyRecord:
+    return KeyRecord(key_id=row["key_id"], name=row["name"], role=row["role"],
+                     models=tuple(json.loads(row["models"])), rate=row["rate"],
+                     burst=row["burst"], concurrency=row["concurrency"],
+                     created_at=row["created_at"], revoked=row["revoked_at"] is not None)
+
+
+def _key_json(record: KeyRecord) -> dict[str, Any]:
+    return {"key_id": record.key_id, "name": record.name, "role": record.role,
+            "models": list(record.models), "rate": record.rate, "burst": record.burst,
+            "concurrency": record.concurrency, "revoked": record.revoked}
+
+
+def _traffic_policy(row: sqlite3.Row) -> TrafficPolicy:
+    weights = tuple((str(version), int(weight)) for version, weight in json.loads(row["weights"]))
+    return TrafficPolicy(model=row["model"], weights=weights, sticky=row["sticky"],
+                         shadow_version=row["shadow_version"],
+                         shadow_percent=row["shadow_percent"])
+
+
+def _traffic_json(policy: TrafficPolicy) -> dict[str, Any]:
+    return {"weights": [list(pair) for pair in policy.weights], "sticky": policy.sticky,
+            "shadow_version": policy.shadow_version, "shadow_percent": policy.shadow_percent}
+
+
+def _check_count(what: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise RegistryError(f"{what} must be an integer >= 0 (0: no limit), got {value!r}")
+    return value
+
+
+def _check_key(name: str, role: str, models: Sequence[str] | str, rate: float) -> tuple[str, ...]:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise RegistryError(f"key name must be letters, digits, '_', '.' or '-', got {name!r}")
+    if role not in ROLES:
+        raise RegistryError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    globs = (models,) if isinstance(models, str) else tuple(models)
+    if not globs or not all(isinstance(glob, str) and glob.strip() for glob in globs):
+        raise RegistryError(f"models must be one or more non-empty globs, got {list(globs)!r}")
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not (
+            math.isfinite(rate) and rate >= 0):
+        raise RegistryError(f"rate must be a number of requests per second >= 0, got {rate!r}")
+    return globs
+
+
+def _check_model(model: str) -> None:
+    # NOTE: ':' separates model and version (audit targets, `model:version` on the CLI).
+    if not isinstance(model, str) or not model or any(c in model for c in ":/ \t\n"):
+        raise RegistryError(f"model name must be non-empty without ':', '/' or spaces, "
+                            f"got {model!r}")
+
+
+def _check_version(model: str, version: object) -> str:
+    if not isinstance(version, str) or not version or any(c in version for c in ":/= \t\n"):
+        raise RegistryError(f"version of model {model!r} must be a non-empty name without "
+                            f"':', '/', '=' or spaces, got {version!r}")
+    return version
+
+
+def _check_weights(model: str, weights: Mapping[str, int] | Sequence[tuple[str, int]]
+                   ) -> tuple[tuple[str, int], ...]:
+    pairs = list(weights.items()) if isinstance(weights, Mapping) else list(weights)
+    if not pairs:
+        raise RegistryError(f"traffic for model {model!r} needs at least one version=weight")
+    seen: set[str] = set()
+    for pair in pairs:
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise RegistryError(f"weights of model {model!r} must be (version, weight) pairs, "
+                                f"got {pair!r}")
+        version, weight = pair
+        _check_version(model, version)
+        if isinstance(weight, bool) or not isinstance(weight, int) or weight <= 0:
+            raise RegistryError(f"weight of version {version!r} of model {model!r} must be an "
+                                f"integer > 0, got {weight!r}")
+        if version in seen:
+            raise RegistryError(f"version {version!r} of model {model!r} appears twice in the "
+                                "weights; give each version once")
+        seen.add(version)
+    return tuple((version, weight) for version, weight in pairs)
+
+
+def _check_sticky(sticky: str) -> str:
+    """The canonical form: header names lowercased, as HTTP/2 and gRPC metadata carry them."""
+    if sticky in ("key", "sub"):
+        return sticky
+    if isinstance(sticky, str) and sticky.startswith("header:"):
+        header = sticky[len("header:"):]
+        if _HEADER.match(header):
+            return f"header:{header.lower()}"
+    raise RegistryError(f"sticky must be 'key', 'sub' or 'header:<name>' (a header name of "
+                        f"letters, digits, '_', '.' or '-'), got {sticky!r}")
+
+
+def _check_shadow(model: str, shadow: tuple[str, float] | None) -> tuple[str | None, float]:
+    if shadow is None:
+        return None, 0.0
+    if not isinstance(shadow, (tuple, list)) or len(shadow) != 2:
+        raise RegistryError(f"shadow for model {model!r} must be (version, percent), "
+                            f"got {shadow!r}")
+    version, percent = shadow
+    _check_version(model, version)
+    if isinstance(percent, bool) or not isinstance(percent, (int, float)) or not (
+            0 < percent <= 100):
+        raise RegistryError(f"shadow percent for model {model!r} must be in (0, 100], "
+                            f"got {percent!r}")
+    return version, float(percent)
+
+
+class Registry:
+    """One connection to a registry database; for one thread, while other processes share the file.
+
+    `check_same_thread=False` lets a single owner hand the connection between threads (never to two
+    at once), as the gateway's watcher does to keep reads off its event loop.
+    """
+
+    def __init__(self, path: Path | str, *, clock: Callable[[], float] = time.time,
+                 check_same_thread: bool = True) -> None:
+        self.path = Path(path)
+        self._clock = clock
+        try:
+            _create_private(self.path)
+            self._conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                         check_same_thread=check_same_thread)
+        except (OSError, sqlite3.Error) as exc:
+            raise RegistryError(f"cannot open the registry {self.path}: {exc}") from exc
+        try:
+            self._setup()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _setup(self) -> None:
+        conn = self._conn
+        conn.row_factory = sqlite3.Row
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            version = schema_version(conn)
+        except sqlite3.Error as exc:
+            raise RegistryError(f"cannot open the registry {self.path}: {exc}") from exc
+        if str(mode).lower() != "wal":
+            raise RegistryError(f"the registry {self.path} must be in WAL mode, SQLite kept {mode}")
+        if version > LATEST:
+            raise RegistryError(f"the registry {self.path} has schema version {version}, newer "
+                                f"than this tensorgate knows ({LATEST}); upgrade tensorgate")
+        migrate(conn)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction that bumps the generation; raise inside it to roll back."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("UPDATE meta SET generation = generation + 1 WHERE id = 1")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        # NOTE: one short read transaction, so several SELECTs see the same generation; in WAL
+        # mode it never blocks writers.
+        conn = self._conn
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+
+    def audit(self, actor: str, action: str, target: str, before: Any, after: Any) -> None:
+        """Append one audit row; inside `transaction()` it commits (or not) with the change."""
+        self._conn.execute(
+            "INSERT INTO audit (at, actor, action, target, before, after) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (self._clock(), actor, action, target,
+             None if before is None else json.dumps(before, sort_keys=True),
+             None if after is None else json.dumps(after, sort_keys=True)))
+
+    def audit_log(self, model: str | None = None, limit: int = 100) -> list[AuditEntry]:
+        """The newest entries first; `model` keeps those whose target is it or `model:...`."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise RegistryError(f"limit must be an integer >= 1, got {limit!r}")
+        query = "SELECT * FROM audit"
+        params: tuple[Any, ...] = ()
+        if model is not None:
+            # NOTE: substr, not LIKE: model names may hold '%' or '_'.
+            query += " WHERE target = ? OR substr(target, 1, ?) = ?"
+            params = (model, len(model) + 1, f"{model}:")
+        rows = self._conn.execute(f"{query} ORDER BY id DESC LIMIT ?", (*params, limit))
+        return [AuditEntry(id=row["id"], at=row["at"], actor=row["actor"], action=row["action"],
+                           target=row["target"],
+                           before=None if row["before"] is None else json.loads(row["before"]),
+                           after=None if row["after"] is None else json.loads(row["after"]))
+                for row in rows]
+
+    def generation(self) -> int:
+        """The change counter: one single-row read, cheap enough to poll."""
+        return int(self._conn.execute("SELECT generation FROM meta WHERE id = 1").fetchone()[0])
+
+    def snapshot(self) -> Snapshot:
+        """Unrevoked keys by hash and traffic policies by model, read in one consistent view."""
+        with self._reading() as conn:
+            generation = int(conn.execute("SELECT generation FROM meta").fetchone()[0])
+            keys = {row["hash"]: _key_record(row) for row in conn.execute(
+                f"SELECT hash, {_KEY_COLUMNS} FROM keys WHERE revoked_at IS NULL")}
+            traffic = {row["model"]: _traffic_policy(row) for row in conn.execute(
+                f"SELECT {_TRAFFIC_COLUMNS} FROM traffic")}
+        return Snapshot(generation=generation, keys=MappingProxyType(keys),
+                        traffic=MappingProxyType(traffic))
+
+    # -- API keys --------------------------------------------------------------------------------
+
+    def create_key(self, name: str, role: str, models: Sequence[str] | str = ("*",),
+                   rate: float = 0.0, burst: int = 0, concurrency: int = 0,
+                   actor: str = "cli") -> tuple[KeyRecord, str]:
+        """Create a key; return its record and its secret, which the registry does not keep."""
+        globs = _check_key(name, role, models, rate)
+        burst = _check_count("burst", burst)
+        concurrency = _check_count("concurrency", concurrency)
+        secret = "tg_" + secrets.token_urlsafe(32)
+        record = KeyRecord(key_id=secrets.token_hex(8), name=name, role=role, models=globs,
+                           rate=float(rate), burst=burst, concurrency=concurrency,
+                           created_at=self._clock())
+        with self.transaction() as conn:
+            if conn.execute("SELECT 1 FROM keys WHERE name = ?", (name,)).fetchone():
+                raise RegistryError(f"a key named {name!r} already exists (names stay taken "
+                                    "after a key is revoked); choose another name")
+            conn.execute(
+                "INSERT INTO keys (key_id, name, role, models, rate, burst, concurrency, hash, "
+                "created_at, created_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (record.key_id, name, role, json.dumps(list(globs)), record.rate, burst,
+                 concurrency, hash_secret(secret), record.created_at, actor))
+            self.audit(actor, "key.create", key_target(name), None, _key_json(record))
+        return record, secret
+
+    def list_keys(self, include_revoked: bool = False) -> list[KeyRecord]:
+        where = "" if include_revoked else " WHERE revoked_at IS NULL"
+        rows = self._conn.execute(
+            f"SELECT {_KEY_COLUMNS} FROM keys{where} ORDER BY created_at, name")
+        return [_key_record(row) for row in rows]
+
+    def revoke_key(self, name: str, actor: str = "cli") -> KeyRecord:
+        """Revoke a key for good; the gateway refuses it from its next snapshot on."""
+        with self.transaction() as conn:
+            row = conn.execute(f"SELECT {_KEY_COLUMNS} FROM keys WHERE name = ?",
+                               (name,)).fetchone()
+            if row is None:
+                raise RegistryError(f"no key named {name!r}; `tensorgate keys list` shows them")
+            before = _key_record(row)
+            if before.revoked:
+                raise RegistryError(f"key {name!r} is already revoked")
+            conn.execute("UPDATE keys SET revoked_at = ? WHERE name = ?", (self._clock(), name))
+            after = _key_record(conn.execute(f"SELECT {_KEY_COLUMNS} FROM keys WHERE name = ?",
+                                             (name,)).fetchone())
+            self.audit(actor, "key.revoke", key_target(name), _key_json(before), _key_json(after))
+        return after
+
+    def has_admin_key(self) -> bool:
+        row = self._conn.execute(
+            "SELECT 1 FROM keys WHERE role = 'admin' AND revoked_at IS NULL LIMIT 1").fetchone()
+        return row is not None
+
+    # -- traffic policies ------------------------------------------------------------------------
+
+    def set_traffic(self, model: str, weights: Mapping[str, int] | Sequence[tuple[str, int]],
+                    sticky: str = "key", shadow: tuple[str, float] | None = None,
+                    actor: str = "cli") -> TrafficPolicy:
+        """Set (or replace) how a model's requests without a version are split between versions."""
+        _check_model(model)
+        shadow_version, shadow_percent = _check_shadow(model, shadow)
+        policy = TrafficPolicy(model=model, weights=_check_weights(model, weights),
+                               sticky=_check_sticky(sticky), shadow_version=shadow_version,
+                               shadow_percent=shadow_percent)
+        with self.transaction() as conn:
+            before = self._get_traffic(conn, model)
+            conn.execute(
+                "INSERT OR REPLACE INTO traffic (model, weights, sticky, shadow_version, "
+                "shadow_percent, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (model, json.dumps([list(pair) for pair in policy.weights]), policy.sticky,
+                 policy.shadow_version, policy.shadow_percent, self._clock()))
+            self.audit(actor, "traffic.set", model,
+                       None if before is None else _traffic_json(before), _traffic_json(policy))
+        return policy
+
+    def get_traffic(self, model: str) -> TrafficPolicy | None:
+        return self._get_traffic(self._conn, model)
+
+    def clear_traffic(self, model: str, actor: str = "cli") -> TrafficPolicy:
+        """Remove a model's traffic policy; return the policy it had."""
+        with self.transaction() as conn:
+            before = self._get_traffic(conn, model)
+            if before is None:
+                raise RegistryError(f"model {model!r} has no traffic policy to clear")
+            conn.execute("DELETE FROM traffic WHERE model = ?", (model,))
+            self.audit(actor, "traffic.clear", model, _traffic_json(before), None)
+        return before
+
+    @staticmethod
+    def _get_traffic(conn: sqlite3.Connection, model: str) -> TrafficPolicy | None:
+        row = conn.execute(f"SELECT {_TRAFFIC_COLUMNS} FROM traffic WHERE model = ?",
+                           (model,)).fetchone()
+        return None if row is None else _traffic_policy(row)
