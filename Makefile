@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install serve test proto lint bench soak clean
+.PHONY: install serve test proto lint bench soak loadtest clean
 
 install: $(STAMP)
 
@@ -36,6 +36,12 @@ bench: $(STAMP)
 
 soak: $(STAMP)
 	$(PY) -m loadtest.soak
+
+# A short headless locust run (steady, HTTP + gRPC) against a local `tensorgate serve --no-auth`;
+# reports in build/loadtest. More: make loadtest LOADTEST_ARGS="--run-time 1m -- --p99-ms 50"
+LOADTEST_ARGS ?= -- --p99-ms 1000 --max-error-rate 0.001
+loadtest: $(STAMP)
+	$(PY) -m loadtest.locust.local $(LOADTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info loadtest/.models

@@ -16,7 +16,8 @@ from common.errors import TensorgateError
 
 HEADER = struct.Struct("<IQBI")
 METHODS = ("ModelInfer", "ServerLive", "ServerReady", "ServerMetadata", "ModelReady",
-           "ModelMetadata", "ModelConfig", "ModelStatistics", "RepositoryIndex")
+           "ModelMetadata", "ModelConfig", "ModelStatistics", "RepositoryIndex",
+           "RepositoryModelLoad", "RepositoryModelUnload")
 METHOD_KIND = {name: kind for kind, name in enumerate(METHODS)}
 OK = 0
 ERROR = 1

@@ -1,8 +1,12 @@
-"""A model's `config.yaml`: parsed, checked key by key, and turned into a typed ModelConfig."""
+"""A model's configuration: `config.yaml` parsed and checked key by key into a typed ModelConfig.
+
+Triton's `config.pbtxt` is read by common.pbtxt into the same types.
+"""
 
 from __future__ import annotations
 
 import re
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -12,6 +16,9 @@ import yaml
 from common.datatypes import ALL_DATATYPES
 
 DEFAULT_MAX_QUEUE_SIZE = 4096
+# A bad value is echoed in its error, but never whole: a YAML alias bomb expands to millions.
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring = 3, 8, 8, 80
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 _TOP_KEYS = {
     "name": "the model's name (must match its folder)",
@@ -22,6 +29,7 @@ _TOP_KEYS = {
     "device": "auto | cpu | cuda:N",
     "inputs": "a list of {name, datatype, shape}",
     "outputs": "a list of {name, datatype, shape}",
+    "version_policy": "{all: {}} | {latest: {num_versions: N}} | {specific: {versions: [...]}}",
 }
 _BATCHING_KEYS = {
     "max_queue_delay_microseconds": "an integer >= 0",
@@ -53,6 +61,19 @@ class DynamicBatching:
 
 
 @dataclass(frozen=True)
+class VersionPolicy:
+    """Which version folders are served: Triton's `all`, `latest` N or `specific` versions."""
+
+    kind: str = "all"  # all | latest | specific
+    num_versions: int = 0
+    versions: tuple[int, ...] = ()
+
+
+SERVE_ALL = VersionPolicy()
+TRITON_DEFAULT_POLICY = VersionPolicy("latest", num_versions=1)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: str
     source: Path
@@ -63,16 +84,33 @@ class ModelConfig:
     backend: str | None = None
     inputs: tuple[TensorSpec, ...] | None = None
     outputs: tuple[TensorSpec, ...] | None = None
+    #: config.yaml serves every version unless it says otherwise; config.pbtxt follows Triton.
+    version_policy: VersionPolicy = SERVE_ALL
+    #: The artifact's file name in each version folder (Triton's `default_model_filename`).
+    model_filename: str | None = None
 
 
 def load_model_config(path: Path, name: str) -> ModelConfig:
-    """Read `path` (which may be absent: every key has a default) for the model `name`."""
+    """Read `path` (which may be absent: every key has a default) for the model `name`.
+
+    A `.pbtxt` path is read as Triton's model configuration, anything else as YAML.
+    """
+    if path.suffix == ".pbtxt":
+        # NOTE: deferred because common.pbtxt builds on this module's types.
+        from common.pbtxt import load_pbtxt
+
+        return load_pbtxt(path, name)
     raw: Any = {}
     if path.exists():
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") \
+                from None
+        except RecursionError:
+            raise ConfigError(f"{path}: nested too deeply to be a model config") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level")
     return _parse(raw, path, name)
@@ -98,7 +136,35 @@ def _parse(raw: dict[str, Any], path: Path, name: str) -> ModelConfig:
         backend=backend,
         inputs=_tensors(raw.get("inputs"), path, "inputs"),
         outputs=_tensors(raw.get("outputs"), path, "outputs"),
+        version_policy=_version_policy(raw.get("version_policy"), path),
     )
+
+
+def _version_policy(raw: Any, path: Path) -> VersionPolicy:
+    """The YAML spelling of Triton's version_policy: one key, `all`, `latest` or `specific`."""
+    if raw is None:
+        return SERVE_ALL
+    if not isinstance(raw, dict) or len(raw) != 1 or next(iter(raw)) not in (
+            "all", "latest", "specific"):
+        _fail(path, "version_policy", _TOP_KEYS["version_policy"], raw)
+    kind, body = next(iter(raw.items()))
+    body = {} if body is None else body
+    if not isinstance(body, dict):
+        _fail(path, f"version_policy.{kind}", "a mapping", body)
+    allowed = {"all": {}, "latest": {"num_versions": "an integer >= 1"},
+               "specific": {"versions": "a non-empty list of version numbers"}}[kind]
+    _check_keys(body, allowed, path, f"version_policy.{kind}.")
+    if kind == "latest":
+        return VersionPolicy("latest", num_versions=_int(
+            body, "num_versions", 0, 1, path, "version_policy.latest."))
+    if kind == "specific":
+        versions = body.get("versions")
+        if not isinstance(versions, list) or not versions or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in versions):
+            _fail(path, "version_policy.specific.versions",
+                  "a non-empty list of integers >= 1", versions)
+        return VersionPolicy("specific", versions=tuple(sorted(set(versions))))
+    return SERVE_ALL
 
 
 def _batching(raw: Any, path: Path) -> DynamicBatching | None:
@@ -165,4 +231,4 @@ def _check_keys(raw: dict, allowed: dict[str, str], path: Path, prefix: str) -> 
 
 
 def _fail(path: Path, key: str, allowed: str, got: Any) -> NoReturn:
-    raise ConfigError(f"{path}: key '{key}': expected {allowed}, got {got!r}")
+    raise ConfigError(f"{path}: key '{key}': expected {allowed}, got {_SHORT.repr(got)}")

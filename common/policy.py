@@ -71,6 +71,12 @@ class Snapshot:
     generation: int = 0
     keys: Mapping[str, KeyRecord] = field(default_factory=lambda: MappingProxyType({}))
     traffic: Mapping[str, TrafficPolicy] = field(default_factory=lambda: MappingProxyType({}))
+    #: model -> its `production` version: what a request without a version gets when the model
+    #: has no traffic policy.
+    production: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    #: model -> its registered versions in state `ready`: runtime workers reload a model whose
+    #: set changed.
+    ready: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
 
 
 EMPTY = Snapshot()

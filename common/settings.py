@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
+from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+S = TypeVar("S")
 
 
 def default_threads() -> int:
@@ -33,6 +36,12 @@ class RuntimeSettings:
     #: A model whose batches take less than this (µs) runs them on the event loop thread:
     #: handing a batch to an executor thread and back costs more than such a model. 0: never.
     inline_compute_us: int = 200
+    #: Serve Prometheus /metrics on this port (on --listen's host); -1: off. Under `serve` the
+    #: workers write to the supervisor's multiprocess directory, served on its /metrics.
+    metrics_port: int = -1
+    #: The registry: a model whose set of ready versions changes there is reloaded (hot swap).
+    registry_path: Path | None = None
+    registry_refresh_s: float = 0.5
     #: Serve the lane and gRPC over TLS with this certificate and key; with tls_client_ca,
     #: require client certificates signed by it (the gateway's, for mTLS).
     tls_cert: Path | None = None
@@ -110,3 +119,33 @@ class GatewaySettings:
     eject_after_failures: int = 3
     #: How often a runtime address given as a DNS name is re-resolved, in seconds.
     dns_refresh_s: float = 5.0
+
+
+def to_json(settings: object) -> str:
+    """A settings object as JSON, for a supervisor to hand to the processes it starts."""
+    return json.dumps(asdict(settings), default=str)  # type: ignore[call-overload]
+
+
+def from_json(kind: type[S], text: str) -> S:
+    """The settings object `to_json` wrote; a field missing from the JSON keeps its default."""
+    return _build(kind, json.loads(text))
+
+
+def _build(kind: type[S], values: dict[str, Any]) -> S:
+    hints = get_type_hints(kind)
+    known = {f.name for f in fields(kind)}  # type: ignore[arg-type]
+    return kind(**{name: _convert(hints[name], value)
+                   for name, value in values.items() if name in known})
+
+
+def _convert(hint: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(hint, type) and is_dataclass(hint):
+        return _build(hint, value)
+    args = [a for a in get_args(hint) if a is not type(None)]
+    if get_origin(hint) is tuple:
+        return tuple(_convert(args[0], item) for item in value)
+    if Path in args or hint is Path:
+        return Path(value)
+    return value

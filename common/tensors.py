@@ -29,6 +29,16 @@ CONTENTS_FIELD: dict[str, str] = {
 
 MAX_ELEMENTS = 1 << 40
 _LEN = struct.Struct("<I")
+_INTEGERS = frozenset(("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"))
+# NOTE: JSON elements are checked by type, not coerced: numpy would turn null into NaN, "1.5"
+# into 1.5, "false" into True and 1.7 into 1 for an integer tensor, all silently.
+_JSON_TYPES: dict[str, tuple[frozenset[type], str]] = {
+    "BOOL": (frozenset({bool}), "booleans"),
+    "FP16": (frozenset({int, float}), "numbers"),
+    "FP32": (frozenset({int, float}), "numbers"),
+    "FP64": (frozenset({int, float}), "numbers"),
+    "BYTES": (frozenset({str}), "strings"),
+} | {name: (frozenset({int}), "integers") for name in _INTEGERS}
 
 
 def element_count(shape: Sequence[int], what: str) -> int:
@@ -37,6 +47,11 @@ def element_count(shape: Sequence[int], what: str) -> int:
     for dim in shape:
         if dim < 0:
             raise invalid_argument(f"{what}: shape {list(shape)} has a negative dimension")
+        # NOTE: each dim on its own too: after a 0 the product stays 0 whatever follows, and a
+        # dim past int64 cannot be stored in the protobuf message at all.
+        if dim > MAX_ELEMENTS:
+            raise invalid_argument(f"{what}: shape {list(shape)} has a dimension over "
+                                   f"{MAX_ELEMENTS}")
         count *= dim
         if count > MAX_ELEMENTS:
             raise invalid_argument(f"{what}: shape {list(shape)} has too many elements")
@@ -67,41 +82,64 @@ def deserialize_bytes(raw: bytes | memoryview, what: str) -> list[bytes]:
     return items
 
 
-def _flatten(data: Any) -> list[Any]:
+def count_bytes_elements(raw: bytes | memoryview, what: str) -> int:
+    """How many elements a raw BYTES tensor holds, checked like `deserialize_bytes`, no copies."""
+    view = memoryview(raw)
+    count = offset = 0
+    while offset < len(view):
+        if offset + 4 > len(view):
+            raise invalid_argument(f"{what}: truncated BYTES element length at byte {offset}")
+        (length,) = _LEN.unpack_from(view, offset)
+        offset += 4 + length
+        if offset > len(view):
+            raise invalid_argument(
+                f"{what}: BYTES element of {length} bytes runs past the end of the tensor"
+            )
+        count += 1
+    return count
+
+
+def _flatten(data: Any, rank: int) -> list[Any]:
+    """Row-major elements of nested lists, one level per dimension at most.
+
+    Iterative and bounded by the shape's rank, so deeply nested JSON cannot exhaust the stack;
+    lists left below the last level are caught by the element type check.
+    """
     if not isinstance(data, list):
         return [data]
-    if not data or not isinstance(data[0], list):
-        return data
-    flat: list[Any] = []
-    for row in data:
-        flat.extend(_flatten(row))
+    flat = data
+    for _ in range(rank):
+        if not flat or not isinstance(flat[0], list):
+            break
+        flat = [x for row in flat for x in (row if isinstance(row, list) else (row,))]
     return flat
 
 
-def _to_bytes_item(item: Any, what: str) -> bytes:
-    if isinstance(item, str):
-        return item.encode()
-    if isinstance(item, bytes):
-        return item
-    raise invalid_argument(f"{what}: BYTES elements must be strings, got {type(item).__name__}")
+def _check_types(datatype: str, flat: list[Any], what: str) -> None:
+    allowed, words = _JSON_TYPES[datatype]
+    wrong = set(map(type, flat)) - allowed
+    if wrong:
+        names = sorted("null" if t is type(None) else t.__name__ for t in wrong)
+        raise invalid_argument(f"{what}: {datatype} data must be {words}, got {', '.join(names)}")
 
 
 def json_to_raw(datatype: str, shape: Sequence[int], data: Any, what: str) -> bytes:
     """JSON `data` (nested or flat, row-major) to the raw layout, checked against the shape."""
     count = element_count(shape, what)
-    flat = _flatten(data)
+    if datatype not in _JSON_TYPES:
+        raise invalid_argument(f"{what}: datatype {datatype} cannot be sent as JSON data")
+    flat = _flatten(data, len(shape))
     if len(flat) != count:
         raise invalid_argument(
             f"{what}: shape {list(shape)} needs {count} elements, data has {len(flat)}"
         )
-    if datatype == "BYTES":
-        return serialize_bytes(_to_bytes_item(item, what) for item in flat)
-    dtype = NUMPY_DTYPES.get(datatype)
-    if dtype is None:
-        raise invalid_argument(f"{what}: datatype {datatype} cannot be sent as JSON data")
+    _check_types(datatype, flat, what)
     try:
-        return np.asarray(flat, dtype=dtype).tobytes()
-    except (TypeError, ValueError, OverflowError) as exc:
+        if datatype == "BYTES":
+            return serialize_bytes(item.encode() for item in flat)
+        with np.errstate(over="raise", invalid="raise"):
+            return np.asarray(flat, dtype=NUMPY_DTYPES[datatype]).tobytes()
+    except (TypeError, ValueError, OverflowError, FloatingPointError) as exc:
         raise invalid_argument(f"{what}: data is not valid {datatype}: {exc}") from None
 
 
@@ -136,7 +174,16 @@ def contents_to_raw(datatype: str, contents: Any, what: str) -> bytes:
     values = getattr(contents, field)
     if datatype == "BYTES":
         return serialize_bytes(values)
-    return np.asarray(values, dtype=NUMPY_DTYPES[datatype]).tobytes()
+    dtype = NUMPY_DTYPES[datatype]
+    wide = np.asarray(values)
+    # NOTE: INT8/INT16 travel in int32 fields (UINT8/UINT16 in uint32): a cast would wrap
+    # 1000 to -24 silently, so values outside the narrow type are refused instead.
+    if datatype in _INTEGERS and wide.size:
+        info = np.iinfo(dtype)
+        if int(wide.min()) < info.min or int(wide.max()) > info.max:
+            raise invalid_argument(f"{what}: {field} holds values outside {datatype}'s range "
+                                   f"{info.min}..{info.max}")
+    return wide.astype(dtype).tobytes()
 
 
 def expected_byte_size(datatype: str, count: int) -> int | None:

@@ -6,12 +6,18 @@ import asyncio
 import contextlib
 import logging
 import socket
+import sqlite3
+import ssl
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import uvicorn
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
+from common import tls
+from common.registry import Registry, RegistryError
+from common.registry.watch import RegistryWatcher
 from common.settings import GatewaySettings
 from gateway.discover import Discovery
 from gateway.grpc_server import GrpcTransport
@@ -19,6 +25,7 @@ from gateway.health import Health
 from gateway.http_server import HttpTransport
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline
+from gateway.quota import Quotas
 from gateway.route import Router
 from gateway.upstream import Upstream, connect
 
@@ -41,6 +48,17 @@ class _Uvicorn(uvicorn.Server):
         self.up.set()
 
 
+def _uvicorn_tls(s: GatewaySettings) -> dict[str, Any]:
+    """uvicorn's TLS options: HTTPS with our certificate; client certificates with a CA."""
+    if not (s.tls.cert and s.tls.key):
+        return {}
+    tls.server_context(s.tls.cert, s.tls.key, s.tls.client_ca)  # a bad file: a ConfigError now
+    options: dict[str, Any] = {"ssl_certfile": str(s.tls.cert), "ssl_keyfile": str(s.tls.key)}
+    if s.tls.client_ca:
+        options |= {"ssl_ca_certs": str(s.tls.client_ca), "ssl_cert_reqs": ssl.CERT_REQUIRED}
+    return options
+
+
 class Gateway:
     """A gateway process: start() binds every listener, stop() closes them in order."""
 
@@ -49,21 +67,41 @@ class Gateway:
         self.metrics = GatewayMetrics(registry)
         self.router = Router(Health(settings, self.metrics))
         self.discovery = Discovery(settings, self.router, self.dial)
-        self.pipeline = Pipeline(settings, self.router, self.metrics)
+        self.registry = RegistryWatcher(settings.registry_path, settings.registry_refresh_s)
+        self.pipeline = Pipeline(settings, self.router, self.metrics,
+                                 lambda: self.registry.snapshot, Quotas(settings.quota_path),
+                                 self.audit)
+        self._registry_task: asyncio.Task | None = None
         self.grpc_server: grpc.aio.Server | None = None
         self.http_server: _Uvicorn | None = None
         self._http_task: asyncio.Task | None = None
         self.http_port = 0
         self.grpc_port = 0
 
+    async def audit(self, actor: str, action: str, target: str, after: Any) -> None:
+        """Append to the registry's audit log, off the event loop; no registry: nothing."""
+        path = self.settings.registry_path
+        if path is None:
+            return
+
+        def write() -> None:
+            with Registry(path) as registry:
+                registry.audit(actor, action, target, None, after)
+
+        try:
+            await asyncio.to_thread(write)
+        except (RegistryError, sqlite3.Error) as exc:
+            log.warning("could not record %s of %s in the audit log: %s", action, target, exc)
+
     def dial(self, address: str) -> Upstream:
         """The upstream for one runtime address (discovery calls it for each one it finds)."""
-        return connect(address, self.settings.max_message_bytes)
+        return connect(address, self.settings.max_message_bytes, self.settings.tls)
 
     async def start(self) -> None:
         s = self.settings
         await self.discovery.start()
         self.router.health.start()
+        self._registry_task = asyncio.get_running_loop().create_task(self.registry.run())
         limit = s.max_message_bytes
         self.grpc_server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", limit),
@@ -71,7 +109,12 @@ class Gateway:
             ("grpc.so_reuseport", int(s.reuse_port)),
         ])
         self.grpc_server.add_generic_rpc_handlers((GrpcTransport(self.pipeline).handlers(),))
-        self.grpc_port = self.grpc_server.add_insecure_port(f"{s.host}:{s.grpc_port}")
+        address = f"{s.host}:{s.grpc_port}"
+        if s.tls.cert and s.tls.key:
+            credentials = tls.grpc_server_credentials(s.tls.cert, s.tls.key, s.tls.client_ca)
+            self.grpc_port = self.grpc_server.add_secure_port(address, credentials)
+        else:
+            self.grpc_port = self.grpc_server.add_insecure_port(address)
         await self.grpc_server.start()
         sock = socket.socket(socket.AF_INET6 if ":" in s.host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -82,7 +125,7 @@ class Gateway:
         config = uvicorn.Config(HttpTransport(self.pipeline, limit), http="httptools",
                                 loop="none", lifespan="off", access_log=False,
                                 log_level="warning", proxy_headers=False,
-                                server_header=False)
+                                server_header=False, **_uvicorn_tls(s))
         self.http_server = _Uvicorn(config)
         self._http_task = asyncio.get_running_loop().create_task(self.http_server.serve([sock]))
         up = asyncio.ensure_future(self.http_server.up.wait())
@@ -107,5 +150,11 @@ class Gateway:
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace)
         await self.router.health.stop()
+        if self._registry_task is not None:
+            self._registry_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._registry_task
+        self.registry.close()
+        await self.pipeline.close()
         await self.discovery.stop()
         await self.router.close()

@@ -5,6 +5,7 @@ ModelInfer is never deserialized here: only model name and version are peeked fr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -14,7 +15,7 @@ from common import EXTENSIONS, __version__
 from common.errors import TensorgateError
 from common.proto import grpc_service_pb2 as pb
 from gateway.peek import model_and_version
-from gateway.pipeline import Pipeline
+from gateway.pipeline import Access, Headers, Pipeline
 
 SERVICE = "inference.GRPCInferenceService"
 _FORWARDED = ("ModelReady", "ModelMetadata", "ModelConfig", "ModelStatistics")
@@ -28,7 +29,8 @@ class GrpcTransport:
 
     async def model_infer(self, request: bytes, context: Any) -> bytes:
         model, version = model_and_version(request)
-        return await self.pipeline.infer(request, model, version, context.time_remaining(), "grpc")
+        return await self.pipeline.infer(request, model, version, context.time_remaining(), "grpc",
+                                         _headers(context))
 
     async def server_live(self, request: bytes, context: Any) -> bytes:
         return pb.ServerLiveResponse(live=True).SerializeToString()
@@ -37,19 +39,33 @@ class GrpcTransport:
         return pb.ServerReadyResponse(ready=await self.pipeline.ready()).SerializeToString()
 
     async def server_metadata(self, request: bytes, context: Any) -> bytes:
+        self.pipeline.admit(_headers(context), None)
         answer = pb.ServerMetadataResponse(name="tensorgate", version=__version__,
                                            extensions=EXTENSIONS)
         return answer.SerializeToString()
 
     async def repository_index(self, request: bytes, context: Any) -> bytes:
-        return await self.pipeline.ask("RepositoryIndex", request)
+        return await self.pipeline.ask("RepositoryIndex", request, headers=_headers(context),
+                                       access="admin")
+
+    def repository_change(self, method: str) -> Handler:
+        """Load or unload: every worker makes the change (RepositoryModel{Load,Unload})."""
+        kind = getattr(pb, f"{method}Request")
+
+        async def handler(request: bytes, context: Any) -> bytes:
+            model = kind.FromString(request).model_name
+            return await self.pipeline.broadcast(method, request, model, _headers(context))
+
+        return handler
 
     def forward(self, method: str) -> Handler:
         """A control-plane RPC whose request names the model in fields 1 and 2."""
+        access: Access = "open" if method == "ModelReady" else "key"
 
         async def handler(request: bytes, context: Any) -> bytes:
             model, version = model_and_version(request)
-            return await self.pipeline.ask(method, request, model, version)
+            return await self.pipeline.ask(method, request, model, version, _headers(context),
+                                           access)
 
         return handler
 
@@ -62,9 +78,16 @@ class GrpcTransport:
             "RepositoryIndex": self.repository_index,
         }
         table.update({name: self.forward(name) for name in _FORWARDED})
+        table.update({name: self.repository_change(name)
+                      for name in ("RepositoryModelLoad", "RepositoryModelUnload")})
         return grpc.method_handlers_generic_handler(
             SERVICE, {name: grpc.unary_unary_rpc_method_handler(_aborting(fn))
                       for name, fn in table.items()})
+
+
+def _headers(context: Any) -> Headers:
+    """The call's metadata; gRPC names are lower case already."""
+    return dict(context.invocation_metadata() or ())
 
 
 def _aborting(handler: Handler) -> Handler:
@@ -72,6 +95,9 @@ def _aborting(handler: Handler) -> Handler:
         try:
             return await handler(request, context)
         except TensorgateError as exc:
+            if exc.retry_after is not None:
+                wait = str(max(1, math.ceil(exc.retry_after)))
+                context.set_trailing_metadata((("retry-after", wait),))
             await context.abort(exc.code, exc.message)
             raise  # unreachable: abort raises
 

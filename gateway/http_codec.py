@@ -8,12 +8,16 @@ from typing import Any
 import orjson
 from google.protobuf.message import Message
 
+from common.datatypes import ALL_DATATYPES
 from common.errors import TensorgateError, invalid_argument
 from common.proto import grpc_service_pb2 as pb
-from common.tensors import json_to_raw, raw_to_json
+from common.tensors import element_count, expected_byte_size, json_to_raw, raw_to_json
 
 # Parameters that steer this codec and mean nothing to the model.
 _CODEC_PARAMETERS = {"binary_data_output", "binary_data_size", "binary_data"}
+# What an InferParameter can hold: JSON integers outside both ranges are refused.
+_INT64 = range(-(1 << 63), 1 << 63)
+_UINT64 = range(1 << 64)
 
 
 @dataclass
@@ -30,6 +34,8 @@ def decode_infer_request(
     """An HTTP infer body to a ModelInferRequest with raw tensors, and the output preferences."""
     view = memoryview(body)
     end = len(body) if json_length is None else json_length
+    if end < 0:
+        raise invalid_argument(f"Inference-Header-Content-Length {end} is negative")
     if end > len(body):
         raise invalid_argument(f"Inference-Header-Content-Length {end} exceeds the body "
                                f"({len(body)} bytes)")
@@ -39,26 +45,44 @@ def decode_infer_request(
         raise invalid_argument(f"request body is not valid JSON: {exc}") from None
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
         raise invalid_argument("request body must be a JSON object with an 'inputs' list")
-    request = pb.ModelInferRequest(model_name=model, model_version=version,
-                                   id=str(header.get("id", "")))
-    params = header.get("parameters")
-    if params:
-        _set_parameters(request.parameters, _dict(params, "parameters"))
+    request_id = header.get("id", "")
+    if type(request_id) is not str:
+        raise invalid_argument("'id' must be a string")
+    request = pb.ModelInferRequest(model_name=model, model_version=version, id=request_id)
+    params = _dict(header.get("parameters"), "parameters")
+    _set_parameters(request.parameters, params)
     offset = end
     for i, item in enumerate(header["inputs"]):
         offset = _add_input(request, item, i, view, offset)
+    # NOTE: the runtime refuses these too; refusing here names the fault before a network hop.
+    _unique([t.name for t in request.inputs], "input")
     if offset != len(body):
         raise invalid_argument(f"body has {len(body) - offset} bytes beyond the binary tensors "
                                "the header declares")
-    prefs = OutputPrefs(default_binary=bool(params and params.get("binary_data_output")))
-    for item in header.get("outputs") or ():
+    prefs = OutputPrefs(default_binary=bool(params.get("binary_data_output")))
+    _add_outputs(request, header.get("outputs") or [], prefs)
+    return request, prefs
+
+
+def _add_outputs(request: pb.ModelInferRequest, outputs: Any, prefs: OutputPrefs) -> None:
+    if not isinstance(outputs, list):
+        raise invalid_argument("'outputs' must be a list")
+    for item in outputs:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise invalid_argument("each entry of 'outputs' must be an object with a 'name'")
         request.outputs.add(name=item["name"])
         binary = _dict(item.get("parameters"), "outputs.parameters").get("binary_data")
         if binary is not None:
             prefs.per_output[item["name"]] = bool(binary)
-    return request, prefs
+    _unique([o.name for o in request.outputs], "output")
+
+
+def _unique(names: list[str], what: str) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise invalid_argument(f"{what} '{name}' appears twice in the request")
+        seen.add(name)
 
 
 def _add_input(request: pb.ModelInferRequest, item: Any, i: int, body: memoryview,
@@ -70,12 +94,20 @@ def _add_input(request: pb.ModelInferRequest, item: Any, i: int, body: memoryvie
         raise _bad(request, name, "'datatype' must be a string")
     if type(shape) is not list or not all(type(d) is int for d in shape):
         raise _bad(request, name, "'shape' must be a list of integers")
-    params = item.get("parameters")
-    size = _dict(params, "parameters").get("binary_data_size") if params else None
+    if datatype not in ALL_DATATYPES:
+        raise _bad(request, name, f"unknown datatype '{datatype}'; one of "
+                                  f"{', '.join(ALL_DATATYPES)}")
+    count = element_count(shape, _what(request, name))
+    params = _dict(item.get("parameters"), f"inputs[{i}].parameters")
+    size = params.get("binary_data_size")
     if size is not None:
         if type(size) is not int or size < 0 or offset + size > len(body):
             raise _bad(request, name, f"binary_data_size {size} runs past the end of the body "
                                       f"({len(body) - offset} bytes left)")
+        expected = expected_byte_size(datatype, count)
+        if expected is not None and size != expected:
+            raise _bad(request, name, f"shape {shape} of {datatype} takes {expected} bytes, "
+                                      f"binary_data_size is {size}")
         raw = bytes(body[offset : offset + size])
         offset += size
     elif "data" in item:
@@ -83,8 +115,7 @@ def _add_input(request: pb.ModelInferRequest, item: Any, i: int, body: memoryvie
     else:
         raise _bad(request, name, "needs 'data' or a binary_data_size parameter")
     tensor = request.inputs.add(name=name, datatype=datatype, shape=shape)
-    if params:
-        _set_parameters(tensor.parameters, params)
+    _set_parameters(tensor.parameters, params)
     request.raw_input_contents.append(raw)
     return offset
 
@@ -111,14 +142,17 @@ def _set_parameters(target: Any, params: dict[str, Any]) -> None:
             continue
         if isinstance(value, bool):
             target[key].bool_param = value
-        elif isinstance(value, int):
+        elif isinstance(value, int) and value in _INT64:
             target[key].int64_param = value
+        elif isinstance(value, int) and value in _UINT64:
+            target[key].uint64_param = value
         elif isinstance(value, float):
             target[key].double_param = value
         elif isinstance(value, str):
             target[key].string_param = value
         else:
-            raise invalid_argument(f"parameter '{key}' must be a string, number or boolean")
+            raise invalid_argument(f"parameter '{key}' must be a string, a number within "
+                                   "64 bits or a boolean")
 
 
 def encode_infer_response(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import math
 import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -12,15 +15,22 @@ from common import EXTENSIONS, __version__
 from common.errors import TensorgateError, invalid_argument, not_found
 from common.proto import grpc_service_pb2 as pb
 from gateway.http_codec import decode_infer_request, encode_infer_response, message_to_json
-from gateway.pipeline import Pipeline
+from gateway.pipeline import Headers, Pipeline
 
 Reply = tuple[int, bytes, list[tuple[bytes, bytes]]]
 _JSON = [(b"content-type", b"application/json")]
-_HEADER_LENGTH = b"inference-header-content-length"
+_HEADER_LENGTH = "inference-header-content-length"
+#: The version that served an inference, for callers split between versions.
+VERSION_HEADER = b"x-tensorgate-model-version"
 
 
 def _json(status: int, payload: Any) -> Reply:
     return status, orjson.dumps(payload), _JSON
+
+
+def _whole(text: str) -> bool:
+    """A whole number in ASCII digits (str.isdigit also takes '²', which int() refuses)."""
+    return text.isascii() and text.isdigit()
 
 
 class HttpTransport:
@@ -41,19 +51,22 @@ class HttpTransport:
         if scope["type"] != "http":
             return
         try:
-            headers = dict(scope["headers"])
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
             body = await self._body(receive, headers)
             status, payload, extra = await self.route(scope["method"], scope["path"], headers, body)
         except TensorgateError as exc:
             status, payload, extra = _json(exc.http_status, {"error": exc.message})
+            if exc.retry_after is not None:
+                wait = max(1, math.ceil(exc.retry_after))
+                extra = [*extra, (b"retry-after", b"%d" % wait)]
         # NOTE: with a Content-Length the server need not chunk the body.
         answer = [*extra, (b"content-length", b"%d" % len(payload))]
         await send({"type": "http.response.start", "status": status, "headers": answer})
         await send({"type": "http.response.body", "body": payload})
 
-    async def _body(self, receive: Callable, headers: dict[bytes, bytes]) -> bytes:
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+    async def _body(self, receive: Callable, headers: Headers) -> bytes:
+        declared = headers.get("content-length")
+        if declared is not None and _whole(declared) and int(declared) > self.max_body:
             raise invalid_argument(f"request body of {int(declared)} bytes exceeds "
                                            f"the limit of {self.max_body}")
         chunks = []
@@ -69,21 +82,30 @@ class HttpTransport:
             chunks.append(chunk)
             more = message.get("more_body", False)
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        encoding = headers.get(b"content-encoding", b"identity")
-        if encoding in (b"gzip", b"deflate"):
-            try:
-                body = zlib.decompress(body, 31 if encoding == b"gzip" else 15)
-            except zlib.error as exc:
-                raise invalid_argument(f"body is not valid {encoding.decode()}: {exc}") from None
+        encoding = headers.get("content-encoding", "identity")
+        if encoding in ("gzip", "deflate"):
+            body = self._inflate(body, encoding)
         return body
 
-    async def route(self, method: str, path: str, headers: dict[bytes, bytes],
-                    body: bytes) -> Reply:
+    def _inflate(self, body: bytes, encoding: str) -> bytes:
+        """Decompress within the body limit: a small bomb must not become a huge allocation."""
+        inflater = zlib.decompressobj(31 if encoding == "gzip" else 15)
+        try:
+            plain = inflater.decompress(body, self.max_body + 1)
+        except zlib.error as exc:
+            raise invalid_argument(f"body is not valid {encoding}: {exc}") from None
+        if len(plain) > self.max_body or inflater.unconsumed_tail:
+            raise invalid_argument(f"decompressed body exceeds the limit of {self.max_body} "
+                                   "bytes")
+        return plain
+
+    async def route(self, method: str, path: str, headers: Headers, body: bytes) -> Reply:
         parts = path.strip("/").split("/")
         if parts[0] != "v2":
             raise not_found(f"no such path: {path}")
         rest = parts[1:]
         if not rest and method == "GET":
+            self.pipeline.admit(headers, None)
             return _json(200, {"name": "tensorgate", "version": __version__,
                                "extensions": EXTENSIONS})
         if rest == ["health", "live"]:
@@ -92,14 +114,17 @@ class HttpTransport:
             ready = await self.pipeline.ready()
             return _json(200 if ready else 503, {"ready": ready})
         if rest == ["repository", "index"] and method == "POST":
-            return await self.index(body)
+            return await self.index(headers, body)
+        if (len(rest) == 4 and rest[:2] == ["repository", "models"] and method == "POST"
+                and rest[3] in ("load", "unload")):
+            return await self.repository_change(rest[2], rest[3], headers, body)
         if rest == ["models", "stats"]:
-            return await self.statistics("", "")
+            return await self.statistics("", "", headers)
         if len(rest) >= 2 and rest[0] == "models":
             return await self.model_route(method, rest[1:], headers, body)
         raise not_found(f"no such path: {path}")
 
-    async def model_route(self, method: str, rest: list[str], headers: dict[bytes, bytes],
+    async def model_route(self, method: str, rest: list[str], headers: Headers,
                           body: bytes) -> Reply:
         model, version, tail = rest[0], "", rest[1:]
         if len(tail) >= 2 and tail[0] == "versions":
@@ -110,57 +135,107 @@ class HttpTransport:
             raise not_found(f"no such path: {method} /v2/models/{'/'.join(rest)}")
         return await handler(model, version, headers, body)
 
-    async def infer(self, model: str, version: str, headers: dict[bytes, bytes],
-                    body: bytes) -> Reply:
+    async def infer(self, model: str, version: str, headers: Headers, body: bytes) -> Reply:
         length = headers.get(_HEADER_LENGTH)
-        if length is not None and not length.isdigit():
+        if length is not None and not _whole(length):
             raise invalid_argument("Inference-Header-Content-Length must be a whole number")
         request, prefs = decode_infer_request(body, int(length) if length else None, model,
                                               version)
         answer = await self.pipeline.infer(request.SerializeToString(), model, version, None,
-                                           "http")
-        payload, json_length = encode_infer_response(pb.ModelInferResponse.FromString(answer),
-                                                     prefs)
+                                           "http", headers)
+        response = pb.ModelInferResponse.FromString(answer)
+        payload, json_length = encode_infer_response(response, prefs)
+        served = (VERSION_HEADER, response.model_version.encode())
         if json_length is None:
-            return 200, payload, _JSON
+            return 200, payload, [*_JSON, served]
         return 200, payload, [(b"content-type", b"application/octet-stream"),
-                              (_HEADER_LENGTH, str(json_length).encode())]
+                              (_HEADER_LENGTH.encode(), str(json_length).encode()), served]
 
-    async def metadata(self, model: str, version: str, *_: Any) -> Reply:
+    async def metadata(self, model: str, version: str, headers: Headers, _: bytes) -> Reply:
         request = pb.ModelMetadataRequest(name=model, version=version)
         answer = await self.pipeline.ask("ModelMetadata", request.SerializeToString(), model,
-                                         version)
+                                         version, headers)
         return _json(200, message_to_json(pb.ModelMetadataResponse.FromString(answer)))
 
     async def model_ready(self, model: str, version: str, *_: Any) -> Reply:
         request = pb.ModelReadyRequest(name=model, version=version)
         answer = await self.pipeline.ask("ModelReady", request.SerializeToString(), model,
-                                         version)
+                                         version, access="open")
         ready = pb.ModelReadyResponse.FromString(answer).ready
         return _json(200 if ready else 400, {"ready": ready})
 
-    async def config(self, model: str, version: str, *_: Any) -> Reply:
+    async def config(self, model: str, version: str, headers: Headers, _: bytes) -> Reply:
         request = pb.ModelConfigRequest(name=model, version=version)
         answer = await self.pipeline.ask("ModelConfig", request.SerializeToString(), model,
-                                         version)
+                                         version, headers)
         return _json(200, message_to_json(pb.ModelConfigResponse.FromString(answer).config))
 
-    async def statistics_of(self, model: str, version: str, *_: Any) -> Reply:
-        return await self.statistics(model, version)
+    async def statistics_of(self, model: str, version: str, headers: Headers, _: bytes) -> Reply:
+        return await self.statistics(model, version, headers)
 
-    async def statistics(self, model: str, version: str) -> Reply:
+    async def statistics(self, model: str, version: str, headers: Headers) -> Reply:
         request = pb.ModelStatisticsRequest(name=model, version=version)
         answer = await self.pipeline.ask("ModelStatistics", request.SerializeToString(), model,
-                                         version)
+                                         version, headers)
         return _json(200, message_to_json(pb.ModelStatisticsResponse.FromString(answer)))
 
-    async def index(self, body: bytes) -> Reply:
+    async def repository_change(self, model: str, action: str, headers: Headers,
+                                body: bytes) -> Reply:
+        """Triton's load / unload: `{"parameters": {"config": "<JSON>", "file:1/model.onnx":
+        "<base64>"}}`; the body may be empty."""
+        params = _load_parameters(body)
+        if action == "load":
+            load = pb.RepositoryModelLoadRequest(model_name=model)
+            for key, value in params.items():
+                _set_parameter(load.parameters[key], key, value)
+            await self.pipeline.broadcast("RepositoryModelLoad", load.SerializeToString(), model,
+                                          headers)
+        else:
+            unload = pb.RepositoryModelUnloadRequest(model_name=model)
+            await self.pipeline.broadcast("RepositoryModelUnload", unload.SerializeToString(),
+                                          model, headers)
+        return 200, b"", _JSON
+
+    async def index(self, headers: Headers, body: bytes) -> Reply:
         try:
             params = orjson.loads(body) if body.strip() else {}
         except orjson.JSONDecodeError as exc:
             raise invalid_argument(f"repository index body is not valid JSON: {exc}") from None
         ready = bool(params.get("ready", False)) if isinstance(params, dict) else False
         request = pb.RepositoryIndexRequest(ready=ready)
-        answer = await self.pipeline.ask("RepositoryIndex", request.SerializeToString())
+        answer = await self.pipeline.ask("RepositoryIndex", request.SerializeToString(),
+                                         headers=headers, access="admin")
         models = message_to_json(pb.RepositoryIndexResponse.FromString(answer))["models"]
         return _json(200, models)
+
+
+def _load_parameters(body: bytes) -> dict[str, Any]:
+    try:
+        document = orjson.loads(body) if body.strip() else {}
+    except orjson.JSONDecodeError as exc:
+        raise invalid_argument(f"load/unload body is not valid JSON: {exc}") from None
+    params = document.get("parameters", {}) if isinstance(document, dict) else None
+    if not isinstance(params, dict):
+        raise invalid_argument('expected a body like {"parameters": {"config": "..."}}')
+    return params
+
+
+def _set_parameter(target: Any, key: str, value: Any) -> None:
+    """One load parameter: files arrive base64-encoded, the rest as JSON scalars."""
+    if key.startswith("file:"):
+        if not isinstance(value, str):
+            raise invalid_argument(f"parameter '{key}': expected the file's content in base64")
+        try:
+            target.bytes_param = base64.b64decode(value, validate=True)
+        except binascii.Error:
+            raise invalid_argument(f"parameter '{key}': not valid base64") from None
+    elif isinstance(value, bool):
+        target.bool_param = value
+    elif isinstance(value, int):
+        if not -(2**63) <= value < 2**63:
+            raise invalid_argument(f"parameter '{key}': {value} does not fit in 64 bits")
+        target.int64_param = value
+    elif isinstance(value, str):
+        target.string_param = value
+    else:
+        raise invalid_argument(f"parameter '{key}': expected a string, integer or boolean")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -92,10 +93,12 @@ class _Connection(asyncio.Protocol):
 class LaneUpstream:
     """Calls to one runtime worker over the lane; same interface as the gRPC upstream."""
 
-    def __init__(self, address: str, max_message_bytes: int) -> None:
+    def __init__(self, address: str, max_message_bytes: int,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.address = address
         self.outstanding = 0
         self.max_payload = max_message_bytes
+        self.ssl_context = ssl_context
         self._connection: _Connection | None = None
         self._connecting: asyncio.Future | None = None
         #: Called when an open connection is lost (health ejects the worker); None: nothing.
@@ -119,7 +122,8 @@ class LaneUpstream:
                 _, protocol = await loop.create_unix_connection(factory, self.address[5:])
             else:
                 host, _, port = self.address.rpartition(":")
-                _, protocol = await loop.create_connection(factory, host, int(port))
+                _, protocol = await loop.create_connection(factory, host, int(port),
+                                                           ssl=self.ssl_context)
         except OSError as exc:
             raise unavailable(f"runtime worker {self.address} is unavailable: {exc}") from None
         self._connection = protocol

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-# From 100 µs to 10 s: the span of inference latencies from tiny CPU models to large GPU ones.
-LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                   0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+from common.buckets import LATENCY_BUCKETS
 
 
 class GatewayMetrics:

@@ -1,41 +1,68 @@
-"""The gateway's data path, in order: route → balance → forward. Knows nothing of HTTP or gRPC.
+"""The gateway's data path, in order: auth → quota → route → split → balance → forward → shadow.
 
-Status and latency are recorded once per request, in one `finally`.
+Knows nothing of HTTP or gRPC. Status and latency are recorded once per request, in one `finally`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Literal
 
 import grpc
 
-from common.errors import TensorgateError
+from common.errors import TensorgateError, unavailable
+from common.policy import Principal, Snapshot
 from common.proto import grpc_service_pb2 as pb
 from common.settings import GatewaySettings
+from gateway import split
+from gateway.auth import Authenticator
 from gateway.forward import Forward
 from gateway.metrics import GatewayMetrics
+from gateway.quota import QuotaExceeded, Quotas, Ticket
 from gateway.route import Router
+from gateway.shadow import Shadow, should_shadow
+
+Headers = Mapping[str, str]  # HTTP headers or gRPC metadata, names in lower case
+_NO_HEADERS: Headers = {}
+#: audit(actor, action, target, after): record an administrative change.
+Audit = Callable[[str, str, str, Any], Awaitable[None]]
+#: Who may make a control-plane call: anyone (health), any key, or an admin key.
+Access = Literal["open", "key", "admin"]
 
 
 class Pipeline:
-    def __init__(self, settings: GatewaySettings, router: Router, metrics: GatewayMetrics) -> None:
+    def __init__(self, settings: GatewaySettings, router: Router, metrics: GatewayMetrics,
+                 snapshot: Callable[[], Snapshot], quotas: Quotas,
+                 audit: Audit | None = None) -> None:
         self.router = router
         self.metrics = metrics
+        self.snapshot = snapshot
+        self.quotas = quotas
+        self.audit = audit
         self.default_timeout = settings.default_timeout_s
+        self.auth = Authenticator(settings.auth, snapshot)
         self.forward = Forward(router.health, metrics)
+        self.splitter = split.Splitter()
+        self.shadow = Shadow(metrics, self._shadow_call)
+        self.rng = random.Random()
 
-    async def infer(
-        self, request: bytes, model: str, version: str, timeout: float | None, protocol: str
-    ) -> bytes:
+    async def infer(self, request: bytes, model: str, version: str, timeout: float | None,
+                    protocol: str, headers: Headers = _NO_HEADERS) -> bytes:
         """Forward a serialized ModelInferRequest; the answer's bytes come back untouched."""
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         self.metrics.in_flight.inc()
         try:
-            pool = self.router.pool(model, version)
-            return await self.forward(pool, model, "ModelInfer", request,
-                                      timeout or self.default_timeout)
+            principal = self.admit(headers, model)
+            ticket = self.quota(principal, model)
+            try:
+                return await self.serve(request, model, version, principal, headers,
+                                        timeout or self.default_timeout)
+            finally:
+                self.quotas.release(ticket)
         except TensorgateError as exc:
             code = exc.code
             raise
@@ -47,10 +74,89 @@ class Pipeline:
             label = model if code != grpc.StatusCode.NOT_FOUND else "_unknown"
             self.metrics.observe(label, protocol, code.name, time.perf_counter() - started)
 
-    async def ask(self, method: str, request: bytes, model: str = "", version: str = "") -> bytes:
-        """A control-plane call (metadata, config, statistics, index) to a worker of the model."""
+    def admit(self, headers: Headers, model: str | None, admin: bool = False) -> Principal:
+        """The auth stage: the caller, if it may make this call."""
+        try:
+            principal = self.auth.authenticate(headers.get("authorization"))
+            self.auth.authorize(principal, model, admin)
+        except TensorgateError as exc:
+            self.metrics.auth_failures.labels(exc.code.name).inc()
+            raise
+        return principal
+
+    def quota(self, principal: Principal, model: str) -> Ticket:
+        """The quota stage: a ticket to give back when the request is done."""
+        try:
+            return self.quotas.admit(principal)
+        except QuotaExceeded as exc:
+            self.metrics.quota_rejections.labels(model, exc.limit).inc()
+            raise
+
+    async def serve(self, request: bytes, model: str, version: str, principal: Principal,
+                    headers: Headers, timeout: float) -> bytes:
+        """Route and split, then balance and forward; a shadow copy watches the answer."""
+        snapshot = self.snapshot()
+        policy = snapshot.traffic.get(model)
+        if policy is None:
+            if not version and model in snapshot.production:
+                version = snapshot.production[model]
+                request = split.with_version(request, version)
+            pool = self.router.pool(model, version)
+            return await self.forward(pool, model, "ModelInfer", request, timeout)
+        if not version:
+            version = self.splitter.choose(policy, split.subject_of(policy, principal, headers))
+            request = split.with_version(request, version)
+        pool = self.router.pool(model, version)
+        if not should_shadow(policy, self.rng, version):
+            return await self.forward(pool, model, "ModelInfer", request, timeout)
+        primary = asyncio.ensure_future(self.forward(pool, model, "ModelInfer", request, timeout))
+        target = policy.shadow_version or ""
+        self.shadow.send(model, target, split.with_version(request, target), primary)
+        return await primary
+
+    async def _shadow_call(self, model: str, version: str, request: bytes,
+                           timeout: float) -> bytes:
+        return await self.forward(self.router.pool(model, version), model, "ModelInfer", request,
+                                  timeout)
+
+    async def ask(self, method: str, request: bytes, model: str = "", version: str = "",
+                  headers: Headers = _NO_HEADERS, access: Access = "key") -> bytes:
+        """A control-plane call (metadata, config, statistics, index) to a worker of the model.
+
+        Without a model (statistics of all models), the caller must be allowed every model.
+        """
+        if access != "open":
+            principal = self.admit(headers, model or None, access == "admin")
+            if not model and principal.role != "admin" and not principal.may_use("*"):
+                self.metrics.auth_failures.labels("PERMISSION_DENIED").inc()
+                raise TensorgateError(grpc.StatusCode.PERMISSION_DENIED,
+                                      "this key may use only some models: name one")
         pool = self.router.pool(model, version)
         return await self.forward(pool, model, method, request, self.default_timeout)
+
+    async def broadcast(self, method: str, request: bytes, model: str,
+                        headers: Headers = _NO_HEADERS) -> bytes:
+        """A repository change (load, unload) that every admitted worker must make; admin only.
+
+        The change is recorded in the registry's audit log, with its outcome, as the caller.
+        """
+        principal = self.admit(headers, None, admin=True)
+        endpoints = [e for e in self.router.endpoints if e.admitted]
+        if not endpoints:
+            raise unavailable(f"{method} of model '{model}': no healthy runtime worker")
+        answers = await asyncio.gather(
+            *(e.upstream.call(method, request, self.default_timeout) for e in endpoints),
+            return_exceptions=True)
+        failures = [a for a in answers if isinstance(a, BaseException)]
+        outcome = {"workers": len(endpoints), "failed": [str(f) for f in failures]}
+        if self.audit is not None:
+            await self.audit(principal.subject, f"repository.{method}", model, outcome)
+        if failures:
+            first = failures[0]
+            raise first if isinstance(first, TensorgateError) else unavailable(str(first))
+        answer = answers[0]
+        assert isinstance(answer, bytes)
+        return answer
 
     async def ready(self) -> bool:
         """Ready when at least one admitted runtime worker says it is."""
@@ -64,3 +170,7 @@ class Pipeline:
             if pb.ServerReadyResponse.FromString(answer).ready:
                 return True
         return False
+
+    async def close(self) -> None:
+        await self.shadow.close()
+        self.quotas.close()

@@ -10,7 +10,9 @@ from typing import Protocol
 
 import grpc
 
+from common import tls as common_tls
 from common.errors import TensorgateError
+from common.settings import TlsSettings
 from gateway.lane_client import LaneUpstream
 
 SERVICE = "/inference.GRPCInferenceService/"
@@ -29,22 +31,31 @@ class Upstream(Protocol):
     async def close(self) -> None: ...
 
 
-def connect(address: str, max_message_bytes: int) -> Upstream:
+def connect(address: str, max_message_bytes: int, tls: TlsSettings | None = None) -> Upstream:
+    """The upstream for `address`; over TLS to TCP addresses when `tls` names a CA or a client
+    certificate (unix sockets are local and guarded by file permissions)."""
+    secure = tls is not None and bool(tls.upstream_ca or tls.upstream_cert)
     if address.startswith("grpc://"):
-        return GrpcUpstream(address.removeprefix("grpc://"), max_message_bytes)
-    return LaneUpstream(address, max_message_bytes)
+        credentials = (common_tls.grpc_channel_credentials(tls.upstream_ca, tls.upstream_cert,
+                                                           tls.upstream_key)
+                       if secure and tls is not None else None)
+        return GrpcUpstream(address.removeprefix("grpc://"), max_message_bytes, credentials)
+    context = (common_tls.client_context(tls.upstream_ca, tls.upstream_cert, tls.upstream_key)
+               if secure and tls is not None and not address.startswith("unix:") else None)
+    return LaneUpstream(address, max_message_bytes, context)
 
 
 class GrpcUpstream:
     """Calls to one OIP gRPC server with request and response bytes passed through untouched."""
 
-    def __init__(self, address: str, max_message_bytes: int) -> None:
+    def __init__(self, address: str, max_message_bytes: int,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
         self.address = address
         self.outstanding = 0
-        self.channel = grpc.aio.insecure_channel(address, options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-        ])
+        options = [("grpc.max_receive_message_length", max_message_bytes),
+                   ("grpc.max_send_message_length", max_message_bytes)]
+        self.channel = (grpc.aio.insecure_channel(address, options=options) if credentials is None
+                        else grpc.aio.secure_channel(address, credentials, options=options))
         self._calls: dict[str, RawCall] = {}
 
     def method(self, name: str) -> RawCall:

@@ -178,6 +178,8 @@ def _h2load(target: Target, load: Load, meter: Meter, tmp: Path) -> Outcome:
     argv = ["h2load", "-t", "1", "-c", str(connections), "-m", str(streams), "-d", str(body),
             "-H", "content-type: application/grpc", "-H", "te: trailers",
             "-T", f"{CALL_TIMEOUT_S:.0f}s", f"http://{target.address}{target.path}"]
+    for name, value in target.headers:
+        argv[-1:-1] = ["-H", f"{name.lower()}: {value}"]
     if load.warmup_s > 0:
         _run([*argv, "-D", f"{round(load.warmup_s * 1000)}ms"], _limit(load.warmup_s))
     log = tmp / "requests.tsv"

@@ -174,7 +174,7 @@ def start_servers(children: Children, threads: int, gateway_processes: int
     grpc_port, http_port = free_port(), free_port()
     argv = [sys.executable, "-m", "tensorgate", "gateway", "--runtime", lane, "--host",
             "127.0.0.1", "--http-port", str(http_port), "--grpc-port", str(grpc_port),
-            "--metrics-port", "-1"]
+            "--metrics-port", "-1", "--no-auth"]
     if gateway_processes != 1:
         argv += ["--processes", str(gateway_processes)]
     children.start("gateway", argv, gateways_ready(gateway_processes))

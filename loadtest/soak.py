@@ -82,7 +82,8 @@ def main() -> int:
     runtime = start([*python, "runtime", "--listen", f"unix:{tmp}/grpc.sock", "--lane", lane],
                     "tensorgate-runtime ready")
     gateway = start([*python, "gateway", "--runtime", lane, "--host", "127.0.0.1",
-                     "--http-port", "0", "--grpc-port", str(grpc_port), "--metrics-port", "-1"],
+                     "--http-port", "0", "--grpc-port", str(grpc_port), "--metrics-port", "-1",
+                     "--no-auth"],
                     "tensorgate-gateway ready")
     try:
         return soak(args.requests, grpc_port, tmp / "body", gateway.pid, runtime.pid)

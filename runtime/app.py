@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import time
+import os
 
 import grpc
-import numpy as np
 
 from common import tls
-from common.datatypes import NUMPY_DTYPES
+from common.errors import TensorgateError
+from common.policy import Snapshot
+from common.registry.watch import RegistryWatcher
 from common.settings import RuntimeSettings
-from runtime.backends import load_backend
-from runtime.backends.base import Backend
+from runtime import metrics as runtime_metrics
 from runtime.core import RuntimeCore
 from runtime.lane_server import LaneServer
+from runtime.loading import load_version
 from runtime.model import ModelStore, ServedModel
+from runtime.reload import Reloader
 from runtime.repository import scan
 from runtime.scheduler import Scheduler
 from runtime.server import grpc_handlers
@@ -24,55 +27,33 @@ from runtime.server import grpc_handlers
 log = logging.getLogger("tensorgate.runtime")
 
 
-def intra_op_threads(threads: int, instances: int) -> int:
-    """Compute threads per model instance: what the event loop's own core leaves, shared."""
-    return max(1, (threads - 1) // instances)
-
-
-def load_models(settings: RuntimeSettings) -> ModelStore:
+def load_models(settings: RuntimeSettings,
+                metrics: runtime_metrics.RuntimeMetrics | None = None) -> ModelStore:
     """Load every version in the repository (blocking); ConfigError names what is wrong."""
+    metrics = metrics or runtime_metrics.default_metrics()
     store = ModelStore()
     for source in scan(settings.model_repository):
-        started = time.perf_counter()
-        count = source.config.instance_count
-        threads = intra_op_threads(settings.threads, count)
-        backends = [load_backend(source.backend, source.artifact, source.config, threads)
-                    for _ in range(count)]
-        warmup_ns = min(warm_up(b, source.config.max_batch_size) for b in backends)
-        store.add(ServedModel(source.config, source.version, backends, warmup_ns))
-        log.info("loaded %s version %d (%s on %s, %d instance(s)) in %.2fs", source.config.name,
-                 source.version, source.backend, backends[0].device, count,
-                 time.perf_counter() - started)
+        store.add(load_version(source, settings.threads, metrics))
     return store
-
-
-def warm_up(backend: Backend, max_batch_size: int) -> float:
-    """Run a full batch of zeros a few times, so no caller pays for lazy initialisation.
-
-    Returns the fastest run in ns; infinite when the signature gives no shape to run.
-    """
-    feeds = []
-    for spec in backend.inputs:
-        if spec.datatype not in NUMPY_DTYPES or spec.datatype == "BYTES" or -1 in spec.shape:
-            return float("inf")
-        shape = (max_batch_size, *spec.shape) if max_batch_size else spec.shape
-        feeds.append(np.zeros(shape, NUMPY_DTYPES[spec.datatype]))
-    fastest = float("inf")
-    for _ in range(3):
-        started = time.perf_counter_ns()
-        backend.run(feeds)
-        fastest = min(fastest, time.perf_counter_ns() - started)
-    return fastest
 
 
 class Runtime:
     """A runtime worker: start() binds and serves, stop() drains and closes."""
 
-    def __init__(self, settings: RuntimeSettings, store: ModelStore) -> None:
+    def __init__(self, settings: RuntimeSettings, store: ModelStore,
+                 metrics: runtime_metrics.RuntimeMetrics | None = None) -> None:
         self.settings = settings
         self.store = store
+        self.metrics = metrics or runtime_metrics.default_metrics()
         self.schedulers: dict[int, Scheduler] = {}
-        self.core = RuntimeCore(store, self.schedulers)
+        self.reloader = Reloader(
+            settings.model_repository, store, self.schedulers,
+            lambda source: load_version(source, settings.threads, self.metrics, check=True),
+            self._start_scheduler)
+        self.core = RuntimeCore(store, self.schedulers, self.reloader)
+        self.registry = RegistryWatcher(settings.registry_path, settings.registry_refresh_s,
+                                        self._registry_changed)
+        self._watch: asyncio.Task | None = None
         self.server: grpc.aio.Server | None = None
         self.lane: asyncio.Server | None = None
         self.grpc_address = ""
@@ -80,17 +61,44 @@ class Runtime:
 
     async def start(self) -> None:
         for model in self.store.all():
-            scheduler = Scheduler(model, inline_ns=self.settings.inline_compute_us * 1000)
-            scheduler.start()
-            self.schedulers[id(model)] = scheduler
+            self.schedulers[id(model)] = self._start_scheduler(model)
         if self.settings.listen:
             await self._start_grpc(self.settings.listen)
         if self.settings.lane:
             await self._start_lane(self.settings.lane)
+        self._watch = asyncio.get_running_loop().create_task(self.registry.run())
+        if self.settings.metrics_port >= 0:
+            self._start_metrics(self.settings.metrics_port)
         self.core.ready = True
         models = ", ".join(f"{m.name}:{m.version}" for m in self.store.all())
         log.info("runtime serving gRPC on %s and the lane on %s; models ready: %s",
                  self.grpc_address or "-", self.lane_address or "-", models or "none")
+
+    async def _registry_changed(self, old: Snapshot, new: Snapshot) -> None:
+        """Reload each model whose ready versions changed: registered, retired or replaced."""
+        for name in sorted(set(old.ready) | set(new.ready)):
+            if old.ready.get(name) == new.ready.get(name):
+                continue
+            try:
+                if (self.settings.model_repository / name).is_dir():
+                    await self.reloader.load(name)
+                elif self.store.loaded(name):
+                    await self.reloader.unload(name)
+            except TensorgateError as exc:
+                log.error("model %s not reloaded: %s", name, exc.message)
+
+    def _start_scheduler(self, model: ServedModel) -> Scheduler:
+        scheduler = Scheduler(model, inline_ns=self.settings.inline_compute_us * 1000,
+                              metrics=self.metrics.model(model.name, str(model.version)))
+        scheduler.start()
+        return scheduler
+
+    def _start_metrics(self, port: int) -> None:
+        listen = self.settings.listen
+        tcp = listen and not listen.startswith("unix:")
+        host = listen.rpartition(":")[0] if tcp else "127.0.0.1"
+        # NOTE: read at start-up: a supervisor that set a multiprocess directory serves it.
+        runtime_metrics.serve(port, host.strip("[]"), os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
     async def _start_grpc(self, listen: str) -> None:
         limit = self.settings.max_message_bytes
@@ -128,9 +136,16 @@ class Runtime:
 
     async def stop(self, grace: float = 5.0) -> None:
         self.core.ready = False
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        self.registry.close()
         if self.lane is not None:
             self.lane.close()
         if self.server is not None:
             await self.server.stop(grace)
         for scheduler in self.schedulers.values():
             await scheduler.stop()
+        for model in self.store.all():
+            self.metrics.set_state(model.name, str(model.version), "UNAVAILABLE")

@@ -6,9 +6,11 @@ handler, and encode its answer; a TensorgateError carries the failure.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import grpc
 from google.protobuf.message import Message
 
 from common import EXTENSIONS, __version__
@@ -16,14 +18,17 @@ from common.errors import TensorgateError
 from common.proto import grpc_service_pb2 as pb
 from runtime import describe
 from runtime.model import ModelStore
+from runtime.reload import Reloader, write_upload
 from runtime.scheduler import Scheduler
 
 Handler = Callable[[Any, float | None], Awaitable[Message]]
 
 
 class RuntimeCore:
-    def __init__(self, store: ModelStore, schedulers: dict[int, Scheduler]) -> None:
+    def __init__(self, store: ModelStore, schedulers: dict[int, Scheduler],
+                 reloader: Reloader | None = None) -> None:
         self.store = store
+        self.reloader = reloader
         # Keyed by id(ServedModel): the hot path does one dict lookup after the store's.
         self.schedulers = schedulers
         self.ready = False
@@ -37,11 +42,21 @@ class RuntimeCore:
             "ModelConfig": (pb.ModelConfigRequest, self.model_config),
             "ModelStatistics": (pb.ModelStatisticsRequest, self.model_statistics),
             "RepositoryIndex": (pb.RepositoryIndexRequest, self.repository_index),
+            "RepositoryModelLoad": (pb.RepositoryModelLoadRequest, self.repository_load),
+            "RepositoryModelUnload": (pb.RepositoryModelUnloadRequest, self.repository_unload),
         }
 
     async def infer(self, request: Any, timeout: float | None) -> Message:
         model = self.store.get(request.model_name, request.model_version)
-        return await self.schedulers[id(model)].infer(request, timeout)
+        scheduler = self.schedulers[id(model)]
+        # NOTE: counted here, so a version being retired knows when its last request has left.
+        model.in_flight += 1
+        try:
+            return await scheduler.infer(request, timeout)
+        finally:
+            model.in_flight -= 1
+            if not model.in_flight and model.drained is not None:
+                model.drained.set()
 
     async def server_live(self, request: Any, timeout: float | None) -> Message:
         return pb.ServerLiveResponse(live=True)
@@ -72,3 +87,26 @@ class RuntimeCore:
 
     async def repository_index(self, request: Any, timeout: float | None) -> Message:
         return describe.index(self.store, self.ready)
+
+    async def repository_load(self, request: Any, timeout: float | None) -> Message:
+        """Load or reload a model from its folder, with the files and config sent along."""
+        reloader = self._reloader()
+        params = request.parameters
+        files = {key[5:]: value.bytes_param for key, value in params.items()
+                 if key.startswith("file:")}
+        config = params["config"].string_param if "config" in params else None
+        if files or config is not None:
+            await asyncio.to_thread(write_upload, reloader.repository / request.model_name,
+                                    config, files)
+        await reloader.load(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    async def repository_unload(self, request: Any, timeout: float | None) -> Message:
+        await self._reloader().unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    def _reloader(self) -> Reloader:
+        if self.reloader is None:
+            raise TensorgateError(grpc.StatusCode.UNAVAILABLE,
+                                  "this runtime cannot load or unload models")
+        return self.reloader

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from common.errors import invalid_argument, not_found
@@ -18,6 +19,12 @@ class ServedModel:
     #: How long a full warm-up batch took; infinite when it could not be measured.
     warmup_ns: float = float("inf")
     stats: ModelStats = field(default_factory=ModelStats)
+    #: The artifact's (inode, size, mtime) when loaded: a reload replaces a changed file.
+    stamp: tuple[int, ...] = ()
+    #: Requests inside this version's scheduler now; a retired version waits for 0.
+    in_flight: int = 0
+    #: Set when the version is retired, and when its last request has left after that.
+    drained: asyncio.Event | None = None
 
     def __post_init__(self) -> None:
         first = self.backends[0]
@@ -43,6 +50,18 @@ class ModelStore:
 
     def add(self, model: ServedModel) -> None:
         self._models.setdefault(model.name, {})[model.version] = model
+
+    def discard(self, model: ServedModel) -> None:
+        """Take a version out of every later lookup (the object may still be serving)."""
+        versions = self._models.get(model.name, {})
+        if versions.get(model.version) is model:
+            del versions[model.version]
+        if not versions:
+            self._models.pop(model.name, None)
+
+    def loaded(self, name: str) -> dict[int, ServedModel]:
+        """The versions of `name` loaded now (none: empty), a copy."""
+        return dict(self._models.get(name, {}))
 
     def names(self) -> list[str]:
         return sorted(self._models)

@@ -19,6 +19,7 @@ from common.errors import TensorgateError
 from common.proto import grpc_service_pb2 as pb
 from runtime.batcher import Batcher, Pending
 from runtime.executor import BatchResult, execute
+from runtime.metrics import ModelMetrics, default_metrics
 from runtime.model import ServedModel
 from runtime.response import build_response
 from runtime.validate import check
@@ -35,11 +36,12 @@ class Scheduler:
     """
 
     def __init__(self, model: ServedModel, clock: Callable[[], float] = time.monotonic,
-                 inline_ns: int = 0) -> None:
+                 inline_ns: int = 0, metrics: ModelMetrics | None = None) -> None:
         config = model.config
         batching = config.dynamic_batching
         self.model = model
         self.clock = clock
+        self.metrics = metrics or default_metrics().model(model.name, str(model.version))
         self.batcher = Batcher(
             max_batch_size=config.max_batch_size,
             max_queue_delay_s=(batching.max_queue_delay_microseconds / 1e6 if batching else 0.0),
@@ -81,13 +83,16 @@ class Scheduler:
         item = Pending(checked.inputs, checked.shapes, checked.batch_size, checked.shape_key,
                        now, None if timeout is None else now + timeout, future, checked.outputs)
         self.batcher.put(item, self.model.label)
+        self.metrics.depth.set(len(self.batcher))
         self.wakeup.set()
         try:
             outputs = await future
         except TensorgateError:
             self.model.stats.fail.add(int((self.clock() - now) * 1e9))
             raise
-        self.model.stats.success.add(int((self.clock() - now) * 1e9))
+        elapsed = self.clock() - now
+        self.model.stats.success.add(int(elapsed * 1e9))
+        self.metrics.request.observe(elapsed)
         return build_response(request, self.model, outputs, checked.outputs)
 
     async def _run(self) -> None:
@@ -97,6 +102,13 @@ class Scheduler:
             self._dispatch_ready()
 
     def _dispatch_ready(self) -> None:
+        try:
+            self._take_batches()
+        finally:
+            # NOTE: once per wake-up, not per request: taking drains several requests at once.
+            self.metrics.depth.set(len(self.batcher))
+
+    def _take_batches(self) -> None:
         while self.free:
             take = self.batcher.take(max(self.clock(), self._due))
             for item in take.expired:
@@ -125,8 +137,12 @@ class Scheduler:
         instance = self.free.pop()
         backend, pool = instance
         now = self.clock()
+        queue_ns = self.model.stats.queue.add
+        observe = self.metrics.queue.observe
         for item in batch:
-            self.model.stats.queue.add(int((now - item.arrival) * 1e9))
+            waited = now - item.arrival
+            queue_ns(int(waited * 1e9))
+            observe(waited)
         if self.inline:
             try:
                 result = execute(backend, self.model.batched, batch)
@@ -157,8 +173,10 @@ class Scheduler:
                     item.future.set_exception(failure)
             return
         rows = sum(item.batch_size for item in batch)
+        # NOTE: the statistics extension and /metrics count here, together, so they agree.
         self.model.stats.record_batch(rows, len(batch), result.input_ns, result.infer_ns,
                                       result.output_ns)
+        self.metrics.executed(rows, (result.input_ns + result.infer_ns + result.output_ns) / 1e9)
         for item, outputs in zip(batch, result.outputs):
             if not item.future.done():
                 item.future.set_result(outputs)

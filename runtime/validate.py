@@ -6,7 +6,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.errors import invalid_argument
-from common.tensors import contents_to_raw, deserialize_bytes, element_count, expected_byte_size
+from common.tensors import (
+    contents_to_raw,
+    count_bytes_elements,
+    element_count,
+    expected_byte_size,
+)
 from runtime.model import ServedModel
 
 
@@ -80,7 +85,8 @@ def _payload(model: ServedModel, j: int, tensor: Any, raw: bytes | None) -> byte
     if size is not None and len(raw) != size:
         raise invalid_argument(f"{what}: shape {shape} of {spec.datatype} takes {size} bytes, "
                                f"got {len(raw)}")
-    if size is None and len(deserialize_bytes(raw, what)) != count:
+    # NOTE: counted in place; splitting into a list would copy every element of a large tensor.
+    if size is None and count_bytes_elements(raw, what) != count:
         raise invalid_argument(f"{what}: shape {shape} needs {count} BYTES elements")
     return raw
 
@@ -105,4 +111,6 @@ def _requested(request: Any, model: ServedModel) -> tuple[str, ...]:
         if name not in model.output_names:
             raise invalid_argument(f"{model.label} has no output '{name}'; outputs: "
                                    f"{sorted(model.output_names)}")
+    if len(set(names)) != len(names):
+        raise invalid_argument(f"{model.label}: outputs requested more than once: {list(names)}")
     return names

@@ -19,7 +19,7 @@ from common.registry import AuditEntry, Registry, RegistryError, default_registr
 COMMANDS = ("keys", "traffic", "audit")
 
 
-def _registry_options() -> argparse.ArgumentParser:
+def registry_options() -> argparse.ArgumentParser:
     options = argparse.ArgumentParser(add_help=False)
     options.add_argument("--registry", type=Path, default=None, metavar="PATH",
                          help="the registry database (default: tensorgate.db beside the model "
@@ -50,7 +50,7 @@ def _shadow(text: str) -> tuple[str, float]:
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `keys`, `traffic` and `audit` to the `tensorgate` command's subparsers."""
-    options = _registry_options()
+    options = registry_options()
     keys = commands.add_parser("keys", help="create, list and revoke API keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
     create = key_commands.add_parser("create", parents=[options],
@@ -129,7 +129,7 @@ def _keys(registry: Registry, args: argparse.Namespace) -> int:
         if not records:
             print("no API keys; create one with `tensorgate keys create`", file=sys.stderr)
         else:
-            print(_table(_key_rows(records, args.all)))
+            print(table(_key_rows(records, args.all)))
     else:
         record = registry.revoke_key(args.name, actor=actor())
         print(f"revoked key {record.name!r}", file=sys.stderr)
@@ -162,7 +162,7 @@ def _audit(registry: Registry, args: argparse.Namespace) -> int:
     return 0
 
 
-def _when(at: float) -> str:
+def when(at: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(at))
 
 
@@ -176,12 +176,12 @@ def _key_rows(records: Sequence[KeyRecord], with_state: bool) -> list[list[str]]
     rows = [header + (["STATE"] if with_state else [])]
     for record in records:
         row = [record.name, record.role, ",".join(record.models), _limit(record.rate),
-               _limit(record.burst), _limit(record.concurrency), _when(record.created_at)]
+               _limit(record.burst), _limit(record.concurrency), when(record.created_at)]
         rows.append(row + ([("revoked" if record.revoked else "active")] if with_state else []))
     return rows
 
 
-def _table(rows: list[list[str]]) -> str:
+def table(rows: list[list[str]]) -> str:
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
                      for row in rows)
@@ -203,5 +203,5 @@ def _compact(value: Any) -> str:
 
 
 def _audit_line(entry: AuditEntry) -> str:
-    return (f"{_when(entry.at)}  {entry.actor}  {entry.action}  {entry.target}  "
+    return (f"{when(entry.at)}  {entry.actor}  {entry.action}  {entry.target}  "
             f"{_compact(entry.before)} -> {_compact(entry.after)}")

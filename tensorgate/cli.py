@@ -7,9 +7,18 @@ import logging
 import sys
 from pathlib import Path
 
+from common import tls
 from common.model_config import ConfigError
-from common.settings import GatewaySettings, RuntimeSettings, default_threads
-from tensorgate import admin
+from common.registry import default_registry_path
+from common.settings import (
+    AuthSettings,
+    GatewaySettings,
+    RuntimeSettings,
+    TlsSettings,
+    default_threads,
+    from_json,
+)
+from tensorgate import admin, edge, models_cli
 
 
 def _gateway_args(parser: argparse.ArgumentParser) -> None:
@@ -18,6 +27,32 @@ def _gateway_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (8001)")
     parser.add_argument("--metrics-port", type=int, default=8002,
                         help="Prometheus /metrics port (8002; -1 turns it off)")
+    parser.add_argument("--registry", type=Path, metavar="PATH",
+                        help="the registry database: keys, traffic policies, audit log "
+                             "(tensorgate.db beside the model repository)")
+    auth = parser.add_argument_group("authentication")
+    auth.add_argument("--no-auth", action="store_true",
+                      help="serve every caller without a key (logs a warning)")
+    auth.add_argument("--jwt-secret-file", type=Path, metavar="PATH",
+                      help="accept HS256 JWTs signed with the secret in this file")
+    auth.add_argument("--jwt-public-key", type=Path, action="append", default=[],
+                      metavar="PEM", help="accept RS256/ES256 JWTs signed by this key; repeat")
+    auth.add_argument("--jwks-file", type=Path, metavar="PATH",
+                      help="accept JWTs signed by the keys of this JWKS file (re-read on change)")
+    auth.add_argument("--jwt-issuer", help="the `iss` JWTs must carry")
+    auth.add_argument("--jwt-audience", help="the `aud` JWTs must carry")
+    auth.add_argument("--jwt-leeway", type=float, default=30.0,
+                      help="clock skew allowed on `exp` and `nbf`, in seconds (30)")
+    secure = parser.add_argument_group("TLS")
+    secure.add_argument("--tls-cert", type=Path, help="serve HTTPS and gRPC over TLS")
+    secure.add_argument("--tls-key", type=Path, help="the private key of --tls-cert")
+    secure.add_argument("--tls-client-ca", type=Path,
+                     help="require client certificates signed by this CA (mTLS)")
+    secure.add_argument("--runtime-tls-ca", type=Path,
+                     help="connect to runtime workers over TLS, trusting this CA")
+    secure.add_argument("--runtime-tls-cert", type=Path,
+                     help="the client certificate shown to runtime workers (mTLS)")
+    secure.add_argument("--runtime-tls-key", type=Path, help="the key of --runtime-tls-cert")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="gateway processes sharing the ports (one per core)")
     _gateway_args(serve)
     gateway = commands.add_parser("gateway", help="run only the gateway")
+    gateway.add_argument("--model-repository", type=Path, default=Path("models"),
+                         help="only to find the default registry beside it (./models)")
     gateway.add_argument("--runtime", action="append", default=[], metavar="ADDRESS",
                          help="a runtime worker's lane (HOST:PORT or unix:PATH), or "
                          "grpc://HOST:PORT for any OIP gRPC server; repeat for several")
@@ -42,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="gateway processes sharing the ports (1)")
     gateway.add_argument("--reuse-port", action="store_true",
                          help="let sibling processes share the ports (SO_REUSEPORT)")
+    gateway.add_argument("--settings-file", type=Path, help=argparse.SUPPRESS)
     _gateway_args(gateway)
     runtime = commands.add_parser("runtime", help="run only a runtime worker")
     runtime.add_argument("--model-repository", type=Path, default=Path("models"))
@@ -53,39 +91,77 @@ def build_parser() -> argparse.ArgumentParser:
     runtime.add_argument("--inline-compute-us", type=int, default=200,
                          help="models whose batches take less than this run on the event loop "
                               "thread instead of an executor thread (200; 0: never)")
+    runtime.add_argument("--metrics-port", type=int, default=-1,
+                         help="Prometheus /metrics port, on --listen's host (-1: off)")
+    runtime.add_argument("--registry", type=Path, metavar="PATH",
+                         help="reload a model when its ready versions change in this registry")
     runtime.add_argument("--tls-cert", type=Path, help="serve the lane and gRPC over TLS")
     runtime.add_argument("--tls-key", type=Path, help="the private key of --tls-cert")
     runtime.add_argument("--tls-client-ca", type=Path,
                          help="require client certificates signed by this CA (mTLS)")
     admin.add_commands(commands)
+    edge.add_commands(commands)
+    models_cli.add_commands(commands)
     return parser
 
 
 def gateway_settings(args: argparse.Namespace, endpoints: tuple[str, ...],
                      reuse_port: bool = False) -> GatewaySettings:
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    if bool(args.runtime_tls_cert) != bool(args.runtime_tls_key):
+        raise ConfigError("--runtime-tls-cert and --runtime-tls-key go together")
+    secret = None
+    if args.jwt_secret_file:
+        secret = tls.read_pem(args.jwt_secret_file, "JWT secret file").decode().strip()
+    auth = AuthSettings(enabled=not args.no_auth, jwt_secret=secret,
+                        jwt_public_keys=tuple(args.jwt_public_key), jwks_file=args.jwks_file,
+                        jwt_issuer=args.jwt_issuer, jwt_audience=args.jwt_audience,
+                        jwt_leeway_s=args.jwt_leeway)
+    transport = TlsSettings(cert=args.tls_cert, key=args.tls_key, client_ca=args.tls_client_ca,
+                            upstream_ca=args.runtime_tls_ca, upstream_cert=args.runtime_tls_cert,
+                            upstream_key=args.runtime_tls_key)
+    registry = args.registry or default_registry_path(args.model_repository)
     return GatewaySettings(host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
                            metrics_port=args.metrics_port, runtime_endpoints=endpoints,
-                           reuse_port=reuse_port)
+                           reuse_port=reuse_port, registry_path=registry, auth=auth,
+                           tls=transport)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.command in edge.COMMANDS:
+        return edge.run(args)
+    if args.command in models_cli.COMMANDS:
+        return models_cli.run(args)
     if args.command in admin.COMMANDS:
         return admin.run(args)
-    from tensorgate import roles, supervisor
+    from tensorgate import bootstrap, lifecycle, roles, supervisor
 
     if args.command == "runtime":
+        if bool(args.tls_cert) != bool(args.tls_key):
+            raise ConfigError("--tls-cert and --tls-key go together")
         return roles.run_runtime(RuntimeSettings(
             model_repository=args.model_repository, listen=args.listen, lane=args.lane,
             threads=args.threads, inline_compute_us=args.inline_compute_us,
-            tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca))
+            metrics_port=args.metrics_port,
+            tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+            registry_path=args.registry))
     if args.command == "gateway":
+        if args.settings_file:
+            settings = from_json(GatewaySettings, args.settings_file.read_text())
+            return roles.run_gateway(settings)
         endpoints = tuple(args.runtime) or ("127.0.0.1:8012",)
+        settings = gateway_settings(args, endpoints, args.reuse_port)
+        bootstrap.announce_auth(settings)
         if args.processes > 1:
-            return supervisor.gateways(gateway_settings(args, endpoints), args.processes)
-        return roles.run_gateway(gateway_settings(args, endpoints, args.reuse_port))
-    return supervisor.serve(args.model_repository, args.threads,
-                            max(1, args.gateway_processes), gateway_settings(args, ()),
-                            max(1, args.runtime_workers))
+            return supervisor.gateways(settings, args.processes)
+        return roles.run_gateway(settings)
+    settings = gateway_settings(args, ())
+    bootstrap.announce_auth(settings, create_admin=True)
+    if settings.registry_path is not None:
+        lifecycle.sync_on_start(settings.registry_path, args.model_repository)
+    return supervisor.serve(args.model_repository, args.threads, max(1, args.gateway_processes),
+                            settings, max(1, args.runtime_workers))
 
 
 def main(argv: list[str] | None = None) -> int:

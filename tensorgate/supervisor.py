@@ -18,9 +18,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import uvloop
-from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+from prometheus_client import start_http_server
 
-from common.settings import GatewaySettings
+from common.settings import GatewaySettings, to_json
+from runtime.metrics import serving_registry
+from tensorgate.bootstrap import write_private
 from tensorgate.roles import GATEWAY_READY, RUNTIME_READY, stop_event
 
 log = logging.getLogger("tensorgate")
@@ -42,13 +44,12 @@ class Child:
     restart: bool = False
 
 
-def gateway_argv(settings: GatewaySettings) -> list[str]:
-    argv = [sys.executable, "-m", "tensorgate", "gateway", "--host", settings.host,
-            "--http-port", str(settings.http_port), "--grpc-port", str(settings.grpc_port),
-            "--metrics-port", "-1", "--reuse-port"]
-    for endpoint in settings.runtime_endpoints:
-        argv += ["--runtime", endpoint]
-    return argv
+def gateway_argv(settings: GatewaySettings, tmp: Path) -> list[str]:
+    """The command of a gateway child: its settings travel in an owner-only file, not argv,
+    where a JWT secret would show in `ps`."""
+    path = tmp / "gateway-settings.json"
+    write_private(path, to_json(settings))
+    return [sys.executable, "-m", "tensorgate", "gateway", "--settings-file", str(path)]
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -64,7 +65,7 @@ def serve(repository: Path, threads: int, processes: int, settings: GatewaySetti
     """`runtime_workers` runtime workers on unix sockets, sharing `threads`, and `processes`
     gateways in front of them all."""
     with tempfile.TemporaryDirectory(prefix="tensorgate-") as tmp:
-        runtimes = [runtime_child(repository, Path(tmp), i, share)
+        runtimes = [runtime_child(repository, Path(tmp), i, share, settings.registry_path)
                     for i, share in enumerate(split_threads(threads, runtime_workers))]
         lanes = tuple(f"unix:{tmp}/lane-{i}.sock" for i in range(len(runtimes)))
         return run_group(runtimes, replace(settings, runtime_endpoints=lanes), processes,
@@ -77,11 +78,17 @@ def split_threads(threads: int, workers: int) -> list[int]:
     return [max(1, threads // workers + (i < threads % workers)) for i in range(workers)]
 
 
-def runtime_child(repository: Path, tmp: Path, index: int, threads: int) -> Child:
+def runtime_child(repository: Path, tmp: Path, index: int, threads: int,
+                  registry: Path | None = None) -> Child:
     argv = [sys.executable, "-m", "tensorgate", "runtime", "--model-repository",
             str(repository), "--listen", f"unix:{tmp}/grpc-{index}.sock",
             "--lane", f"unix:{tmp}/lane-{index}.sock", "--threads", str(threads)]
-    return Child(f"runtime-{index}", argv, RUNTIME_READY, restart=True)
+    if registry is not None:
+        argv += ["--registry", str(registry)]
+    # NOTE: the workers write their metrics where the gateways do (run_group's directory), so
+    # the supervisor's one /metrics shows both.
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics")}
+    return Child(f"runtime-{index}", argv, RUNTIME_READY, env, restart=True)
 
 
 def restart_delay(previous: float | None, uptime: float) -> float:
@@ -104,8 +111,12 @@ def run_group(first: list[Child], settings: GatewaySettings, processes: int, tmp
                reserve_port(settings.host, settings.grpc_port)]
     settings = replace(settings, http_port=sockets[0].getsockname()[1],
                        grpc_port=sockets[1].getsockname()[1])
+    # NOTE: one quota table for all the gateways, so a key's limits hold on the host as a whole.
+    child_settings = replace(settings, metrics_port=-1, reuse_port=True,
+                             quota_path=settings.quota_path or tmp / "quotas")
+    argv = gateway_argv(child_settings, tmp)
     env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
-    children = first + [Child(f"gateway-{i}", gateway_argv(settings), GATEWAY_READY, env)
+    children = first + [Child(f"gateway-{i}", argv, GATEWAY_READY, env)
                         for i in range(processes)]
     try:
         return uvloop.run(_supervise(children, settings, metrics_dir))
@@ -214,6 +225,6 @@ async def _stop_all(children: list[Child], grace: float = 15.0) -> None:
 def _serve_metrics(settings: GatewaySettings, metrics: Path) -> None:
     if settings.metrics_port < 0:
         return
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=str(metrics))
+    # NOTE: also drops the live gauges of dead runtime workers, and adds the GPUs via NVML.
+    registry = serving_registry(str(metrics))
     start_http_server(settings.metrics_port, settings.host, registry=registry)

@@ -79,6 +79,17 @@ MIGRATIONS: list[tuple[str, ...]] = [
             FOREIGN KEY (model, version) REFERENCES versions (model, version)
         )""",
     ),
+    (
+        # Every move of an alias, so `rollback` can go back one step; the audit log says who.
+        """CREATE TABLE alias_history (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            model TEXT NOT NULL,
+            alias TEXT NOT NULL,
+            version TEXT NOT NULL,
+            at REAL NOT NULL
+        )""",
+        "CREATE INDEX alias_history_model ON alias_history (model, alias, id)",
+    ),
 ]
 
 LATEST = len(MIGRATIONS)

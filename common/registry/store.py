@@ -244,7 +244,7 @@ class Registry:
             raise
 
     @contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
+    def reading(self) -> Iterator[sqlite3.Connection]:
         # NOTE: one short read transaction, so several SELECTs see the same generation; in WAL
         # mode it never blocks writers.
         conn = self._conn
@@ -287,14 +287,21 @@ class Registry:
 
     def snapshot(self) -> Snapshot:
         """Unrevoked keys by hash and traffic policies by model, read in one consistent view."""
-        with self._reading() as conn:
+        with self.reading() as conn:
             generation = int(conn.execute("SELECT generation FROM meta").fetchone()[0])
             keys = {row["hash"]: _key_record(row) for row in conn.execute(
                 f"SELECT hash, {_KEY_COLUMNS} FROM keys WHERE revoked_at IS NULL")}
             traffic = {row["model"]: _traffic_policy(row) for row in conn.execute(
                 f"SELECT {_TRAFFIC_COLUMNS} FROM traffic")}
+            production = dict(conn.execute(
+                "SELECT model, version FROM aliases WHERE alias = 'production'").fetchall())
+            ready: dict[str, tuple[str, ...]] = {}
+            for model, version in conn.execute("SELECT model, version FROM versions WHERE "
+                                               "state = 'ready' ORDER BY model, version"):
+                ready[model] = (*ready.get(model, ()), version)
         return Snapshot(generation=generation, keys=MappingProxyType(keys),
-                        traffic=MappingProxyType(traffic))
+                        traffic=MappingProxyType(traffic), production=MappingProxyType(production),
+                        ready=MappingProxyType(ready))
 
     # -- API keys --------------------------------------------------------------------------------
 

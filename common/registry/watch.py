@@ -9,6 +9,7 @@ import asyncio
 import logging
 import sqlite3
 import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from common.policy import EMPTY, Snapshot
@@ -24,9 +25,12 @@ class RegistryWatcher:
     that moved. A database error keeps the old snapshot and is logged once until it changes.
     """
 
-    def __init__(self, path: Path | None, interval: float = 0.5) -> None:
+    def __init__(self, path: Path | None, interval: float = 0.5,
+                 on_change: Callable[[Snapshot, Snapshot], Awaitable[None]] | None = None) -> None:
         self.path = path
         self.interval = interval
+        #: Awaited with (old, new) after each swap, by `run()`.
+        self.on_change = on_change
         self._error: str | None = None
         # NOTE: the connection moves between the loop's worker threads; the lock keeps a close()
         # from landing in the middle of a check still running in a thread after run() was cancelled.
@@ -69,7 +73,9 @@ class RegistryWatcher:
             return
         while True:
             await asyncio.sleep(self.interval)
-            await asyncio.to_thread(self.refresh)
+            old = self.snapshot
+            if await asyncio.to_thread(self.refresh) and self.on_change is not None:
+                await self.on_change(old, self.snapshot)
 
     def close(self) -> None:
         with self._lock:

@@ -7,14 +7,16 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from common.settings import GatewaySettings, RuntimeSettings
+from common.settings import AuthSettings, GatewaySettings, RuntimeSettings
 from gateway.app import Gateway
 from runtime.app import Runtime, load_models
 
+NO_AUTH = AuthSettings(enabled=False)
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -27,11 +29,12 @@ class Servers:
     metrics: CollectorRegistry
 
 
-class _Background:
+class Background:
     """Runs the servers on their own event loop in a thread, so blocking clients can call them."""
 
-    def __init__(self, repository: Path) -> None:
+    def __init__(self, repository: Path, **gateway: Any) -> None:
         self.repository = repository
+        self.overrides = {"auth": NO_AUTH, **gateway}
         self.loop = asyncio.new_event_loop()
         self.started = threading.Event()
         self.error: BaseException | None = None
@@ -54,7 +57,8 @@ class _Background:
         address = runtime.lane_address
         registry = CollectorRegistry()
         gateway = Gateway(GatewaySettings(host="127.0.0.1", http_port=0, grpc_port=0,
-                                          metrics_port=-1, runtime_endpoints=(address,)),
+                                          metrics_port=-1, runtime_endpoints=(address,),
+                                          **self.overrides),
                           registry=registry)
         await gateway.start()
         self.servers = Servers(runtime.grpc_address, f"127.0.0.1:{gateway.http_port}",
@@ -80,5 +84,5 @@ class _Background:
 
 @pytest.fixture(scope="session")
 def servers() -> Iterator[Servers]:
-    with _Background(ROOT / "models") as running:
+    with Background(ROOT / "models") as running:
         yield running

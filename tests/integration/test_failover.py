@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry
 from sklearn.datasets import load_digits
 from tritonclient.utils import InferenceServerException
 
-from common.settings import GatewaySettings
+from common.settings import AuthSettings, GatewaySettings
 from gateway.app import Gateway
 from tests.integration.test_cli import READY, start, wait_for
 
@@ -76,7 +76,8 @@ class GatewayThread:
     def __init__(self, lanes: list[str]) -> None:
         self.settings = GatewaySettings(host="127.0.0.1", http_port=0, grpc_port=0,
                                         metrics_port=-1, runtime_endpoints=tuple(lanes),
-                                        health_interval_s=0.2)
+                                        health_interval_s=0.2,
+                                        auth=AuthSettings(enabled=False))
         self.loop = asyncio.new_event_loop()
         self.gateway = Gateway(self.settings, registry=CollectorRegistry())
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -191,7 +192,7 @@ def test_serve_restarts_a_killed_runtime_worker_while_requests_go_on(
         rows: np.ndarray, expected: np.ndarray) -> None:
     process, lines = start("serve", "--host", "127.0.0.1", "--http-port", "0", "--grpc-port",
                            "0", "--metrics-port", "-1", "--threads", "2", "--runtime-workers",
-                           "2", "--gateway-processes", "1")
+                           "2", "--gateway-processes", "1", "--no-auth")
     seen: list[str] = []
     try:
         ready = wait_for(lines, READY, seen)

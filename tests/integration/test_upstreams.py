@@ -12,9 +12,11 @@ from prometheus_client import CollectorRegistry
 
 from common.errors import TensorgateError
 from common.proto import grpc_service_pb2 as pb
-from common.settings import GatewaySettings
+from common.settings import AuthSettings, GatewaySettings
 from gateway.app import Gateway
 from tests.integration.conftest import Servers
+
+NO_AUTH = AuthSettings(enabled=False)
 
 
 def infer_bytes(rows: int = 1) -> bytes:
@@ -25,7 +27,7 @@ def infer_bytes(rows: int = 1) -> bytes:
 
 
 async def call_through(endpoint: str) -> bytes:
-    gateway = Gateway(GatewaySettings(host="127.0.0.1", http_port=0, grpc_port=0,
+    gateway = Gateway(GatewaySettings(host="127.0.0.1", http_port=0, grpc_port=0, auth=NO_AUTH,
                                       metrics_port=-1, runtime_endpoints=(endpoint,)),
                       registry=CollectorRegistry())
     await gateway.start()

@@ -1,0 +1,221 @@
+"""A model version's way into the repository: copy, record, validate, and only then serve.
+
+A version is staged in a dot folder the runtime's scan skips and renamed into place once valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from common.model_config import ConfigError, ModelConfig, load_model_config
+from common.registry import Registry, RegistryError
+from common.registry.versions import Lifecycle, VersionRecord
+from runtime.backends import detect_backend, load_backend
+from runtime.backends.base import Backend
+from runtime.repository import scan
+from runtime.warmup import ValidationError, validate
+
+CHUNK = 1 << 20
+log = logging.getLogger("tensorgate")
+SUFFIXES = {".onnx": "model.onnx", ".pt": "model.pt"}
+
+
+@dataclass(frozen=True)
+class Copied:
+    path: Path
+    sha256: str
+    size: int
+
+
+def copy_artifact(source: Path, target: Path, progress: bool = True) -> Copied:
+    """Copy `source` to `target` in chunks, hashing on the way, with a progress bar."""
+    size = source.stat().st_size
+    digest = hashlib.sha256()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with source.open("rb") as src, target.open("wb") as dst, tqdm(
+            total=size, unit="B", unit_scale=True, desc=f"copying {source.name}",
+            disable=not progress, leave=False) as bar:
+        while chunk := src.read(CHUNK):
+            digest.update(chunk)
+            dst.write(chunk)
+            bar.update(len(chunk))
+    return Copied(target, digest.hexdigest(), size)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as src:
+        while chunk := src.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_and_validate(version_dir: Path, config: ModelConfig) -> tuple[str, Path, Backend]:
+    """Load a staged version and validate it; ValidationError says why it may not serve."""
+    try:
+        kind, artifact = detect_backend(version_dir, config)
+        backend = load_backend(kind, artifact, config, threads=1)
+    except ConfigError as exc:
+        raise ValidationError(f"the model does not fit its config: {exc}") from None
+    except Exception as exc:  # onnxruntime and torch raise their own kinds
+        raise ValidationError(f"the model does not load: {type(exc).__name__}: {exc}") from None
+    validate(backend, config)
+    return kind, artifact, backend
+
+
+def sync_repository(registry: Registry, repository: Path, actor: str = "repository") -> list[str]:
+    """Register the versions on disk the registry does not know (as ready); refuse an artifact
+    whose sha256 differs from the registered one. The labels of the versions registered."""
+    lifecycle = Lifecycle(registry)
+    added = []
+    for source in scan(repository):
+        name, version = source.config.name, str(source.version)
+        digest = sha256_of(source.artifact)
+        known = lifecycle.get(name, version)
+        if known is None:
+            record = VersionRecord(name, version, digest, source.artifact.stat().st_size,
+                                   source.backend, _declared(source.config), actor, time.time(),
+                                   "found in the repository", "ready")
+            lifecycle.add(record, actor)
+            added.append(record.label)
+        elif known.sha256 != digest and known.state != "retired":
+            raise ConfigError(
+                f"{source.artifact}: its sha256 {digest[:12]}… does not match the "
+                f"{known.sha256[:12]}… registered for {known.label}: the file changed after "
+                "registration; restore it, or register the new file as a new version")
+    return added
+
+
+def sync_on_start(registry_path: Path, repository: Path) -> None:
+    """`serve`'s start: the repository and the registry agree, or a ConfigError says where not."""
+    if not repository.is_dir():
+        return  # the runtime's scan reports the missing repository in its own words
+    try:
+        with Registry(registry_path) as registry:
+            added = sync_repository(registry, repository, actor="serve")
+    except RegistryError as exc:
+        raise ConfigError(str(exc)) from None
+    if added:
+        log.info("registered %d version(s) found in %s: %s", len(added), repository,
+                 ", ".join(added))
+
+
+def _config_path(model_dir: Path) -> Path:
+    yaml = model_dir / "config.yaml"
+    pbtxt = model_dir / "config.pbtxt"
+    return yaml if yaml.exists() or not pbtxt.exists() else pbtxt
+
+
+def _declared(config: ModelConfig) -> dict[str, Any]:
+    def specs(tensors: Any) -> list[dict[str, Any]]:
+        return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
+                for t in tensors or ()]
+
+    return {"inputs": specs(config.inputs), "outputs": specs(config.outputs)}
+
+
+def artifact_name(source: Path) -> str:
+    name = SUFFIXES.get(source.suffix)
+    if name is None:
+        raise RegistryError(f"{source}: expected a .onnx (ONNX) or .pt (TorchScript) file")
+    return name
+
+
+@dataclass(frozen=True)
+class Request:
+    """What `tensorgate models register` was asked to do."""
+
+    model: str
+    file: Path
+    version: str | None = None
+    config: Path | None = None
+    notes: str = ""
+
+
+def register(registry: Registry, repository: Path, ask: Request, actor: str,
+             progress: bool = True) -> VersionRecord:
+    """Copy, record (validating), validate, then move into place (ready) or record why not
+    (failed). A failed version never reaches the repository's version folders."""
+    lifecycle = Lifecycle(registry)
+    model_dir = repository / ask.model
+    version = ask.version or _next_version(lifecycle, model_dir)
+    if (model_dir / version).exists():
+        raise RegistryError(f"{model_dir / version} already exists; choose another version")
+    staging = model_dir / f".staging-{version}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        config_path = _staged_config(model_dir, staging, ask)
+        copied = copy_artifact(ask.file, staging / artifact_name(ask.file), progress)
+        config = load_model_config(config_path, ask.model)
+        record = lifecycle.add(VersionRecord(
+            ask.model, version, copied.sha256, copied.size,
+            "onnx" if copied.path.suffix == ".onnx" else "torch", _declared(config), actor,
+            time.time(), ask.notes, "validating"), actor)
+        try:
+            _, _, backend = load_and_validate(staging, config)
+        except ValidationError as exc:
+            return lifecycle.set_state(ask.model, version, "failed", actor, str(exc))
+        _publish(staging, model_dir, version)
+        del backend
+        return lifecycle.set_state(record.model, version, "ready", actor)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _next_version(lifecycle: Lifecycle, model_dir: Path) -> str:
+    on_disk = [int(p.name) for p in model_dir.glob("*") if p.name.isdigit()]
+    return str(max(int(lifecycle.next_version(model_dir.name)), max(on_disk, default=0) + 1))
+
+
+def _staged_config(model_dir: Path, staging: Path, ask: Request) -> Path:
+    """The config the version will serve with: the model's own, or the one given for a new
+    model (staged until the version is valid, so a failed first version leaves no model)."""
+    existing = _config_path(model_dir)
+    if model_dir.is_dir() and existing.exists():
+        if ask.config is not None and ask.config.read_bytes() != existing.read_bytes():
+            raise RegistryError(f"model {ask.model!r} already has {existing}; a version cannot "
+                                "bring a different config (edit that file instead)")
+        return existing
+    if ask.config is None:
+        raise RegistryError(f"model {ask.model!r} is new: give its config with --config FILE")
+    staging.mkdir(parents=True, exist_ok=True)
+    staged = staging / ask.config.name
+    shutil.copyfile(ask.config, staged)
+    return staged
+
+
+def _publish(staging: Path, model_dir: Path, version: str) -> None:
+    """Rename the staged files into `<model>/<version>/` (and a new model's config beside)."""
+    target = model_dir / version
+    target.mkdir()
+    for item in staging.iterdir():
+        if item.name.startswith("config."):
+            item.replace(model_dir / item.name)
+        else:
+            item.replace(target / item.name)
+
+
+def retire(registry: Registry, repository: Path, model: str, version: str, actor: str,
+           force: bool = False) -> VersionRecord:
+    """Stop serving a version: refused while it holds traffic unless `force`; its folder moves
+    to `<model>/.retired/<version>` (kept, out of the runtime's sight)."""
+    lifecycle = Lifecycle(registry)
+    held = lifecycle.holders(model, version)
+    if held and not force:
+        raise RegistryError(f"version {model}:{version} still holds traffic ({', '.join(held)}); "
+                            "move the traffic first, or pass --force")
+    folder = repository / model / version
+    if folder.exists():
+        graveyard = repository / model / ".retired"
+        graveyard.mkdir(exist_ok=True)
+        shutil.rmtree(graveyard / version, ignore_errors=True)
+        folder.replace(graveyard / version)
+    return lifecycle.set_state(model, version, "retired", actor)

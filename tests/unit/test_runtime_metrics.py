@@ -1,0 +1,146 @@
+"""Runtime metrics: agreement with the statistics extension, NVML through a fake, dead workers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from runtime import metrics as rm
+from runtime.scheduler import Scheduler
+from tests.unit.test_scheduler import FakeBackend, request, served
+
+
+def samples(registry: Any) -> dict[tuple[str, tuple], float]:
+    text = generate_latest(registry).decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(found: dict, name: str, **labels: str) -> float | None:
+    return found.get((name, tuple(sorted(labels.items()))))
+
+
+async def test_counts_agree_with_the_statistics_and_the_queue_empties() -> None:
+    registry = CollectorRegistry()
+    metrics = rm.RuntimeMetrics(registry)
+    backend = FakeBackend()
+    backend.gate.clear()
+    model = served(backend)
+    scheduler = Scheduler(model, metrics=metrics.model("m", "1"))
+    scheduler.start()
+    first = asyncio.ensure_future(scheduler.infer(request(1, 1.0), None))
+    await asyncio.sleep(0.05)  # the first batch runs, held at the gate; the rest queue up
+    rest = [asyncio.ensure_future(scheduler.infer(request(r, 1.0), None)) for r in (1, 2, 3)]
+    await asyncio.sleep(0.05)
+    queued = value(samples(registry), "tensorgate_runtime_queue_depth", model="m", version="1")
+    backend.gate.set()
+    await asyncio.gather(first, *rest)
+    await scheduler.stop()
+    found = samples(registry)
+    labels = {"model": "m", "version": "1"}
+    assert queued == 3
+    assert value(found, "tensorgate_runtime_queue_depth", **labels) == 0
+    assert value(found, "tensorgate_runtime_executions_total", **labels) == \
+        model.stats.execution_count == 2
+    assert value(found, "tensorgate_runtime_inferences_total", **labels) == \
+        model.stats.inference_count == 7
+    assert value(found, "tensorgate_runtime_batch_size_sum", **labels) == 7
+    assert value(found, "tensorgate_runtime_batch_size_bucket", le="1.0", **labels) == 1
+    assert value(found, "tensorgate_runtime_queue_duration_seconds_count", **labels) == 4
+    assert value(found, "tensorgate_runtime_request_duration_seconds_count", **labels) == 4
+    assert value(found, "tensorgate_runtime_compute_duration_seconds_count", **labels) == 2
+
+
+def test_a_version_is_in_one_state_at_a_time() -> None:
+    registry = CollectorRegistry()
+    metrics = rm.RuntimeMetrics(registry)
+    metrics.set_state("m", "2", "LOADING")
+    metrics.set_state("m", "2", "READY")
+    found = samples(registry)
+    states = {s: value(found, "tensorgate_model_state", model="m", version="2", state=s)
+              for s in rm.STATES}
+    assert states == {"LOADING": 0, "READY": 1, "UNAVAILABLE": 0}
+
+
+class FakeNvml:
+    """The few pynvml calls the collector makes; GPU `broken` raises like a lost device."""
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, count: int = 2, broken: int | None = None, starts: bool = True) -> None:
+        self.count, self.broken, self.starts = count, broken, starts
+
+    def nvmlInit(self) -> None:
+        if not self.starts:
+            raise self.NVMLError("Driver Not Loaded")
+
+    def nvmlDeviceGetCount(self) -> int:
+        return self.count
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
+        if index == self.broken:
+            raise self.NVMLError("GPU is lost")
+        return index
+
+    def nvmlDeviceGetUtilizationRates(self, handle: int) -> Any:
+        return SimpleNamespace(gpu=40 + handle, memory=10)
+
+    def nvmlDeviceGetMemoryInfo(self, handle: int) -> Any:
+        return SimpleNamespace(used=(handle + 1) * 2**30, total=80 * 2**30, free=0)
+
+
+def test_gpu_metrics_come_from_nvml_and_a_lost_gpu_is_skipped() -> None:
+    collector = rm.gpu_collector(FakeNvml(count=3, broken=1), env={})
+    assert collector is not None
+    registry = CollectorRegistry()
+    registry.register(collector)  # type: ignore[arg-type]
+    found = samples(registry)
+    assert value(found, "tensorgate_gpu_utilization_ratio", gpu="0") == pytest.approx(0.40)
+    assert value(found, "tensorgate_gpu_utilization_ratio", gpu="2") == pytest.approx(0.42)
+    assert value(found, "tensorgate_gpu_memory_used_bytes", gpu="2") == 3 * 2**30
+    assert value(found, "tensorgate_gpu_memory_total_bytes", gpu="0") == 80 * 2**30
+    assert value(found, "tensorgate_gpu_utilization_ratio", gpu="1") is None
+
+
+def test_no_gpu_collector_without_nvml_or_a_visible_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # makes `import pynvml` fail
+    assert rm.gpu_collector() is None
+    assert rm.gpu_collector(FakeNvml(starts=False), env={}) is None
+    assert rm.gpu_collector(FakeNvml(count=0), env={}) is None
+    assert rm.gpu_collector(FakeNvml(), env={"CUDA_VISIBLE_DEVICES": ""}) is None
+    only = rm.gpu_collector(FakeNvml(count=4), env={"CUDA_VISIBLE_DEVICES": "2,7"})
+    assert only is not None and only.indices == [2]
+
+
+WORKER = """
+from prometheus_client import Counter, Gauge
+Gauge("tensorgate_t_depth", "d", multiprocess_mode="livesum").set(5)
+Counter("tensorgate_t_done", "d").inc(3)
+"""
+
+
+def test_a_dead_worker_keeps_its_counts_but_not_its_live_gauges(tmp_path: Path) -> None:
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", WORKER], env=env, check=True)
+    assert list(tmp_path.glob("gauge_livesum_*.db"))
+    found = samples(rm.serving_registry(str(tmp_path), gpu=False))
+    assert value(found, "tensorgate_t_done_total") == 3
+    assert value(found, "tensorgate_t_depth") is None
+    assert not list(tmp_path.glob("gauge_livesum_*.db"))
+
+
+def test_a_single_process_serves_the_default_registry() -> None:
+    rm.default_metrics().set_state("single", "1", "READY")
+    found = samples(rm.serving_registry(None, gpu=False))
+    assert value(found, "tensorgate_model_state", model="single", version="1",
+                 state="READY") == 1
