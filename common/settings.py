@@ -119,6 +119,9 @@ class GatewaySettings:
     eject_after_failures: int = 3
     #: How often a runtime address given as a DNS name is re-resolved, in seconds.
     dns_refresh_s: float = 5.0
+    #: The model repository on this host, for edge bundles (`/v2/models/{m}/versions/{v}/edge`);
+    #: None: the gateway builds none.
+    model_repository: Path | None = None
 
 
 def to_json(settings: object) -> str:

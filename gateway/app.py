@@ -20,6 +20,7 @@ from common.registry import Registry, RegistryError
 from common.registry.watch import RegistryWatcher
 from common.settings import GatewaySettings
 from gateway.discover import Discovery
+from gateway.edge import EdgeBuilder
 from gateway.grpc_server import GrpcTransport
 from gateway.health import Health
 from gateway.http_server import HttpTransport
@@ -62,8 +63,11 @@ def _uvicorn_tls(s: GatewaySettings) -> dict[str, Any]:
 class Gateway:
     """A gateway process: start() binds every listener, stop() closes them in order."""
 
-    def __init__(self, settings: GatewaySettings, registry: CollectorRegistry = REGISTRY) -> None:
+    def __init__(self, settings: GatewaySettings, registry: CollectorRegistry = REGISTRY,
+                 edge: EdgeBuilder | None = None) -> None:
         self.settings = settings
+        #: Builds edge bundles (blocking; the HTTP transport runs it in a thread); None: none.
+        self.edge = edge
         self.metrics = GatewayMetrics(registry)
         self.router = Router(Health(settings, self.metrics))
         self.discovery = Discovery(settings, self.router, self.dial)

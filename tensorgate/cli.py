@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     _gateway_args(serve)
     gateway = commands.add_parser("gateway", help="run only the gateway")
     gateway.add_argument("--model-repository", type=Path, default=Path("models"),
-                         help="only to find the default registry beside it (./models)")
+                         help="the model repository on this host: edge bundles are built from "
+                              "it, and the default registry is beside it (./models)")
     gateway.add_argument("--runtime", action="append", default=[], metavar="ADDRESS",
                          help="a runtime worker's lane (HOST:PORT or unix:PATH), or "
                          "grpc://HOST:PORT for any OIP gRPC server; repeat for several")
@@ -125,7 +126,7 @@ def gateway_settings(args: argparse.Namespace, endpoints: tuple[str, ...],
     return GatewaySettings(host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
                            metrics_port=args.metrics_port, runtime_endpoints=endpoints,
                            reuse_port=reuse_port, registry_path=registry, auth=auth,
-                           tls=transport)
+                           tls=transport, model_repository=args.model_repository)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,12 +6,14 @@ Each announces readiness with one line on stdout, which is how a supervisor lear
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 
 import uvloop
 
 from common.settings import GatewaySettings, RuntimeSettings
+from gateway.edge import EdgeBuilder
 
 log = logging.getLogger("tensorgate")
 RUNTIME_READY = "tensorgate-runtime ready"
@@ -45,12 +47,24 @@ def run_runtime(settings: RuntimeSettings) -> int:
     return uvloop.run(main())
 
 
+def edge_builder(settings: GatewaySettings) -> EdgeBuilder | None:
+    """The gateway's edge-bundle builder: `tensorgate.edge` over the local repository."""
+    repository = settings.model_repository
+    if repository is None:
+        return None
+    from tensorgate.edge.cache import bundle_for
+
+    cache = repository.resolve().parent / ".tensorgate-edge"
+    return functools.partial(bundle_for, repository, cache_dir=cache,
+                             registry=settings.registry_path)
+
+
 def run_gateway(settings: GatewaySettings) -> int:
     from gateway.app import Gateway
 
     async def main() -> int:
         stop = stop_event()
-        gateway = Gateway(settings)
+        gateway = Gateway(settings, edge=edge_builder(settings))
         await gateway.start()
         gateway.start_metrics()
         print(f"{GATEWAY_READY} http={gateway.http_port} grpc={gateway.grpc_port}", flush=True)
