@@ -39,6 +39,8 @@ class RuntimeSettings:
     #: Serve Prometheus /metrics on this port (on --listen's host); -1: off. Under `serve` the
     #: workers write to the supervisor's multiprocess directory, served on its /metrics.
     metrics_port: int = -1
+    #: OpenTelemetry exporter: "console", "otlp", or None (tracing off).
+    trace_exporter: str | None = None
     #: The registry: a model whose set of ready versions changes there is reloaded (hot swap).
     registry_path: Path | None = None
     registry_refresh_s: float = 0.5
@@ -47,6 +49,10 @@ class RuntimeSettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    #: On SIGTERM: readiness goes false, then after `drain_grace_s` the listeners close, and
+    #: requests in flight and queued get up to `drain_timeout_s` in all to finish.
+    drain_grace_s: float = 1.0
+    drain_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -119,9 +125,23 @@ class GatewaySettings:
     eject_after_failures: int = 3
     #: How often a runtime address given as a DNS name is re-resolved, in seconds.
     dns_refresh_s: float = 5.0
+    #: Log one JSON line for this share of requests (0: none), and for every request slower
+    #: than log_slow_ms (0: off).
+    log_sample: float = 0.0
+    log_slow_ms: float = 0.0
+    #: OpenTelemetry exporter: "console", "otlp", or None (tracing off).
+    trace_exporter: str | None = None
     #: The model repository on this host, for edge bundles (`/v2/models/{m}/versions/{v}/edge`);
     #: None: the gateway builds none.
     model_repository: Path | None = None
+    #: Inference requests this process handles at once; beyond it, new ones are shed at once
+    #: with RESOURCE_EXHAUSTED / 429 and Retry-After, never queued. At a few thousand requests
+    #: per second per process, 512 is a tenth of a second of work: latency stays bounded.
+    max_in_flight: int = 512
+    #: On SIGTERM: readiness goes false, new connections are still taken for `drain_grace_s`
+    #: (load balancers notice), then refused; requests in flight get up to `drain_timeout_s`.
+    drain_grace_s: float = 1.0
+    drain_timeout_s: float = 30.0
 
 
 def to_json(settings: object) -> str:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 import sqlite3
 import ssl
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from typing import Any
 
 import grpc
@@ -19,6 +20,9 @@ from common import tls
 from common.registry import Registry, RegistryError
 from common.registry.watch import RegistryWatcher
 from common.settings import GatewaySettings
+from gateway.admin_api import AdminApi
+from gateway.answer_store import answers_path
+from gateway.answers import AnswerLog
 from gateway.discover import Discovery
 from gateway.edge import EdgeBuilder
 from gateway.grpc_server import GrpcTransport
@@ -72,9 +76,12 @@ class Gateway:
         self.router = Router(Health(settings, self.metrics))
         self.discovery = Discovery(settings, self.router, self.dial)
         self.registry = RegistryWatcher(settings.registry_path, settings.registry_refresh_s)
+        #: Every routed answer, for `tensorgate ab report`: answers.db beside the registry.
+        self.answers = (AnswerLog(answers_path(settings.registry_path))
+                        if settings.registry_path is not None else None)
         self.pipeline = Pipeline(settings, self.router, self.metrics,
                                  lambda: self.registry.snapshot, Quotas(settings.quota_path),
-                                 self.audit)
+                                 self.audit, self.answers)
         self._registry_task: asyncio.Task | None = None
         self.grpc_server: grpc.aio.Server | None = None
         self.http_server: _Uvicorn | None = None
@@ -106,13 +113,17 @@ class Gateway:
         await self.discovery.start()
         self.router.health.start()
         self._registry_task = asyncio.get_running_loop().create_task(self.registry.run())
+        if self.answers is not None:
+            self.answers.start()
         limit = s.max_message_bytes
         self.grpc_server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", int(s.reuse_port)),
         ])
-        self.grpc_server.add_generic_rpc_handlers((GrpcTransport(self.pipeline).handlers(),))
+        grpc_transport = GrpcTransport(self.pipeline)
+        self.grpc_server.add_generic_rpc_handlers((grpc_transport.handlers(),
+                                                   grpc_transport.feedback_handlers()))
         address = f"{s.host}:{s.grpc_port}"
         if s.tls.cert and s.tls.key:
             credentials = tls.grpc_server_credentials(s.tls.cert, s.tls.key, s.tls.client_ca)
@@ -126,7 +137,9 @@ class Gateway:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((s.host, s.http_port))
         self.http_port = sock.getsockname()[1]
-        config = uvicorn.Config(HttpTransport(self.pipeline, limit), http="httptools",
+        transport = HttpTransport(self.pipeline, limit,
+                                  AdminApi(s.registry_path, s.model_repository), self.edge)
+        config = uvicorn.Config(transport, http="httptools",
                                 loop="none", lifespan="off", access_log=False,
                                 log_level="warning", proxy_headers=False,
                                 server_header=False, **_uvicorn_tls(s))
@@ -147,18 +160,41 @@ class Gateway:
             log.info("metrics on http://%s:%d/metrics", self.settings.host,
                      self.settings.metrics_port)
 
-    async def stop(self, grace: float = 5.0) -> None:
+    async def drain(self) -> None:
+        """SIGTERM's shutdown: readiness false first; the listeners stay open for the grace
+        period, so load balancers see it and move away; then stop() lets requests in flight
+        finish, for up to `drain_timeout_s`."""
+        s = self.settings
+        self.pipeline.admission.drain()
+        log.info("gateway draining: not ready; listeners close in %.1fs, requests in flight "
+                 "get up to %.1fs", s.drain_grace_s, s.drain_timeout_s)
+        # NOTE: a plain sleep is right here: nothing but time tells a load balancer to move.
+        await asyncio.sleep(s.drain_grace_s)
+        await self.stop(grace=s.drain_timeout_s)
+        log.info("gateway drained: %d requests were left in flight",
+                 self.pipeline.admission.in_flight)
+
+    async def _stop_http(self, grace: float) -> None:
         if self.http_server is not None and self._http_task is not None:
+            # NOTE: uvicorn takes whole seconds here.
+            self.http_server.config.timeout_graceful_shutdown = max(1, math.ceil(grace))
             self.http_server.should_exit = True
             await self._http_task
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Close both listeners at once; requests in flight on either get `grace` seconds."""
+        stopping: list[Awaitable[None]] = [self._stop_http(grace)]
         if self.grpc_server is not None:
-            await self.grpc_server.stop(grace)
+            stopping.append(self.grpc_server.stop(grace))
+        await asyncio.gather(*stopping)
         await self.router.health.stop()
         if self._registry_task is not None:
             self._registry_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._registry_task
         self.registry.close()
+        if self.answers is not None:
+            await self.answers.stop()  # NOTE: both listeners are closed: no answer comes now
         await self.pipeline.close()
         await self.discovery.stop()
         await self.router.close()

@@ -10,14 +10,18 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+import orjson
 
 from common import EXTENSIONS, __version__
-from common.errors import TensorgateError
+from common.errors import TensorgateError, invalid_argument
 from common.proto import grpc_service_pb2 as pb
-from gateway.peek import model_and_version
+from gateway.feedback import encode_result, post_feedback
+from gateway.peek import model_and_version, routing_fields
 from gateway.pipeline import Access, Headers, Pipeline
 
 SERVICE = "inference.GRPCInferenceService"
+#: tensorgate's own RPC, JSON bytes in and out (no .proto): `/tensorgate.Feedback/Post`.
+FEEDBACK_SERVICE = "tensorgate.Feedback"
 _FORWARDED = ("ModelReady", "ModelMetadata", "ModelConfig", "ModelStatistics")
 
 Handler = Callable[[bytes, Any], Awaitable[bytes]]
@@ -28,9 +32,15 @@ class GrpcTransport:
         self.pipeline = pipeline
 
     async def model_infer(self, request: bytes, context: Any) -> bytes:
-        model, version = model_and_version(request)
+        model, version, request_id = routing_fields(request)
         return await self.pipeline.infer(request, model, version, context.time_remaining(), "grpc",
-                                         _headers(context))
+                                         _headers(context), request_id)
+
+    async def feedback(self, request: bytes, context: Any) -> bytes:
+        """The HTTP body, naming its model: `{"model": "digits", "id": ..., "truth": ...}`."""
+        model = _feedback_model(request)
+        self.pipeline.admit(_headers(context), model)
+        return encode_result(await post_feedback(self.pipeline.answers, model, request))
 
     async def server_live(self, request: bytes, context: Any) -> bytes:
         return pb.ServerLiveResponse(live=True).SerializeToString()
@@ -83,6 +93,22 @@ class GrpcTransport:
         return grpc.method_handlers_generic_handler(
             SERVICE, {name: grpc.unary_unary_rpc_method_handler(_aborting(fn))
                       for name, fn in table.items()})
+
+    def feedback_handlers(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            FEEDBACK_SERVICE,
+            {"Post": grpc.unary_unary_rpc_method_handler(_aborting(self.feedback))})
+
+
+def _feedback_model(request: bytes) -> str:
+    try:
+        document = orjson.loads(request)
+    except orjson.JSONDecodeError as exc:
+        raise invalid_argument(f"feedback is not valid JSON: {exc}") from None
+    model = document.get("model") if isinstance(document, dict) else None
+    if not isinstance(model, str) or not model:
+        raise invalid_argument('feedback over gRPC names its model: {"model": "digits", ...}')
+    return model
 
 
 def _headers(context: Any) -> Headers:

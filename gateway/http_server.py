@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import math
+import os
+import re
+import urllib.parse
 import zlib
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -14,14 +19,39 @@ import orjson
 from common import EXTENSIONS, __version__
 from common.errors import TensorgateError, invalid_argument, not_found
 from common.proto import grpc_service_pb2 as pb
+from gateway.admin_api import AdminApi, Call
+from gateway.edge import EdgeBuilder
+from gateway.feedback import encode_result, post_feedback
 from gateway.http_codec import decode_infer_request, encode_infer_response, message_to_json
+from gateway.openapi import document_bytes
 from gateway.pipeline import Headers, Pipeline
 
-Reply = tuple[int, bytes, list[tuple[bytes, bytes]]]
+#: A body is bytes, or a file to stream (an edge bundle) without reading it whole.
+Reply = tuple[int, bytes | Path, list[tuple[bytes, bytes]]]
+AdminOperation = Callable[[AdminApi, Call], Awaitable[dict[str, Any]]]
 _JSON = [(b"content-type", b"application/json")]
 _HEADER_LENGTH = "inference-header-content-length"
 #: The version that served an inference, for callers split between versions.
 VERSION_HEADER = b"x-tensorgate-model-version"
+_FILE_CHUNK = 1 << 20
+_UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9_.-]")
+
+#: The admin API: (method, path under /v2/admin with {parameters}, operation, success status).
+ADMIN_ROUTES: list[tuple[str, list[str], AdminOperation, int]] = [
+    (method, path.split("/"), operation, status) for method, path, operation, status in (
+        ("GET", "models", AdminApi.models, 200),
+        ("GET", "models/{model}", AdminApi.describe, 200),
+        ("POST", "models/{model}/versions/{version}/promote", AdminApi.promote, 200),
+        ("POST", "models/{model}/rollback", AdminApi.rollback, 200),
+        ("DELETE", "models/{model}/versions/{version}", AdminApi.retire, 200),
+        ("GET", "models/{model}/traffic", AdminApi.traffic, 200),
+        ("PUT", "models/{model}/traffic", AdminApi.set_traffic, 200),
+        ("DELETE", "models/{model}/traffic", AdminApi.clear_traffic, 200),
+        ("GET", "keys", AdminApi.keys, 200),
+        ("POST", "keys", AdminApi.create_key, 201),
+        ("DELETE", "keys/{name}", AdminApi.revoke_key, 200),
+        ("GET", "audit", AdminApi.audit, 200),
+    )]
 
 
 def _json(status: int, payload: Any) -> Reply:
@@ -36,15 +66,20 @@ def _whole(text: str) -> bool:
 class HttpTransport:
     """ASGI entry point. Routes by path segments; every handler returns (status, body, headers)."""
 
-    def __init__(self, pipeline: Pipeline, max_body_bytes: int) -> None:
+    def __init__(self, pipeline: Pipeline, max_body_bytes: int, admin: AdminApi | None = None,
+                 edge: EdgeBuilder | None = None) -> None:
         self.pipeline = pipeline
         self.max_body = max_body_bytes
+        self.admin_api = admin or AdminApi(None)
+        #: Builds edge bundles (blocking: run in a thread); None: this gateway serves none.
+        self.edge = edge
         self.model_handlers: dict[tuple[str, str], Callable[..., Awaitable[Reply]]] = {
             ("POST", "infer"): self.infer,
             ("GET", ""): self.metadata,
             ("GET", "ready"): self.model_ready,
             ("GET", "config"): self.config,
             ("GET", "stats"): self.statistics_of,
+            ("POST", "feedback"): self.feedback,
         }
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -53,16 +88,14 @@ class HttpTransport:
         try:
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
             body = await self._body(receive, headers)
-            status, payload, extra = await self.route(scope["method"], scope["path"], headers, body)
+            status, payload, extra = await self.route(scope["method"], scope["path"], headers, body,
+                                                      scope.get("query_string", b""))
         except TensorgateError as exc:
             status, payload, extra = _json(exc.http_status, {"error": exc.message})
             if exc.retry_after is not None:
                 wait = max(1, math.ceil(exc.retry_after))
                 extra = [*extra, (b"retry-after", b"%d" % wait)]
-        # NOTE: with a Content-Length the server need not chunk the body.
-        answer = [*extra, (b"content-length", b"%d" % len(payload))]
-        await send({"type": "http.response.start", "status": status, "headers": answer})
-        await send({"type": "http.response.body", "body": payload})
+        await _send(send, status, payload, extra)
 
     async def _body(self, receive: Callable, headers: Headers) -> bytes:
         declared = headers.get("content-length")
@@ -99,7 +132,8 @@ class HttpTransport:
                                    "bytes")
         return plain
 
-    async def route(self, method: str, path: str, headers: Headers, body: bytes) -> Reply:
+    async def route(self, method: str, path: str, headers: Headers, body: bytes,
+                    query: bytes = b"") -> Reply:
         parts = path.strip("/").split("/")
         if parts[0] != "v2":
             raise not_found(f"no such path: {path}")
@@ -120,6 +154,13 @@ class HttpTransport:
             return await self.repository_change(rest[2], rest[3], headers, body)
         if rest == ["models", "stats"]:
             return await self.statistics("", "", headers)
+        if rest == ["openapi.json"] and method == "GET":
+            return 200, document_bytes(), _JSON
+        if rest and rest[0] == "admin":
+            return await self.admin(method, rest[1:], headers, body, query)
+        if (len(rest) == 5 and rest[0] == "models" and rest[2] == "versions"
+                and rest[4] == "edge" and method == "GET"):
+            return await self.edge_bundle(rest[1], rest[3], headers, query)
         if len(rest) >= 2 and rest[0] == "models":
             return await self.model_route(method, rest[1:], headers, body)
         raise not_found(f"no such path: {path}")
@@ -135,21 +176,60 @@ class HttpTransport:
             raise not_found(f"no such path: {method} /v2/models/{'/'.join(rest)}")
         return await handler(model, version, headers, body)
 
+    async def admin(self, method: str, rest: list[str], headers: Headers, body: bytes,
+                    query: bytes) -> Reply:
+        """The admin API: find the route, admit an admin, hand the call to AdminApi."""
+        for verb, pattern, operation, status in ADMIN_ROUTES:
+            params = _match(pattern, rest)
+            if params is None or verb != method:
+                continue
+            principal = self.pipeline.admit(headers, None, admin=True)
+            call = Call(principal.subject, params, _query(query), _json_body(body))
+            return _json(status, await operation(self.admin_api, call))
+        raise not_found(f"no such admin path: {method} /v2/admin/{'/'.join(rest)}")
+
+    async def edge_bundle(self, model: str, version: str, headers: Headers,
+                          query: bytes) -> Reply:
+        """A version's edge bundle (.tar.gz), built (or found cached) off the event loop."""
+        self.pipeline.admit(headers, model)
+        if self.edge is None:
+            raise not_found("this gateway builds no edge bundles: it has no local model "
+                            "repository (--model-repository)")
+        if not _whole(version):
+            raise invalid_argument(f"edge bundles are built for a version number, got "
+                                   f"{version!r}")
+        target = _query(query).get("target")
+        if not target:
+            raise invalid_argument("name the edge target: ?target=onnx, onnx-fp16, onnx-int8 "
+                                   "or ort")
+        path = await asyncio.to_thread(self.edge, model, int(version), target)
+        filename = _UNSAFE_FILENAME.sub("_", path.name)
+        return 200, path, [(b"content-type", b"application/gzip"),
+                           (b"content-disposition", f'attachment; filename="{filename}"'.encode())]
+
     async def infer(self, model: str, version: str, headers: Headers, body: bytes) -> Reply:
         length = headers.get(_HEADER_LENGTH)
         if length is not None and not _whole(length):
             raise invalid_argument("Inference-Header-Content-Length must be a whole number")
         request, prefs = decode_infer_request(body, int(length) if length else None, model,
                                               version)
-        answer = await self.pipeline.infer(request.SerializeToString(), model, version, None,
-                                           "http", headers)
+        answer = await self.pipeline.infer(request.SerializeToString(), model, version,
+                                           _timeout_s(request), "http", headers, request.id)
         response = pb.ModelInferResponse.FromString(answer)
         payload, json_length = encode_infer_response(response, prefs)
         served = (VERSION_HEADER, response.model_version.encode())
+        served_id = (b"x-request-id", response.id.encode())
         if json_length is None:
-            return 200, payload, [*_JSON, served]
+            return 200, payload, [*_JSON, served, served_id]
         return 200, payload, [(b"content-type", b"application/octet-stream"),
-                              (_HEADER_LENGTH.encode(), str(json_length).encode()), served]
+                              (_HEADER_LENGTH.encode(), str(json_length).encode()), served,
+                              served_id]
+
+    async def feedback(self, model: str, version: str, headers: Headers, body: bytes) -> Reply:
+        """The ground truth of earlier requests, by id: `{"id": ..., "truth": ...}` or many."""
+        self.pipeline.admit(headers, model)
+        result = await post_feedback(self.pipeline.answers, model, body)
+        return 200, encode_result(result), _JSON
 
     async def metadata(self, model: str, version: str, headers: Headers, _: bytes) -> Reply:
         request = pb.ModelMetadataRequest(name=model, version=version)
@@ -207,6 +287,65 @@ class HttpTransport:
                                          headers=headers, access="admin")
         models = message_to_json(pb.RepositoryIndexResponse.FromString(answer))["models"]
         return _json(200, models)
+
+
+async def _send(send: Callable, status: int, payload: bytes | Path,
+                extra: list[tuple[bytes, bytes]]) -> None:
+    """One response; a file goes out in chunks, read off the event loop."""
+    if isinstance(payload, bytes):
+        # NOTE: with a Content-Length the server need not chunk the body.
+        answer = [*extra, (b"content-length", b"%d" % len(payload))]
+        await send({"type": "http.response.start", "status": status, "headers": answer})
+        await send({"type": "http.response.body", "body": payload})
+        return
+    with payload.open("rb") as file:
+        size = os.fstat(file.fileno()).st_size  # the file opened, even if renamed over since
+        answer = [*extra, (b"content-length", b"%d" % size)]
+        await send({"type": "http.response.start", "status": status, "headers": answer})
+        while chunk := await asyncio.to_thread(file.read, _FILE_CHUNK):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+
+def _match(pattern: list[str], parts: list[str]) -> dict[str, str] | None:
+    """The {parameters} of a route pattern when the path's segments fit it, else None."""
+    if len(pattern) != len(parts):
+        return None
+    params = {}
+    for expected, part in zip(pattern, parts):
+        if expected.startswith("{"):
+            if not part:
+                return None
+            params[expected[1:-1]] = part
+        elif expected != part:
+            return None
+    return params
+
+
+def _query(query: bytes) -> dict[str, str]:
+    return dict(urllib.parse.parse_qsl(query.decode("latin-1"), keep_blank_values=True))
+
+
+def _json_body(body: bytes) -> Any:
+    """An admin request's JSON document; an empty body is None."""
+    if not body.strip():
+        return None
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise invalid_argument(f"request body is not valid JSON: {exc}") from None
+
+
+def _timeout_s(request: pb.ModelInferRequest) -> float | None:
+    """Triton's `timeout` request parameter (microseconds) as the request's deadline."""
+    if "timeout" not in request.parameters:
+        return None
+    value = request.parameters["timeout"]
+    if value.WhichOneof("parameter_choice") not in ("int64_param", "uint64_param") or (
+            value.int64_param or value.uint64_param) <= 0:
+        raise invalid_argument("parameter 'timeout': expected a positive whole number of "
+                               "microseconds")
+    return (value.int64_param or value.uint64_param) / 1e6
 
 
 def _load_parameters(body: bytes) -> dict[str, Any]:

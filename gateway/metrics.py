@@ -26,6 +26,10 @@ class GatewayMetrics:
         self.quota_rejections = Counter(
             "tensorgate_quota_rejections", "Requests refused for being over a quota",
             ["model", "limit"], registry=registry)
+        self.sheds = Counter(
+            "tensorgate_shed_requests",
+            "Requests refused at once because the gateway had max_in_flight requests in flight",
+            ["model"], registry=registry)
         self.retries = Counter(
             "tensorgate_upstream_retries", "Requests retried on another runtime worker",
             ["model"], registry=registry)

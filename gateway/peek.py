@@ -1,4 +1,4 @@
-"""Parse only what routing needs from a serialized ModelInferRequest: model name and version.
+"""Parse only what routing needs from a serialized ModelInferRequest: model, version, request id.
 
 Skips every other field by its length, so tensor bytes are never touched or copied.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from common.errors import invalid_argument
 
-_WANTED = {1: "model_name", 2: "model_version"}
+_WANTED = {1: "model_name", 2: "model_version", 3: "id"}
 # NOTE: a bound on top-level fields. Each costs a Python loop turn here (about 1 µs), and a
 # 256 MiB message of 2-byte fields would hold the event loop for minutes; the runtime's parser
 # would also turn each empty `outputs` entry into a message of ~45 bytes. A real request has a
@@ -33,7 +33,13 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
 
 def model_and_version(buf: bytes) -> tuple[str, str]:
     """Fields 1 and 2 of the message; the last occurrence of a field wins, as in protobuf."""
-    found = {1: b"", 2: b""}
+    model, version, _ = routing_fields(buf)
+    return model, version
+
+
+def routing_fields(buf: bytes) -> tuple[str, str, str]:
+    """Fields 1, 2 and 3 (model, version, request id); the last occurrence of each wins."""
+    found = {1: b"", 2: b"", 3: b""}
     pos = 0
     end = len(buf)
     fields = 0
@@ -63,6 +69,6 @@ def model_and_version(buf: bytes) -> tuple[str, str]:
         if pos > end:
             raise invalid_argument("malformed request: fixed-size field runs past the end")
     try:
-        return found[1].decode(), found[2].decode()
+        return found[1].decode(), found[2].decode(), found[3].decode()
     except UnicodeDecodeError:
-        raise invalid_argument("malformed request: model name is not UTF-8") from None
+        raise invalid_argument("malformed request: a name or id is not UTF-8") from None

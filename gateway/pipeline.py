@@ -6,22 +6,29 @@ Knows nothing of HTTP or gRPC. Status and latency are recorded once per request,
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
 import grpc
+from opentelemetry.trace import Span
 
+from common import tracing
 from common.errors import TensorgateError, unavailable
 from common.policy import Principal, Snapshot
 from common.proto import grpc_service_pb2 as pb
 from common.settings import GatewaySettings
-from gateway import split
+from gateway import rewrite, split
+from gateway.admission import Admission
+from gateway.answers import AnswerLog
 from gateway.auth import Authenticator
 from gateway.forward import Forward
 from gateway.metrics import GatewayMetrics
 from gateway.quota import QuotaExceeded, Quotas, Ticket
+from gateway.request_log import request_log
 from gateway.route import Router
 from gateway.shadow import Shadow, should_shadow
 
@@ -36,8 +43,10 @@ Access = Literal["open", "key", "admin"]
 class Pipeline:
     def __init__(self, settings: GatewaySettings, router: Router, metrics: GatewayMetrics,
                  snapshot: Callable[[], Snapshot], quotas: Quotas,
-                 audit: Audit | None = None) -> None:
+                 audit: Audit | None = None, answers: AnswerLog | None = None) -> None:
         self.router = router
+        #: Records every routed answer for `tensorgate ab report` and feedback; None: off.
+        self.answers = answers
         self.metrics = metrics
         self.snapshot = snapshot
         self.quotas = quotas
@@ -45,22 +54,40 @@ class Pipeline:
         self.default_timeout = settings.default_timeout_s
         self.auth = Authenticator(settings.auth, snapshot)
         self.forward = Forward(router.health, metrics)
+        self.admission = Admission(settings.max_in_flight, metrics)
         self.splitter = split.Splitter()
         self.shadow = Shadow(metrics, self._shadow_call)
         self.rng = random.Random()
+        # NOTE: a random prefix per process and a counter: unique across gateway processes,
+        # and far cheaper per request than a uuid.
+        self._id_prefix = secrets.token_hex(6)
+        self._ids = itertools.count(1)
+        self.request_log = request_log(settings.log_sample, settings.log_slow_ms)
 
     async def infer(self, request: bytes, model: str, version: str, timeout: float | None,
-                    protocol: str, headers: Headers = _NO_HEADERS) -> bytes:
-        """Forward a serialized ModelInferRequest; the answer's bytes come back untouched."""
+                    protocol: str, headers: Headers = _NO_HEADERS,
+                    request_id: str = "") -> bytes:
+        """Forward a serialized ModelInferRequest; the answer's bytes come back untouched.
+
+        A request without an id gets one, which the runtime echoes in the answer's `id`.
+        """
         started = time.perf_counter()
         code = grpc.StatusCode.OK
+        answer: bytes | None = None
+        served: list[str] = []  # the version routed to, once routing happened
         self.metrics.in_flight.inc()
+        if not request_id:
+            request_id = f"{self._id_prefix}-{next(self._ids)}"
+            request = rewrite.with_id(request, request_id)
+        span, request = self._trace(request, model, version, protocol, headers, request_id)
         try:
+            self.admission.enter(model)  # sheds past max_in_flight; counted even then
             principal = self.admit(headers, model)
             ticket = self.quota(principal, model)
             try:
-                return await self.serve(request, model, version, principal, headers,
-                                        timeout or self.default_timeout)
+                answer = await self.serve(request, model, version, principal, headers,
+                                          timeout or self.default_timeout, served)
+                return answer
             finally:
                 self.quotas.release(ticket)
         except TensorgateError as exc:
@@ -70,9 +97,32 @@ class Pipeline:
             code = grpc.StatusCode.CANCELLED
             raise
         finally:
+            self.admission.leave()
             self.metrics.in_flight.dec()
             label = model if code != grpc.StatusCode.NOT_FOUND else "_unknown"
-            self.metrics.observe(label, protocol, code.name, time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            self.metrics.observe(label, protocol, code.name, elapsed)
+            # NOTE: routed requests only: auth, quota and admission failures are no version's.
+            if self.answers is not None and served:
+                self.answers.record(request_id, model, served[0], code.name, elapsed, answer)
+            if span is not None:
+                tracing.end(span, code.name)
+            if self.request_log is not None:
+                self.request_log.observe(request_id, model, version, protocol, code.name,
+                                         elapsed)
+
+    @staticmethod
+    def _trace(request: bytes, model: str, version: str, protocol: str, headers: Headers,
+               request_id: str) -> tuple[Span | None, bytes]:
+        """With tracing on, the request's span, and the request carrying its traceparent."""
+        tracer = tracing.tracer()
+        if tracer is None:
+            return None, request
+        span, traceparent = tracing.start_request(
+            tracer, f"infer {model}", headers,
+            {"model": model, "model.version": version, "protocol": protocol,
+             "request.id": request_id})
+        return span, rewrite.with_parameter(request, tracing.TRACEPARENT, traceparent)
 
     def admit(self, headers: Headers, model: str | None, admin: bool = False) -> Principal:
         """The auth stage: the caller, if it may make this call."""
@@ -93,25 +143,30 @@ class Pipeline:
             raise
 
     async def serve(self, request: bytes, model: str, version: str, principal: Principal,
-                    headers: Headers, timeout: float) -> bytes:
-        """Route and split, then balance and forward; a shadow copy watches the answer."""
+                    headers: Headers, timeout: float, served: list[str]) -> bytes:
+        """Route and split, then balance and forward; a shadow copy watches the answer.
+
+        Appends the version routed to onto `served` ("": the runtime's default).
+        """
         snapshot = self.snapshot()
         policy = snapshot.traffic.get(model)
         if policy is None:
             if not version and model in snapshot.production:
                 version = snapshot.production[model]
-                request = split.with_version(request, version)
+                request = rewrite.with_version(request, version)
+            served.append(version)
             pool = self.router.pool(model, version)
             return await self.forward(pool, model, "ModelInfer", request, timeout)
         if not version:
             version = self.splitter.choose(policy, split.subject_of(policy, principal, headers))
-            request = split.with_version(request, version)
+            request = rewrite.with_version(request, version)
+        served.append(version)
         pool = self.router.pool(model, version)
         if not should_shadow(policy, self.rng, version):
             return await self.forward(pool, model, "ModelInfer", request, timeout)
         primary = asyncio.ensure_future(self.forward(pool, model, "ModelInfer", request, timeout))
         target = policy.shadow_version or ""
-        self.shadow.send(model, target, split.with_version(request, target), primary)
+        self.shadow.send(model, target, rewrite.with_version(request, target), primary)
         return await primary
 
     async def _shadow_call(self, model: str, version: str, request: bytes,
@@ -159,7 +214,9 @@ class Pipeline:
         return answer
 
     async def ready(self) -> bool:
-        """Ready when at least one admitted runtime worker says it is."""
+        """Ready when at least one admitted runtime worker says it is, and not draining."""
+        if self.admission.draining:
+            return False
         for endpoint in self.router.endpoints:
             if not endpoint.admitted:
                 continue

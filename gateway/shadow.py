@@ -68,7 +68,7 @@ class Shadow:
     ) -> bool:
         """Start a copy of `request` to `version` in the background; False if it was dropped.
 
-        `request` already names `version` (see `split.with_version`). `primary` is the future of
+        `request` already names `version` (see `rewrite.with_version`). `primary` is the future of
         the primary's answer; it is only watched, never awaited in a way that could cancel it.
         """
         if len(self._tasks) >= self.max_in_flight:

@@ -1,6 +1,6 @@
 """Pipeline stage: split, the A/B choice of a model version from the model's traffic policy.
 
-Sticky by subject (weighted rendezvous hashing); the version is appended to the raw request.
+Sticky by subject (weighted rendezvous hashing); `rewrite.with_version` sets it on the request.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from common.policy import ANONYMOUS, Principal, TrafficPolicy
 
 #: Subjects remembered per model before that model's cache is emptied and refilled.
 CACHE_ENTRIES = 65536
-_MODEL_VERSION_TAG = b"\x12"  # field 2 (model_version), wire type 2 (length-delimited)
 _U_SCALE = 2.0**-52
 
 
@@ -108,21 +107,3 @@ def subject_of(
     if principal.subject == ANONYMOUS.subject:
         return ""
     return principal.subject
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def with_version(request: bytes, version: str) -> bytes:
-    """The serialized ModelInferRequest with `model_version` set, without re-serialising it.
-
-    Appends field 2 once more: protobuf parsers keep the last occurrence of a scalar field.
-    """
-    encoded = version.encode()
-    return b"".join((request, _MODEL_VERSION_TAG, _varint(len(encoded)), encoded))

@@ -21,6 +21,7 @@ import grpc
 
 from common.proto import grpc_service_pb2 as pb
 from common.settings import default_threads
+from loadtest import policy_bench
 from loadtest.cases import (
     BATCH_SIZES,
     HEADER_LENGTH,
@@ -285,6 +286,11 @@ def run(opts: Options) -> Results:
         if opts.floor:
             results.rows += measure_floors(opts, children, cases["digits"])
         measure_served(opts, chosen, children, results)
+        if "digits" in opts.models:
+            print("policy on the hot path:", flush=True)
+            results.policy = policy_bench.measure(opts.duration, opts.warmup,
+                                                  1 if opts.duration < 2 else 3,
+                                                  opts.concurrency)
     finally:
         children.close()
         results.problems += children.problems

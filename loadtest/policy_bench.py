@@ -76,6 +76,14 @@ def start(children: Children, name: str, lane: str, extra: list[str]) -> str:
     return f"127.0.0.1:{port}"
 
 
+def measure(duration: float, warmup: float, rounds: int,
+            concurrency: int) -> dict[str, list[float]]:
+    """Requests/s of each path, per round: {path: [round 1, round 2, ...]}."""
+    with tempfile.TemporaryDirectory(prefix="tg-policy-") as tmp:
+        return run(argparse.Namespace(duration=duration, warmup=warmup, rounds=rounds,
+                                      concurrency=concurrency), Path(tmp))
+
+
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, list[float]]:
     body = digits_body()
     secret = policy_registry(tmp / "bench.db")
@@ -117,8 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="tg-policy-") as tmp:
-        rates = run(args, Path(tmp))
+    rates = measure(args.duration, args.warmup, args.rounds, args.concurrency)
     medians = {path: statistics.median(values) for path, values in rates.items()}
     ratio = medians[PATHS[1]] / medians[PATHS[0]]
     print(f"digits over gRPC, c{args.concurrency}, median of {args.rounds} rounds: "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 
 from loadtest.cases import BatchPoint
@@ -61,6 +62,8 @@ class Results:
     rows: list[Row] = field(default_factory=list)
     open_rows: list[OpenRow] = field(default_factory=list)
     #: Anything wrong that did not stop the run, e.g. a server that did not exit cleanly.
+    #: requests/s per round of each path of loadtest.policy_bench (empty: not run).
+    policy: dict[str, list[float]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
 
@@ -211,6 +214,23 @@ same cores, fell behind). CPU per 1k covers the whole run, warm-up included.
 """
 
 
+POLICY = ("digits over gRPC (h2load, 64 callers), through two gateways in front of one runtime "
+          "worker whose digits versions 1 and 2 are the same ONNX model: one with `--no-auth`, "
+          "one with an API key under a rate, burst and concurrency quota (never reached) and a "
+          "90/10 traffic split. Runs alternate between them (`python -m loadtest.policy_bench`).")
+
+
+def _policy(results: Results) -> list[str]:
+    paths = list(results.policy)
+    medians = {path: statistics.median(rates) for path, rates in results.policy.items()}
+    rows = [[path, *(_num(rate, 0) for rate in rates), _num(medians[path], 0),
+             _ratio(medians[path] / medians[paths[0]])]
+            for path, rates in results.policy.items()]
+    rounds = len(next(iter(results.policy.values())))
+    return _table(["gateway", *(f"round {i + 1} req/s" for i in range(rounds)), "median",
+                   "÷ no policy"], rows, left=1)
+
+
 def render(results: Results, senders: int) -> str:
     lines = ["# Benchmark results", "", HEADER, f"Command: `{results.command}` "
              f"(took {results.elapsed_s:.0f} s; gateway processes: "
@@ -234,6 +254,8 @@ def render(results: Results, senders: int) -> str:
               *_batching(results), ""]
     lines += [f"## Ceiling sweep (in-process, {results.threads} threads)", "",
               *_sweep(results), ""]
+    if results.policy:
+        lines += ["## Policy on the hot path", "", POLICY, "", *_policy(results), ""]
     failed = [r for r in results.rows if r.outcome.errors]
     failed_open = [r for r in results.open_rows if r.outcome.errors]
     if failed or failed_open or results.problems:

@@ -1,7 +1,7 @@
-"""Memory soak: a million requests through the gateway, resident memory and open files sampled.
+"""Soak: a million requests through the gateway; memory, open files and errors sampled.
 
-Run ``python -m loadtest.soak [--requests N]`` (h2load drives gRPC); prints a table of gateway
-and runtime RSS and file descriptors at 10 %, 50 % and 100 % of the run.
+Run ``python -m loadtest.soak [--requests N]`` (h2load drives gRPC); prints gateway and runtime
+RSS and file descriptors after warm-up and at 10/50/100 %, and the gateway's errors by code.
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +49,30 @@ def sample(pid: int) -> tuple[int, int]:
     return rss, len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def settled_fds(pid: int, baseline: int) -> int:
+    """Open descriptors once closing connections are gone: the least of a few samples, taken
+    until one is back at `baseline` (h2load's last connections may still be closing)."""
+    least = sample(pid)[1]
+    for _ in range(20):
+        if least <= baseline:
+            break
+        time.sleep(0.05)
+        least = min(least, sample(pid)[1])
+    return least
+
+
+def errors(metrics_port: int) -> Counter[str]:
+    """The gateway's inference answers that were not OK, by status code (from /metrics)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    found: Counter[str] = Counter()
+    for line in text.splitlines():
+        if line.startswith("tensorgate_requests_total{") and 'code="OK"' not in line:
+            code = line.split('code="', 1)[1].split('"', 1)[0]
+            found[code] += int(float(line.rsplit(" ", 1)[1]))
+    return found
+
+
 def start(argv: list[str], ready: str) -> subprocess.Popen:
     process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True,
                                stderr=subprocess.DEVNULL)
@@ -68,47 +95,94 @@ def drive(port: int, body: Path, count: int) -> tuple[int, int]:
     return int(words[words.index("succeeded") - 1]), int(words[words.index("failed") - 1])
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--requests", type=int, default=1_000_000)
-    args = parser.parse_args()
-    if shutil.which("h2load") is None:
-        print("soak needs h2load (apt-get install nghttp2-client)", file=sys.stderr)
-        return 2
+@dataclass
+class Soak:
+    """Samples of (requests sent, gateway RSS KiB, gateway fds, runtime RSS KiB, runtime fds)."""
+
+    baseline: tuple[int, int, int, int, int]
+    samples: list[tuple[int, int, int, int, int]] = field(default_factory=list)
+    failed: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    def fd_growth(self) -> tuple[int, int]:
+        """Descriptors gained since warm-up: gateway, runtime."""
+        last = self.samples[-1]
+        return last[2] - self.baseline[2], last[4] - self.baseline[4]
+
+
+def run(total: int, warmup: int = 20_000, at: tuple[int, ...] = (1, 5, 10)) -> Soak:
+    """Start a runtime and a gateway, warm up, then send `total` requests in ten steps."""
     tmp = Path(tempfile.mkdtemp(prefix="tensorgate-soak-"))
     grpc_body(tmp / "body")
-    lane, grpc_port = f"unix:{tmp}/lane.sock", free_port()
+    lane, grpc_port, metrics_port = f"unix:{tmp}/lane.sock", free_port(), free_port()
     python = [sys.executable, "-m", "tensorgate"]
     runtime = start([*python, "runtime", "--listen", f"unix:{tmp}/grpc.sock", "--lane", lane],
                     "tensorgate-runtime ready")
     gateway = start([*python, "gateway", "--runtime", lane, "--host", "127.0.0.1",
-                     "--http-port", "0", "--grpc-port", str(grpc_port), "--metrics-port", "-1",
-                     "--no-auth"],
+                     "--http-port", "0", "--grpc-port", str(grpc_port), "--metrics-port",
+                     str(metrics_port), "--no-auth", "--registry", str(tmp / "registry.db")],
                     "tensorgate-gateway ready")
     try:
-        return soak(args.requests, grpc_port, tmp / "body", gateway.pid, runtime.pid)
+        return soak(total, warmup, at, grpc_port, metrics_port, tmp / "body", gateway.pid,
+                    runtime.pid)
     finally:
         for process in (gateway, runtime):
             process.send_signal(signal.SIGTERM)
-            process.wait(30)
+            process.wait(60)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def soak(total: int, port: int, body: Path, gateway: int, runtime: int) -> int:
-    drive(port, body, 20_000)  # warm-up
-    print("| requests sent | gateway RSS MiB | gateway fds | runtime RSS MiB | runtime fds |")
-    print("| ---: | ---: | ---: | ---: | ---: |")
-    sent = failed = 0
+def measure(sent: int, gateway: int, runtime: int,
+            baseline: tuple[int, ...] | None = None) -> tuple[int, int, int, int, int]:
+    g_rss, g_fd = sample(gateway)
+    r_rss, r_fd = sample(runtime)
+    if baseline is not None:
+        g_fd, r_fd = settled_fds(gateway, baseline[2]), settled_fds(runtime, baseline[4])
+    return sent, g_rss, g_fd, r_rss, r_fd
+
+
+def soak(total: int, warmup: int, at: tuple[int, ...], port: int, metrics_port: int,
+         body: Path, gateway: int, runtime: int) -> Soak:
+    drive(port, body, warmup)
+    result = Soak(measure(0, gateway, runtime))
     started = time.time()
+    sent = 0
     for step in range(1, 11):
         ok, bad = drive(port, body, total // 10)
-        sent, failed = sent + ok + bad, failed + bad
-        if step in (1, 5, 10):
-            g_rss, g_fd = sample(gateway)
-            r_rss, r_fd = sample(runtime)
-            print(f"| {sent} | {g_rss / 1024:.1f} | {g_fd} | {r_rss / 1024:.1f} | {r_fd} |")
-    print(f"\n{sent} requests in {time.time() - started:.0f} s, {failed} failed")
-    return 1 if failed else 0
+        sent, result.failed = sent + ok + bad, result.failed + bad
+        if step in at:
+            result.samples.append(measure(sent, gateway, runtime, result.baseline))
+    result.seconds = time.time() - started
+    result.errors = errors(metrics_port)
+    return result
+
+
+def report(result: Soak) -> None:
+    print("| requests sent | gateway RSS MiB | gateway fds | runtime RSS MiB | runtime fds |")
+    print("| ---: | ---: | ---: | ---: | ---: |")
+    for sent, g_rss, g_fd, r_rss, r_fd in [result.baseline, *result.samples]:
+        label = sent or "after warm-up"
+        print(f"| {label} | {g_rss / 1024:.1f} | {g_fd} | {r_rss / 1024:.1f} | {r_fd} |")
+    growth = result.fd_growth()
+    codes = ", ".join(f"{code} {n}" for code, n in sorted(result.errors.items())) or "none"
+    print(f"\n{result.samples[-1][0]} requests in {result.seconds:.0f} s; h2load failures "
+          f"{result.failed}; gateway errors by code: {codes}; fds gained since warm-up: "
+          f"gateway {growth[0]:+d}, runtime {growth[1]:+d}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=1_000_000)
+    parser.add_argument("--warmup", type=int, default=20_000)
+    args = parser.parse_args()
+    if shutil.which("h2load") is None:
+        print("soak needs h2load (apt-get install nghttp2-client)", file=sys.stderr)
+        return 2
+    result = run(args.requests, args.warmup)
+    report(result)
+    bad = result.failed or sum(result.errors.values()) or max(result.fd_growth()) > 0
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

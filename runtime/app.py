@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import weakref
+from collections.abc import Awaitable
 
 import grpc
 
@@ -56,6 +58,8 @@ class Runtime:
         self._watch: asyncio.Task | None = None
         self.server: grpc.aio.Server | None = None
         self.lane: asyncio.Server | None = None
+        #: The gateways' lane connections, so a stop can stop reading new calls from them.
+        self._lanes: weakref.WeakSet[LaneServer] = weakref.WeakSet()
         self.grpc_address = ""
         self.lane_address = ""
 
@@ -100,6 +104,23 @@ class Runtime:
         # NOTE: read at start-up: a supervisor that set a multiprocess directory serves it.
         runtime_metrics.serve(port, host.strip("[]"), os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
+    async def _requests_done(self, timeout: float) -> None:
+        """Wait, up to `timeout`, until no model version has a request in flight or queued."""
+        waits = []
+        for model in self.store.all():
+            if model.in_flight:
+                if model.drained is None:
+                    model.drained = asyncio.Event()
+                waits.append(asyncio.ensure_future(model.drained.wait()))
+        if not waits:
+            return
+        _, left = await asyncio.wait(waits, timeout=timeout)
+        for wait in left:
+            wait.cancel()
+        if left:
+            log.warning("runtime stopping with requests of %d model versions still in flight "
+                        "after %.1fs", len(left), timeout)
+
     async def _start_grpc(self, listen: str) -> None:
         limit = self.settings.max_message_bytes
         self.server = grpc.aio.server(options=[
@@ -121,7 +142,11 @@ class Runtime:
     async def _start_lane(self, listen: str) -> None:
         loop = asyncio.get_running_loop()
         limit = self.settings.max_message_bytes
-        factory = lambda: LaneServer(self.core, limit)  # noqa: E731
+        def factory() -> LaneServer:
+            connection = LaneServer(self.core, limit)
+            self._lanes.add(connection)
+            return connection
+
         if listen.startswith("unix:"):
             self.lane = await loop.create_unix_server(factory, listen[5:])
             self.lane_address = listen
@@ -134,7 +159,19 @@ class Runtime:
         bound = self.lane.sockets[0].getsockname()[1]
         self.lane_address = f"{host}:{bound}"
 
+    async def drain(self) -> None:
+        """SIGTERM's shutdown: not ready first (gateways' probes move away), serving as usual
+        for the grace period; then stop() lets requests in flight and queued finish."""
+        s = self.settings
+        self.core.ready = False
+        log.info("runtime draining: not ready; stops taking requests in %.1fs, requests in "
+                 "flight get up to %.1fs", s.drain_grace_s, s.drain_timeout_s)
+        # NOTE: a plain sleep is right here: only time lets the gateways' probes notice.
+        await asyncio.sleep(s.drain_grace_s)
+        await self.stop(grace=s.drain_timeout_s)
+
     async def stop(self, grace: float = 5.0) -> None:
+        """Stop taking requests; those in flight and queued get `grace` seconds to finish."""
         self.core.ready = False
         if self._watch is not None:
             self._watch.cancel()
@@ -143,8 +180,15 @@ class Runtime:
         self.registry.close()
         if self.lane is not None:
             self.lane.close()
+        for connection in self._lanes:
+            # NOTE: calls sent from now on stay unread; closing the connection fails them
+            # with UNAVAILABLE at the gateway, which retries them on another worker.
+            if connection.transport is not None:
+                connection.transport.pause_reading()
+        waits: list[Awaitable[None]] = [self._requests_done(grace)]
         if self.server is not None:
-            await self.server.stop(grace)
+            waits.append(self.server.stop(grace))
+        await asyncio.gather(*waits)
         for scheduler in self.schedulers.values():
             await scheduler.stop()
         for model in self.store.all():

@@ -17,6 +17,18 @@ from common.errors import TensorgateError
 
 
 @dataclass(eq=False)
+class Timing:
+    """When a traced request's batch ran (scheduler clock) and what it held; only for tracing."""
+
+    arrival: float
+    launched: float = 0.0
+    done: float = 0.0
+    rows: int = 0
+    input_ns: int = 0
+    infer_ns: int = 0
+
+
+@dataclass(eq=False)
 class Pending:
     """One queued request: its input bytes in signature order and what its answer needs."""
 
@@ -29,6 +41,7 @@ class Pending:
     deadline: float | None
     future: asyncio.Future
     outputs: tuple[str, ...] = ()
+    timing: Timing | None = None
 
 
 @dataclass

@@ -7,16 +7,19 @@ handler, and encode its answer; a TensorgateError carries the failure.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 from google.protobuf.message import Message
+from opentelemetry.trace import Tracer
 
-from common import EXTENSIONS, __version__
+from common import EXTENSIONS, __version__, tracing
 from common.errors import TensorgateError
 from common.proto import grpc_service_pb2 as pb
 from runtime import describe
+from runtime.batcher import Timing
 from runtime.model import ModelStore
 from runtime.reload import Reloader, write_upload
 from runtime.scheduler import Scheduler
@@ -52,11 +55,30 @@ class RuntimeCore:
         # NOTE: counted here, so a version being retired knows when its last request has left.
         model.in_flight += 1
         try:
+            tracer = tracing.tracer()
+            if tracer is not None and tracing.TRACEPARENT in request.parameters:
+                return await self._traced(tracer, scheduler, request, timeout)
             return await scheduler.infer(request, timeout)
         finally:
             model.in_flight -= 1
             if not model.in_flight and model.drained is not None:
                 model.drained.set()
+
+    async def _traced(self, tracer: Tracer, scheduler: Scheduler, request: Any,
+                      timeout: float | None) -> Message:
+        timing = Timing(0.0)
+        failed = True
+        try:
+            answer = await scheduler.infer(request, timeout, timing)
+            failed = False
+            return answer
+        finally:
+            marks = [timing.arrival or time.monotonic(), timing.launched, timing.done][
+                :3 if timing.done else 2 if timing.launched else 1]
+            tracing.record_runtime(
+                tracer, request.parameters[tracing.TRACEPARENT].string_param,
+                scheduler.model.name, str(scheduler.model.version), marks,
+                (timing.rows, timing.input_ns, timing.infer_ns) if timing.done else None, failed)
 
     async def server_live(self, request: Any, timeout: float | None) -> Message:
         return pb.ServerLiveResponse(live=True)

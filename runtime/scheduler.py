@@ -17,7 +17,7 @@ import grpc
 
 from common.errors import TensorgateError
 from common.proto import grpc_service_pb2 as pb
-from runtime.batcher import Batcher, Pending
+from runtime.batcher import Batcher, Pending, Timing
 from runtime.executor import BatchResult, execute
 from runtime.metrics import ModelMetrics, default_metrics
 from runtime.model import ServedModel
@@ -73,15 +73,22 @@ class Scheduler:
         for _, pool in self._pool:
             pool.shutdown(wait=False, cancel_futures=True)
 
-    async def infer(self, request: Any, timeout: float | None) -> pb.ModelInferResponse:
-        """The whole runtime path of one request; raises TensorgateError on any failure."""
+    async def infer(self, request: Any, timeout: float | None,
+                    timing: Timing | None = None) -> pb.ModelInferResponse:
+        """The whole runtime path of one request; raises TensorgateError on any failure.
+
+        With `timing` (a traced request), the batch that ran it is noted there.
+        """
         checked = check(request, self.model)
         now = self.clock()
         if self.default_timeout and (timeout is None or timeout > self.default_timeout):
             timeout = self.default_timeout
         future: asyncio.Future = asyncio.get_running_loop().create_future()
+        if timing is not None:
+            timing.arrival = now
         item = Pending(checked.inputs, checked.shapes, checked.batch_size, checked.shape_key,
-                       now, None if timeout is None else now + timeout, future, checked.outputs)
+                       now, None if timeout is None else now + timeout, future, checked.outputs,
+                       timing)
         self.batcher.put(item, self.model.label)
         self.metrics.depth.set(len(self.batcher))
         self.wakeup.set()
@@ -143,6 +150,8 @@ class Scheduler:
             waited = now - item.arrival
             queue_ns(int(waited * 1e9))
             observe(waited)
+            if item.timing is not None:
+                item.timing.launched = now
         if self.inline:
             try:
                 result = execute(backend, self.model.batched, batch)
@@ -178,5 +187,12 @@ class Scheduler:
                                       result.output_ns)
         self.metrics.executed(rows, (result.input_ns + result.infer_ns + result.output_ns) / 1e9)
         for item, outputs in zip(batch, result.outputs):
+            if item.timing is not None:
+                _note(item.timing, self.clock(), rows, result)
             if not item.future.done():
                 item.future.set_result(outputs)
+
+
+def _note(timing: Timing, done: float, rows: int, result: BatchResult) -> None:
+    timing.done, timing.rows = done, rows
+    timing.input_ns, timing.infer_ns = result.input_ns, result.infer_ns

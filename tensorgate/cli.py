@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import os
 import sys
 from pathlib import Path
 
-from common import tls
+from common import logs, tls, tracing
 from common.model_config import ConfigError
 from common.registry import default_registry_path
 from common.settings import (
@@ -18,7 +18,7 @@ from common.settings import (
     default_threads,
     from_json,
 )
-from tensorgate import admin, edge, models_cli
+from tensorgate import ab, admin, edge, models_cli
 
 
 def _gateway_args(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +30,17 @@ def _gateway_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--registry", type=Path, metavar="PATH",
                         help="the registry database: keys, traffic policies, audit log "
                              "(tensorgate.db beside the model repository)")
+    parser.add_argument("--trace-exporter", choices=tracing.EXPORTERS,
+                        help="turn OpenTelemetry tracing on, exporting to the console or OTLP "
+                             "(OTEL_EXPORTER_OTLP_ENDPOINT); off by default")
+    parser.add_argument("--log-sample", type=float, default=0.0, metavar="SHARE",
+                        help="log one JSON line for this share of requests (0)")
+    parser.add_argument("--log-slow-ms", type=float, default=0.0, metavar="MS",
+                        help="log one JSON line for each request slower than this (0: off)")
+    parser.add_argument("--max-in-flight", type=_positive, default=512, metavar="N",
+                        help="inference requests one gateway process handles at once; more are "
+                             "refused at once with 429 / RESOURCE_EXHAUSTED (512)")
+    _drain_arg(parser)
     auth = parser.add_argument_group("authentication")
     auth.add_argument("--no-auth", action="store_true",
                       help="serve every caller without a key (logs a warning)")
@@ -55,9 +66,27 @@ def _gateway_args(parser: argparse.ArgumentParser) -> None:
     secure.add_argument("--runtime-tls-key", type=Path, help="the key of --runtime-tls-cert")
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
+def _drain_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="on SIGTERM, how long requests in flight and queued may take to "
+                             "finish before the process exits (30)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tensorgate", description=__doc__)
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    # NOTE: defaults from the environment, which main() sets: child processes inherit both.
+    parser.add_argument("--log-level", default=os.environ.get("TENSORGATE_LOG_LEVEL", "INFO"),
+                        help="DEBUG, INFO, WARNING, ERROR (INFO)")
+    parser.add_argument("--log-format", choices=("text", "json"),
+                        default=os.environ.get("TENSORGATE_LOG_FORMAT", "text"),
+                        help="text, or one JSON object per line (text)")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve a model repository (gateway + runtime)")
     serve.add_argument("--model-repository", type=Path, default=Path("models"),
@@ -94,8 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
                               "thread instead of an executor thread (200; 0: never)")
     runtime.add_argument("--metrics-port", type=int, default=-1,
                          help="Prometheus /metrics port, on --listen's host (-1: off)")
+    runtime.add_argument("--trace-exporter", choices=tracing.EXPORTERS,
+                         help="turn OpenTelemetry tracing on (console or otlp)")
     runtime.add_argument("--registry", type=Path, metavar="PATH",
                          help="reload a model when its ready versions change in this registry")
+    _drain_arg(runtime)
     runtime.add_argument("--tls-cert", type=Path, help="serve the lane and gRPC over TLS")
     runtime.add_argument("--tls-key", type=Path, help="the private key of --tls-cert")
     runtime.add_argument("--tls-client-ca", type=Path,
@@ -103,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_commands(commands)
     edge.add_commands(commands)
     models_cli.add_commands(commands)
+    ab.add_commands(commands)
     return parser
 
 
@@ -126,7 +159,10 @@ def gateway_settings(args: argparse.Namespace, endpoints: tuple[str, ...],
     return GatewaySettings(host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
                            metrics_port=args.metrics_port, runtime_endpoints=endpoints,
                            reuse_port=reuse_port, registry_path=registry, auth=auth,
-                           tls=transport, model_repository=args.model_repository)
+                           tls=transport, model_repository=args.model_repository,
+                           max_in_flight=args.max_in_flight, drain_timeout_s=args.drain_timeout,
+                           log_sample=args.log_sample, log_slow_ms=args.log_slow_ms,
+                           trace_exporter=args.trace_exporter)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -136,6 +172,8 @@ def run(args: argparse.Namespace) -> int:
         return models_cli.run(args)
     if args.command in admin.COMMANDS:
         return admin.run(args)
+    if args.command in ab.COMMANDS:
+        return ab.run(args)
     from tensorgate import bootstrap, lifecycle, roles, supervisor
 
     if args.command == "runtime":
@@ -144,9 +182,9 @@ def run(args: argparse.Namespace) -> int:
         return roles.run_runtime(RuntimeSettings(
             model_repository=args.model_repository, listen=args.listen, lane=args.lane,
             threads=args.threads, inline_compute_us=args.inline_compute_us,
-            metrics_port=args.metrics_port,
+            metrics_port=args.metrics_port, drain_timeout_s=args.drain_timeout,
             tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
-            registry_path=args.registry))
+            registry_path=args.registry, trace_exporter=args.trace_exporter))
     if args.command == "gateway":
         if args.settings_file:
             settings = from_json(GatewaySettings, args.settings_file.read_text())
@@ -167,8 +205,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(args.log_level, args.log_format)
+    os.environ["TENSORGATE_LOG_LEVEL"], os.environ["TENSORGATE_LOG_FORMAT"] = (
+        args.log_level, args.log_format)
     try:
         return run(args)
     except ConfigError as exc:

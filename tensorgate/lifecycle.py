@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from common.model_config import ConfigError, ModelConfig, load_model_config
 from common.registry import Registry, RegistryError
+from common.registry.retire import retire_version
 from common.registry.versions import Lifecycle, VersionRecord
 from runtime.backends import detect_backend, load_backend
 from runtime.backends.base import Backend
@@ -205,17 +206,5 @@ def _publish(staging: Path, model_dir: Path, version: str) -> None:
 
 def retire(registry: Registry, repository: Path, model: str, version: str, actor: str,
            force: bool = False) -> VersionRecord:
-    """Stop serving a version: refused while it holds traffic unless `force`; its folder moves
-    to `<model>/.retired/<version>` (kept, out of the runtime's sight)."""
-    lifecycle = Lifecycle(registry)
-    held = lifecycle.holders(model, version)
-    if held and not force:
-        raise RegistryError(f"version {model}:{version} still holds traffic ({', '.join(held)}); "
-                            "move the traffic first, or pass --force")
-    folder = repository / model / version
-    if folder.exists():
-        graveyard = repository / model / ".retired"
-        graveyard.mkdir(exist_ok=True)
-        shutil.rmtree(graveyard / version, ignore_errors=True)
-        folder.replace(graveyard / version)
-    return lifecycle.set_state(model, version, "retired", actor)
+    """Stop serving a version (see common.registry.retire; the gateway's admin API shares it)."""
+    return retire_version(registry, repository, model, version, actor, force)

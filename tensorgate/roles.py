@@ -6,14 +6,19 @@ Each announces readiness with one line on stdout, which is how a supervisor lear
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import signal
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvloop
 
+from common import tracing
 from common.settings import GatewaySettings, RuntimeSettings
 from gateway.edge import EdgeBuilder
+
+if TYPE_CHECKING:
+    from runtime.model import ModelStore
 
 log = logging.getLogger("tensorgate")
 RUNTIME_READY = "tensorgate-runtime ready"
@@ -28,10 +33,13 @@ def stop_event() -> asyncio.Event:
     return stop
 
 
-def run_runtime(settings: RuntimeSettings) -> int:
+def run_runtime(settings: RuntimeSettings, store: ModelStore | None = None) -> int:
+    """Serve until SIGTERM, then drain; `store`: models loaded already (tests add their own)."""
     from runtime.app import Runtime, load_models
 
-    store = load_models(settings)
+    if store is None:
+        store = load_models(settings)
+    tracing.setup(settings.trace_exporter, "tensorgate-runtime")
 
     async def main() -> int:
         stop = stop_event()
@@ -41,7 +49,7 @@ def run_runtime(settings: RuntimeSettings) -> int:
               flush=True)
         await stop.wait()
         log.info("runtime stopping")
-        await runtime.stop()
+        await runtime.drain()
         return 0
 
     return uvloop.run(main())
@@ -52,15 +60,23 @@ def edge_builder(settings: GatewaySettings) -> EdgeBuilder | None:
     repository = settings.model_repository
     if repository is None:
         return None
-    from tensorgate.edge.cache import bundle_for
-
     cache = repository.resolve().parent / ".tensorgate-edge"
-    return functools.partial(bundle_for, repository, cache_dir=cache,
-                             registry=settings.registry_path)
+
+    def build(model: str, version: int, target: str) -> Path:
+        # NOTE: imported on the first download, not at start: the exporters bring torch and
+        # onnx (hundreds of MiB) into a gateway that otherwise never needs them.
+        from tensorgate.edge.cache import bundle_for
+
+        return bundle_for(repository, model, version, target, cache,
+                          registry=settings.registry_path)
+
+    return build
 
 
 def run_gateway(settings: GatewaySettings) -> int:
     from gateway.app import Gateway
+
+    tracing.setup(settings.trace_exporter, "tensorgate-gateway")
 
     async def main() -> int:
         stop = stop_event()
@@ -70,7 +86,7 @@ def run_gateway(settings: GatewaySettings) -> int:
         print(f"{GATEWAY_READY} http={gateway.http_port} grpc={gateway.grpc_port}", flush=True)
         await stop.wait()
         log.info("gateway stopping")
-        await gateway.stop()
+        await gateway.drain()
         return 0
 
     return uvloop.run(main())

@@ -65,7 +65,7 @@ def serve(repository: Path, threads: int, processes: int, settings: GatewaySetti
     """`runtime_workers` runtime workers on unix sockets, sharing `threads`, and `processes`
     gateways in front of them all."""
     with tempfile.TemporaryDirectory(prefix="tensorgate-") as tmp:
-        runtimes = [runtime_child(repository, Path(tmp), i, share, settings.registry_path)
+        runtimes = [runtime_child(repository, Path(tmp), i, share, settings)
                     for i, share in enumerate(split_threads(threads, runtime_workers))]
         lanes = tuple(f"unix:{tmp}/lane-{i}.sock" for i in range(len(runtimes)))
         return run_group(runtimes, replace(settings, runtime_endpoints=lanes), processes,
@@ -79,12 +79,17 @@ def split_threads(threads: int, workers: int) -> list[int]:
 
 
 def runtime_child(repository: Path, tmp: Path, index: int, threads: int,
-                  registry: Path | None = None) -> Child:
+                  settings: GatewaySettings | None = None) -> Child:
+    """A runtime worker of `serve`: the gateways' registry, drain timeout and tracing."""
+    settings = settings or GatewaySettings()
     argv = [sys.executable, "-m", "tensorgate", "runtime", "--model-repository",
             str(repository), "--listen", f"unix:{tmp}/grpc-{index}.sock",
-            "--lane", f"unix:{tmp}/lane-{index}.sock", "--threads", str(threads)]
-    if registry is not None:
-        argv += ["--registry", str(registry)]
+            "--lane", f"unix:{tmp}/lane-{index}.sock", "--threads", str(threads),
+            "--drain-timeout", str(settings.drain_timeout_s)]
+    if settings.registry_path is not None:
+        argv += ["--registry", str(settings.registry_path)]
+    if settings.trace_exporter is not None:
+        argv += ["--trace-exporter", settings.trace_exporter]
     # NOTE: the workers write their metrics where the gateways do (run_group's directory), so
     # the supervisor's one /metrics shows both.
     env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics")}
@@ -154,7 +159,9 @@ async def _supervise(children: list[Child], settings: GatewaySettings, metrics: 
             keeper.cancel()
         await asyncio.gather(*keepers, return_exceptions=True)
         log.info("tensorgate stopping")
-        await _stop_all(children)
+        # NOTE: each child drains for up to its timeout after a grace period; a little more
+        # before it is killed.
+        await _stop_all(children, settings.drain_grace_s + settings.drain_timeout_s + 5.0)
 
 
 async def _keep_alive(child: Child, stop: asyncio.Event) -> None:

@@ -14,10 +14,12 @@ import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnxruntime as ort
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
@@ -196,6 +198,10 @@ def open_bundle(path: Path, public_key: Path | None = None) -> Bundle:
 def load_session(model: bytes, ort_format: bool, threads: int = 0,
                  providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> ort.InferenceSession:
     """An onnxruntime session over model bytes, ONNX or ORT format; export verifies with it too."""
+    # NOTE: imported here, not at the top: `tensorgate`'s command line imports this module to
+    # build its parser, and a gateway process must not carry onnxruntime for that.
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(0, threads)
     if ort_format:
@@ -209,6 +215,8 @@ def session(bundle: Bundle, threads: int = 0) -> ort.InferenceSession:
     try:
         return load_session(bundle.model_bytes, model_file.endswith(".ort"), threads)
     except Exception as exc:  # onnxruntime raises its own unexported exception types
+        import onnxruntime as ort
+
         raise BundleError(f"{bundle.source}: onnxruntime {ort.__version__} cannot load "
                           f"{model_file}: {exc}") from None
 

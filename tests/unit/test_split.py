@@ -10,7 +10,8 @@ import pytest
 from common.policy import ANONYMOUS, Principal, TrafficPolicy
 from common.proto import grpc_service_pb2 as pb
 from gateway.peek import model_and_version
-from gateway.split import Splitter, choose, subject_of, with_version
+from gateway.rewrite import with_version
+from gateway.split import Splitter, choose, subject_of
 
 SUBJECTS = [f"key:user-{i}" for i in range(10_000)]
 

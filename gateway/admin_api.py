@@ -1,0 +1,350 @@
+"""The admin API's core: versions, aliases, traffic, keys and the audit log, as JSON documents.
+
+Transport-neutral: a transport hands in a `Call` and encodes the answer. Each change is one
+registry transaction that records it in the audit log with the caller as actor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from common.errors import TensorgateError, invalid_argument, not_found, unavailable
+from common.policy import KeyRecord, TrafficPolicy
+from common.registry import AuditEntry, Registry, RegistryError
+from common.registry.retire import VersionHeld, retire_version
+from common.registry.versions import PRODUCTION, Lifecycle, VersionRecord
+
+T = TypeVar("T")
+_ALIAS = re.compile(r"^[A-Za-z0-9_.-]+$")
+#: The largest burst or concurrency a key may have: SQLite holds 64 bits, and more is a typo.
+MAX_COUNT = 2**31 - 1
+MAX_AUDIT_LIMIT = 1000
+#: How many audit entries `describe` shows.
+HISTORY = 20
+
+
+@dataclass(frozen=True)
+class Call:
+    """One admin request: who asks, the path's parameters, the query and the decoded JSON body."""
+
+    actor: str
+    params: Mapping[str, str] = field(default_factory=dict)
+    query: Mapping[str, str] = field(default_factory=dict)
+    body: Any = None
+
+
+def failed_precondition(message: str) -> TensorgateError:
+    return TensorgateError(grpc.StatusCode.FAILED_PRECONDITION, message)
+
+
+class AdminApi:
+    """The admin operations over one registry file and, for retiring, the local repository.
+
+    The registry is a blocking SQLite connection: each call opens its own in a worker thread.
+    """
+
+    def __init__(self, registry_path: Path | None, repository: Path | None = None) -> None:
+        self.registry_path = registry_path
+        self.repository = repository
+
+    async def _run(self, work: Callable[[Registry], T]) -> T:
+        path = self.registry_path
+        if path is None:
+            raise failed_precondition("this gateway has no registry (start it with --registry "
+                                      "or a model repository): the admin API needs one")
+
+        def run() -> T:
+            try:
+                registry = Registry(path)
+            except RegistryError as exc:
+                raise unavailable(str(exc)) from None
+            with registry:
+                return work(registry)
+
+        try:
+            return await asyncio.to_thread(run)
+        except VersionHeld as exc:
+            raise failed_precondition(str(exc)) from None
+        except RegistryError as exc:  # validation refused the request; the message says why
+            raise invalid_argument(str(exc)) from None
+        except sqlite3.Error as exc:
+            raise unavailable(f"registry {path}: {exc}") from None
+
+    # -- versions and aliases ------------------------------------------------------------------
+
+    async def models(self, call: Call) -> dict[str, Any]:
+        """Every registered model: its versions with their state, and its aliases."""
+        def work(registry: Registry) -> dict[str, Any]:
+            lifecycle = Lifecycle(registry)
+            grouped: dict[str, list[VersionRecord]] = {}
+            for record in lifecycle.versions():
+                grouped.setdefault(record.model, []).append(record)
+            return {"models": [{"name": name, "aliases": lifecycle.aliases(name),
+                                "versions": [version_json(r) for r in records]}
+                               for name, records in grouped.items()]}
+
+        return await self._run(work)
+
+    async def describe(self, call: Call) -> dict[str, Any]:
+        """One model: versions with signatures and traffic share, aliases, policy, history."""
+        model = call.params["model"]
+
+        def work(registry: Registry) -> dict[str, Any]:
+            lifecycle = Lifecycle(registry)
+            records = _require_model(lifecycle, model)
+            aliases = lifecycle.aliases(model)
+            policy = registry.get_traffic(model)
+            share = _shares(policy, aliases.get(PRODUCTION))
+            return {"name": model, "aliases": aliases,
+                    "versions": [{**version_json(r), "signature": r.signature,
+                                  "traffic_percent": share.get(r.version, 0.0)}
+                                 for r in records],
+                    "traffic": None if policy is None else policy_json(policy),
+                    "history": [entry_json(e)
+                                for e in registry.audit_log(model=model, limit=HISTORY)]}
+
+        return await self._run(work)
+
+    async def promote(self, call: Call) -> dict[str, Any]:
+        """Point an alias (`to`, production by default) at a ready version."""
+        model, version = call.params["model"], call.params["version"]
+        alias = _alias(_document(call.body, "promote", {"to"}), "to")
+
+        def work(registry: Registry) -> dict[str, Any]:
+            lifecycle = Lifecycle(registry)
+            record = _require_version(lifecycle, model, version)
+            if record.state != "ready":
+                raise failed_precondition(f"version {record.label} is {record.state}, not ready:"
+                                          " only a validated version can be promoted")
+            previous = lifecycle.promote(model, version, call.actor, alias)
+            return {"model": model, "alias": alias, "version": version, "previous": previous}
+
+        return await self._run(work)
+
+    async def rollback(self, call: Call) -> dict[str, Any]:
+        """Point an alias back at the ready version it held before the current one."""
+        model = call.params["model"]
+        alias = _alias(_document(call.body, "rollback", {"alias"}), "alias")
+
+        def work(registry: Registry) -> dict[str, Any]:
+            lifecycle = Lifecycle(registry)
+            _require_model(lifecycle, model)
+            try:
+                current, target = lifecycle.rollback(model, call.actor, alias)
+            except RegistryError as exc:  # no alias, or nothing earlier: the state forbids it
+                raise failed_precondition(str(exc)) from None
+            return {"model": model, "alias": alias, "from": current, "to": target}
+
+        return await self._run(work)
+
+    async def retire(self, call: Call) -> dict[str, Any]:
+        """Retire a version; refused while it holds traffic unless the query says force=true."""
+        model, version = call.params["model"], call.params["version"]
+        force = flag(call.query, "force")
+        repository = self.repository
+
+        def work(registry: Registry) -> dict[str, Any]:
+            record = _require_version(Lifecycle(registry), model, version)
+            if record.state == "retired":
+                raise failed_precondition(f"version {record.label} is already retired")
+            if repository is None:
+                raise failed_precondition(
+                    "this gateway has no local model repository (--model-repository), where "
+                    "retiring moves the version's files; retire it on the host that has it")
+            return version_json(retire_version(registry, repository, model, version,
+                                               call.actor, force))
+
+        return await self._run(work)
+
+    # -- traffic policies ----------------------------------------------------------------------
+
+    async def traffic(self, call: Call) -> dict[str, Any]:
+        model = call.params["model"]
+        return policy_json(await self._run(lambda registry: _require_policy(registry, model)))
+
+    async def set_traffic(self, call: Call) -> dict[str, Any]:
+        """Set a model's weights, stickiness and shadow, validated as the CLI's are."""
+        model = call.params["model"]
+        document = _document(call.body, "traffic", {"weights", "sticky", "shadow"})
+        weights = document.get("weights")
+        if not isinstance(weights, dict):
+            raise invalid_argument('the traffic body needs "weights": an object of version to '
+                                   'integer weight, like {"1": 90, "2": 10}')
+        shadow = _shadow(document.get("shadow"))
+        sticky = document.get("sticky", "key")
+        policy = await self._run(lambda registry: registry.set_traffic(
+            model, weights, sticky=sticky, shadow=shadow, actor=call.actor))
+        return policy_json(policy)
+
+    async def clear_traffic(self, call: Call) -> dict[str, Any]:
+        model = call.params["model"]
+
+        def work(registry: Registry) -> TrafficPolicy:
+            _require_policy(registry, model)
+            return registry.clear_traffic(model, actor=call.actor)
+
+        return policy_json(await self._run(work))
+
+    # -- API keys and the audit log ------------------------------------------------------------
+
+    async def keys(self, call: Call) -> dict[str, Any]:
+        """The keys (never their secrets); `all=true` includes revoked ones."""
+        everything = flag(call.query, "all")
+        records = await self._run(lambda registry: registry.list_keys(everything))
+        return {"keys": [key_json(r) for r in records]}
+
+    async def create_key(self, call: Call) -> dict[str, Any]:
+        """Create a key; the answer carries its secret, which is never shown again."""
+        fields = {"name", "role", "models", "rate", "burst", "concurrency"}
+        document = _document(call.body, "key", fields)
+        for required in ("name", "role"):
+            if required not in document:
+                raise invalid_argument(f'the key body needs "{required}"')
+        burst, concurrency = _count(document, "burst"), _count(document, "concurrency")
+        name = document["name"]
+
+        def work(registry: Registry) -> tuple[KeyRecord, str]:
+            if any(r.name == name for r in registry.list_keys(include_revoked=True)):
+                raise TensorgateError(grpc.StatusCode.ALREADY_EXISTS,
+                                      f"a key named {name!r} already exists (names stay taken "
+                                      "after a key is revoked); choose another name")
+            return registry.create_key(name, document["role"], document.get("models", ("*",)),
+                                       rate=document.get("rate", 0.0), burst=burst,
+                                       concurrency=concurrency, actor=call.actor)
+
+        record, secret = await self._run(work)
+        return {"key": key_json(record), "secret": secret}
+
+    async def revoke_key(self, call: Call) -> dict[str, Any]:
+        name = call.params["name"]
+
+        def work(registry: Registry) -> KeyRecord:
+            found = [r for r in registry.list_keys(include_revoked=True) if r.name == name]
+            if not found:
+                raise not_found(f"no key named {name!r}; GET /v2/admin/keys lists them")
+            if found[0].revoked:
+                raise failed_precondition(f"key {name!r} is already revoked")
+            return registry.revoke_key(name, actor=call.actor)
+
+        return key_json(await self._run(work))
+
+    async def audit(self, call: Call) -> dict[str, Any]:
+        """The newest entries first: `model` keeps one model's, `limit` (1 to 1000, 100) bounds."""
+        model = call.query.get("model") or None
+        limit = call.query.get("limit", "100")
+        if not (limit.isascii() and limit.isdigit() and 1 <= int(limit) <= MAX_AUDIT_LIMIT):
+            raise invalid_argument(f"limit must be a whole number from 1 to {MAX_AUDIT_LIMIT}, "
+                                   f"got {limit!r}")
+        entries = await self._run(lambda registry: registry.audit_log(model, int(limit)))
+        return {"entries": [entry_json(e) for e in entries]}
+
+
+# -- documents ---------------------------------------------------------------------------------
+
+def version_json(record: VersionRecord) -> dict[str, Any]:
+    return record.summary()
+
+
+def policy_json(policy: TrafficPolicy) -> dict[str, Any]:
+    shadow = (None if policy.shadow_version is None
+              else {"version": policy.shadow_version, "percent": policy.shadow_percent})
+    return {"model": policy.model, "weights": dict(policy.weights), "sticky": policy.sticky,
+            "shadow": shadow}
+
+
+def key_json(record: KeyRecord) -> dict[str, Any]:
+    return {"key_id": record.key_id, "name": record.name, "role": record.role,
+            "models": list(record.models), "rate": record.rate, "burst": record.burst,
+            "concurrency": record.concurrency, "created_at": record.created_at,
+            "revoked": record.revoked}
+
+
+def entry_json(entry: AuditEntry) -> dict[str, Any]:
+    return {"id": entry.id, "at": entry.at, "actor": entry.actor, "action": entry.action,
+            "target": entry.target, "before": entry.before, "after": entry.after}
+
+
+def flag(query: Mapping[str, str], name: str) -> bool:
+    value = query.get(name, "false").lower()
+    if value not in ("true", "false", "1", "0", ""):
+        raise invalid_argument(f"query parameter {name!r} must be true or false, got {value!r}")
+    return value in ("true", "1")
+
+
+def _document(body: Any, what: str, allowed: Collection[str]) -> dict[str, Any]:
+    """A JSON object body (absent: empty) with only the fields this call knows."""
+    if body is None:
+        return {}
+    if not isinstance(body, dict):
+        raise invalid_argument(f"the {what} body must be a JSON object with "
+                               f"{', '.join(sorted(allowed))}")
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise invalid_argument(f"unknown field(s) {', '.join(map(repr, unknown))} in the {what} "
+                               f"body; expected {', '.join(sorted(allowed))}")
+    return body
+
+
+def _alias(document: dict[str, Any], key: str) -> str:
+    alias = document.get(key, PRODUCTION)
+    if not isinstance(alias, str) or not _ALIAS.match(alias):
+        raise invalid_argument(f'"{key}" must be an alias name of letters, digits, "_", "." or '
+                               f'"-", got {alias!r}')
+    return alias
+
+
+def _shadow(value: Any) -> tuple[Any, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"version", "percent"}:
+        raise invalid_argument('"shadow" must be null or {"version": "<version>", "percent": '
+                               f'<0-100>}}, got {value!r}')
+    return value["version"], value["percent"]
+
+
+def _count(document: dict[str, Any], key: str) -> int:
+    value = document.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+        raise invalid_argument(f'"{key}" must be a whole number from 0 (no limit) to '
+                               f"{MAX_COUNT}, got {value!r}")
+    return value
+
+
+def _shares(policy: TrafficPolicy | None, production: str | None) -> dict[str, float]:
+    """The percentage of requests without a version that each version gets."""
+    if policy is None:
+        return {production: 100.0} if production is not None else {}
+    total = sum(weight for _, weight in policy.weights)
+    return {version: 100.0 * weight / total for version, weight in policy.weights}
+
+
+def _require_model(lifecycle: Lifecycle, model: str) -> list[VersionRecord]:
+    records = lifecycle.versions(model)
+    if not records:
+        raise not_found(f"model {model!r} has no registered versions; GET /v2/admin/models "
+                        "lists the models")
+    return records
+
+
+def _require_version(lifecycle: Lifecycle, model: str, version: str) -> VersionRecord:
+    record = lifecycle.get(model, version)
+    if record is None:
+        known = [r.version for r in lifecycle.versions(model)]
+        raise not_found(f"model {model!r} has no registered version {version!r}"
+                        + (f" (registered: {', '.join(known)})" if known else ""))
+    return record
+
+
+def _require_policy(registry: Registry, model: str) -> TrafficPolicy:
+    policy = registry.get_traffic(model)
+    if policy is None:
+        raise not_found(f"model {model!r} has no traffic policy")
+    return policy

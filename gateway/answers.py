@@ -1,0 +1,230 @@
+"""The answer log: every inference answer, kept in a bounded buffer by `record()` on the hot path,
+parsed and written to `answers.db` in batches by a background flusher and its writer thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import sqlite3
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from common.datatypes import NUMPY_DTYPES
+from common.proto import grpc_service_pb2 as pb
+from common.tensors import CONTENTS_FIELD
+from gateway.answer_store import CLASS, KEEP_PER_MODEL, VALUE, AnswerRow, AnswerStore
+
+log = logging.getLogger("tensorgate.answers")
+#: at, request id, model, version, code, latency (s), the serialized ModelInferResponse or None.
+Pending = tuple[float, str, str, str, str, float, bytes | None]
+T = TypeVar("T")
+
+
+def _first_row(output: Any, raw: bytes | None, width: int) -> np.ndarray | None:
+    """The first `width` elements of an output tensor, from its raw bytes or typed contents."""
+    if output.datatype == "BF16" and raw is not None:
+        # NOTE: bfloat16 is the top half of a float32; numpy has no type of its own for it.
+        halves = np.frombuffer(raw, "<u2", count=min(width, len(raw) // 2))
+        return (halves.astype("<u4") << 16).view("<f4")
+    dtype = NUMPY_DTYPES.get(output.datatype)
+    if dtype is None or output.datatype == "BYTES":
+        return None
+    if raw is not None:
+        return np.frombuffer(raw, dtype, count=min(width, len(raw) // dtype.itemsize))
+    field = CONTENTS_FIELD.get(output.datatype)
+    if field is None:
+        return None
+    return np.asarray(getattr(output.contents, field)[:width], dtype=dtype)
+
+
+def parse_answer(answer: bytes) -> tuple[str, int | None, float | None]:
+    """(served version, kind, predicted) of a serialized ModelInferResponse's first output.
+
+    [N, C] with C > 1: a classifier; the argmax of row 0 is the predicted class. Otherwise the
+    first element: a class label for integer and BOOL outputs, a value (regression) for floats.
+    Anything unreadable (BYTES, no output, no elements, NaN): kind and predicted are None.
+    """
+    try:
+        response = pb.ModelInferResponse.FromString(answer)
+    except DecodeError:
+        return "", None, None
+    if not response.outputs:
+        return response.model_version, None, None
+    output = response.outputs[0]
+    shape = list(output.shape)
+    width = max(1, shape[-1]) if len(shape) >= 2 else 1
+    raw = response.raw_output_contents[0] if response.raw_output_contents else None
+    row = _first_row(output, raw, width)
+    if row is None or row.size == 0:
+        return response.model_version, None, None
+    if row.size > 1:
+        return response.model_version, CLASS, float(np.argmax(row))
+    value = float(row[0])
+    if not math.isfinite(value):
+        return response.model_version, None, None
+    kind = VALUE if row.dtype.kind == "f" else CLASS
+    return response.model_version, kind, value
+
+
+def to_rows(batch: Iterable[Pending]) -> list[AnswerRow]:
+    """Parse pending answers into rows; the version comes from the answer when not given."""
+    rows: list[AnswerRow] = []
+    for at, request_id, model, version, code, latency_s, answer in batch:
+        kind: int | None = None
+        predicted: float | None = None
+        if answer is not None:
+            served, kind, predicted = parse_answer(answer)
+            version = version or served
+        rows.append((model, request_id, version, code, at, latency_s, kind, predicted))
+    return rows
+
+
+class AnswerLog:
+    """Record answers on the event loop for a few µs each; a flusher task writes them in batches.
+
+    record() appends a tuple to a buffer bounded in answers and in bytes (dropping and counting
+    when full) and wakes the flusher past `threshold`; the flusher also wakes every `interval_s`.
+    Parsing and SQLite run on one writer thread, which owns the store's connection.
+    """
+
+    def __init__(self, path: Path, capacity: int = 100_000, threshold: int = 2_000,
+                 interval_s: float = 0.5, keep: int = KEEP_PER_MODEL,
+                 clock: Callable[[], float] = time.time, max_bytes: int = 64 << 20) -> None:
+        self.path = Path(path)
+        self.capacity = capacity
+        # NOTE: answers are held whole until parsed: 100,000 answers of a 1000-class model
+        # would be 400 MB without a bound in bytes too.
+        self.max_bytes = max_bytes
+        self.threshold = threshold
+        self.interval_s = interval_s
+        self.keep = keep
+        self.clock = clock
+        #: Answers not recorded because the buffer was full, written, and lost to a write error.
+        self.dropped = 0
+        self.written = 0
+        self.failed = 0
+        self._buffer: deque[Pending] = deque()
+        self._bytes = 0
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self._store: AnswerStore | None = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="tensorgate-answers")
+
+    def record(self, request_id: str, model: str, version: str, code: str, latency_s: float,
+               answer: bytes | None) -> None:
+        """Keep one answer for the flusher (hot path: no parsing, no I/O). Call on the loop."""
+        buffer = self._buffer
+        size = 0 if answer is None else len(answer)
+        if len(buffer) >= self.capacity or self._bytes + size > self.max_bytes:
+            self.dropped += 1
+            return
+        self._bytes += size
+        buffer.append((self.clock(), request_id, model, version, code, latency_s, answer))
+        if len(buffer) >= self.threshold:
+            self._wake.set()
+
+    def pending(self) -> int:
+        return len(self._buffer)
+
+    def start(self) -> None:
+        """Start the flusher on the running loop."""
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Write what is left, stop the flusher and close the store."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        else:
+            await self._flush_logged()
+        await self._in_thread(self._close)
+        self._executor.shutdown(wait=True)
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval_s)
+            self._wake.clear()
+            await self._flush_logged()
+        await self._flush_logged()
+
+    async def _flush_logged(self) -> None:
+        # NOTE: the flusher must outlive a bad batch, or the buffer fills and every answer drops.
+        try:
+            await self.flush()
+        except Exception:
+            log.exception("the answer log could not flush a batch")
+
+    def _take(self) -> deque[Pending]:
+        batch, self._buffer = self._buffer, deque()
+        self._bytes = 0
+        return batch
+
+    async def flush(self) -> int:
+        """Hand the buffered answers to the writer thread; how many were written."""
+        batch = self._take()
+        if not batch:
+            return 0
+        return await self._in_thread(self._write, batch)
+
+    async def feedback(self, model: str, request_id: str, truth: float) -> bool:
+        """Store the truth of one request; whether its answer is known yet."""
+        _, unmatched = await self.feedback_many(model, [(request_id, truth)])
+        return unmatched == 0
+
+    async def feedback_many(self, model: str, items: Sequence[tuple[str, float]]
+                            ) -> tuple[int, int]:
+        """Store the truth of many requests: (recorded, unmatched).
+
+        This process's buffered answers are written first, so they count as matched; answers
+        still buffered in a sibling gateway process do not (they join at report time anyway).
+        """
+        batch = self._take()
+        return await self._in_thread(self._write_feedback, batch, model, items)
+
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # Everything below runs on the writer thread.
+
+    def _open(self) -> AnswerStore:
+        if self._store is None:
+            self._store = AnswerStore(self.path, self.keep)
+        return self._store
+
+    def _write(self, batch: deque[Pending]) -> int:
+        rows = to_rows(batch)
+        try:
+            self._open().write(rows)
+        except (sqlite3.Error, OSError) as exc:
+            self.failed += len(rows)
+            log.warning("could not write %d answers to %s: %s", len(rows), self.path, exc)
+            return 0
+        self.written += len(rows)
+        return len(rows)
+
+    def _write_feedback(self, batch: deque[Pending], model: str,
+                        items: Sequence[tuple[str, float]]) -> tuple[int, int]:
+        if batch:
+            self._write(batch)
+        # NOTE: errors here reach the caller (a 500), unlike answers: feedback is the caller's own.
+        return self._open().add_feedback(model, items, self.clock())
+
+    def _close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None

@@ -1,0 +1,44 @@
+"""Set a field of a serialized ModelInferRequest without re-serialising it: append it once more.
+
+Protobuf parsers keep the last occurrence of a scalar field and merge map entries, so appending
+costs one copy of the request and never touches its tensors.
+"""
+
+from __future__ import annotations
+
+_LENGTH_DELIMITED = 2
+MODEL_VERSION, ID, PARAMETERS = 2, 3, 4  # ModelInferRequest's field numbers
+_PARAMETER_KEY, _PARAMETER_VALUE, _STRING_PARAM = 1, 2, 3  # map entry; InferParameter
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | _LENGTH_DELIMITED) + _varint(len(payload)) + payload
+
+
+def with_field(request: bytes, number: int, value: str) -> bytes:
+    """`request` with string field `number` set to `value`."""
+    return request + _field(number, value.encode())
+
+
+def with_version(request: bytes, version: str) -> bytes:
+    return with_field(request, MODEL_VERSION, version)
+
+
+def with_id(request: bytes, request_id: str) -> bytes:
+    return with_field(request, ID, request_id)
+
+
+def with_parameter(request: bytes, key: str, value: str) -> bytes:
+    """`request` with `parameters[key]` set to the string `value` (a map entry, appended)."""
+    entry = _field(_PARAMETER_KEY, key.encode()) + _field(
+        _PARAMETER_VALUE, _field(_STRING_PARAM, value.encode()))
+    return request + _field(PARAMETERS, entry)
