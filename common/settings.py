@@ -75,6 +75,10 @@ class AuthSettings:
     #: Claims that carry the role and the allowed models (a list of globs or one string).
     role_claim: str = "role"
     models_claim: str = "models"
+    #: The quota of each JWT subject (requests/s, bucket, in flight); 0: no limit.
+    jwt_rate: float = 0.0
+    jwt_burst: int = 0
+    jwt_concurrency: int = 0
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,9 @@ class GatewaySettings:
     log_slow_ms: float = 0.0
     #: OpenTelemetry exporter: "console", "otlp", or None (tracing off).
     trace_exporter: str | None = None
+    #: Which answers go to answers.db for `tensorgate ab report`: "ab" (models with a traffic
+    #: policy), "all", or "off".
+    record_answers: str = "ab"
     #: The model repository on this host, for edge bundles (`/v2/models/{m}/versions/{v}/edge`);
     #: None: the gateway builds none.
     model_repository: Path | None = None

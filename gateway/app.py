@@ -76,9 +76,11 @@ class Gateway:
         self.router = Router(Health(settings, self.metrics))
         self.discovery = Discovery(settings, self.router, self.dial)
         self.registry = RegistryWatcher(settings.registry_path, settings.registry_refresh_s)
-        #: Every routed answer, for `tensorgate ab report`: answers.db beside the registry.
+        #: Routed answers (of A/B models, or all), for `tensorgate ab report`: answers.db
+        #: beside the registry.
         self.answers = (AnswerLog(answers_path(settings.registry_path))
-                        if settings.registry_path is not None else None)
+                        if settings.registry_path is not None and settings.record_answers != "off"
+                        else None)
         self.pipeline = Pipeline(settings, self.router, self.metrics,
                                  lambda: self.registry.snapshot, Quotas(settings.quota_path),
                                  self.audit, self.answers)

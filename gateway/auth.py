@@ -149,8 +149,8 @@ class Authenticator:
 
     API key: one sha256 and two dict lookups (snapshot, principal). JWT: verified once, then
     served from a bounded cache until `exp` (plus leeway) passes on the injected clock.
-    JWT callers carry no quota (rate, burst and concurrency stay 0): quotas belong to registry
-    keys, where an admin sets them and the audit log records them, not to a token's claims.
+    A JWT caller's quota is the one the settings give every JWT subject (`jwt_rate`, ...), counted
+    per subject: a token's own claims never set it, so a caller cannot raise its own limit.
     """
 
     def __init__(
@@ -299,7 +299,8 @@ class Authenticator:
         elif not isinstance(models, list | tuple) or not all(isinstance(m, str) for m in models):
             raise _unauthenticated(f"JWT claim '{s.models_claim}' must be a list of globs or one "
                                    "string")
-        return Principal(subject=f"jwt:{sub}", role=role, models=tuple(models))
+        return Principal(subject=f"jwt:{sub}", role=role, models=tuple(models),
+                         rate=s.jwt_rate, burst=s.jwt_burst, concurrency=s.jwt_concurrency)
 
 
 def _is_number(value: object) -> TypeGuard[float]:

@@ -47,6 +47,8 @@ class Pipeline:
         self.router = router
         #: Records every routed answer for `tensorgate ab report` and feedback; None: off.
         self.answers = answers
+        #: Record the answers of models without a traffic policy too (A/B ones always are).
+        self.record_all = settings.record_answers == "all"
         self.metrics = metrics
         self.snapshot = snapshot
         self.quotas = quotas
@@ -154,7 +156,8 @@ class Pipeline:
             if not version and model in snapshot.production:
                 version = snapshot.production[model]
                 request = rewrite.with_version(request, version)
-            served.append(version)
+            if self.record_all:
+                served.append(version)
             pool = self.router.pool(model, version)
             return await self.forward(pool, model, "ModelInfer", request, timeout)
         if not version:

@@ -33,6 +33,9 @@ def _gateway_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trace-exporter", choices=tracing.EXPORTERS,
                         help="turn OpenTelemetry tracing on, exporting to the console or OTLP "
                              "(OTEL_EXPORTER_OTLP_ENDPOINT); off by default")
+    parser.add_argument("--record-answers", choices=("ab", "all", "off"), default="ab",
+                        help="answers kept for `tensorgate ab report`: of models with a traffic "
+                             "policy (ab), of every model (all), or none (off)")
     parser.add_argument("--log-sample", type=float, default=0.0, metavar="SHARE",
                         help="log one JSON line for this share of requests (0)")
     parser.add_argument("--log-slow-ms", type=float, default=0.0, metavar="MS",
@@ -54,6 +57,12 @@ def _gateway_args(parser: argparse.ArgumentParser) -> None:
     auth.add_argument("--jwt-audience", help="the `aud` JWTs must carry")
     auth.add_argument("--jwt-leeway", type=float, default=30.0,
                       help="clock skew allowed on `exp` and `nbf`, in seconds (30)")
+    auth.add_argument("--jwt-rate", type=float, default=0.0,
+                      help="requests per second allowed to each JWT subject (0: no limit)")
+    auth.add_argument("--jwt-burst", type=int, default=0,
+                      help="bucket size of each JWT subject (0: max(1, rate))")
+    auth.add_argument("--jwt-concurrency", type=int, default=0,
+                      help="requests in flight allowed to each JWT subject (0: no limit)")
     secure = parser.add_argument_group("TLS")
     secure.add_argument("--tls-cert", type=Path, help="serve HTTPS and gRPC over TLS")
     secure.add_argument("--tls-key", type=Path, help="the private key of --tls-cert")
@@ -151,7 +160,8 @@ def gateway_settings(args: argparse.Namespace, endpoints: tuple[str, ...],
     auth = AuthSettings(enabled=not args.no_auth, jwt_secret=secret,
                         jwt_public_keys=tuple(args.jwt_public_key), jwks_file=args.jwks_file,
                         jwt_issuer=args.jwt_issuer, jwt_audience=args.jwt_audience,
-                        jwt_leeway_s=args.jwt_leeway)
+                        jwt_leeway_s=args.jwt_leeway, jwt_rate=args.jwt_rate,
+                        jwt_burst=args.jwt_burst, jwt_concurrency=args.jwt_concurrency)
     transport = TlsSettings(cert=args.tls_cert, key=args.tls_key, client_ca=args.tls_client_ca,
                             upstream_ca=args.runtime_tls_ca, upstream_cert=args.runtime_tls_cert,
                             upstream_key=args.runtime_tls_key)
@@ -162,7 +172,8 @@ def gateway_settings(args: argparse.Namespace, endpoints: tuple[str, ...],
                            tls=transport, model_repository=args.model_repository,
                            max_in_flight=args.max_in_flight, drain_timeout_s=args.drain_timeout,
                            log_sample=args.log_sample, log_slow_ms=args.log_slow_ms,
-                           trace_exporter=args.trace_exporter)
+                           trace_exporter=args.trace_exporter,
+                           record_answers=args.record_answers)
 
 
 def run(args: argparse.Namespace) -> int:

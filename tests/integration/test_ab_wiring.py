@@ -24,11 +24,11 @@ def post(url: str, body: dict) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
-def test_wiring(tmp_path: Path) -> None:
+def test_answers_feedback_and_the_report_join_up(tmp_path: Path) -> None:
     registry = tmp_path / "tensorgate.db"
     digits = load_digits()
     x = (digits.data / 16).astype(np.float32)
-    with Background(ROOT / "models", registry_path=registry) as s:
+    with Background(ROOT / "models", registry_path=registry, record_answers="all") as s:
         base = f"http://{s.gateway_http}/v2/models/digits"
         ids = {}
         for i in range(200):
@@ -42,7 +42,6 @@ def test_wiring(tmp_path: Path) -> None:
         status, result = post(f"{base}/feedback", {"feedback": [
             {"id": k, "truth": v} for k, v in list(ids.items())[:150]]})
         assert status == 200, result
-        print("http feedback", result)
         assert result["recorded"] == 150
         status, result = post(f"{base}/feedback", {"id": "x"})
         assert status == 400, result
@@ -51,13 +50,24 @@ def test_wiring(tmp_path: Path) -> None:
         rest = [{"id": k, "truth": v} for k, v in list(ids.items())[150:]]
         reply = json.loads(call(json.dumps({"model": "digits", "feedback": rest}).encode(),
                                 timeout=10))
-        print("grpc feedback", reply)
         assert reply["recorded"] == 50
         status, _ = post(f"http://{s.gateway_http}/v2/models/nosuch/infer", {"inputs": []})
     with AnswerStore(answers_path(registry), create=False) as store:
         report = ab.build_report("digits", store.outcomes("digits", 0),
                                  store.labelled("digits", 0), baseline="1")
-    print(ab.render(report, None, 0))
+    assert "digits" in ab.render(report, None, 0)
     versions = {v["version"]: v for v in report.summary["versions"]}
     assert versions["1"]["labelled"] == versions["2"]["labelled"] == 100
     assert versions["1"]["accuracy"] > 0.8
+
+
+def test_by_default_only_models_under_a_traffic_policy_are_recorded(tmp_path: Path) -> None:
+    registry = tmp_path / "tensorgate.db"
+    body = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 64],
+                        "data": [0.5] * 64}]}
+    with Background(ROOT / "models", registry_path=registry) as s:
+        for _ in range(5):
+            assert post(f"http://{s.gateway_http}/v2/models/digits/infer", body)[0] == 200
+    if answers_path(registry).exists():  # the store is made on the first answer to keep
+        with AnswerStore(answers_path(registry), create=False) as store:
+            assert store.outcomes("digits", 0) == []

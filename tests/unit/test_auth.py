@@ -518,3 +518,11 @@ def test_api_key_principal_passes_authorize_end_to_end() -> None:
         authenticator.authorize(principal, "resnet")
     assert API_SECRET not in info.value.message
     assert "key 'ci'" in info.value.message
+
+
+def test_each_jwt_subject_gets_the_configured_quota_whatever_its_claims() -> None:
+    authenticator = make(jwt_rate=5.0, jwt_burst=10, jwt_concurrency=2)
+    token = jwt.encode(claims(rate=1e9, concurrency=0), HS_SECRET, "HS256")
+    principal = authenticator.authenticate(f"Bearer {token}")
+    assert (principal.subject, principal.rate, principal.burst, principal.concurrency) == (
+        "jwt:alice", 5.0, 10, 2)
