@@ -44,4 +44,4 @@ loadtest: $(STAMP)
 	$(PY) -m loadtest.locust.local $(LOADTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info loadtest/.models
+	rm -rf $(VENV) .venv-locust build *.egg-info loadtest/.models

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from loadtest.locust import venv
+
 ROOT = Path(__file__).resolve().parents[2]
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 READY = re.compile(r"tensorgate ready: HTTP :(\d+), gRPC :(\d+), metrics :(-?\d+)")
@@ -73,7 +75,7 @@ def _pump(process: subprocess.Popen, lines: queue.Queue) -> None:
 
 def locust_argv(served: Served, out: Path, users: int, run_time: str, *extra: str) -> list[str]:
     """A headless run with its CSV and HTML reports written into `out`."""
-    return [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
+    return [str(venv.python()), "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
             "--host", f"http://{served.http}", "--grpc-address", served.grpc,
             "-u", str(users), "-r", str(users), "-t", run_time, "--stop-timeout", "5",
             "--csv", str(out / "tensorgate"), "--html", str(out / "report.html"), *extra]
