@@ -13,6 +13,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 
+from common.registry.migrations import migrate
+
 #: A row of `answers`: model, request id, version, code, at, latency (s), kind, predicted.
 AnswerRow = tuple[str, str, str, str, float, float, int | None, float | None]
 #: What an answer's first output was: a class index (classifiers) or a value (regression).
@@ -63,24 +65,6 @@ def _create_private(path: Path) -> None:
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
 
 
-def _migrate(conn: sqlite3.Connection) -> None:
-    if conn.execute("PRAGMA user_version").fetchone()[0] >= len(MIGRATIONS):
-        return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        # NOTE: read again under the write lock: another gateway process may have just migrated.
-        current = conn.execute("PRAGMA user_version").fetchone()[0]
-        for statements in MIGRATIONS[current:]:
-            for statement in statements:
-                conn.execute(statement)
-        conn.execute(f"PRAGMA user_version = {max(current, len(MIGRATIONS))}")
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-
-
 class AnswerStore:
     """One connection to `answers.db`; use it from one thread at a time."""
 
@@ -100,7 +84,7 @@ class AnswerStore:
         # NOTE: answers are telemetry: losing the last transaction on power loss is acceptable,
         # an fsync per batch is not.
         self.conn.execute("PRAGMA synchronous = NORMAL")
-        _migrate(self.conn)
+        migrate(self.conn, MIGRATIONS)
 
     def __enter__(self) -> AnswerStore:
         return self

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 
 _APPEND_ONLY = "SELECT RAISE(ABORT, 'the audit log is append-only')"
 
@@ -100,22 +101,25 @@ def schema_version(conn: sqlite3.Connection) -> int:
     return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
 
-def migrate(conn: sqlite3.Connection) -> int:
+def migrate(conn: sqlite3.Connection,
+            migrations: Sequence[tuple[str, ...]] = tuple(MIGRATIONS)) -> int:
     """Apply the migrations this database lacks, all in one transaction; return its version.
 
+    `migrations` defaults to the registry's; other databases (answers.db) pass their own list.
     The connection must be in autocommit mode (`isolation_level=None`). Safe to run from several
     processes at once: the version is read again under the write lock, so each migration runs once.
     """
-    if schema_version(conn) >= LATEST:
+    latest = len(migrations)
+    if schema_version(conn) >= latest:
         return schema_version(conn)
     conn.execute("BEGIN IMMEDIATE")
     try:
         current = schema_version(conn)
-        for statements in MIGRATIONS[current:]:
+        for statements in migrations[current:]:
             for statement in statements:
                 conn.execute(statement)
         # NOTE: user_version is part of the transaction, so a failed migration leaves it as it was.
-        conn.execute(f"PRAGMA user_version = {max(current, LATEST)}")
+        conn.execute(f"PRAGMA user_version = {max(current, latest)}")
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
