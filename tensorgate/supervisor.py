@@ -20,6 +20,7 @@ from pathlib import Path
 import uvloop
 from prometheus_client import start_http_server
 
+from common.model_config import ConfigError
 from common.settings import GatewaySettings, to_json
 from runtime.metrics import serving_registry
 from tensorgate.bootstrap import write_private
@@ -234,4 +235,8 @@ def _serve_metrics(settings: GatewaySettings, metrics: Path) -> None:
         return
     # NOTE: also drops the live gauges of dead runtime workers, and adds the GPUs via NVML.
     registry = serving_registry(str(metrics))
-    start_http_server(settings.metrics_port, settings.host, registry=registry)
+    try:
+        start_http_server(settings.metrics_port, settings.host, registry=registry)
+    except OSError as exc:
+        raise ConfigError(f"--metrics-port {settings.metrics_port} on {settings.host}: "
+                          f"{exc.strerror} (choose another port, or -1 for none)") from None
