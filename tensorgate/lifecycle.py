@@ -19,14 +19,13 @@ from common.model_config import ConfigError, ModelConfig, load_model_config
 from common.registry import Registry, RegistryError
 from common.registry.retire import retire_version
 from common.registry.versions import Lifecycle, VersionRecord
-from runtime.backends import detect_backend, load_backend
+from runtime.backends import ARTIFACTS, detect_backend, load_backend
 from runtime.backends.base import Backend
-from runtime.repository import scan
+from runtime.repository import TRITON_CONFIG, YAML_CONFIG, scan
 from runtime.warmup import ValidationError, validate
 
 CHUNK = 1 << 20
 log = logging.getLogger("tensorgate")
-SUFFIXES = {".onnx": "model.onnx", ".pt": "model.pt"}
 
 
 @dataclass(frozen=True)
@@ -110,8 +109,8 @@ def sync_on_start(registry_path: Path, repository: Path) -> None:
 
 
 def _config_path(model_dir: Path) -> Path:
-    yaml = model_dir / "config.yaml"
-    pbtxt = model_dir / "config.pbtxt"
+    """The config file the runtime reads (runtime.repository.model_config's rule)."""
+    yaml, pbtxt = model_dir / YAML_CONFIG, model_dir / TRITON_CONFIG
     return yaml if yaml.exists() or not pbtxt.exists() else pbtxt
 
 
@@ -124,10 +123,11 @@ def _declared(config: ModelConfig) -> dict[str, Any]:
 
 
 def artifact_name(source: Path) -> str:
-    name = SUFFIXES.get(source.suffix)
-    if name is None:
-        raise RegistryError(f"{source}: expected a .onnx (ONNX) or .pt (TorchScript) file")
-    return name
+    """The file name a version's artifact takes in the repository, from the runtime's table."""
+    for name in ARTIFACTS:
+        if Path(name).suffix == source.suffix:
+            return name
+    raise RegistryError(f"{source}: expected a .onnx (ONNX) or .pt (TorchScript) file")
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,7 @@ def register(registry: Registry, repository: Path, ask: Request, actor: str,
         config = load_model_config(config_path, ask.model)
         record = lifecycle.add(VersionRecord(
             ask.model, version, copied.sha256, copied.size,
-            "onnx" if copied.path.suffix == ".onnx" else "torch", _declared(config), actor,
+            ARTIFACTS[copied.path.name], _declared(config), actor,
             time.time(), ask.notes, "validating"), actor)
         try:
             _, _, backend = load_and_validate(staging, config)
