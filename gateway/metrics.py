@@ -49,6 +49,15 @@ class GatewayMetrics:
             "tensorgate_shadow_agreement", "Shadow answers compared with the primary's",
             ["model", "version", "agree"], registry=registry)
 
+        # NOTE: labels() validates and locks on every call; the children are looked up once.
+        self._children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+
     def observe(self, model: str, protocol: str, code: str, seconds: float) -> None:
-        self.requests.labels(model, protocol, code).inc()
-        self.latency.labels(model, protocol).observe(seconds)
+        key = (model, protocol, code)
+        children = self._children.get(key)
+        if children is None:
+            children = (self.requests.labels(model, protocol, code),
+                        self.latency.labels(model, protocol))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)

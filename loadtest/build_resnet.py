@@ -34,7 +34,7 @@ dynamic_batching:
   preferred_batch_size: [64]
   max_queue_size: 4096
   default_timeout_microseconds: 0
-instance_count: 1
+instance_count: 2
 device: auto
 inputs:
   - name: INPUT0

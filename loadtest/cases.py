@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
+import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,18 +87,32 @@ class Case:
         return batching.max_queue_delay_microseconds if batching else 0
 
 
+def _digits() -> Path:
+    """The shipped ``digits`` version 1 with ``max_queue_delay_microseconds: 0``: the added
+    latency at concurrency 1 is measured without the batcher's wait (issue 3, target 3)."""
+    folder = REPO / "digits"
+    if folder.is_symlink():  # the link to models/digits of earlier benches
+        folder.unlink()
+    folder.mkdir(exist_ok=True)
+    if not (folder / "1").exists():
+        (folder / "1").symlink_to(ROOT / "models" / "digits" / "1", target_is_directory=True)
+    shipped = (ROOT / "models" / "digits" / "config.yaml").read_text()
+    config = re.sub(r"max_queue_delay_microseconds: \d+", "max_queue_delay_microseconds: 0",
+                    shipped)
+    if not (folder / "config.yaml").exists() or (folder / "config.yaml").read_text() != config:
+        (folder / "config.yaml").write_text(config)
+    return folder
+
+
 def prepare_repo() -> dict[str, Case]:
-    """``loadtest/.models``: the built ``heavy`` and ``resnet50`` models and a link to
-    ``models/digits``."""
+    """``loadtest/.models``: the built ``heavy`` and ``resnet50`` models and the shipped
+    ``digits`` version 1 without queue delay."""
     from loadtest import build_resnet
     from loadtest.build_heavy_model import build
 
     REPO.mkdir(parents=True, exist_ok=True)
     LOGS.mkdir(exist_ok=True)
-    digits = REPO / "digits"
-    if not digits.exists():
-        digits.symlink_to(ROOT / "models" / "digits", target_is_directory=True)
-    cases = {"digits": Case("digits", "1", digits), "heavy": Case("heavy", "1", build(REPO)),
+    cases = {"digits": Case("digits", "1", _digits()), "heavy": Case("heavy", "1", build(REPO)),
              "resnet50": Case("resnet50", "1", build_resnet.build(REPO))}
     rng = np.random.default_rng(7)
     for case in cases.values():
@@ -116,42 +133,65 @@ class BatchPoint:
     rows_per_s: float
     p50_ms: float
     p99_ms: float
+    #: Sessions run side by side, the thread budget split between them (as instance_count).
+    instances: int = 1
+
+    @property
+    def layout(self) -> str:
+        return f"batch {self.batch}" + (f", {self.instances} instances" if self.instances > 1
+                                         else "")
 
 
-def time_batch(backend: Backend, x: np.ndarray, seconds: float) -> BatchPoint:
-    """Back-to-back calls of one batch size for ``seconds``: rows/s and per-call latency."""
-    run = backend.run
-    for _ in range(5):
-        run([x])
-    clock = time.perf_counter_ns
-    latencies: list[int] = []
-    start = clock()
-    end = start + int(seconds * 1e9)
+def _calls(backend: Backend, x: np.ndarray, end: int, latencies: list[int]) -> None:
+    """Back-to-back calls until ``end`` (perf_counter_ns), each call's latency appended."""
+    run, clock = backend.run, time.perf_counter_ns
     while (t0 := clock()) < end:
         run([x])
         latencies.append(clock() - t0)
-    elapsed = (clock() - start) / 1e9
-    ns = np.asarray(latencies)
+
+
+def time_batch(backends: Sequence[Backend], x: np.ndarray, seconds: float) -> BatchPoint:
+    """Back-to-back calls of one batch size for ``seconds`` on each backend at once (one
+    thread each, as the runtime runs its instances): rows/s and per-call latency."""
+    for backend in backends:
+        for _ in range(5):
+            backend.run([x])
+    latencies: list[list[int]] = [[] for _ in backends]
+    start = time.perf_counter_ns()
+    end = start + int(seconds * 1e9)
+    threads = [threading.Thread(target=_calls, args=(b, x, end, lat))
+               for b, lat in zip(backends, latencies)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = (time.perf_counter_ns() - start) / 1e9
+    ns = np.concatenate([np.asarray(lat) for lat in latencies])
     return BatchPoint(len(x), len(x) * len(ns) / elapsed, float(np.percentile(ns, 50)) / 1e6,
-                      float(np.percentile(ns, 99)) / 1e6)
+                      float(np.percentile(ns, 99)) / 1e6, len(backends))
 
 
 def ceiling(case: Case, threads: int, seconds: float) -> list[BatchPoint]:
-    """The backend in this process, as the runtime builds it, at each batch size; also sets
-    ``case.expected``, the answer every served path must give."""
+    """The backend in this process, as the runtime builds it, at each batch size, as one
+    session with every thread and (with 2+ threads) as one single-thread session per thread
+    side by side; also sets ``case.expected``, the answer every served path must give."""
     from runtime.backends.onnx import OnnxBackend
 
     config = load_model_config(case.config_path, case.name)
-    backend = OnnxBackend(case.artifact, config, threads)
-    case.expected = backend.run([case.row.reshape(1, -1)])[0]
+    layouts = [[OnnxBackend(case.artifact, config, threads)]]
+    if threads > 1:
+        layouts.append([OnnxBackend(case.artifact, config, 1) for _ in range(threads)])
+    case.expected = layouts[0][0].run([case.row.reshape(1, -1)])[0]
     rng = np.random.default_rng(11)
     sizes = [b for b in BATCH_SIZES if b <= max(1, config.max_batch_size)]
     points = []
-    for size in sizes:
-        x = rng.random((size, case.row.size), dtype=np.float32)
-        points.append(time_batch(backend, x, seconds))
-        print(f"  {case.name} in-process batch {size:>2}: {points[-1].rows_per_s:10.0f} rows/s, "
-              f"p50 {points[-1].p50_ms:.3f} ms", flush=True)
+    for backends in layouts:
+        for size in sizes:
+            x = rng.random((size, case.row.size), dtype=np.float32)
+            points.append(time_batch(backends, x, seconds))
+            print(f"  {case.name} in-process {points[-1].layout}: "
+                  f"{points[-1].rows_per_s:10.0f} rows/s, p50 {points[-1].p50_ms:.3f} ms",
+                  flush=True)
     return points
 
 

@@ -81,14 +81,17 @@ class Results:
 HEADER = """\
 Every row is one measurement on this machine, in one run, with the load generator on the same
 cores. **in-process** rows call the ONNX Runtime backend inside the benchmark process with the
-runtime's thread budget: the *ceiling* is its best rows/s over batch sizes 1-64 (its latencies
-are those of one batch call); *batch 1* is one row alone. **runtime (gRPC)** is a `tensorgate
-runtime` worker called directly; **gateway → runtime** rows are the full path, `tensorgate
-gateway` (gRPC, HTTP with JSON tensors, or HTTP with Triton's binary tensor extension)
-forwarding over the lane to that same worker. The **do-nothing** servers answer a fixed infer
-response: a `grpc.aio` server (generic handler, bytes in and out) and a bare ASGI app on uvicorn
-with httptools and uvloop (reads the body, parses its JSON with orjson). They are the floors:
-what one Python server process on these cores can answer these clients at all.
+runtime's thread budget: the *ceiling* is its best rows/s over batch sizes 1-64, as one session
+with every thread or as one single-thread session per thread called side by side (the runtime's
+`instance_count`; its latencies are those of one batch call); *batch 1* is one row alone. The
+bench's `digits` is the shipped version 1 with `max_queue_delay_microseconds: 0`. **runtime
+(gRPC)** is a `tensorgate runtime` worker called directly; **gateway → runtime** rows are the
+full path, `tensorgate gateway` (gRPC, HTTP with JSON tensors, or HTTP with Triton's binary
+tensor extension) forwarding over the lane to that same worker. The **do-nothing** servers
+answer a fixed infer response: a `grpc.aio` server (generic handler, bytes in and out) and a
+bare ASGI app on uvicorn with httptools and uvloop (reads the body, parses its JSON with
+orjson). They are the floors: what one Python server process on these cores can answer these
+clients at all.
 
 Closed-loop rows: *concurrency* callers, each sending its next one-row request as soon as the
 previous one is answered; latencies are measured by the load generator (see *Load generators*).
@@ -130,7 +133,7 @@ def _main_table(results: Results) -> list[str]:
     blank = ["-"] * 7
     for model, sweep in results.sweeps.items():
         best, one = max(sweep, key=lambda p: p.rows_per_s), sweep[0]
-        rows.append([model, f"in-process ceiling (batch {best.batch})", "-", "-",
+        rows.append([model, f"in-process ceiling ({best.layout})", "-", "-",
                      f"{best.rows_per_s:.0f} rows/s", _num(best.p50_ms), _num(best.p99_ms), "1",
                      *blank])
         rows.append([model, "in-process, batch 1", "-", "1", f"{one.rows_per_s:.0f}",
@@ -180,12 +183,13 @@ def _added_latency(results: Results) -> list[str]:
         added = [_us(g.outcome.p("50") - p50) if g else "-" for g in gateways]
         delay = results.queue_delay_us[model]
         to_runtime = 1000 * (p50 - sweep[0].p50_ms)
+        beyond_hop = _us(p50 - floors[0].outcome.p("50")) if floors[0] else "-"
         rows.append([model, *added, _num(to_runtime, 0), str(delay),
-                     _num(to_runtime - delay, 0), *hops])
+                     _num(to_runtime - delay, 0), beyond_hop, *hops])
     return _table(["model", "gateway gRPC - runtime", "gateway HTTP JSON - runtime",
                    "gateway HTTP binary - runtime", "runtime - in-process batch 1",
-                   "of which max_queue_delay", "the rest", "do-nothing gRPC server p50",
-                   "do-nothing HTTP server p50"], rows, left=1)
+                   "of which max_queue_delay", "the rest", "runtime - do-nothing gRPC server",
+                   "do-nothing gRPC server p50", "do-nothing HTTP server p50"], rows, left=1)
 
 
 def _batching(results: Results) -> list[str]:
@@ -196,10 +200,10 @@ def _batching(results: Results) -> list[str]:
 
 
 def _sweep(results: Results) -> list[str]:
-    rows = [[model, str(p.batch), f"{p.rows_per_s:.0f}", _num(p.p50_ms), _num(p.p99_ms)]
-            for model, sweep in results.sweeps.items() for p in sweep]
-    return _table(["model", "batch", "rows/s", "p50 ms per call", "p99 ms per call"], rows,
-                  left=1)
+    rows = [[model, str(p.instances), str(p.batch), f"{p.rows_per_s:.0f}", _num(p.p50_ms),
+             _num(p.p99_ms)] for model, sweep in results.sweeps.items() for p in sweep]
+    return _table(["model", "sessions side by side", "batch", "rows/s", "p50 ms per call",
+                   "p99 ms per call"], rows, left=1)
 
 
 OPEN_LOOP = """\

@@ -90,8 +90,7 @@ class Scheduler:
                        now, None if timeout is None else now + timeout, future, checked.outputs,
                        timing)
         self.batcher.put(item, self.model.label)
-        self.metrics.depth.set(len(self.batcher))
-        self.wakeup.set()
+        self.wakeup.set()  # the dispatch that follows sets the queue depth gauge
         try:
             outputs = await future
         except TensorgateError:

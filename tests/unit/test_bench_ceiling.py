@@ -1,0 +1,38 @@
+"""The bench's in-process ceiling: sessions side by side each run on their own thread."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from loadtest.cases import BatchPoint, time_batch
+
+
+class CountingBackend:
+    """Counts calls and the threads that made them."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.threads: set[int] = set()
+
+    def run(self, feeds: list[np.ndarray]) -> list[np.ndarray]:
+        self.calls += 1
+        self.threads.add(threading.get_ident())
+        return [feeds[0] * 2]
+
+
+def test_sessions_side_by_side_each_run_on_their_own_thread() -> None:
+    backends = [CountingBackend(), CountingBackend()]
+    point = time_batch(backends, np.ones((4, 3), np.float32), 0.05)  # type: ignore[arg-type]
+    assert point.instances == 2 and point.batch == 4
+    assert all(b.calls > 5 for b in backends)
+    # NOTE: the warm-up calls come from the calling thread; the timed ones from one each.
+    workers = (backends[0].threads | backends[1].threads) - {threading.get_ident()}
+    assert len(workers) == 2
+    assert point.rows_per_s > 0 and point.p50_ms <= point.p99_ms
+
+
+def test_the_layout_names_the_sessions_only_when_several() -> None:
+    assert BatchPoint(32, 1.0, 1.0, 1.0).layout == "batch 32"
+    assert BatchPoint(32, 1.0, 1.0, 1.0, instances=2).layout == "batch 32, 2 instances"
