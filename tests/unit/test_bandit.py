@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,9 @@ PACKAGES = ["common", "gateway", "runtime", "tensorgate"]
 
 
 def test_no_high_severity_findings() -> None:
-    bandit = shutil.which("bandit")
+    # NOTE: the venv's bin first: `.venv/bin/python -m pytest` does not put it on PATH.
+    bandit = (shutil.which("bandit", path=str(Path(sys.executable).parent))
+              or shutil.which("bandit"))
     if bandit is None:
         pytest.skip("bandit not installed (pip install -e '.[dev]' brings it)")
     done = subprocess.run(
