@@ -13,8 +13,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 
-import orjson
-
 from common.registry.migrations import migrate
 
 #: A row of `answers`: model, request id, version, code, at, latency (s), kind, predicted.
@@ -67,11 +65,6 @@ def _create_private(path: Path) -> None:
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
 
 
-_INSERT = ("INSERT INTO answers (model, request_id, version, code, at, latency_s, kind, predicted) "
-           "SELECT " + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(8))
-           + " FROM json_each(?)")
-
-
 class AnswerStore:
     """One connection to `answers.db`; use it from one thread at a time."""
 
@@ -108,11 +101,9 @@ class AnswerStore:
         if not rows:
             return
         with self._transaction():
-            # NOTE: one statement for the whole batch, its rows as one JSON array: sqlite3 lets go
-            # of the GIL around every step, and executemany's step per row made this thread and
-            # the event loop trade the GIL once per answer, which cost the loop a fifth of its
-            # requests/s under load.
-            self.conn.execute(_INSERT, (orjson.dumps(list(rows)),))
+            self.conn.executemany(
+                "INSERT INTO answers (model, request_id, version, code, at, latency_s, kind, "
+                "predicted) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
         for row in rows:
             # NOTE: a model seen first here starts at its due, so old rows are pruned at start.
             self._since_prune[row[0]] = self._since_prune.get(row[0], self.prune_every) + 1
