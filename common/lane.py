@@ -24,7 +24,12 @@ ERROR = 1
 MAX_TIMEOUT_US = 2**32 - 1
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
-Frame = tuple[int, int, int, bytes]
+Frame = tuple[int, int, int, bytes | bytearray]
+#: Payloads from this size on are read by the kernel straight into a buffer of their own.
+DIRECT_FROM_BYTES = 64 * 1024
+#: At most this much is read into the scratch buffer at once: enough for a burst of small
+#: frames, little of a large one's payload to copy out once its header is seen.
+READ_WINDOW_BYTES = 32 * 1024
 
 
 def header(call_id: int, kind: int, size: int, timeout_us: int = 0) -> bytes:
@@ -35,7 +40,7 @@ def error_payload(error: TensorgateError) -> bytes:
     return bytes((error.code.value[0],)) + error.message.encode()
 
 
-def parse_error(payload: bytes) -> TensorgateError:
+def parse_error(payload: bytes | bytearray) -> TensorgateError:
     code = _CODES.get(payload[0], grpc.StatusCode.UNKNOWN) if payload else grpc.StatusCode.UNKNOWN
     return TensorgateError(code, payload[1:].decode(errors="replace"))
 
@@ -69,7 +74,68 @@ class FrameReader:
             start = offset + size_of
             if end - start < size:
                 break
-            frames.append((call_id, kind, timeout, bytes(buffer[start : start + size])))
+            with memoryview(buffer) as view:
+                frames.append((call_id, kind, timeout, bytes(view[start : start + size])))
             offset = start + size
         del buffer[:offset]
+        return frames
+
+
+class FrameBuffer:
+    """The receiving end of an ``asyncio.BufferedProtocol``: frames arrive in a scratch buffer
+    and small payloads are copied out of it once; the kernel writes a large payload straight
+    into a bytearray of its own, which is handed on as it is."""
+
+    def __init__(self, max_payload: int, window: int = READ_WINDOW_BYTES) -> None:
+        self.max_payload = max_payload
+        self.window = max(1, window)
+        # Room for a partial frame below DIRECT_FROM_BYTES and a window after it.
+        self.scratch = bytearray(HEADER.size + DIRECT_FROM_BYTES + self.window)
+        self.view = memoryview(self.scratch)
+        self.filled = 0
+        self.large: bytearray | None = None
+        self.large_filled = 0
+        self.large_head = (0, 0, 0)
+
+    def get_buffer(self) -> memoryview:
+        """Where the next bytes from the socket go."""
+        if self.large is not None:
+            return memoryview(self.large)[self.large_filled:]
+        return self.view[self.filled : self.filled + self.window]
+
+    def received(self, count: int) -> list[Frame]:
+        """``count`` bytes were written into the last buffer; the frames now complete."""
+        if self.large is None:
+            self.filled += count
+            return self._cut()
+        self.large_filled += count
+        if self.large_filled < len(self.large):
+            return []
+        frame = (*self.large_head, self.large)
+        self.large = None
+        return [frame]
+
+    def _cut(self) -> list[Frame]:
+        frames: list[Frame] = []
+        offset, end, view = 0, self.filled, self.view
+        while end - offset >= HEADER.size:
+            size, call_id, kind, timeout = HEADER.unpack_from(self.scratch, offset)
+            if size > self.max_payload:
+                raise ValueError(f"lane frame of {size} bytes exceeds the limit of "
+                                 f"{self.max_payload}")
+            start = offset + HEADER.size
+            if end - start >= size:
+                frames.append((call_id, kind, timeout, bytes(view[start : start + size])))
+                offset = start + size
+            elif size >= DIRECT_FROM_BYTES:
+                self.large = bytearray(size)
+                self.large[: end - start] = view[start:end]
+                self.large_filled, self.large_head = end - start, (call_id, kind, timeout)
+                offset = end
+            else:
+                break
+        rest = end - offset
+        if offset and rest:
+            self.scratch[:rest] = bytes(view[offset:end])  # a partial frame, to the front
+        self.filled = rest
         return frames

@@ -63,7 +63,7 @@ def serialize_bytes(items: Iterable[bytes]) -> bytes:
     return b"".join(_LEN.pack(len(item)) + item for item in items)
 
 
-def deserialize_bytes(raw: bytes | memoryview, what: str) -> list[bytes]:
+def deserialize_bytes(raw: bytes | bytearray | memoryview, what: str) -> list[bytes]:
     """Split a raw BYTES tensor into its elements, refusing lengths that run past the end."""
     view = memoryview(raw)
     items: list[bytes] = []
@@ -82,7 +82,7 @@ def deserialize_bytes(raw: bytes | memoryview, what: str) -> list[bytes]:
     return items
 
 
-def count_bytes_elements(raw: bytes | memoryview, what: str) -> int:
+def count_bytes_elements(raw: bytes | bytearray | memoryview, what: str) -> int:
     """How many elements a raw BYTES tensor holds, checked like `deserialize_bytes`, no copies."""
     view = memoryview(raw)
     count = offset = 0

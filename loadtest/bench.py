@@ -273,7 +273,7 @@ def describe_generators(opts: Options, results: Results) -> list[str]:
 
 def run(opts: Options) -> Results:
     started = time.time()
-    cases = prepare_repo()
+    cases = prepare_repo(tuple(dict.fromkeys(("digits", *opts.models))))
     chosen = [cases[name] for name in opts.models]
     results = Results(machine(), command(opts), opts.threads, opts.gateway_processes)
     print("ceiling (in-process backend):", flush=True)

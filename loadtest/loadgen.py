@@ -54,6 +54,8 @@ class Load:
     warmup_s: float
     duration_s: float
     python_only: bool = False
+    #: Threads of h2load or wrk (each drives its share of the connections).
+    threads: int = 1
 
     def streams(self) -> tuple[int, int]:
         """(connections, streams per connection) whose product is the concurrency."""
@@ -175,7 +177,8 @@ def _h2load(target: Target, load: Load, meter: Meter, tmp: Path) -> Outcome:
     body = tmp / "request.grpc"
     body.write_bytes(b"\x00" + len(target.body).to_bytes(4, "big") + target.body)
     connections, streams = load.streams()
-    argv = ["h2load", "-t", "1", "-c", str(connections), "-m", str(streams), "-d", str(body),
+    argv = ["h2load", "-t", str(min(load.threads, connections)), "-c", str(connections),
+            "-m", str(streams), "-d", str(body),
             "-H", "content-type: application/grpc", "-H", "te: trailers",
             "-T", f"{CALL_TIMEOUT_S:.0f}s", f"http://{target.address}{target.path}"]
     for name, value in target.headers:
@@ -185,7 +188,8 @@ def _h2load(target: Target, load: Load, meter: Meter, tmp: Path) -> Outcome:
     log = tmp / "requests.tsv"
     ran = _run([*argv, "-D", f"{round(load.duration_s * 1000)}ms", "--log-file", str(log)],
                _limit(load.duration_s), meter)
-    name = f"h2load -c {connections} -m {streams}"
+    threads = f"-t {argv[2]} " if argv[2] != "1" else ""
+    name = f"h2load {threads}-c {connections} -m {streams}"
     return _parse_h2load(name, ran, log, target.answer_size, load.duration_s)
 
 
@@ -248,7 +252,9 @@ def _wrk(target: Target, load: Load, meter: Meter, tmp: Path) -> Outcome:
                         for k, v in target.headers)
     script = tmp / "request.lua"
     script.write_text(_WRK_SCRIPT % {"body": json.dumps(str(body)), "headers": headers})
-    argv = ["wrk", "-t", "1", "-c", str(load.concurrency), "--timeout", f"{CALL_TIMEOUT_S:.0f}s",
+    threads = min(load.threads, load.concurrency)
+    argv = ["wrk", "-t", str(threads), "-c", str(load.concurrency),
+            "--timeout", f"{CALL_TIMEOUT_S:.0f}s",
             "-s", str(script), f"http://{target.address}{target.path}"]
     if load.warmup_s > 0:
         _run([*argv, "-d", _wrk_seconds(load.warmup_s)], _limit(load.warmup_s))
@@ -263,7 +269,7 @@ def _wrk(target: Target, load: Load, meter: Meter, tmp: Path) -> Outcome:
     first = (f"wrk: {status} non-2xx/3xx answers, {timeout} timeouts, socket errors: connect "
              f"{connect}, read {read}, write {write}") if errors else ""
     lat = {"50": p50 / 1e3, "90": p90 / 1e3, "99": p99 / 1e3, "99.9": p999 / 1e3}
-    return Outcome(f"wrk -t 1 -c {load.concurrency}", max(0, requests - status),
+    return Outcome(f"wrk -t {threads} -c {load.concurrency}", max(0, requests - status),
                    duration_us / 1e6, lat, errors, first, ran.client_cpu_s, ran.server_cpu_s)
 
 

@@ -34,6 +34,14 @@ def _version(*dists: str) -> str:
     return f"{dists[0]} (not installed)"
 
 
+def _onnxruntime() -> str:
+    """The onnxruntime that imports, and its providers: a CPU and a GPU build can both be
+    installed, and their distributions' metadata would not say which one runs."""
+    import onnxruntime as ort
+
+    return f"onnxruntime {ort.__version__} ({', '.join(ort.get_available_providers())})"
+
+
 def _echo(conn: Connection) -> None:
     while message := conn.recv_bytes():
         conn.send_bytes(message)
@@ -73,8 +81,8 @@ def machine() -> dict[str, str]:
         "memory": memory,
         "kernel": f"{platform.system()} {platform.release()}",
         "Python": f"{platform.python_implementation()} {platform.python_version()}",
-        "packages": ", ".join(_version(*d) for d in (
-            ("onnxruntime", "onnxruntime-gpu"), ("torch",), ("grpcio",), ("protobuf",),
-            ("numpy",), ("uvloop",), ("uvicorn",), ("httptools",))),
+        "packages": ", ".join([_onnxruntime(), *(_version(*d) for d in (
+            ("torch",), ("grpcio",), ("protobuf",),
+            ("numpy",), ("uvloop",), ("uvicorn",), ("httptools",)))]),
         "cross-process wake-up round trip (pipe ping-pong, p50)": f"{wakeup_rtt_us():.0f} µs",
     }

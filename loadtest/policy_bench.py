@@ -45,7 +45,7 @@ def twin_repository(root: Path) -> Path:
 
 def digits_body() -> bytes:
     """A digits request that names no version, so the split decides."""
-    case = prepare_repo()["digits"]
+    case = prepare_repo(("digits",))["digits"]
     request = pb.ModelInferRequest.FromString(case.grpc_body)
     request.ClearField("model_version")
     return request.SerializeToString()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import grpc
 
 from common.errors import TensorgateError
+from runtime.decode import Buffer
 
 
 @dataclass(eq=False)
@@ -32,7 +33,7 @@ class Timing:
 class Pending:
     """One queued request: its input bytes in signature order and what its answer needs."""
 
-    inputs: list[bytes]
+    inputs: list[Buffer]
     shapes: list[tuple[int, ...]]
     batch_size: int
     #: The non-batch shapes of every input: only equal keys share a batch.

@@ -20,11 +20,14 @@ from common.errors import TensorgateError
 from common.proto import grpc_service_pb2 as pb
 from runtime import describe
 from runtime.batcher import Timing
+from runtime.decode import InferCall, decode_infer
 from runtime.model import ModelStore
 from runtime.reload import Reloader, write_upload
 from runtime.scheduler import Scheduler
 
 Handler = Callable[[Any, float | None], Awaitable[Message]]
+#: Request bytes to the handler's argument: a message's FromString, or decode_infer.
+Decoder = Callable[[Any], Any]
 
 
 class RuntimeCore:
@@ -35,21 +38,24 @@ class RuntimeCore:
         # Keyed by id(ServedModel): the hot path does one dict lookup after the store's.
         self.schedulers = schedulers
         self.ready = False
-        self.methods: dict[str, tuple[type[Message], Handler]] = {
-            "ModelInfer": (pb.ModelInferRequest, self.infer),
-            "ServerLive": (pb.ServerLiveRequest, self.server_live),
-            "ServerReady": (pb.ServerReadyRequest, self.server_ready),
-            "ServerMetadata": (pb.ServerMetadataRequest, self.server_metadata),
-            "ModelReady": (pb.ModelReadyRequest, self.model_ready),
-            "ModelMetadata": (pb.ModelMetadataRequest, self.model_metadata),
-            "ModelConfig": (pb.ModelConfigRequest, self.model_config),
-            "ModelStatistics": (pb.ModelStatisticsRequest, self.model_statistics),
-            "RepositoryIndex": (pb.RepositoryIndexRequest, self.repository_index),
-            "RepositoryModelLoad": (pb.RepositoryModelLoadRequest, self.repository_load),
-            "RepositoryModelUnload": (pb.RepositoryModelUnloadRequest, self.repository_unload),
+        self.methods: dict[str, tuple[Decoder, Handler]] = {
+            "ModelInfer": (decode_infer, self.infer),
+            "ServerLive": (pb.ServerLiveRequest.FromString, self.server_live),
+            "ServerReady": (pb.ServerReadyRequest.FromString, self.server_ready),
+            "ServerMetadata": (pb.ServerMetadataRequest.FromString, self.server_metadata),
+            "ModelReady": (pb.ModelReadyRequest.FromString, self.model_ready),
+            "ModelMetadata": (pb.ModelMetadataRequest.FromString, self.model_metadata),
+            "ModelConfig": (pb.ModelConfigRequest.FromString, self.model_config),
+            "ModelStatistics": (pb.ModelStatisticsRequest.FromString, self.model_statistics),
+            "RepositoryIndex": (pb.RepositoryIndexRequest.FromString, self.repository_index),
+            "RepositoryModelLoad": (pb.RepositoryModelLoadRequest.FromString,
+                                    self.repository_load),
+            "RepositoryModelUnload": (pb.RepositoryModelUnloadRequest.FromString,
+                                      self.repository_unload),
         }
 
-    async def infer(self, request: Any, timeout: float | None) -> Message:
+    async def infer(self, call: InferCall, timeout: float | None) -> Message:
+        request = call.message
         model = self.store.get(request.model_name, request.model_version)
         scheduler = self.schedulers[id(model)]
         # NOTE: counted here, so a version being retired knows when its last request has left.
@@ -57,26 +63,26 @@ class RuntimeCore:
         try:
             tracer = tracing.tracer()
             if tracer is not None and tracing.TRACEPARENT in request.parameters:
-                return await self._traced(tracer, scheduler, request, timeout)
-            return await scheduler.infer(request, timeout)
+                return await self._traced(tracer, scheduler, call, timeout)
+            return await scheduler.infer(call, timeout)
         finally:
             model.in_flight -= 1
             if not model.in_flight and model.drained is not None:
                 model.drained.set()
 
-    async def _traced(self, tracer: Tracer, scheduler: Scheduler, request: Any,
+    async def _traced(self, tracer: Tracer, scheduler: Scheduler, call: InferCall,
                       timeout: float | None) -> Message:
         timing = Timing(0.0)
         failed = True
         try:
-            answer = await scheduler.infer(request, timeout, timing)
+            answer = await scheduler.infer(call, timeout, timing)
             failed = False
             return answer
         finally:
             marks = [timing.arrival or time.monotonic(), timing.launched, timing.done][
                 :3 if timing.done else 2 if timing.launched else 1]
             tracing.record_runtime(
-                tracer, request.parameters[tracing.TRACEPARENT].string_param,
+                tracer, call.message.parameters[tracing.TRACEPARENT].string_param,
                 scheduler.model.name, str(scheduler.model.version), marks,
                 (timing.rows, timing.input_ns, timing.infer_ns) if timing.done else None, failed)
 

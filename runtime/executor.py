@@ -15,6 +15,9 @@ from common.tensors import deserialize_bytes, serialize_bytes
 from runtime.backends.base import Backend
 from runtime.batcher import Pending
 
+#: Batches of fewer input bytes are joined with the GIL held: cheaper than numpy's set-up.
+JOIN_BELOW_BYTES = 1 << 20
+
 
 @dataclass
 class Output:
@@ -50,10 +53,15 @@ def _assemble(batch: list[Pending], j: int, datatype: str, batched: bool) -> np.
     shape = first.shapes[j]
     if batched:
         shape = (sum(p.batch_size for p in batch), *shape[1:])
-    raw = first.inputs[j] if len(batch) == 1 else b"".join(p.inputs[j] for p in batch)
     if datatype == "BYTES":
+        raw = first.inputs[j] if len(batch) == 1 else b"".join(p.inputs[j] for p in batch)
         return np.array(deserialize_bytes(raw, "input"), dtype=object).reshape(shape)
-    return np.frombuffer(raw, dtype=NUMPY_DTYPES[datatype]).reshape(shape)
+    dtype = NUMPY_DTYPES[datatype]
+    if len(batch) == 1 or len(first.inputs[j]) * len(batch) < JOIN_BELOW_BYTES:
+        raw = first.inputs[j] if len(batch) == 1 else b"".join(p.inputs[j] for p in batch)
+        return np.frombuffer(raw, dtype=dtype).reshape(shape)
+    # NOTE: numpy copies without the GIL (bytes.join holds it), so the event loop runs on.
+    return np.concatenate([np.frombuffer(p.inputs[j], dtype=dtype) for p in batch]).reshape(shape)
 
 
 def _split(

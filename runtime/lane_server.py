@@ -19,12 +19,13 @@ from runtime.core import RuntimeCore
 log = logging.getLogger("tensorgate.runtime")
 
 
-class LaneServer(asyncio.Protocol):
-    """One gateway connection."""
+class LaneServer(asyncio.BufferedProtocol):
+    """One gateway connection; the kernel writes large requests straight into their own buffer
+    (lane.FrameBuffer), which the decode stage reads in place."""
 
     def __init__(self, core: RuntimeCore, max_payload: int) -> None:
         self.core = core
-        self.reader = lane.FrameReader(max_payload)
+        self.frames = lane.FrameBuffer(max_payload)
         self.handlers = [core.methods[name] for name in lane.METHODS]
         self.transport: asyncio.Transport | None = None
         self.out: list[bytes] = []
@@ -39,9 +40,12 @@ class LaneServer(asyncio.Protocol):
         for task in self.tasks:
             task.cancel()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.frames.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
         try:
-            frames = self.reader.feed(data)
+            frames = self.frames.received(nbytes)
         except ValueError as exc:
             log.warning("closing a lane connection: %s", exc)
             assert self.transport is not None
@@ -52,12 +56,13 @@ class LaneServer(asyncio.Protocol):
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
-    async def answer(self, call_id: int, kind: int, timeout_us: int, payload: bytes) -> None:
+    async def answer(self, call_id: int, kind: int, timeout_us: int,
+                     payload: bytes | bytearray) -> None:
         try:
             if kind >= len(self.handlers):
                 raise invalid_argument(f"unknown lane call kind {kind}")
-            message_type, handler = self.handlers[kind]
-            request = message_type.FromString(payload)
+            decode, handler = self.handlers[kind]
+            request = decode(payload)
             response = await handler(request, timeout_us / 1e6 if timeout_us else None)
             self.send(call_id, lane.OK, response.SerializeToString())
         except TensorgateError as exc:

@@ -11,13 +11,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any
 
 import grpc
 
 from common.errors import TensorgateError
 from common.proto import grpc_service_pb2 as pb
 from runtime.batcher import Batcher, Pending, Timing
+from runtime.decode import InferCall
 from runtime.executor import BatchResult, execute
 from runtime.metrics import ModelMetrics, default_metrics
 from runtime.model import ServedModel
@@ -73,13 +73,13 @@ class Scheduler:
         for _, pool in self._pool:
             pool.shutdown(wait=False, cancel_futures=True)
 
-    async def infer(self, request: Any, timeout: float | None,
+    async def infer(self, call: InferCall, timeout: float | None,
                     timing: Timing | None = None) -> pb.ModelInferResponse:
         """The whole runtime path of one request; raises TensorgateError on any failure.
 
         With `timing` (a traced request), the batch that ran it is noted there.
         """
-        checked = check(request, self.model)
+        checked = check(call, self.model)
         now = self.clock()
         if self.default_timeout and (timeout is None or timeout > self.default_timeout):
             timeout = self.default_timeout
@@ -99,7 +99,7 @@ class Scheduler:
         elapsed = self.clock() - now
         self.model.stats.success.add(int(elapsed * 1e9))
         self.metrics.request.observe(elapsed)
-        return build_response(request, self.model, outputs, checked.outputs)
+        return build_response(call.message, self.model, outputs, checked.outputs)
 
     async def _run(self) -> None:
         while True:

@@ -28,9 +28,8 @@ def grpc_handlers(core: RuntimeCore) -> grpc.GenericRpcHandler:
     """Every RPC of the core; the others answer UNIMPLEMENTED."""
     return grpc.method_handlers_generic_handler(SERVICE, {
         name: grpc.unary_unary_rpc_method_handler(
-            _rpc(handler), request_deserializer=kind.FromString,
-            response_serializer=_serialize)
-        for name, (kind, handler) in core.methods.items()
+            _rpc(handler), request_deserializer=decode, response_serializer=_serialize)
+        for name, (decode, handler) in core.methods.items()
     })
 
 

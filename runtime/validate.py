@@ -12,6 +12,7 @@ from common.tensors import (
     element_count,
     expected_byte_size,
 )
+from runtime.decode import Buffer, InferCall
 from runtime.model import ServedModel
 
 
@@ -19,21 +20,21 @@ from runtime.model import ServedModel
 class Checked:
     """A request that fits its model: input bytes and shapes in signature order."""
 
-    inputs: list[bytes]
+    inputs: list[Buffer]
     shapes: list[tuple[int, ...]]
     batch_size: int
     shape_key: tuple
     outputs: tuple[str, ...]
 
 
-def check(request: Any, model: ServedModel) -> Checked:
+def check(call: InferCall, model: ServedModel) -> Checked:
     """Raise INVALID_ARGUMENT naming model, input, expected and received; else the parts."""
-    raw = request.raw_input_contents
+    request, raw = call.message, call.raw
     if raw and len(raw) != len(request.inputs):
         raise invalid_argument(f"{model.label}: {len(request.inputs)} inputs but "
                                f"{len(raw)} raw_input_contents")
     count = len(model.inputs)
-    inputs: list[bytes | None] = [None] * count
+    inputs: list[Buffer | None] = [None] * count
     shapes: list[tuple[int, ...]] = [()] * count
     for i, tensor in enumerate(request.inputs):
         j = _index(model, tensor.name)
@@ -63,7 +64,7 @@ def _index(model: ServedModel, name: str) -> int:
     return j
 
 
-def _payload(model: ServedModel, j: int, tensor: Any, raw: bytes | None) -> bytes:
+def _payload(model: ServedModel, j: int, tensor: Any, raw: Buffer | None) -> Buffer:
     spec = model.inputs[j]
     what = f"input '{spec.name}' of {model.label}"
     if tensor.datatype != spec.datatype:

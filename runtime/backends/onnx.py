@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,9 @@ import onnxruntime as ort
 from common.datatypes import ONNX_TO_OIP
 from common.model_config import ConfigError, ModelConfig, TensorSpec
 from runtime.backends.base import resolve_device
+
+log = logging.getLogger("tensorgate.runtime")
+CUDA = "CUDAExecutionProvider"
 
 
 class OnnxBackend:
@@ -25,6 +30,8 @@ class OnnxBackend:
         # NOTE: spinning threads would steal the cores the event loop needs between batches.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=self._providers())
+        if self.device.startswith("cuda") and CUDA not in self.session.get_providers():
+            self.device = _without_cuda(config)
         batched = config.max_batch_size > 0
         found_in = _specs(self.session.get_inputs(), batched, path)
         found_out = _specs(self.session.get_outputs(), batched, path)
@@ -35,13 +42,40 @@ class OnnxBackend:
 
     def _providers(self) -> list[str | tuple[str, dict]]:
         if self.device.startswith("cuda"):
+            _load_cuda_libraries()
             index = int(self.device.partition(":")[2] or 0)
-            return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+            # NOTE: dynamic batching runs every batch size up to the maximum; EXHAUSTIVE (the
+            # default) benchmarks cuDNN's algorithms for each new shape, seconds on the hot path.
+            options = {"device_id": index, "cudnn_conv_algo_search": "HEURISTIC"}
+            return [(CUDA, options), "CPUExecutionProvider"]
         return ["CPUExecutionProvider"]
 
     def run(self, feeds: list[np.ndarray]) -> list[np.ndarray]:
         result = self.session.run(self._output_names, dict(zip(self._input_names, feeds)))
         return [np.asarray(r) for r in result]
+
+
+@functools.cache
+def _load_cuda_libraries() -> None:
+    """CUDA and cuDNN from pip's nvidia-* packages (onnxruntime-gpu[cuda,cudnn]), which the
+    dynamic loader does not search; a no-op where they are on its path or torch loaded them."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        preload()
+
+
+def _without_cuda(config: ModelConfig) -> str:
+    """The CUDA provider did not load: an error where the config names a GPU; with ``auto``,
+    a warning and the CPU."""
+    found = ", ".join(ort.get_available_providers())
+    if config.device != "auto":
+        raise ConfigError(f"{config.source}: key 'device': {config.device} needs ONNX Runtime's "
+                          f"CUDA execution provider, which did not load (this onnxruntime has "
+                          f"{found}); install onnxruntime-gpu with CUDA and cuDNN, or set "
+                          "device: cpu")
+    log.warning("model %s: a GPU is visible but ONNX Runtime's CUDA execution provider did not "
+                "load (providers: %s); running on the CPU", config.name, found)
+    return "cpu"
 
 
 def _specs(args: list, batched: bool, path: Path) -> tuple[TensorSpec, ...]:

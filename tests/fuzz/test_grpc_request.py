@@ -14,6 +14,7 @@ from common.errors import TensorgateError
 from common.model_config import ModelConfig, TensorSpec
 from common.proto import grpc_service_pb2 as pb
 from gateway.peek import MAX_FIELDS, model_and_version
+from runtime.decode import InferCall
 from runtime.model import ServedModel
 from runtime.validate import check
 from tests.fuzz.strategies import DATATYPES, FUZZ, SHAPES
@@ -101,7 +102,7 @@ def test_validation_refuses_cleanly(tensors: list[dict], raw: list[bytes], conte
     for name in outputs:
         request.outputs.add(name=name)
     try:
-        checked = check(request, MODELS[batched])
+        checked = check(InferCall.of(request), MODELS[batched])
     except TensorgateError as exc:
         assert exc.http_status == 400 and exc.message
         return
@@ -122,10 +123,10 @@ def test_validation_refuses_cleanly(tensors: list[dict], raw: list[bytes], conte
 ])
 def test_named_hostile_grpc_requests(mutate: object, message: str) -> None:
     request = valid_request()
-    check(request, MODELS[True])
+    check(InferCall.of(request), MODELS[True])
     mutate(request)  # type: ignore[operator]
     with pytest.raises(TensorgateError, match=message):
-        check(request, MODELS[True])
+        check(InferCall.of(request), MODELS[True])
 
 
 def test_duplicated_inputs_are_refused() -> None:
@@ -133,7 +134,7 @@ def test_duplicated_inputs_are_refused() -> None:
     request.inputs.add(name="A", datatype="FP32", shape=[1, 4])
     request.raw_input_contents.append(b"\0" * 16)
     with pytest.raises(TensorgateError, match="given twice"):
-        check(request, MODELS[True])
+        check(InferCall.of(request), MODELS[True])
 
 
 def test_narrow_integer_contents_out_of_range_are_refused() -> None:
@@ -143,6 +144,6 @@ def test_narrow_integer_contents_out_of_range_are_refused() -> None:
     request.inputs[1].contents.bytes_contents.extend([b"a", b"b"])
     request.inputs[2].contents.int_contents.extend([1, 2, 1000])
     with pytest.raises(TensorgateError, match=r"outside INT8's range -128\.\.127"):
-        check(request, MODELS[True])
+        check(InferCall.of(request), MODELS[True])
     request.inputs[2].contents.int_contents[2] = 127
-    assert check(request, MODELS[True]).inputs[2] == b"\1\2\x7f"
+    assert check(InferCall.of(request), MODELS[True]).inputs[2] == b"\1\2\x7f"

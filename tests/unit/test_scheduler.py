@@ -13,6 +13,7 @@ import pytest
 from common.errors import TensorgateError
 from common.model_config import DynamicBatching, ModelConfig, TensorSpec
 from common.proto import grpc_service_pb2 as pb
+from runtime.decode import InferCall, decode_infer
 from runtime.model import ServedModel
 from runtime.scheduler import Scheduler
 
@@ -47,11 +48,11 @@ def served(backend: FakeBackend, queue: int = 16, delay_us: int = 0) -> ServedMo
     return ServedModel(config, 1, [backend])  # type: ignore[list-item]
 
 
-def request(rows: int, value: float) -> pb.ModelInferRequest:
+def request(rows: int, value: float) -> InferCall:
     message = pb.ModelInferRequest(model_name="m")
     message.inputs.add(name="X", datatype="FP32", shape=[rows, 2])
     message.raw_input_contents.append(np.full((rows, 2), value, "<f4").tobytes())
-    return message
+    return decode_infer(message.SerializeToString())
 
 
 def values(response: pb.ModelInferResponse) -> list[float]:

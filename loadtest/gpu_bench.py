@@ -1,0 +1,291 @@
+"""The GPU benchmark (issue 3, target 6): ResNet-50 on 224x224 images with fixed random weights,
+in half precision on ONNX Runtime's CUDA execution provider; the in-process ceiling against the
+runtime and the gateway path, in one run:
+
+    python -m loadtest.gpu_bench [--precision fp16] [--workers 1x2,2x1] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common.model_config import load_model_config
+from loadtest.build_resnet import CLASSES, make_model
+from loadtest.cases import (
+    HEADER_LENGTH,
+    METHOD,
+    ROOT,
+    BatchPoint,
+    Case,
+    check_grpc,
+    check_http,
+    fill_requests,
+    time_batch,
+)
+from loadtest.loadgen import Load, Outcome, Target, closed_loop
+from loadtest.machine import machine
+from loadtest.report import GW_BINARY, GW_GRPC, RUNTIME
+from loadtest.servers import (
+    RUNTIME_READY,
+    Children,
+    any_of,
+    batching,
+    free_port,
+    gateways_ready,
+    runtime_probe,
+)
+
+REPO = ROOT / "loadtest" / ".models-gpu"
+LOGS = REPO / ".logs"
+NAME = "resnet50"
+CONFIG = """\
+# ResNet-50 on {size}x{size} images, fixed random weights, {precision}; the flat image is
+# reshaped in the graph.
+max_batch_size: {max_batch}
+dynamic_batching:
+  max_queue_delay_microseconds: {delay_us}
+  preferred_batch_size: [{max_batch}]
+  max_queue_size: 8192
+  default_timeout_microseconds: 0
+instance_count: {instances}
+device: {device}
+inputs:
+  - name: INPUT0
+    datatype: {datatype}
+    shape: [{width}]
+outputs:
+  - name: OUTPUT0
+    datatype: {datatype}
+    shape: [{classes}]
+"""
+
+
+def build(opts: argparse.Namespace) -> Case:
+    """``loadtest/.models-gpu/resnet50``: the model in the precision asked for, and its config."""
+    from tensorgate.edge.convert import to_fp16
+
+    folder = REPO / NAME
+    (folder / "1").mkdir(parents=True, exist_ok=True)
+    LOGS.mkdir(exist_ok=True)
+    artifact = folder / "1" / "model.onnx"
+    marker = folder / "1" / f".built-{opts.size}-{opts.precision}"
+    if not marker.exists():
+        with tempfile.TemporaryDirectory() as tmp:
+            fp32 = Path(tmp) / "model.onnx"
+            fp32.write_bytes(make_model(opts.size).SerializeToString())
+            if opts.precision == "fp16":
+                to_fp16(fp32, artifact, keep_io_types=False)
+            else:
+                shutil.copyfile(fp32, artifact)
+        for old in (folder / "1").glob(".built-*"):
+            old.unlink()
+        marker.touch()
+    case = Case(NAME, "1", folder)
+    write_config(case, opts, max(instances for _, instances in opts.workers))
+    fill_requests(case)
+    return case
+
+
+def write_config(case: Case, opts: argparse.Namespace, instances: int) -> None:
+    case.config_path.write_text(CONFIG.format(
+        size=opts.size, precision=opts.precision, max_batch=opts.max_batch,
+        delay_us=opts.delay_us, instances=instances, device=opts.device,
+        datatype="FP16" if opts.precision == "fp16" else "FP32", width=3 * opts.size ** 2,
+        classes=CLASSES))
+
+
+def ceiling(case: Case, opts: argparse.Namespace) -> tuple[list[BatchPoint], list[str]]:
+    """The backend as the runtime builds it, in this process: one session, then as many
+    sessions side by side as the served layouts run, at each batch size; and the providers."""
+    from runtime.backends.onnx import OnnxBackend
+
+    config = load_model_config(case.config_path, case.name)
+    sessions = max(workers * instances for workers, instances in opts.workers)
+    layouts = [[OnnxBackend(case.artifact, config, opts.threads)]]
+    if sessions > 1:
+        layouts.append([OnnxBackend(case.artifact, config, opts.threads)
+                        for _ in range(sessions)])
+    providers = layouts[0][0].session.get_providers()
+    case.expected = layouts[0][0].run([case.row.reshape(1, -1)])[0]
+    rng = np.random.default_rng(11)
+    points = []
+    for backends in layouts:
+        for size in [b for b in (1, 8, 16, 32, 64, 128, 256) if b <= opts.max_batch]:
+            x = rng.random((size, case.row.size), dtype=np.float32).astype(case.row.dtype)
+            points.append(time_batch(backends, x, opts.ceiling_s))
+            print(f"  in-process {points[-1].layout}: {points[-1].rows_per_s:9.0f} rows/s, "
+                  f"p50 {points[-1].p50_ms:.2f} ms", flush=True)
+    return points, providers
+
+
+def start_servers(children: Children, opts: argparse.Namespace, workers: int
+                  ) -> tuple[list[str], str, str]:
+    """Runtime workers over ``loadtest/.models-gpu`` and a gateway in front of them; the
+    workers' gRPC addresses and the gateway's gRPC and HTTP addresses."""
+    runtimes, lanes = [], []
+    for index in range(workers):
+        runtime, lane = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+        children.start(f"runtime{index}", [
+            sys.executable, "-m", "tensorgate", "runtime", "--model-repository", str(REPO),
+            "--listen", runtime, "--lane", lane, "--threads", str(opts.threads)],
+            any_of(*RUNTIME_READY))
+        runtimes.append(runtime)
+        lanes += ["--runtime", lane]
+    grpc_port, http_port = free_port(), free_port()
+    children.start("gateway", [
+        sys.executable, "-m", "tensorgate", "gateway", *lanes, "--host", "127.0.0.1",
+        "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", "-1",
+        "--no-auth", "--processes", str(opts.gateway_processes),
+        "--max-in-flight", str(4 * opts.concurrency)], gateways_ready(opts.gateway_processes))
+    return runtimes, f"127.0.0.1:{grpc_port}", f"127.0.0.1:{http_port}"
+
+
+Row = tuple[str, str, Outcome, tuple | None]
+
+
+def serve(case: Case, opts: argparse.Namespace, children: Children, workers: int,
+          instances: int) -> list[Row]:
+    """One layout: ``workers`` runtime processes of ``instances`` sessions each; the first
+    worker called directly, then the gateway over gRPC and HTTP."""
+    write_config(case, opts, instances)
+    runtimes, gateway_grpc, gateway_http = start_servers(children, opts, workers)
+    binary = ((HEADER_LENGTH, str(case.binary_header_length)),
+              ("Content-Type", "application/octet-stream"))
+    first = runtimes[0]
+    paths = [
+        (RUNTIME if workers == 1 else f"{RUNTIME}, one of {workers}",
+         Target("grpc", first, METHOD, case.grpc_body, answer_size=check_grpc(first, case)),
+         lambda: check_grpc(first, case)),
+        (GW_GRPC, Target("grpc", gateway_grpc, METHOD, case.grpc_body,
+                         answer_size=check_grpc(gateway_grpc, case)),
+         lambda: check_grpc(gateway_grpc, case)),
+        (GW_BINARY, Target("http", gateway_http, case.http_path, case.binary_body, binary),
+         lambda: check_http(gateway_http, case, binary=True)),
+    ]
+    probes = [runtime_probe(runtime, case) for runtime in runtimes]
+    layout = f"{workers}x{instances}"
+    rows = []
+    try:
+        for name, target, check in paths:
+            check()
+            connections = opts.connections if target.protocol == "grpc" else opts.concurrency
+            load = Load(opts.concurrency, connections, opts.warmup, opts.duration,
+                        threads=opts.generator_threads)
+            before = [probe() for probe in probes]
+            outcome = closed_loop(target, load, children.cpu_seconds)
+            stats = batching(np.sum([p() - b for p, b in zip(probes, before)], axis=0))
+            children.check_alive()
+            check()
+            print(f"  {layout} {name}: {outcome.rate:8.0f} rows/s, p50 {outcome.p('50'):.1f} "
+                  f"ms, p99 {outcome.p('99'):.1f} ms, errors {outcome.errors}  "
+                  f"[{outcome.generator}]", flush=True)
+            rows.append((layout, name, outcome, stats))
+    finally:
+        for name in ["gateway", *(f"runtime{i}" for i in range(workers))]:
+            code = children.stop(name)
+            if code != 0:
+                children.problems.append(f"{name} exited with code {code} on SIGTERM")
+    return rows
+
+
+def gpu_name() -> str:
+    if shutil.which("nvidia-smi") is None:
+        return "no GPU (nvidia-smi not found)"
+    found = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
+                            "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
+    return found.stdout.strip() or found.stderr.strip()
+
+
+def render(opts: argparse.Namespace, facts: dict[str, str], points: list[BatchPoint],
+           rows: list[Row]) -> str:
+    best = max(points, key=lambda p: p.rows_per_s)
+    lines = ["# GPU: ResNet-50 through the gateway against its in-process ceiling "
+             "(issue 3, target 6)", "", f"Command: `python -m loadtest.gpu_bench "
+             f"{' '.join(opts.argv)}`", ""] + [f"- {k}: {v}" for k, v in facts.items()]
+    lines += ["", "In-process (`OnnxBackend`, as the runtime builds it, back-to-back calls):", "",
+              "| layout | rows/s | p50 ms | p99 ms |", "|---|---|---|---|"]
+    lines += [f"| {p.layout} | {p.rows_per_s:.0f} | {p.p50_ms:.2f} | {p.p99_ms:.2f} |"
+              for p in points]
+    lines += ["", f"Ceiling: {best.rows_per_s:.0f} rows/s ({best.layout}, {best.p50_ms:.2f} ms "
+              "per batch).", "", "Served, one image per request, "
+              f"{opts.concurrency} closed-loop callers:", "",
+              "| workers x instances | path | generator | rows/s | ÷ ceiling | p50 ms | p99 ms | "
+              "p99 ÷ batch time | mean batch | server cores busy | errors |", "|---" * 11 + "|"]
+    for layout, name, o, stats in rows:
+        cores = sum(o.server_cpu_s.values()) / o.window_s if o.window_s else 0.0
+        mean = f"{stats[1]:.1f}" if stats else "-"
+        lines.append(f"| {layout} | {name} | {o.generator} | {o.rate:.0f} | "
+                     f"{o.rate / best.rows_per_s:.2f} | {o.p('50'):.1f} | {o.p('99'):.1f} | "
+                     f"{o.p('99') / best.p50_ms:.1f} | {mean} | {cores:.1f} | {o.errors} |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.gpu_bench", description=__doc__)
+    add = parser.add_argument
+    add("--size", type=int, default=224, help="image side (224)")
+    add("--precision", choices=("fp16", "fp32"), default="fp16")
+    add("--device", default="cuda:0", help="the model's device (cuda:0; cpu to try the bench)")
+    add("--workers", default="1x2,2x1",
+        help="served layouts, runtime processes x instances each (1x2,2x1)")
+    add("--max-batch", type=int, default=64, help="max_batch_size and preferred batch (64)")
+    add("--delay-us", type=int, default=2000, help="max_queue_delay_microseconds (2000)")
+    add("--threads", type=int, default=2, help="the runtime's --threads (2)")
+    add("--gateway-processes", type=int, default=8, help="gateway processes (8)")
+    add("--concurrency", type=int, default=256, help="closed-loop callers (256)")
+    add("--connections", type=int, default=16, help="gRPC connections they share (16)")
+    add("--generator-threads", type=int, default=4, help="h2load / wrk threads (4)")
+    add("--duration", type=float, default=10.0, help="seconds measured per run (10)")
+    add("--warmup", type=float, default=2.0, help="seconds of load before each run (2)")
+    add("--ceiling-s", type=float, default=2.0, help="seconds per in-process point (2)")
+    add("--out", type=Path, default=None, help="write the report here too")
+    opts = parser.parse_args(argv)
+    try:
+        opts.workers = [tuple(int(n) for n in layout.split("x", 1)) for layout in
+                        opts.workers.split(",") if layout]
+    except ValueError:
+        parser.error("--workers: a list of PROCESSESxINSTANCES, e.g. 1x2,2x1")
+    if not opts.workers or any(len(w) != 2 or min(w) < 1 for w in opts.workers):
+        parser.error("--workers: a list of PROCESSESxINSTANCES, e.g. 1x2,2x1")
+    opts.argv = argv
+    return opts
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(sys.argv[1:] if argv is None else argv)
+    started = time.time()
+    print("building the model", flush=True)
+    case = build(opts)
+    facts = machine() | {"GPU": gpu_name()}
+    print("ceiling (in-process backend):", flush=True)
+    points, providers = ceiling(case, opts)
+    facts["providers of the in-process session"] = ", ".join(providers)
+    children = Children(LOGS)
+    try:
+        print("served:", flush=True)
+        rows = [row for workers, instances in opts.workers
+                for row in serve(case, opts, children, workers, instances)]
+    finally:
+        children.close()
+    facts["took"] = f"{time.time() - started:.0f} s"
+    text = render(opts, facts, points, rows)
+    print(text)
+    if opts.out is not None:
+        opts.out.write_text(text)
+    errors = sum(o.errors for _, _, o, _ in rows)
+    if errors or children.problems:
+        print(f"FAILED: {errors} errors; {children.problems}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
