@@ -80,6 +80,8 @@ def test_scanning_decodes_as_protobuf_does(sizes: list[int], version: str) -> No
 def test_hostile_large_bytes_decode_or_raise_decode_error(head: bytes, tail: bytes) -> None:
     data = head + b"\x3a" + b"\x80\x80\x04" + b"\0" * SCAN_FROM_BYTES + tail
     try:
-        decode_infer(data)
+        call = decode_infer(data)
     except DecodeError:
-        pass
+        return
+    assert sum(len(r) for r in call.raw) <= len(data)
+    assert isinstance(call.message, pb.ModelInferRequest)
