@@ -102,12 +102,20 @@ def _digits() -> Path:
     folder = REPO / "digits"
     if folder.is_symlink():  # the link to models/digits of earlier benches
         folder.unlink()
-    folder.mkdir(exist_ok=True)
+    return digits_without_delay(folder)
+
+
+def digits_without_delay(folder: Path, device: str | None = None) -> Path:
+    """``folder``: the shipped ``digits`` version 1 with no queue delay, on ``device`` if
+    given."""
+    folder.mkdir(parents=True, exist_ok=True)
     if not (folder / "1").exists():
         (folder / "1").symlink_to(ROOT / "models" / "digits" / "1", target_is_directory=True)
     shipped = (ROOT / "models" / "digits" / "config.yaml").read_text()
     config = re.sub(r"max_queue_delay_microseconds: \d+", "max_queue_delay_microseconds: 0",
                     shipped)
+    if device is not None:
+        config = re.sub(r"device: \S+", f"device: {device}", config)
     if not (folder / "config.yaml").exists() or (folder / "config.yaml").read_text() != config:
         (folder / "config.yaml").write_text(config)
     return folder

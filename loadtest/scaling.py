@@ -8,13 +8,21 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadtest.cases import HEADER_LENGTH, METHOD, ROOT, Case, check_grpc, check_http, fill_requests
+from loadtest.cases import (
+    HEADER_LENGTH,
+    METHOD,
+    ROOT,
+    Case,
+    check_grpc,
+    check_http,
+    digits_without_delay,
+    fill_requests,
+)
 from loadtest.loadgen import Load, Outcome, Target, closed_loop, generator_for, tool_version
 from loadtest.machine import machine
 from loadtest.servers import RUNTIME_READY, Children, any_of, free_port, gateways_ready
@@ -41,16 +49,8 @@ class Point:
 def digits_repo() -> Case:
     """The shipped ``digits`` version 1 on the CPU without queue delay: the runtimes' cost stays
     what it is on any machine, so the gateway's share is what changes."""
-    folder = REPO / "digits"
-    folder.mkdir(parents=True, exist_ok=True)
-    LOGS.mkdir(exist_ok=True)
-    if not (folder / "1").exists():
-        (folder / "1").symlink_to(ROOT / "models" / "digits" / "1", target_is_directory=True)
-    config = (ROOT / "models" / "digits" / "config.yaml").read_text()
-    config = re.sub(r"max_queue_delay_microseconds: \d+", "max_queue_delay_microseconds: 0",
-                    config)
-    (folder / "config.yaml").write_text(re.sub(r"device: \S+", "device: cpu", config))
-    case = Case("digits", "1", folder)
+    LOGS.mkdir(parents=True, exist_ok=True)
+    case = Case("digits", "1", digits_without_delay(REPO / "digits", device="cpu"))
     fill_requests(case)
     return case
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import grpc
 
 from common.errors import TensorgateError
-from runtime.decode import Buffer
+from common.wire import Buffer
 
 
 @dataclass(eq=False)

@@ -12,7 +12,8 @@ from common.tensors import (
     element_count,
     expected_byte_size,
 )
-from runtime.decode import Buffer, InferCall
+from common.wire import Buffer
+from runtime.decode import InferCall
 from runtime.model import ServedModel
 
 

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from common.errors import TensorgateError
 from common.model_config import ModelConfig, TensorSpec
 from common.proto import grpc_service_pb2 as pb
-from gateway.peek import MAX_FIELDS, model_and_version
+from common.wire import MAX_FIELDS
+from gateway.peek import model_and_version
 from runtime.decode import InferCall
 from runtime.model import ServedModel
 from runtime.validate import check

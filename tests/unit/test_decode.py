@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from common.proto import grpc_service_pb2 as pb
+from common.wire import MAX_FIELDS
 from runtime.decode import SCAN_FROM_BYTES, decode_infer
 from tests.fuzz.strategies import FUZZ
 
@@ -62,6 +63,13 @@ def test_a_truncated_large_request_is_a_decode_error(cut: int) -> None:
     data = large_request([SCAN_FROM_BYTES * 2])
     with pytest.raises(DecodeError):
         decode_infer(data[:-cut])
+
+
+def test_a_large_request_of_too_many_fields_is_refused() -> None:
+    data = b"\x1a\x00" * (MAX_FIELDS + 1)  # empty ids: fast for protobuf, not for a scan
+    assert len(data) >= SCAN_FROM_BYTES
+    with pytest.raises(DecodeError, match=f"more than {MAX_FIELDS} fields"):
+        decode_infer(data)
 
 
 @FUZZ
