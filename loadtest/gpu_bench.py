@@ -148,7 +148,14 @@ def start_servers(children: Children, opts: argparse.Namespace, workers: int
     return runtimes, f"127.0.0.1:{grpc_port}", f"127.0.0.1:{http_port}"
 
 
-Row = tuple[str, str, Outcome, tuple | None]
+Row = tuple[str, str, Outcome, tuple | None, tuple[float, float]]
+
+
+def thread_busy(before: dict[int, float], after: dict[int, float], main: int,
+                seconds: float) -> tuple[float, float]:
+    """Cores kept busy by a process's main thread and by its busiest other thread."""
+    busy = {tid: (after[tid] - before.get(tid, 0.0)) / seconds for tid in after}
+    return busy.pop(main, 0.0), max(busy.values(), default=0.0)
 
 
 def serve(case: Case, opts: argparse.Namespace, children: Children, workers: int,
@@ -180,14 +187,17 @@ def serve(case: Case, opts: argparse.Namespace, children: Children, workers: int
             load = Load(opts.concurrency, connections, opts.warmup, opts.duration,
                         threads=opts.generator_threads)
             before = [probe() for probe in probes]
+            threads, started = children.thread_cpu_seconds("runtime0"), time.monotonic()
             outcome = closed_loop(target, load, children.cpu_seconds)
+            busy = thread_busy(threads, children.thread_cpu_seconds("runtime0"),
+                               children.procs["runtime0"].pid, time.monotonic() - started)
             stats = batching(np.sum([p() - b for p, b in zip(probes, before)], axis=0))
             children.check_alive()
             check()
             print(f"  {layout} {name}: {outcome.rate:8.0f} rows/s, p50 {outcome.p('50'):.1f} "
                   f"ms, p99 {outcome.p('99'):.1f} ms, errors {outcome.errors}  "
                   f"[{outcome.generator}]", flush=True)
-            rows.append((layout, name, outcome, stats))
+            rows.append((layout, name, outcome, stats, busy))
     finally:
         for name in ["gateway", *(f"runtime{i}" for i in range(workers))]:
             code = children.stop(name)
@@ -218,13 +228,17 @@ def render(opts: argparse.Namespace, facts: dict[str, str], points: list[BatchPo
               "per batch).", "", "Served, one image per request, "
               f"{opts.concurrency} closed-loop callers:", "",
               "| workers x instances | path | generator | rows/s | ÷ ceiling | p50 ms | p99 ms | "
-              "p99 ÷ batch time | mean batch | server cores busy | errors |", "|---" * 11 + "|"]
-    for layout, name, o, stats in rows:
-        cores = sum(o.server_cpu_s.values()) / o.window_s if o.window_s else 0.0
+              "p99 ÷ batch time | mean batch | cores busy: gateways | runtimes | first runtime's "
+              "event loop | its busiest other thread | errors |", "|---" * 14 + "|"]
+    for layout, name, o, stats, (loop, other) in rows:
+        window = o.window_s or 1.0
+        gateways = sum(v for k, v in o.server_cpu_s.items() if k == "gateway") / window
+        runtimes = sum(v for k, v in o.server_cpu_s.items() if k.startswith("runtime")) / window
         mean = f"{stats[1]:.1f}" if stats else "-"
         lines.append(f"| {layout} | {name} | {o.generator} | {o.rate:.0f} | "
                      f"{o.rate / best.rows_per_s:.2f} | {o.p('50'):.1f} | {o.p('99'):.1f} | "
-                     f"{o.p('99') / best.p50_ms:.1f} | {mean} | {cores:.1f} | {o.errors} |")
+                     f"{o.p('99') / best.p50_ms:.1f} | {mean} | {gateways:.1f} | {runtimes:.1f} | "
+                     f"{loop:.2f} | {other:.2f} | {o.errors} |")
     return "\n".join(lines) + "\n"
 
 
@@ -280,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if opts.out is not None:
         opts.out.write_text(text)
-    errors = sum(o.errors for _, _, o, _ in rows)
+    errors = sum(row[2].errors for row in rows)
     if errors or children.problems:
         print(f"FAILED: {errors} errors; {children.problems}", file=sys.stderr)
         return 1

@@ -143,6 +143,21 @@ class Children:
         return {name: sum(int(f[11]) + int(f[12]) for _, f in sessions.get(proc.pid, []))
                 / ticks for name, proc in self.procs.items()}
 
+    def thread_cpu_seconds(self, name: str) -> dict[int, float]:
+        """User + system CPU seconds of each thread of a child's own process, by thread id (the
+        process id is its main thread's)."""
+        proc = self.procs.get(name)
+        if proc is None:
+            return {}
+        ticks = os.sysconf("SC_CLK_TCK")
+        found = {}
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(f"/proc/{proc.pid}/task"):
+                with contextlib.suppress(OSError), open(f"{entry.path}/stat") as stat:
+                    fields = stat.read().rpartition(")")[2].split()
+                    found[int(entry.name)] = (int(fields[11]) + int(fields[12])) / ticks
+        return found
+
     def rss_mib(self) -> dict[str, float]:
         """Resident memory of each running child's session (VmRSS summed), MiB."""
         sessions = _sessions()
