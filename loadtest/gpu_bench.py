@@ -231,13 +231,11 @@ def render(opts: argparse.Namespace, facts: dict[str, str], points: list[BatchPo
               "p99 ÷ batch time | mean batch | cores busy: gateways | runtimes | first runtime's "
               "event loop | its busiest other thread | errors |", "|---" * 14 + "|"]
     for layout, name, o, stats, (loop, other) in rows:
-        window = o.window_s or 1.0
-        gateways = sum(v for k, v in o.server_cpu_s.items() if k == "gateway") / window
-        runtimes = sum(v for k, v in o.server_cpu_s.items() if k.startswith("runtime")) / window
         mean = f"{stats[1]:.1f}" if stats else "-"
         lines.append(f"| {layout} | {name} | {o.generator} | {o.rate:.0f} | "
                      f"{o.rate / best.rows_per_s:.2f} | {o.p('50'):.1f} | {o.p('99'):.1f} | "
-                     f"{o.p('99') / best.p50_ms:.1f} | {mean} | {gateways:.1f} | {runtimes:.1f} | "
+                     f"{o.p('99') / best.p50_ms:.1f} | {mean} | {o.cores('gateway'):.1f} | "
+                     f"{o.cores('runtime'):.1f} | "
                      f"{loop:.2f} | {other:.2f} | {o.errors} |")
     return "\n".join(lines) + "\n"
 

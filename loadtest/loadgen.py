@@ -85,6 +85,11 @@ class Outcome:
     def p(self, q: str) -> float:
         return self.percentiles_ms.get(q, math.nan)
 
+    def cores(self, prefix: str) -> float:
+        """Cores the servers whose names start with ``prefix`` kept busy over the window."""
+        spent = sum(v for k, v in self.server_cpu_s.items() if k.startswith(prefix))
+        return spent / self.window_s if self.window_s else 0.0
+
 
 QUANTILES = ("50", "90", "99", "99.9")
 

@@ -40,11 +40,6 @@ class Point:
     outcome: Outcome
     rss_mib: float
 
-    def busy(self, name: str) -> float:
-        """Cores a child (gateway group, runtimes) kept busy over the window."""
-        spent = sum(v for k, v in self.outcome.server_cpu_s.items() if k.startswith(name))
-        return spent / self.outcome.window_s if self.outcome.window_s else 0.0
-
 
 def digits_repo() -> Case:
     """The shipped ``digits`` version 1 on the CPU without queue delay: the runtimes' cost stays
@@ -132,12 +127,12 @@ def render(opts: argparse.Namespace, points: list[Point], facts: dict[str, str])
         base = next((p.outcome.rate for p in rows if p.processes == 1), 0.0)
         for p in rows:
             o = p.outcome
-            per_k = p.busy("gateway") * o.window_s / max(1, o.answered) * 1e6
+            per_k = o.cores("gateway") * o.window_s / max(1, o.answered) * 1e6
             lines.append(
                 f"| {protocol} | {p.processes} | {o.generator} | {o.rate:.0f} | "
                 f"{o.rate / base if base else float('nan'):.2f} | {o.p('50'):.2f} | "
-                f"{o.p('99'):.2f} | {p.busy('gateway'):.2f} | {per_k:.0f} | "
-                f"{p.busy('runtime'):.2f} | {o.client_cpu_s / o.window_s:.2f} | "
+                f"{o.p('99'):.2f} | {o.cores('gateway'):.2f} | {per_k:.0f} | "
+                f"{o.cores('runtime'):.2f} | {o.client_cpu_s / o.window_s:.2f} | "
                 f"{p.rss_mib:.0f} | {o.errors} |")
     return "\n".join(lines) + "\n"
 

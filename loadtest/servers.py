@@ -72,6 +72,11 @@ def _sessions() -> dict[int, list[tuple[int, list[str]]]]:
     return found
 
 
+def _cpu_ticks(fields: list[str]) -> int:
+    """User + system clock ticks from the fields of /proc/PID/stat after the command name."""
+    return int(fields[11]) + int(fields[12])
+
+
 def _rss_kib(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/status") as status:
@@ -140,7 +145,7 @@ class Children:
         """User + system CPU seconds each running child's session has used so far."""
         ticks = os.sysconf("SC_CLK_TCK")
         sessions = _sessions()
-        return {name: sum(int(f[11]) + int(f[12]) for _, f in sessions.get(proc.pid, []))
+        return {name: sum(_cpu_ticks(f) for _, f in sessions.get(proc.pid, []))
                 / ticks for name, proc in self.procs.items()}
 
     def thread_cpu_seconds(self, name: str) -> dict[int, float]:
@@ -155,7 +160,7 @@ class Children:
             for entry in os.scandir(f"/proc/{proc.pid}/task"):
                 with contextlib.suppress(OSError), open(f"{entry.path}/stat") as stat:
                     fields = stat.read().rpartition(")")[2].split()
-                    found[int(entry.name)] = (int(fields[11]) + int(fields[12])) / ticks
+                    found[int(entry.name)] = _cpu_ticks(fields) / ticks
         return found
 
     def rss_mib(self) -> dict[str, float]:
