@@ -55,21 +55,23 @@ class Scheduler:
             for backend in model.backends
         ]
         self._pool = list(self.free)
-        self.wakeup = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: A look at the queue is due: requests put in this turn of the loop share it.
+        self._look_due = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         # The latest wake-up time whose timer has fired. Event-loop timers may fire up to a
         # millisecond early (uvloop rounds to ms); a fired timer counts as that time reached.
         self._due = 0.0
-        self._task: asyncio.Task | None = None
         self.inline = model.warmup_ns < inline_ns
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._loop = asyncio.get_running_loop()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        self._loop = None
+        if self._timer is not None:
+            self._timer.cancel()
         for _, pool in self._pool:
             pool.shutdown(wait=False, cancel_futures=True)
 
@@ -90,7 +92,7 @@ class Scheduler:
                        now, None if timeout is None else now + timeout, future, checked.outputs,
                        timing)
         self.batcher.put(item, self.model.label)
-        self.wakeup.set()  # the dispatch that follows sets the queue depth gauge
+        self._look()  # which also sets the queue depth gauge
         try:
             outputs = await future
         except TensorgateError:
@@ -101,17 +103,24 @@ class Scheduler:
         self.metrics.request.observe(elapsed)
         return build_response(call.message, self.model, outputs, checked.outputs)
 
-    async def _run(self) -> None:
-        while True:
-            await self.wakeup.wait()
-            self.wakeup.clear()
-            self._dispatch_ready()
+    def _look(self) -> None:
+        """Look at the queue once the callbacks already due have run, so requests that arrived
+        together (one read of the lane) form one batch."""
+        if not self._look_due and self._loop is not None:
+            self._look_due = True
+            self._loop.call_soon(self._dispatch_ready)
 
     def _dispatch_ready(self) -> None:
+        if self._loop is None:
+            self._look_due = False
+            return  # stopped
         try:
             self._take_batches()
         finally:
-            # NOTE: once per wake-up, not per request: taking drains several requests at once.
+            # NOTE: cleared only now: a look asked for while taking (an inline batch frees its
+            # instance) is this one, already under way.
+            self._look_due = False
+            # NOTE: once per look, not per request: taking drains several requests at once.
             self.metrics.depth.set(len(self.batcher))
 
     def _take_batches(self) -> None:
@@ -137,7 +146,7 @@ class Scheduler:
     def _on_timer(self, wake_at: float) -> None:
         self._timer = self._timer_at = None
         self._due = wake_at
-        self.wakeup.set()
+        self._look()
 
     def _launch(self, batch: list[Pending]) -> None:
         instance = self.free.pop()
@@ -170,7 +179,7 @@ class Scheduler:
     def _complete(self, batch: list[Pending], instance: tuple, result: BatchResult | None,
                   error: BaseException | None) -> None:
         self.free.append(instance)
-        self.wakeup.set()
+        self._look()
         if result is None:
             log.error("%s failed on a batch of %d requests: %s", self.model.label, len(batch),
                       error)

@@ -165,3 +165,38 @@ async def test_fast_models_run_on_the_loop_and_slow_ones_in_their_thread(
     on_loop = backend.threads == [threading.current_thread().name]
     assert on_loop is inline
     await scheduler.stop()
+
+
+async def test_requests_put_in_one_turn_of_the_loop_run_as_one_inline_batch() -> None:
+    backend = FakeBackend()
+    model = served(backend)
+    model.warmup_ns = 1_000
+    scheduler = Scheduler(model, inline_ns=200_000)
+    scheduler.start()
+    answers = await asyncio.gather(*(scheduler.infer(request(1, float(v)), None)
+                                     for v in (1, 2, 3)))
+    assert backend.batches == [3]
+    assert [values(a) for a in answers] == [[2.0, 2.0], [4.0, 4.0], [6.0, 6.0]]
+    await scheduler.stop()
+
+
+async def test_a_look_at_the_queue_that_fails_does_not_stop_the_scheduler(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = FakeBackend()
+    scheduler = await started(backend)
+    take = scheduler.batcher.take
+    broken = [True]
+
+    def take_once_broken(now: float):  # type: ignore[no-untyped-def]
+        if broken.pop() if broken else False:
+            raise RuntimeError("a bug in batch forming")
+        return take(now)
+
+    monkeypatch.setattr(scheduler.batcher, "take", take_once_broken)
+    first = asyncio.ensure_future(scheduler.infer(request(1, 1.0), None))
+    await asyncio.sleep(0.02)
+    assert not first.done()  # its look failed; it waits for the next one
+    second = await asyncio.wait_for(scheduler.infer(request(1, 2.0), None), 2)
+    assert values(second) == [4.0, 4.0]
+    assert values(await asyncio.wait_for(first, 2)) == [2.0, 2.0]
+    await scheduler.stop()
