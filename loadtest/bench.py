@@ -29,6 +29,7 @@ from loadtest.cases import (
     METHOD,
     MODELS,
     ROOT,
+    BatchPoint,
     Case,
     ceiling,
     check_grpc,
@@ -64,6 +65,9 @@ from loadtest.servers import (
 
 DEFAULT_OUT = ROOT / "loadtest" / "RESULTS.md"
 OPEN_LOOP_FRACTIONS = (0.5, 0.8)
+#: A model whose best batch takes this long in-process is compute-heavy: its served paths also
+#: run with enough callers to fill that batch on every instance (issue 3, target 2).
+HEAVY_BATCH_MS = 1.0
 Check = Callable[[], object]
 
 
@@ -81,6 +85,7 @@ class Options:
     open_loop_client: str
     floor: bool
     open_loop: bool
+    fill: bool
     python_clients: bool
     out: Path | None
     argv: tuple[str, ...]
@@ -107,6 +112,8 @@ def parse_args(argv: list[str]) -> Options:
         help="the open-loop senders' client: raw HTTP/2 frames (h2) or grpc.aio (grpcio)")
     add("--no-floor", action="store_true", help="skip the do-nothing servers")
     add("--no-open-loop", action="store_true", help="skip the open-loop runs")
+    add("--no-fill", action="store_true",
+        help="skip the runs of compute-heavy models with enough callers to fill their best batch")
     add("--python-clients", action="store_true",
         help="use the Python load generators even where h2load and wrk are installed")
     add("--quick", action="store_true",
@@ -126,14 +133,30 @@ def parse_args(argv: list[str]) -> Options:
     return Options(duration, warmup, max(0.3, duration / len(BATCH_SIZES)), models,
                    args.concurrency, args.connections, args.threads, args.gateway_processes,
                    args.open_loop_senders, args.open_loop_client, not args.no_floor,
-                   not args.no_open_loop, args.python_clients, out, tuple(argv))
+                   not args.no_open_loop, not args.no_fill, args.python_clients, out,
+                   tuple(argv))
+
+
+def fill_concurrency(best: BatchPoint) -> int:
+    """Callers that keep the ceiling's batch running on every instance with the next one
+    queued: 64 callers cannot fill two instances' batches of 64 rows."""
+    return 2 * best.instances * best.batch
+
+
+def concurrencies(opts: Options, best: BatchPoint | None) -> tuple[int, ...]:
+    """--concurrency and 1; and the fill concurrency for a compute-heavy model."""
+    if not opts.fill or best is None or best.p50_ms < HEAVY_BATCH_MS:
+        return (opts.concurrency, 1)
+    fill = fill_concurrency(best)
+    return (opts.concurrency, 1) if fill <= opts.concurrency else (opts.concurrency, 1, fill)
 
 
 def measure(opts: Options, children: Children, model: str, path: str, target: Target,
-            check: Check, probe: Probe | None = None) -> list[Row]:
-    """The path at --concurrency and at 1; a real call checks the answer before and after."""
+            check: Check, probe: Probe | None = None, levels: tuple[int, ...] = ()) -> list[Row]:
+    """The path at each concurrency of `levels` (--concurrency and 1 by default); a real call
+    checks the answer before and after."""
     rows = []
-    for concurrency in (opts.concurrency, 1):
+    for concurrency in levels or (opts.concurrency, 1):
         check()
         load = Load(concurrency, opts.connections, opts.warmup, opts.duration,
                     opts.python_clients)
@@ -218,8 +241,10 @@ def measure_served(opts: Options, cases: list[Case], children: Children,
                                                         opts.gateway_processes)
     for case in cases:
         probe = runtime_probe(runtime, case)
+        levels = concurrencies(opts, results.ceiling(case.name))
         for path, target, check in served_targets(case, runtime, gateway_grpc, gateway_http):
-            results.rows += measure(opts, children, case.name, path, target, check, probe)
+            results.rows += measure(opts, children, case.name, path, target, check, probe,
+                                    levels)
     digits = next((case for case in cases if case.name == "digits"), None)
     top = results.find("digits", GW_GRPC, opts.concurrency)
     if opts.open_loop and digits is not None and top is not None and top.outcome.rate > 0:

@@ -40,6 +40,7 @@ from loadtest.servers import (
     batching,
     free_port,
     gateways_ready,
+    lane_address,
     runtime_probe,
 )
 
@@ -132,7 +133,7 @@ def start_servers(children: Children, opts: argparse.Namespace, workers: int
     workers' gRPC addresses and the gateway's gRPC and HTTP addresses."""
     runtimes, lanes = [], []
     for index in range(workers):
-        runtime, lane = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+        runtime, lane = f"127.0.0.1:{free_port()}", lane_address()
         children.start(f"runtime{index}", [
             sys.executable, "-m", "tensorgate", "runtime", "--model-repository", str(REPO),
             "--listen", runtime, "--lane", lane, "--threads", str(opts.threads)],

@@ -25,6 +25,7 @@ from loadtest.servers import (
     any_of,
     free_port,
     gateways_ready,
+    lane_address,
 )
 
 DIGITS = Path(__file__).resolve().parents[1] / "models" / "digits"
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, list[float]]:
     secret = policy_registry(tmp / "bench.db")
     children = Children(LOGS)
     try:
-        lane = f"127.0.0.1:{free_port()}"
+        lane = lane_address()
         children.start("runtime", [sys.executable, "-m", "tensorgate", "runtime",
                                    "--model-repository", str(twin_repository(tmp / "repo")),
                                    "--listen",

@@ -87,7 +87,8 @@ with every thread or as one single-thread session per thread called side by side
 bench's `digits` is the shipped version 1 with `max_queue_delay_microseconds: 0`. **runtime
 (gRPC)** is a `tensorgate runtime` worker called directly; **gateway → runtime** rows are the
 full path, `tensorgate gateway` (gRPC, HTTP with JSON tensors, or HTTP with Triton's binary
-tensor extension) forwarding over the lane to that same worker. The **do-nothing** servers
+tensor extension) forwarding over the lane to that same worker (a unix socket, as `tensorgate
+serve` connects its workers). The **do-nothing** servers
 answer a fixed infer response: a `grpc.aio` server (generic handler, bytes in and out) and a
 bare ASGI app on uvicorn with httptools and uvloop (reads the body, parses its JSON with
 orjson). They are the floors: what one Python server process on these cores can answer these
@@ -99,6 +100,10 @@ previous one is answered; latencies are measured by the load generator (see *Loa
 (gRPC rows ÷ the gRPC floor, HTTP rows ÷ the HTTP floor) at the same concurrency. *CPU s/1k* is a
 process's user + system CPU seconds over the measured window per 1,000 answered requests (all its
 processes and threads); the load generator's is apart in *client*. *RSS* is VmRSS after the run.
+A compute-heavy model (its best batch takes 1 ms or more in-process) also runs with enough
+callers to fill that batch: twice its instances times the ceiling's batch size, one batch
+running on every instance and the next one queued (64 callers cannot fill two instances'
+batches of 64).
 """
 
 

@@ -25,7 +25,14 @@ from loadtest.cases import (
 )
 from loadtest.loadgen import Load, Outcome, Target, closed_loop, generator_for, tool_version
 from loadtest.machine import machine
-from loadtest.servers import RUNTIME_READY, Children, any_of, free_port, gateways_ready
+from loadtest.servers import (
+    RUNTIME_READY,
+    Children,
+    any_of,
+    free_port,
+    gateways_ready,
+    lane_address,
+)
 
 REPO = ROOT / "loadtest" / ".models-scaling"
 LOGS = REPO / ".logs"
@@ -55,7 +62,7 @@ def start_runtimes(children: Children, count: int) -> list[str]:
     lanes."""
     lanes = []
     for index in range(count):
-        lane = f"127.0.0.1:{free_port()}"
+        lane = lane_address()
         children.start(f"runtime{index}", [
             sys.executable, "-m", "tensorgate", "runtime", "--model-repository", str(REPO),
             "--listen", f"127.0.0.1:{free_port()}", "--lane", lane, "--threads", "1"],

@@ -6,12 +6,16 @@ that session (a gateway started with ``--processes N`` is a supervisor and N gat
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import itertools
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +41,20 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+_lane_names = itertools.count()
+_lane_folder: list[Path] = []
+
+
+def lane_address() -> str:
+    """A fresh lane address for a runtime worker: a unix socket, as `tensorgate serve` gives
+    its workers (a lane over TCP loopback costs more kernel time per write)."""
+    if not _lane_folder:
+        folder = Path(tempfile.mkdtemp(prefix="tensorgate-bench-"))
+        atexit.register(shutil.rmtree, folder, True)
+        _lane_folder.append(folder)
+    return f"unix:{_lane_folder[0]}/lane-{next(_lane_names)}.sock"
 
 
 def any_of(*markers: str) -> Ready:
@@ -187,7 +205,7 @@ def start_servers(children: Children, threads: int, gateway_processes: int
     """A runtime worker over the bench repository and a gateway in front of it, through the
     lane; the runtime's gRPC address and the gateway's gRPC and HTTP addresses."""
     runtime = f"127.0.0.1:{free_port()}"
-    lane = f"127.0.0.1:{free_port()}"
+    lane = lane_address()
     children.start("runtime", [sys.executable, "-m", "tensorgate", "runtime",
                                "--model-repository", str(REPO), "--listen", runtime,
                                "--lane", lane, "--threads", str(threads)], any_of(*RUNTIME_READY))

@@ -1,4 +1,5 @@
-"""The bench's in-process ceiling: sessions side by side each run on their own thread."""
+"""The bench's in-process ceiling: sessions side by side each run on their own thread; the
+callers that fill a compute-heavy model's best batch."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import threading
 
 import numpy as np
 
+from loadtest.bench import concurrencies, parse_args
 from loadtest.cases import BatchPoint, time_batch
 
 
@@ -36,3 +38,15 @@ def test_sessions_side_by_side_each_run_on_their_own_thread() -> None:
 def test_the_layout_names_the_sessions_only_when_several() -> None:
     assert BatchPoint(32, 1.0, 1.0, 1.0).layout == "batch 32"
     assert BatchPoint(32, 1.0, 1.0, 1.0, instances=2).layout == "batch 32, 2 instances"
+
+
+def test_a_compute_heavy_model_also_runs_with_callers_that_fill_its_best_batch() -> None:
+    opts = parse_args([])
+    resnet = BatchPoint(batch=64, rows_per_s=217.0, p50_ms=582.0, p99_ms=626.0, instances=2)
+    digits = BatchPoint(batch=64, rows_per_s=1e6, p50_ms=0.1, p99_ms=0.2, instances=2)
+    small = BatchPoint(batch=16, rows_per_s=900.0, p50_ms=5.0, p99_ms=6.0, instances=1)
+    assert concurrencies(opts, resnet) == (64, 1, 256)
+    assert concurrencies(opts, digits) == (64, 1)  # its serving, not its batch, is the cost
+    assert concurrencies(opts, small) == (64, 1)  # 64 callers fill 2 x 16 rows already
+    assert concurrencies(opts, None) == (64, 1)
+    assert concurrencies(parse_args(["--no-fill"]), resnet) == (64, 1)
