@@ -103,7 +103,7 @@ processes and threads); the load generator's is apart in *client*. *RSS* is VmRS
 A compute-heavy model (its best batch takes 1 ms or more in-process) also runs with enough
 callers to fill that batch: twice its instances times the ceiling's batch size, one batch
 running on every instance and the next one queued (64 callers cannot fill two instances'
-batches of 64).
+batches of 64); over gRPC and HTTP binary, not JSON.
 """
 
 
