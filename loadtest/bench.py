@@ -1,5 +1,6 @@
 """End-to-end benchmark: the in-process ceiling; do-nothing gRPC and HTTP floors; the runtime
-over gRPC; the gateway over gRPC, HTTP JSON and HTTP binary; an open-loop run.
+over gRPC; the gateway over gRPC, HTTP JSON and HTTP binary; floors and gateway in turn; an
+open-loop run.
 
 Run ``python -m loadtest.bench`` (``make bench``); it rewrites ``loadtest/RESULTS.md``.
 """
@@ -42,8 +43,7 @@ from loadtest.loadgen import Load, Target, closed_loop, generator_for, tool_vers
 from loadtest.machine import machine
 from loadtest.openloop import CLIENTS, Schedule, open_loop
 from loadtest.report import (
-    FLOOR_GRPC,
-    FLOOR_HTTP,
+    FLOORS,
     GW_BINARY,
     GW_GRPC,
     GW_JSON,
@@ -68,6 +68,8 @@ OPEN_LOOP_FRACTIONS = (0.5, 0.8)
 #: A model whose best batch takes this long in-process is compute-heavy: its served paths also
 #: run with enough callers to fill that batch on every instance (issue 3, target 2).
 HEAVY_BATCH_MS = 1.0
+#: Rounds of the floors and the gateway path run after each other.
+ALTERNATING_ROUNDS = 3
 Check = Callable[[], object]
 
 
@@ -174,25 +176,56 @@ def measure(opts: Options, children: Children, model: str, path: str, target: Ta
     return rows
 
 
+def floor_target(protocol: str, address: str, case: Case) -> tuple[Target, Check]:
+    """What the load sends to a do-nothing server, and its answer check."""
+    if protocol == "grpc":
+        return (Target("grpc", address, METHOD, case.grpc_body,
+                       answer_size=len(grpc_answer()) + 5), _floor_grpc_check(address, case))
+    headers = (("Content-Type", "application/json"),)
+    return (Target("http", address, case.http_path, case.json_body, headers),
+            _floor_http_check(address, case))
+
+
 def measure_floors(opts: Options, children: Children, case: Case) -> list[Row]:
     """The do-nothing gRPC server, then the do-nothing HTTP app, each alone on the machine."""
     rows = []
     for protocol in ("grpc", "http"):
         address = start_floor(children, protocol)
         try:
-            if protocol == "grpc":
-                target = Target("grpc", address, METHOD, case.grpc_body,
-                                answer_size=len(grpc_answer()) + 5)
-                check = _floor_grpc_check(address, case)
-                rows += measure(opts, children, "-", FLOOR_GRPC, target, check)
-            else:
-                headers = (("Content-Type", "application/json"),)
-                target = Target("http", address, case.http_path, case.json_body, headers)
-                rows += measure(opts, children, "-", FLOOR_HTTP, target,
-                                _floor_http_check(address, case))
+            target, check = floor_target(protocol, address, case)
+            rows += measure(opts, children, "-", FLOORS[protocol], target, check)
         finally:
             children.stop("floor")
     return rows
+
+
+def measure_alternating(opts: Options, children: Children, case: Case,
+                        served: list[tuple[str, Target, Check]]) -> dict[str, list[float]]:
+    """Each floor and the gateway path held against it (gRPC; HTTP binary), run after each
+    other in rounds at --concurrency: this VM drifts by tens of percent within minutes, so a
+    ratio of runs far apart says as much about the VM as about the path."""
+    paths = dict((name, (target, check)) for name, target, check in served)
+    plan: list[tuple[str, Target, Check]] = []
+    for protocol, path in (("grpc", GW_GRPC), ("http", GW_BINARY)):
+        address = start_floor(children, protocol, f"floor-{protocol}")
+        plan += [(FLOORS[protocol], *floor_target(protocol, address, case)),
+                 (path, *paths[path])]
+    rates: dict[str, list[float]] = {name: [] for name, _, _ in plan}
+    try:
+        for _ in range(ALTERNATING_ROUNDS if opts.duration >= 2 else 1):
+            for name, target, check in plan:
+                check()
+                load = Load(opts.concurrency, opts.connections, opts.warmup, opts.duration,
+                            opts.python_clients)
+                outcome = closed_loop(target, load, children.cpu_seconds)
+                check()
+                rates[name].append(outcome.rate if not outcome.errors else 0.0)
+                print(f"  alternating {name}: {outcome.rate:8.0f} req/s, errors "
+                      f"{outcome.errors}", flush=True)
+    finally:
+        for protocol in ("grpc", "http"):
+            children.stop(f"floor-{protocol}")
+    return rates
 
 
 def _floor_grpc_check(address: str, case: Case) -> Check:
@@ -242,7 +275,10 @@ def measure_served(opts: Options, cases: list[Case], children: Children,
     for case in cases:
         probe = runtime_probe(runtime, case)
         levels = concurrencies(opts, results.ceiling(case.name))
-        for path, target, check in served_targets(case, runtime, gateway_grpc, gateway_http):
+        served = served_targets(case, runtime, gateway_grpc, gateway_http)
+        if case.name == "digits" and opts.floor:
+            results.alternating = measure_alternating(opts, children, case, served)
+        for path, target, check in served:
             # NOTE: images as JSON numbers are not how a batch gets filled (each is ~5 times
             # its binary size to parse), and hundreds in flight swell the gateway.
             results.rows += measure(opts, children, case.name, path, target, check, probe,

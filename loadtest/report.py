@@ -18,6 +18,8 @@ GW_GRPC = "gateway → runtime, gRPC"
 GW_JSON = "gateway → runtime, HTTP JSON"
 GW_BINARY = "gateway → runtime, HTTP binary"
 FLOORS = {"grpc": FLOOR_GRPC, "http": FLOOR_HTTP}
+#: The floor each gateway path is held against: the do-nothing server of its protocol.
+FLOOR_OF = {GW_GRPC: FLOOR_GRPC, GW_JSON: FLOOR_HTTP, GW_BINARY: FLOOR_HTTP}
 SERVERS = ("gateway", "runtime", "floor")
 
 
@@ -61,9 +63,12 @@ class Results:
     queue_delay_us: dict[str, int] = field(default_factory=dict)
     rows: list[Row] = field(default_factory=list)
     open_rows: list[OpenRow] = field(default_factory=list)
-    #: Anything wrong that did not stop the run, e.g. a server that did not exit cleanly.
     #: requests/s per round of each path of loadtest.policy_bench (empty: not run).
     policy: dict[str, list[float]] = field(default_factory=dict)
+    #: requests/s per round of each floor and the gateway path held against it, run in turn
+    #: (digits, --concurrency callers; empty: not run).
+    alternating: dict[str, list[float]] = field(default_factory=dict)
+    #: Anything wrong that did not stop the run, e.g. a server that did not exit cleanly.
     problems: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
 
@@ -229,6 +234,25 @@ POLICY = ("digits over gRPC (h2load, 64 callers), through two gateways in front 
           "90/10 traffic split. Runs alternate between them (`python -m loadtest.policy_bench`).")
 
 
+ALTERNATING = (
+    "digits at the loaded runs' concurrency: each do-nothing server and the gateway path held "
+    "against it (gRPC against gRPC, HTTP binary against the HTTP floor) run one after the other, "
+    "round after round, all servers up throughout, so a drift of the machine touches both sides "
+    "of a ratio alike. *÷ floor* is the path's median ÷ its floor's median.")
+
+
+def _alternating(results: Results) -> list[str]:
+    medians = {name: statistics.median(rates) for name, rates in results.alternating.items()}
+    rows = []
+    for name, rates in results.alternating.items():
+        floor = medians.get(FLOOR_OF.get(name, name), 0.0)
+        rows.append([name, *(_num(rate, 0) for rate in rates), _num(medians[name], 0),
+                     _ratio(medians[name] / floor) if floor else "n/a"])
+    rounds = len(next(iter(results.alternating.values())))
+    return _table(["path", *(f"round {i + 1} req/s" for i in range(rounds)), "median",
+                   "÷ floor"], rows, left=1)
+
+
 def _policy(results: Results) -> list[str]:
     paths = list(results.policy)
     medians = {path: statistics.median(rates) for path, rates in results.policy.items()}
@@ -247,6 +271,9 @@ def render(results: Results, senders: int) -> str:
     lines += [f"- {key}: {value}" for key, value in results.machine.items()]
     lines += ["", "## Load generators", "", *(f"- {g}" for g in results.generators), ""]
     lines += ["## Throughput, latency and cost (closed loop)", "", *_main_table(results), ""]
+    if results.alternating:
+        lines += ["## Per-request cost: floors and gateway path in turn", "", ALTERNATING, "",
+                  *_alternating(results), ""]
     if results.open_rows:
         lines += ["## Open loop (fixed rate)", "", OPEN_LOOP.format(senders=senders),
                   *_open_table(results, senders), ""]

@@ -192,11 +192,11 @@ class Children:
             self.stop(name)
 
 
-def start_floor(children: Children, protocol: str) -> str:
-    """A do-nothing server (``grpc`` or ``http``) named ``floor``; its address."""
+def start_floor(children: Children, protocol: str, name: str = "floor") -> str:
+    """A do-nothing server (``grpc`` or ``http``) named ``name``; its address."""
     address = f"127.0.0.1:{free_port()}"
-    children.start("floor", [sys.executable, "-m", "loadtest.floors", protocol,
-                             "--listen", address], any_of(FLOOR_READY))
+    children.start(name, [sys.executable, "-m", "loadtest.floors", protocol,
+                          "--listen", address], any_of(FLOOR_READY))
     return address
 
 
