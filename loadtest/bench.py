@@ -66,7 +66,7 @@ from loadtest.servers import (
 DEFAULT_OUT = ROOT / "loadtest" / "RESULTS.md"
 OPEN_LOOP_FRACTIONS = (0.5, 0.8)
 #: A model whose best batch takes this long in-process is compute-heavy: its served paths also
-#: run with enough callers to fill that batch on every instance (issue 3, target 2).
+#: run with enough callers to fill its batches on every instance (issue 3, target 2).
 HEAVY_BATCH_MS = 1.0
 #: Rounds of the floors and the gateway path run after each other.
 ALTERNATING_ROUNDS = 3
@@ -139,18 +139,12 @@ def parse_args(argv: list[str]) -> Options:
                    tuple(argv))
 
 
-def fill_concurrency(best: BatchPoint) -> int:
-    """Callers that keep the ceiling's batch running on every instance with the next one
-    queued: 64 callers cannot fill two instances' batches of 64 rows."""
-    return 2 * best.instances * best.batch
-
-
-def concurrencies(opts: Options, best: BatchPoint | None) -> tuple[int, ...]:
-    """--concurrency and 1; and the fill concurrency for a compute-heavy model."""
-    if not opts.fill or best is None or best.p50_ms < HEAVY_BATCH_MS:
+def concurrencies(opts: Options, best: BatchPoint | None, fill: int) -> tuple[int, ...]:
+    """--concurrency and 1; and `fill` callers for a compute-heavy model (64 callers cannot
+    fill two instances' batches of 64 rows)."""
+    if not opts.fill or best is None or best.p50_ms < HEAVY_BATCH_MS or fill <= opts.concurrency:
         return (opts.concurrency, 1)
-    fill = fill_concurrency(best)
-    return (opts.concurrency, 1) if fill <= opts.concurrency else (opts.concurrency, 1, fill)
+    return (opts.concurrency, 1, fill)
 
 
 def measure(opts: Options, children: Children, model: str, path: str, target: Target,
@@ -274,7 +268,7 @@ def measure_served(opts: Options, cases: list[Case], children: Children,
                                                         opts.gateway_processes)
     for case in cases:
         probe = runtime_probe(runtime, case)
-        levels = concurrencies(opts, results.ceiling(case.name))
+        levels = concurrencies(opts, results.ceiling(case.name), case.fill_callers())
         served = served_targets(case, runtime, gateway_grpc, gateway_http)
         if case.name == "digits" and opts.floor:
             results.alternating = measure_alternating(opts, children, case, served)

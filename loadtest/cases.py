@@ -95,6 +95,11 @@ class Case:
         batching = load_model_config(self.config_path, self.name).dynamic_batching
         return batching.max_queue_delay_microseconds if batching else 0
 
+    def fill_callers(self) -> int:
+        """Callers that keep a full batch running on every instance with the next one queued."""
+        config = load_model_config(self.config_path, self.name)
+        return 2 * config.instance_count * max(1, config.max_batch_size)
+
 
 def _digits() -> Path:
     """The shipped ``digits`` version 1 with ``max_queue_delay_microseconds: 0``: the added

@@ -106,7 +106,7 @@ previous one is answered; latencies are measured by the load generator (see *Loa
 process's user + system CPU seconds over the measured window per 1,000 answered requests (all its
 processes and threads); the load generator's is apart in *client*. *RSS* is VmRSS after the run.
 A compute-heavy model (its best batch takes 1 ms or more in-process) also runs with enough
-callers to fill that batch: twice its instances times the ceiling's batch size, one batch
+callers to fill its batches: twice its `instance_count` times its `max_batch_size`, a full batch
 running on every instance and the next one queued (64 callers cannot fill two instances'
 batches of 64); over gRPC and HTTP binary, not JSON.
 """
