@@ -1,10 +1,28 @@
-"""The scaling and GPU benchmarks run end to end on this machine (tiny settings, real servers)."""
+"""The benchmarks run end to end on this machine (tiny settings, real servers): `make bench`'s,
+the scaling one and the GPU one."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from loadtest import gpu_bench, scaling
+from loadtest import bench, gpu_bench, scaling
+from loadtest.report import FLOOR_GRPC, FLOOR_HTTP, GW_BINARY, GW_GRPC, RUNTIME, render
+
+
+def test_the_bench_measures_floors_and_paths_and_holds_each_path_against_its_floor() -> None:
+    opts = bench.parse_args(["--quick", "--models", "digits", "--no-open-loop",
+                             "--duration", "0.5", "--warmup", "0.2"])
+    results = bench.run(opts)
+    assert not results.problems
+    assert all(r.outcome.errors == 0 and r.outcome.rate > 0 for r in results.rows)
+    paths = {(r.path, r.concurrency) for r in results.rows if r.model in ("-", "digits")}
+    for path in (FLOOR_GRPC, FLOOR_HTTP, RUNTIME, GW_GRPC, GW_BINARY):
+        assert {(path, 64), (path, 1)} <= paths
+    assert list(results.alternating) == [FLOOR_GRPC, GW_GRPC, FLOOR_HTTP, GW_BINARY]
+    assert all(len(rates) == 1 and rates[0] > 0 for rates in results.alternating.values())
+    text = render(results, opts.senders)
+    assert "## Per-request cost: floors and gateway path in turn" in text
+    assert "## Errors" not in text
 
 
 def test_scaling_measures_each_process_count_over_both_protocols(tmp_path: Path) -> None:
