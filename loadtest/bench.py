@@ -194,18 +194,18 @@ def measure_floors(opts: Options, children: Children, case: Case) -> list[Row]:
 
 
 def measure_alternating(opts: Options, children: Children, case: Case,
-                        served: list[tuple[str, Target, Check]]) -> dict[str, list[float]]:
+                        served: list[tuple[str, Target, Check]], results: Results) -> None:
     """Each floor and the gateway path held against it (gRPC; HTTP binary), run after each
     other in rounds at --concurrency: this VM drifts by tens of percent within minutes, so a
     ratio of runs far apart says as much about the VM as about the path."""
-    paths = dict((name, (target, check)) for name, target, check in served)
+    paths = {name: (target, check) for name, target, check in served}
     plan: list[tuple[str, Target, Check]] = []
-    for protocol, path in (("grpc", GW_GRPC), ("http", GW_BINARY)):
-        address = start_floor(children, protocol, f"floor-{protocol}")
-        plan += [(FLOORS[protocol], *floor_target(protocol, address, case)),
-                 (path, *paths[path])]
-    rates: dict[str, list[float]] = {name: [] for name, _, _ in plan}
     try:
+        for protocol, path in (("grpc", GW_GRPC), ("http", GW_BINARY)):
+            address = start_floor(children, protocol, f"floor-{protocol}")
+            plan += [(FLOORS[protocol], *floor_target(protocol, address, case)),
+                     (path, *paths[path])]
+        rates: dict[str, list[float]] = {name: [] for name, _, _ in plan}
         for _ in range(ALTERNATING_ROUNDS if opts.duration >= 2 else 1):
             for name, target, check in plan:
                 check()
@@ -213,13 +213,16 @@ def measure_alternating(opts: Options, children: Children, case: Case,
                             opts.python_clients)
                 outcome = closed_loop(target, load, children.cpu_seconds)
                 check()
-                rates[name].append(outcome.rate if not outcome.errors else 0.0)
-                print(f"  alternating {name}: {outcome.rate:8.0f} req/s, errors "
+                rates[name].append(outcome.rate)
+                if outcome.errors:
+                    results.problems.append(f"{name} in turn: {outcome.errors} errors, first: "
+                                            f"{outcome.first_error}")
+                print(f"  in turn {name}: {outcome.rate:8.0f} req/s, errors "
                       f"{outcome.errors}", flush=True)
+        results.alternating = rates
     finally:
         for protocol in ("grpc", "http"):
             children.stop(f"floor-{protocol}")
-    return rates
 
 
 def _floor_grpc_check(address: str, case: Case) -> Check:
@@ -271,7 +274,7 @@ def measure_served(opts: Options, cases: list[Case], children: Children,
         levels = concurrencies(opts, results.ceiling(case.name), case.fill_callers())
         served = served_targets(case, runtime, gateway_grpc, gateway_http)
         if case.name == "digits" and opts.floor:
-            results.alternating = measure_alternating(opts, children, case, served)
+            measure_alternating(opts, children, case, served, results)
         for path, target, check in served:
             # NOTE: images as JSON numbers are not how a batch gets filled (each is ~5 times
             # its binary size to parse), and hundreds in flight swell the gateway.

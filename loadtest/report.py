@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from loadtest.cases import BatchPoint
@@ -241,27 +242,19 @@ ALTERNATING = (
     "of a ratio alike. *÷ floor* is the path's median ÷ its floor's median.")
 
 
-def _alternating(results: Results) -> list[str]:
-    medians = {name: statistics.median(rates) for name, rates in results.alternating.items()}
+def _rounds(first: str, rates: dict[str, list[float]], base: Callable[[str], str],
+            ratio: str) -> list[str]:
+    """Paths run in turn, round after round: each round, the median, and the median ÷ that of
+    the path `base` names."""
+    medians = {name: statistics.median(values) for name, values in rates.items()}
     rows = []
-    for name, rates in results.alternating.items():
-        floor = medians.get(FLOOR_OF.get(name, name), 0.0)
-        rows.append([name, *(_num(rate, 0) for rate in rates), _num(medians[name], 0),
-                     _ratio(medians[name] / floor) if floor else "n/a"])
-    rounds = len(next(iter(results.alternating.values())))
-    return _table(["path", *(f"round {i + 1} req/s" for i in range(rounds)), "median",
-                   "÷ floor"], rows, left=1)
-
-
-def _policy(results: Results) -> list[str]:
-    paths = list(results.policy)
-    medians = {path: statistics.median(rates) for path, rates in results.policy.items()}
-    rows = [[path, *(_num(rate, 0) for rate in rates), _num(medians[path], 0),
-             _ratio(medians[path] / medians[paths[0]])]
-            for path, rates in results.policy.items()]
-    rounds = len(next(iter(results.policy.values())))
-    return _table(["gateway", *(f"round {i + 1} req/s" for i in range(rounds)), "median",
-                   "÷ no policy"], rows, left=1)
+    for name, values in rates.items():
+        against = medians.get(base(name), 0.0)
+        rows.append([name, *(_num(value, 0) for value in values), _num(medians[name], 0),
+                     _ratio(medians[name] / against) if against else "n/a"])
+    rounds = len(next(iter(rates.values())))
+    return _table([first, *(f"round {i + 1} req/s" for i in range(rounds)), "median", ratio],
+                  rows, left=1)
 
 
 def render(results: Results, senders: int) -> str:
@@ -273,7 +266,8 @@ def render(results: Results, senders: int) -> str:
     lines += ["## Throughput, latency and cost (closed loop)", "", *_main_table(results), ""]
     if results.alternating:
         lines += ["## Per-request cost: floors and gateway path in turn", "", ALTERNATING, "",
-                  *_alternating(results), ""]
+                  *_rounds("path", results.alternating, lambda name: FLOOR_OF.get(name, name),
+                           "÷ floor"), ""]
     if results.open_rows:
         lines += ["## Open loop (fixed rate)", "", OPEN_LOOP.format(senders=senders),
                   *_open_table(results, senders), ""]
@@ -291,7 +285,9 @@ def render(results: Results, senders: int) -> str:
     lines += [f"## Ceiling sweep (in-process, {results.threads} threads)", "",
               *_sweep(results), ""]
     if results.policy:
-        lines += ["## Policy on the hot path", "", POLICY, "", *_policy(results), ""]
+        first = next(iter(results.policy))
+        lines += ["## Policy on the hot path", "", POLICY, "",
+                  *_rounds("gateway", results.policy, lambda _: first, "÷ no policy"), ""]
     failed = [r for r in results.rows if r.outcome.errors]
     failed_open = [r for r in results.open_rows if r.outcome.errors]
     if failed or failed_open or results.problems:
