@@ -1,11 +1,13 @@
 """The benchmarks run end to end on this machine (tiny settings, real servers): `make bench`'s,
-the scaling one and the GPU one."""
+the in-process path cost, the scaling one and the GPU one."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from loadtest import bench, gpu_bench, scaling
+import pytest
+
+from loadtest import bench, gpu_bench, pathcost, scaling
 from loadtest.report import FLOOR_GRPC, FLOOR_HTTP, GW_BINARY, GW_GRPC, RUNTIME, render
 
 
@@ -23,6 +25,16 @@ def test_the_bench_measures_floors_and_paths_and_holds_each_path_against_its_flo
     text = render(results, opts.senders)
     assert "## Per-request cost: floors and gateway path in turn" in text
     assert "## Errors" not in text
+
+
+def test_pathcost_times_each_stage_one_caller_and_many(capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    assert pathcost.main(["--requests", "200"]) == 0
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| runtime") or line.startswith("| gateway")]
+    stages = {(cells[0].lstrip("| "), int(cells[1])) for cells in rows}
+    assert len(stages) == 8 and {c for _, c in stages} == set(pathcost.CONCURRENCY)
+    assert all(float(cells[2].rstrip(" |")) > 0 for cells in rows)
 
 
 def test_scaling_measures_each_process_count_over_both_protocols(tmp_path: Path) -> None:

@@ -1,0 +1,149 @@
+"""What Python costs per request in each service, without sockets: the runtime's core path and
+the gateway's pipeline and HTTP codec, called in-process on one event loop (digits).
+
+    python -m loadtest.pathcost [--requests 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import uvloop
+from prometheus_client import CollectorRegistry
+
+from common.proto import grpc_service_pb2 as pb
+from common.settings import AuthSettings, GatewaySettings, RuntimeSettings
+from gateway.app import Gateway
+from gateway.http_server import HttpTransport
+from gateway.peek import routing_fields
+from loadtest.cases import Case, prepare_repo
+from runtime.app import Runtime, load_models
+from runtime.decode import decode_infer
+
+Call = Callable[[], Awaitable[Any]]
+CONCURRENCY = (1, 16)
+
+
+class StandInUpstream:
+    """Answers every call with a fixed digits answer one turn of the loop later, as the lane's
+    answer arrives: the gateway's own cost, without the runtime's or the socket's."""
+
+    address = "in-process"
+    outstanding = 0
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+
+    async def call(self, name: str, request: bytes, timeout: float | None) -> bytes:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        loop.call_soon(future.set_result, self.answer)
+        return await future
+
+    async def close(self) -> None:
+        return None
+
+
+async def per_request_us(call: Call, requests: int, concurrency: int) -> float:
+    """Mean wall time per request, `concurrency` callers in a loop, after a warm-up."""
+    async def caller(count: int) -> None:
+        for _ in range(count):
+            await call()
+
+    await caller(min(1000, requests))
+    started = time.perf_counter()
+    await asyncio.gather(*(caller(requests // concurrency) for _ in range(concurrency)))
+    return (time.perf_counter() - started) / (requests // concurrency * concurrency) * 1e6
+
+
+def digits_answer(case: Case) -> bytes:
+    response = pb.ModelInferResponse(model_name=case.name, model_version=case.version, id="x")
+    response.outputs.add(name="OUTPUT0", datatype="FP32", shape=[1, 10])
+    response.raw_output_contents.append(np.zeros((1, 10), np.float32).tobytes())
+    return response.SerializeToString()
+
+
+def http_call(transport: HttpTransport, case: Case, binary: bool) -> Call:
+    body = case.binary_body if binary else case.json_body
+    headers = [(b"content-type", b"application/octet-stream" if binary else b"application/json"),
+               (b"content-length", b"%d" % len(body))]
+    if binary:
+        headers.append((b"inference-header-content-length", b"%d" % case.binary_header_length))
+    scope = {"type": "http", "method": "POST", "path": case.http_path, "headers": headers,
+             "query_string": b""}
+    message = {"type": "http.request", "body": body, "more_body": False}
+    statuses: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        return message
+
+    async def send(event: dict[str, Any]) -> None:
+        if event["type"] == "http.response.start" and event["status"] != 200:
+            statuses.append(event["status"])
+
+    async def call() -> None:
+        await transport(scope, receive, send)
+        if statuses:
+            raise RuntimeError(f"the gateway answered HTTP {statuses[0]}")
+
+    return call
+
+
+async def measure(requests: int) -> list[tuple[str, int, float]]:
+    case = prepare_repo(("digits",))["digits"]
+    rows: list[tuple[str, int, float]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        # NOTE: a repository of digits alone: the runtime would load every bench model.
+        shutil.copytree(case.directory, Path(tmp) / case.name, symlinks=True)
+        settings = RuntimeSettings(model_repository=Path(tmp), listen="", lane="")
+        runtime = Runtime(settings, load_models(settings))
+        await runtime.start()
+        try:
+            async def core() -> None:
+                answer = await runtime.core.infer(decode_infer(case.grpc_body), None)
+                answer.SerializeToString()
+
+            rows += [("runtime core: decode → validate → batch → run → respond", c,
+                      await per_request_us(core, requests, c)) for c in CONCURRENCY]
+        finally:
+            await runtime.stop(grace=1.0)
+    gateway = Gateway(GatewaySettings(auth=AuthSettings(enabled=False), runtime_endpoints=(),
+                                      metrics_port=-1), CollectorRegistry())
+    gateway.router.add(StandInUpstream(digits_answer(case))).admitted = True
+    pipeline = gateway.pipeline
+
+    async def grpc_path() -> None:
+        model, version, request_id = routing_fields(case.grpc_body)
+        await pipeline.infer(case.grpc_body, model, version, 10.0, "grpc", {}, request_id)
+
+    transport = HttpTransport(pipeline, gateway.settings.max_message_bytes)
+    for name, call in (("gateway pipeline (gRPC: bytes in, bytes out)", grpc_path),
+                       ("gateway HTTP binary: codec + pipeline", http_call(transport, case, True)),
+                       ("gateway HTTP JSON: codec + pipeline", http_call(transport, case, False))):
+        rows += [(name, c, await per_request_us(call, requests, c)) for c in CONCURRENCY]
+    await gateway.pipeline.close()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.pathcost", description=__doc__)
+    parser.add_argument("--requests", type=int, default=20_000,
+                        help="requests per measurement (20000)")
+    args = parser.parse_args(argv)
+    rows = uvloop.run(measure(max(CONCURRENCY[-1], args.requests)))
+    print("| stage (digits, in-process) | callers | µs per request |\n|---|---:|---:|")
+    for name, concurrency, micros in rows:
+        print(f"| {name} | {concurrency} | {micros:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
