@@ -55,7 +55,9 @@ def decode_infer_request(
     for i, item in enumerate(header["inputs"]):
         offset = _add_input(request, item, i, view, offset)
     # NOTE: the runtime refuses these too; refusing here names the fault before a network hop.
-    _unique([t.name for t in request.inputs], "input")
+    # The names come from the JSON items (_add_input checked them): reading them back out of
+    # the message costs more.
+    _unique([item["name"] for item in header["inputs"]], "input")
     if offset != len(body):
         raise invalid_argument(f"body has {len(body) - offset} bytes beyond the binary tensors "
                                "the header declares")
@@ -74,7 +76,7 @@ def _add_outputs(request: pb.ModelInferRequest, outputs: Any, prefs: OutputPrefs
         binary = _dict(item.get("parameters"), "outputs.parameters").get("binary_data")
         if binary is not None:
             prefs.per_output[item["name"]] = bool(binary)
-    _unique([o.name for o in request.outputs], "output")
+    _unique([item["name"] for item in outputs], "output")
 
 
 def _unique(names: list[str], what: str) -> None:
