@@ -34,14 +34,11 @@ from loadtest.loadgen import Load, Outcome, Target, closed_loop
 from loadtest.machine import machine
 from loadtest.report import GW_BINARY, GW_GRPC, RUNTIME
 from loadtest.servers import (
-    RUNTIME_READY,
     Children,
-    any_of,
     batching,
-    free_port,
-    gateways_ready,
-    lane_address,
     runtime_probe,
+    start_gateway,
+    start_runtime,
 )
 
 REPO = ROOT / "loadtest" / ".models-gpu"
@@ -131,22 +128,12 @@ def start_servers(children: Children, opts: argparse.Namespace, workers: int
                   ) -> tuple[list[str], str, str]:
     """Runtime workers over ``loadtest/.models-gpu`` and a gateway in front of them; the
     workers' gRPC addresses and the gateway's gRPC and HTTP addresses."""
-    runtimes, lanes = [], []
-    for index in range(workers):
-        runtime, lane = f"127.0.0.1:{free_port()}", lane_address()
-        children.start(f"runtime{index}", [
-            sys.executable, "-m", "tensorgate", "runtime", "--model-repository", str(REPO),
-            "--listen", runtime, "--lane", lane, "--threads", str(opts.threads)],
-            any_of(*RUNTIME_READY))
-        runtimes.append(runtime)
-        lanes += ["--runtime", lane]
-    grpc_port, http_port = free_port(), free_port()
-    children.start("gateway", [
-        sys.executable, "-m", "tensorgate", "gateway", *lanes, "--host", "127.0.0.1",
-        "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", "-1",
-        "--no-auth", "--processes", str(opts.gateway_processes),
-        "--max-in-flight", str(4 * opts.concurrency)], gateways_ready(opts.gateway_processes))
-    return runtimes, f"127.0.0.1:{grpc_port}", f"127.0.0.1:{http_port}"
+    started = [start_runtime(children, f"runtime{index}", REPO, opts.threads)
+               for index in range(workers)]
+    gateway_grpc, gateway_http = start_gateway(
+        children, [lane for _, lane in started],
+        ("--no-auth", "--max-in-flight", str(4 * opts.concurrency)), opts.gateway_processes)
+    return [address for address, _ in started], gateway_grpc, gateway_http
 
 
 Row = tuple[str, str, Outcome, tuple | None, tuple[float, float]]

@@ -16,17 +16,10 @@ import grpc
 
 from common.proto import grpc_service_pb2 as pb
 from common.registry import Registry
+from common.settings import default_threads
 from loadtest.cases import prepare_repo
 from loadtest.loadgen import Load, Target, closed_loop
-from loadtest.servers import (
-    LOGS,
-    RUNTIME_READY,
-    Children,
-    any_of,
-    free_port,
-    gateways_ready,
-    lane_address,
-)
+from loadtest.servers import LOGS, Children, start_gateway, start_runtime
 
 DIGITS = Path(__file__).resolve().parents[1] / "models" / "digits"
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
@@ -69,14 +62,6 @@ def answer_size(address: str, body: bytes, headers: tuple[tuple[str, str], ...])
     return len(answer) + 5
 
 
-def start(children: Children, name: str, lane: str, extra: list[str]) -> str:
-    port = free_port()
-    children.start(name, [sys.executable, "-m", "tensorgate", "gateway", "--runtime", lane,
-                          "--host", "127.0.0.1", "--http-port", str(free_port()), "--grpc-port",
-                          str(port), "--metrics-port", "-1", *extra], gateways_ready(1))
-    return f"127.0.0.1:{port}"
-
-
 def measure(duration: float, warmup: float, rounds: int,
             concurrency: int) -> dict[str, list[float]]:
     """Requests/s of each path, per round: {path: [round 1, round 2, ...]}."""
@@ -90,14 +75,11 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, list[float]]:
     secret = policy_registry(tmp / "bench.db")
     children = Children(LOGS)
     try:
-        lane = lane_address()
-        children.start("runtime", [sys.executable, "-m", "tensorgate", "runtime",
-                                   "--model-repository", str(twin_repository(tmp / "repo")),
-                                   "--listen",
-                                   f"127.0.0.1:{free_port()}", "--lane", lane],
-                       any_of(*RUNTIME_READY))
-        plain = start(children, "gateway-plain", lane, ["--no-auth"])
-        policed = start(children, "gateway-policy", lane, ["--registry", str(tmp / "bench.db")])
+        _, lane = start_runtime(children, "runtime", twin_repository(tmp / "repo"),
+                                default_threads())
+        plain, _ = start_gateway(children, [lane], ("--no-auth",), name="gateway-plain")
+        policed, _ = start_gateway(children, [lane], ("--registry", str(tmp / "bench.db")),
+                                   name="gateway-policy")
         key = (("authorization", f"Bearer {secret}"),)
         targets = {
             PATHS[0]: Target("grpc", plain, METHOD, body, answer_size=answer_size(plain, body, ())),

@@ -25,14 +25,7 @@ from loadtest.cases import (
 )
 from loadtest.loadgen import Load, Outcome, Target, closed_loop, generator_for, tool_version
 from loadtest.machine import machine
-from loadtest.servers import (
-    RUNTIME_READY,
-    Children,
-    any_of,
-    free_port,
-    gateways_ready,
-    lane_address,
-)
+from loadtest.servers import Children, start_gateway, start_runtime
 
 REPO = ROOT / "loadtest" / ".models-scaling"
 LOGS = REPO / ".logs"
@@ -60,26 +53,7 @@ def digits_repo() -> Case:
 def start_runtimes(children: Children, count: int) -> list[str]:
     """``count`` runtime workers over the scaling repository, one compute thread each; their
     lanes."""
-    lanes = []
-    for index in range(count):
-        lane = lane_address()
-        children.start(f"runtime{index}", [
-            sys.executable, "-m", "tensorgate", "runtime", "--model-repository", str(REPO),
-            "--listen", f"127.0.0.1:{free_port()}", "--lane", lane, "--threads", "1"],
-            any_of(*RUNTIME_READY))
-        lanes.append(lane)
-    return lanes
-
-
-def start_gateway(children: Children, lanes: list[str], processes: int) -> tuple[str, str]:
-    grpc_port, http_port = free_port(), free_port()
-    argv = [sys.executable, "-m", "tensorgate", "gateway", "--host", "127.0.0.1",
-            "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", "-1",
-            "--no-auth", "--processes", str(processes)]
-    for lane in lanes:
-        argv += ["--runtime", lane]
-    children.start("gateway", argv, gateways_ready(processes))
-    return f"127.0.0.1:{grpc_port}", f"127.0.0.1:{http_port}"
+    return [start_runtime(children, f"runtime{index}", REPO, 1)[1] for index in range(count)]
 
 
 def targets(case: Case, grpc_address: str, http_address: str) -> dict[str, Target]:
@@ -93,7 +67,8 @@ def targets(case: Case, grpc_address: str, http_address: str) -> dict[str, Targe
 def measure(opts: argparse.Namespace, case: Case, children: Children, lanes: list[str],
             processes: int) -> list[Point]:
     points = []
-    grpc_address, http_address = start_gateway(children, lanes, processes)
+    grpc_address, http_address = start_gateway(children, lanes, ("--no-auth",),
+                                                   processes)
     try:
         for protocol, target in targets(case, grpc_address, http_address).items():
             if protocol not in opts.protocols:

@@ -200,23 +200,36 @@ def start_floor(children: Children, protocol: str, name: str = "floor") -> str:
     return address
 
 
+def start_runtime(children: Children, name: str, repository: Path, threads: int
+                  ) -> tuple[str, str]:
+    """A runtime worker named ``name`` over ``repository``; its gRPC address and its lane."""
+    address, lane = f"127.0.0.1:{free_port()}", lane_address()
+    children.start(name, [sys.executable, "-m", "tensorgate", "runtime", "--model-repository",
+                          str(repository), "--listen", address, "--lane", lane, "--threads",
+                          str(threads)], any_of(*RUNTIME_READY))
+    return address, lane
+
+
+def start_gateway(children: Children, lanes: list[str], extra: tuple[str, ...] = (),
+                  processes: int = 1, name: str = "gateway") -> tuple[str, str]:
+    """``tensorgate gateway`` in front of ``lanes``, with ``extra`` arguments; its gRPC and HTTP
+    addresses."""
+    grpc_port, http_port = free_port(), free_port()
+    argv = [sys.executable, "-m", "tensorgate", "gateway", "--host", "127.0.0.1",
+            "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", "-1",
+            "--processes", str(processes), *extra]
+    for lane in lanes:
+        argv += ["--runtime", lane]
+    children.start(name, argv, gateways_ready(processes))
+    return f"127.0.0.1:{grpc_port}", f"127.0.0.1:{http_port}"
+
+
 def start_servers(children: Children, threads: int, gateway_processes: int
                   ) -> tuple[str, str, str]:
     """A runtime worker over the bench repository and a gateway in front of it, through the
     lane; the runtime's gRPC address and the gateway's gRPC and HTTP addresses."""
-    runtime = f"127.0.0.1:{free_port()}"
-    lane = lane_address()
-    children.start("runtime", [sys.executable, "-m", "tensorgate", "runtime",
-                               "--model-repository", str(REPO), "--listen", runtime,
-                               "--lane", lane, "--threads", str(threads)], any_of(*RUNTIME_READY))
-    grpc_port, http_port = free_port(), free_port()
-    argv = [sys.executable, "-m", "tensorgate", "gateway", "--runtime", lane, "--host",
-            "127.0.0.1", "--http-port", str(http_port), "--grpc-port", str(grpc_port),
-            "--metrics-port", "-1", "--no-auth"]
-    if gateway_processes != 1:
-        argv += ["--processes", str(gateway_processes)]
-    children.start("gateway", argv, gateways_ready(gateway_processes))
-    return runtime, f"127.0.0.1:{grpc_port}", f"127.0.0.1:{http_port}"
+    runtime, lane = start_runtime(children, "runtime", REPO, threads)
+    return (runtime, *start_gateway(children, [lane], ("--no-auth",), gateway_processes))
 
 
 def stop_servers(children: Children) -> list[str]:
