@@ -37,9 +37,10 @@ def varint(buf: Buffer, pos: int) -> tuple[int, int]:
             raise WireError("varint too long")
 
 
-def fields(buf: Buffer) -> Iterator[tuple[int, int, int, int]]:
-    """(field number, start of the field, start of its value, end) of each top-level field;
-    a length-delimited value is ``buf[value start:end]``."""
+def fields(buf: Buffer) -> Iterator[tuple[int, int, int, int, int]]:
+    """(field number, wire type, start of the field, start of its value, end) of each top-level
+    field; a length-delimited value is ``buf[value start:end]``. A field of a wire type its
+    declaration does not have is an unknown field to protobuf: callers check the type."""
     pos, end, count = 0, len(buf), 0
     while pos < end:
         count += 1
@@ -64,4 +65,4 @@ def fields(buf: Buffer) -> Iterator[tuple[int, int, int, int]]:
                 raise WireError("fixed-size field runs past the end")
         else:
             raise WireError(f"unsupported wire type {wire}")
-        yield number, start, value, pos
+        yield number, wire, start, value, pos

@@ -6,7 +6,7 @@ Skips every other field by its length, so tensor bytes are never touched or copi
 from __future__ import annotations
 
 from common.errors import invalid_argument
-from common.wire import WireError, fields
+from common.wire import LENGTH_DELIMITED, WireError, fields
 
 _WANTED = (1, 2, 3)
 
@@ -21,8 +21,8 @@ def routing_fields(buf: bytes) -> tuple[str, str, str]:
     """Fields 1, 2 and 3 (model, version, request id); the last occurrence of each wins."""
     found = {1: b"", 2: b"", 3: b""}
     try:
-        for number, _, value, end in fields(buf):
-            if number in _WANTED:
+        for number, wire, _, value, end in fields(buf):
+            if number in _WANTED and wire == LENGTH_DELIMITED:
                 found[number] = buf[value:end]
     except WireError as exc:
         raise invalid_argument(f"malformed request: {exc}") from None

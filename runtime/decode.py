@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 
 from common.proto import grpc_service_pb2 as pb
-from common.wire import Buffer, WireError, fields
+from common.wire import LENGTH_DELIMITED, Buffer, WireError, fields
 
 #: Below this many bytes the message is parsed whole: scanning its fields in Python costs more
 #: than copying them.
@@ -49,8 +49,8 @@ def _split(view: memoryview) -> tuple[list[tuple[int, int]], list[memoryview]]:
     kept: list[tuple[int, int]] = []
     raw: list[memoryview] = []
     try:
-        for number, start, value, end in fields(view):
-            if number == RAW_INPUT_CONTENTS:
+        for number, wire, start, value, end in fields(view):
+            if number == RAW_INPUT_CONTENTS and wire == LENGTH_DELIMITED:
                 raw.append(view[value:end])
             elif kept and kept[-1][1] == start:
                 kept[-1] = (kept[-1][0], end)

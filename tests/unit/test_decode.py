@@ -52,6 +52,13 @@ def test_a_field_after_the_tensors_is_kept_and_wins() -> None:
     assert len(call.raw) == 1 and len(call.raw[0]) == SCAN_FROM_BYTES
 
 
+def test_a_tensor_field_of_another_wire_type_is_unknown_as_to_protobuf() -> None:
+    data = large_request([SCAN_FROM_BYTES]) + b"\x38\x05"  # field 7 as a varint
+    assert len(pb.ModelInferRequest.FromString(data).raw_input_contents) == 1
+    call = decode_infer(data)
+    assert [len(r) for r in call.raw] == [SCAN_FROM_BYTES]
+
+
 def test_a_small_request_is_parsed_whole() -> None:
     call = decode_infer(large_request([16]))
     assert list(call.raw) == [b"\1" * 16]

@@ -24,6 +24,14 @@ def test_a_version_appended_later_wins_as_in_protobuf() -> None:
     assert model_and_version(data) == ("m", "7")
 
 
+@pytest.mark.parametrize("data", [b"\x08\x01", b"\x10\x01", b"\x0d\x01m\x12\x01",
+                                  b"\x09\x01m\x12\x011*\r\n"])
+def test_a_name_field_of_another_wire_type_is_unknown_as_to_protobuf(data: bytes) -> None:
+    parsed = pb.ModelInferRequest.FromString(data)
+    assert (parsed.model_name, parsed.model_version) == ("", "")
+    assert model_and_version(data) == ("", "")
+
+
 def test_missing_version_is_empty() -> None:
     assert model_and_version(pb.ModelInferRequest(model_name="m").SerializeToString()) == ("m", "")
 
