@@ -6,7 +6,8 @@ costs one copy of the request and never touches its tensors.
 
 from __future__ import annotations
 
-_LENGTH_DELIMITED = 2
+from common.wire import LENGTH_DELIMITED
+
 MODEL_VERSION, ID, PARAMETERS = 2, 3, 4  # ModelInferRequest's field numbers
 _PARAMETER_KEY, _PARAMETER_VALUE, _STRING_PARAM = 1, 2, 3  # map entry; InferParameter
 
@@ -21,7 +22,7 @@ def _varint(value: int) -> bytes:
 
 
 def _field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | _LENGTH_DELIMITED) + _varint(len(payload)) + payload
+    return _varint(number << 3 | LENGTH_DELIMITED) + _varint(len(payload)) + payload
 
 
 def with_field(request: bytes, number: int, value: str) -> bytes:
