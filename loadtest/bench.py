@@ -13,7 +13,6 @@ import shlex
 import signal
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -39,6 +38,7 @@ from loadtest.cases import (
     prepare_repo,
 )
 from loadtest.floors import grpc_answer
+from loadtest.inturn import Check, Run, ceiling_run, load_run, take_turns
 from loadtest.loadgen import Load, Target, closed_loop, generator_for, tool_version
 from loadtest.machine import machine
 from loadtest.openloop import CLIENTS, Schedule, open_loop
@@ -68,9 +68,8 @@ OPEN_LOOP_FRACTIONS = (0.5, 0.8)
 #: A model whose best batch takes this long in-process is compute-heavy: its served paths also
 #: run with enough callers to fill its batches on every instance (issue 3, target 2).
 HEAVY_BATCH_MS = 1.0
-#: Rounds of the floors and the gateway path run after each other.
+#: Rounds of paths run in turn (floors or ceiling, and the gateway path).
 ALTERNATING_ROUNDS = 3
-Check = Callable[[], object]
 
 
 @dataclass(frozen=True)
@@ -195,34 +194,46 @@ def measure_floors(opts: Options, children: Children, case: Case) -> list[Row]:
 
 def measure_alternating(opts: Options, children: Children, case: Case,
                         served: list[tuple[str, Target, Check]], results: Results) -> None:
-    """Each floor and the gateway path held against it (gRPC; HTTP binary), run after each
-    other in rounds at --concurrency: this VM drifts by tens of percent within minutes, so a
-    ratio of runs far apart says as much about the VM as about the path."""
+    """Each floor and the gateway path held against it (gRPC; HTTP binary), in turn at
+    --concurrency: this VM drifts by tens of percent within minutes, so a ratio of runs far
+    apart says as much about the VM as about the path."""
     paths = {name: (target, check) for name, target, check in served}
-    plan: list[tuple[str, Target, Check]] = []
+    plan: list[tuple[str, Run]] = []
     try:
         for protocol, path in (("grpc", GW_GRPC), ("http", GW_BINARY)):
             address = start_floor(children, protocol, f"floor-{protocol}")
-            plan += [(FLOORS[protocol], *floor_target(protocol, address, case)),
-                     (path, *paths[path])]
-        rates: dict[str, list[float]] = {name: [] for name, _, _ in plan}
-        for _ in range(ALTERNATING_ROUNDS if opts.duration >= 2 else 1):
-            for name, target, check in plan:
-                check()
-                load = Load(opts.concurrency, opts.connections, opts.warmup, opts.duration,
-                            opts.python_clients)
-                outcome = closed_loop(target, load, children.cpu_seconds)
-                check()
-                rates[name].append(outcome.rate)
-                if outcome.errors:
-                    results.problems.append(f"{name} in turn: {outcome.errors} errors, first: "
-                                            f"{outcome.first_error}")
-                print(f"  in turn {name}: {outcome.rate:8.0f} req/s, errors "
-                      f"{outcome.errors}", flush=True)
-        results.alternating = rates
+            plan += [_turn(opts, children, results, FLOORS[protocol],
+                           *floor_target(protocol, address, case)),
+                     _turn(opts, children, results, path, *paths[path])]
+        results.alternating = take_turns(plan, _rounds(opts)).rates
     finally:
         for protocol in ("grpc", "http"):
             children.stop(f"floor-{protocol}")
+
+
+def measure_ceiling_in_turn(opts: Options, children: Children, case: Case,
+                            served: list[tuple[str, Target, Check]], results: Results) -> None:
+    """A compute-heavy model's in-process ceiling (its best layout and batch size) and its
+    gateway paths (gRPC; HTTP binary) at --concurrency, in turn (issue 3, target 2)."""
+    best = results.ceiling(case.name)
+    if best is None or best.p50_ms < HEAVY_BATCH_MS:
+        return
+    paths = {name: (target, check) for name, target, check in served}
+    plan = [(f"in-process ceiling ({best.layout})",
+             ceiling_run(case, best, opts.threads, max(opts.ceiling_s, opts.duration / 2)))]
+    plan += [_turn(opts, children, results, path, *paths[path]) for path in (GW_GRPC, GW_BINARY)]
+    results.ceiling_turns[case.name] = take_turns(plan, _rounds(opts))
+
+
+def _rounds(opts: Options) -> int:
+    return ALTERNATING_ROUNDS if opts.duration >= 2 else 1
+
+
+def _turn(opts: Options, children: Children, results: Results, name: str, target: Target,
+          check: Check) -> tuple[str, Run]:
+    load = Load(opts.concurrency, opts.connections, opts.warmup, opts.duration,
+                opts.python_clients)
+    return name, load_run(name, target, check, load, children.cpu_seconds, results.problems)
 
 
 def _floor_grpc_check(address: str, case: Case) -> Check:
@@ -275,6 +286,7 @@ def measure_served(opts: Options, cases: list[Case], children: Children,
         served = served_targets(case, runtime, gateway_grpc, gateway_http)
         if case.name == "digits" and opts.floor:
             measure_alternating(opts, children, case, served, results)
+        measure_ceiling_in_turn(opts, children, case, served, results)
         for path, target, check in served:
             # NOTE: images as JSON numbers are not how a batch gets filled (each is ~5 times
             # its binary size to parse), and hundreds in flight swell the gateway.

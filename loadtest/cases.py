@@ -201,16 +201,23 @@ def time_batch(backends: Sequence[Backend], x: np.ndarray, seconds: float) -> Ba
                       float(np.percentile(ns, 99)) / 1e6, len(backends))
 
 
+def backends_for(case: Case, instances: int, threads: int) -> list[Backend]:
+    """`instances` sessions of the model as the runtime builds them, sharing `threads`."""
+    from runtime.backends.onnx import OnnxBackend
+
+    config = load_model_config(case.config_path, case.name)
+    return [OnnxBackend(case.artifact, config, max(1, threads // instances))
+            for _ in range(instances)]
+
+
 def ceiling(case: Case, threads: int, seconds: float) -> list[BatchPoint]:
     """The backend in this process, as the runtime builds it, at each batch size, as one
     session with every thread and (with 2+ threads) as one single-thread session per thread
     side by side; also sets ``case.expected``, the answer every served path must give."""
-    from runtime.backends.onnx import OnnxBackend
-
     config = load_model_config(case.config_path, case.name)
-    layouts = [[OnnxBackend(case.artifact, config, threads)]]
+    layouts = [backends_for(case, 1, threads)]
     if threads > 1:
-        layouts.append([OnnxBackend(case.artifact, config, 1) for _ in range(threads)])
+        layouts.append(backends_for(case, threads, threads))
     case.expected = layouts[0][0].run([case.row.reshape(1, -1)])[0]
     rng = np.random.default_rng(11)
     sizes = [b for b in BATCH_SIZES if b <= max(1, config.max_batch_size)]

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from loadtest.cases import BatchPoint
+from loadtest.inturn import Turns
 from loadtest.loadgen import Outcome
 from loadtest.openloop import OpenOutcome
 from loadtest.servers import Batching
@@ -69,6 +70,8 @@ class Results:
     #: requests/s per round of each floor and the gateway path held against it, run in turn
     #: (digits, --concurrency callers; empty: not run).
     alternating: dict[str, list[float]] = field(default_factory=dict)
+    #: Per compute-heavy model: its in-process ceiling (first) and gateway paths, in turn.
+    ceiling_turns: dict[str, Turns] = field(default_factory=dict)
     #: Anything wrong that did not stop the run, e.g. a server that did not exit cleanly.
     problems: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
@@ -242,19 +245,42 @@ ALTERNATING = (
     "of a ratio alike. *÷ floor* is the path's median ÷ its floor's median.")
 
 
+CEILING_TURNS = (
+    "A compute-heavy model at the loaded runs' concurrency: its in-process ceiling (the best "
+    "layout and batch size of the sweep, back-to-back calls; rows/s) and the gateway path over "
+    "gRPC and HTTP binary (requests/s of one row each) run one after the other, round after "
+    "round, so a drift of the machine touches both sides of the ratio alike (issue 3, target 2: "
+    "÷ ceiling ≥ 0.9 with p99 under 4 times the ceiling's batch time, its p50 per call).")
+
+
 def _rounds(first: str, rates: dict[str, list[float]], base: Callable[[str], str],
-            ratio: str) -> list[str]:
-    """Paths run in turn, round after round: each round, the median, and the median ÷ that of
-    the path `base` names."""
+            ratio: str, extra: dict[str, list[str]] | None = None, unit: str = "req/s"
+            ) -> list[str]:
+    """Paths run in turn, round after round: each round, the median, the median ÷ that of the
+    path `base` names, and any `extra` columns (header: one cell per path)."""
     medians = {name: statistics.median(values) for name, values in rates.items()}
+    extra = extra or {}
     rows = []
-    for name, values in rates.items():
+    for i, (name, values) in enumerate(rates.items()):
         against = medians.get(base(name), 0.0)
         rows.append([name, *(_num(value, 0) for value in values), _num(medians[name], 0),
-                     _ratio(medians[name] / against) if against else "n/a"])
+                     _ratio(medians[name] / against) if against else "n/a",
+                     *(cells[i] for cells in extra.values())])
     rounds = len(next(iter(rates.values())))
-    return _table([first, *(f"round {i + 1} req/s" for i in range(rounds)), "median", ratio],
-                  rows, left=1)
+    return _table([first, *(f"round {i + 1} {unit}" for i in range(rounds)), "median", ratio,
+                   *extra], rows, left=1)
+
+
+def _ceiling_turns(model: str, turns: Turns) -> list[str]:
+    """Target 2: the gateway paths ÷ the ceiling, and their p99 ÷ the ceiling's batch time."""
+    ceiling = next(iter(turns.rates))
+    batch_ms = statistics.median(turns.p50_ms[ceiling])
+    p99 = {name: statistics.median(values) for name, values in turns.p99_ms.items()}
+    extra = {"p99 ms (median)": [_num(p99[name], 1) for name in turns.rates],
+             "p99 ÷ batch time": ["-" if name == ceiling else _ratio(p99[name] / batch_ms)
+                                  for name in turns.rates]}
+    return _rounds(f"{model}: path", turns.rates, lambda _: ceiling, "÷ ceiling", extra,
+                   "rows/s")
 
 
 def render(results: Results, senders: int) -> str:
@@ -268,6 +294,9 @@ def render(results: Results, senders: int) -> str:
         lines += ["## Per-request cost: floors and gateway path in turn", "", ALTERNATING, "",
                   *_rounds("path", results.alternating, lambda name: FLOOR_OF.get(name, name),
                            "÷ floor"), ""]
+    for model, turns in results.ceiling_turns.items():
+        lines += [f"## Batching efficiency: {model}'s ceiling and gateway path in turn", "",
+                  CEILING_TURNS, "", *_ceiling_turns(model, turns), ""]
     if results.open_rows:
         lines += ["## Open loop (fixed rate)", "", OPEN_LOOP.format(senders=senders),
                   *_open_table(results, senders), ""]

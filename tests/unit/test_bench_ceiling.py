@@ -1,5 +1,5 @@
 """The bench's in-process ceiling: sessions side by side each run on their own thread; the
-callers that fill a compute-heavy model's batches."""
+callers that fill a compute-heavy model's batches; the ceiling and the gateway path in turn."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from loadtest.bench import concurrencies, parse_args
-from loadtest.cases import BatchPoint, Case, time_batch
+from loadtest.bench import concurrencies, measure_ceiling_in_turn, parse_args
+from loadtest.cases import ROOT, BatchPoint, Case, backends_for, fill_requests, time_batch
+from loadtest.inturn import Run, ceiling_run, take_turns
+from loadtest.report import Results
 
 
 class CountingBackend:
@@ -60,3 +62,39 @@ def test_fill_callers_keep_every_instance_in_full_batches_with_the_next_queued(
         "max_batch_size: 32\ninstance_count: 3\ninputs:\n  - {name: X, datatype: FP32, "
         "shape: [4]}\noutputs:\n  - {name: Y, datatype: FP32, shape: [4]}\n")
     assert Case("m", "1", folder).fill_callers() == 2 * 3 * 32
+
+
+def test_paths_in_turn_run_in_plan_order_round_after_round() -> None:
+    ran: list[str] = []
+
+    def run(name: str, rate: float) -> Run:
+        def measure() -> tuple[float, float, float]:
+            ran.append(name)
+            return rate + len(ran), 1.0, 2.0
+        return measure
+
+    turns = take_turns([("ceiling", run("ceiling", 100.0)), ("path", run("path", 50.0))], 2)
+    assert ran == ["ceiling", "path", "ceiling", "path"]
+    assert turns.rates == {"ceiling": [101.0, 103.0], "path": [52.0, 54.0]}
+    assert turns.p50_ms["path"] == [1.0, 1.0] and turns.p99_ms["ceiling"] == [2.0, 2.0]
+
+
+def test_the_ceiling_in_turn_builds_the_sweeps_best_layout() -> None:
+    case = Case("digits", "1", ROOT / "models" / "digits")
+    fill_requests(case)
+    threads = [b.session.get_session_options().intra_op_num_threads  # type: ignore[attr-defined]
+               for b in backends_for(case, 2, 2)]
+    assert threads == [1, 1]
+    assert [b.session.get_session_options().intra_op_num_threads  # type: ignore[attr-defined]
+            for b in backends_for(case, 1, 2)] == [2]
+    best = BatchPoint(batch=8, rows_per_s=1.0, p50_ms=1.0, p99_ms=1.0, instances=2)
+    rate, p50, p99 = ceiling_run(case, best, 2, 0.05)()
+    assert rate > 0 and 0 < p50 <= p99
+
+
+def test_only_a_compute_heavy_model_gets_its_ceiling_in_turn() -> None:
+    results = Results(machine={}, command="python -m loadtest.bench", threads=2)
+    results.sweeps["digits"] = [BatchPoint(batch=64, rows_per_s=1e6, p50_ms=0.1, p99_ms=0.2)]
+    case = Case("digits", "1", ROOT / "models" / "digits")
+    measure_ceiling_in_turn(parse_args([]), None, case, [], results)  # type: ignore[arg-type]
+    assert results.ceiling_turns == {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from loadtest.inturn import Turns
 from loadtest.report import FLOOR_GRPC, FLOOR_HTTP, GW_BINARY, GW_GRPC, Results, render
 
 
@@ -25,3 +26,19 @@ def test_each_path_is_divided_by_the_median_of_its_own_protocols_floor() -> None
 def test_no_table_when_the_floors_were_not_run() -> None:
     text = render(Results(machine={}, command="python -m loadtest.bench", threads=2), senders=2)
     assert "in turn" not in text
+
+
+def test_a_heavy_models_paths_are_divided_by_its_ceiling_run_in_turn() -> None:
+    results = Results(machine={}, command="python -m loadtest.bench", threads=2)
+    ceiling = "in-process ceiling (batch 64)"
+    results.ceiling_turns["resnet50"] = Turns(
+        rates={ceiling: [200.0, 180.0, 190.0], GW_GRPC: [170.0, 160.0, 171.0]},
+        p50_ms={ceiling: [300.0, 320.0, 310.0], GW_GRPC: [350.0, 360.0, 340.0]},
+        p99_ms={ceiling: [330.0, 340.0, 335.0], GW_GRPC: [800.0, 1300.0, 900.0]})
+    text = render(results, senders=2)
+    table = text.split("## Batching efficiency: resnet50's ceiling and gateway path in turn")[1]
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")
+            for line in table.splitlines() if line.startswith("| ")}
+    assert rows["resnet50: path"][1] == "round 1 rows/s"
+    assert rows[GW_GRPC][-4:] == ["170", "0.895", "900.0", "2.9 |"]  # 170/190; 900/310
+    assert rows[ceiling][-4:] == ["190", "1", "335.0", "- |"]
