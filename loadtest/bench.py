@@ -1,6 +1,6 @@
 """End-to-end benchmark: the in-process ceiling; do-nothing gRPC and HTTP floors; the runtime
-over gRPC; the gateway over gRPC, HTTP JSON and HTTP binary; floors and gateway in turn; an
-open-loop run.
+over gRPC; the gateway over gRPC, HTTP JSON and HTTP binary; floors, and a compute-heavy
+model's ceiling, in turn with the gateway path; an open-loop run.
 
 Run ``python -m loadtest.bench`` (``make bench``); it rewrites ``loadtest/RESULTS.md``.
 """
@@ -17,9 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-import grpc
-
-from common.proto import grpc_service_pb2 as pb
 from common.settings import default_threads
 from loadtest import policy_bench
 from loadtest.cases import (
@@ -34,10 +31,9 @@ from loadtest.cases import (
     ceiling,
     check_grpc,
     check_http,
-    post,
     prepare_repo,
 )
-from loadtest.floors import grpc_answer
+from loadtest.floors import floor_target
 from loadtest.inturn import Check, Run, ceiling_run, load_run, take_turns
 from loadtest.loadgen import Load, Target, closed_loop, generator_for, tool_version
 from loadtest.machine import machine
@@ -141,9 +137,14 @@ def parse_args(argv: list[str]) -> Options:
 def concurrencies(opts: Options, best: BatchPoint | None, fill: int) -> tuple[int, ...]:
     """--concurrency and 1; and `fill` callers for a compute-heavy model (64 callers cannot
     fill two instances' batches of 64 rows)."""
-    if not opts.fill or best is None or best.p50_ms < HEAVY_BATCH_MS or fill <= opts.concurrency:
+    if not opts.fill or not compute_heavy(best) or fill <= opts.concurrency:
         return (opts.concurrency, 1)
     return (opts.concurrency, 1, fill)
+
+
+def compute_heavy(best: BatchPoint | None) -> bool:
+    """Whether the model's best in-process batch takes HEAVY_BATCH_MS or more."""
+    return best is not None and best.p50_ms >= HEAVY_BATCH_MS
 
 
 def measure(opts: Options, children: Children, model: str, path: str, target: Target,
@@ -169,16 +170,6 @@ def measure(opts: Options, children: Children, model: str, path: str, target: Ta
     return rows
 
 
-def floor_target(protocol: str, address: str, case: Case) -> tuple[Target, Check]:
-    """What the load sends to a do-nothing server, and its answer check."""
-    if protocol == "grpc":
-        return (Target("grpc", address, METHOD, case.grpc_body,
-                       answer_size=len(grpc_answer()) + 5), _floor_grpc_check(address, case))
-    headers = (("Content-Type", "application/json"),)
-    return (Target("http", address, case.http_path, case.json_body, headers),
-            _floor_http_check(address, case))
-
-
 def measure_floors(opts: Options, children: Children, case: Case) -> list[Row]:
     """The do-nothing gRPC server, then the do-nothing HTTP app, each alone on the machine."""
     rows = []
@@ -193,11 +184,10 @@ def measure_floors(opts: Options, children: Children, case: Case) -> list[Row]:
 
 
 def measure_alternating(opts: Options, children: Children, case: Case,
-                        served: list[tuple[str, Target, Check]], results: Results) -> None:
+                        paths: dict[str, tuple[Target, Check]], results: Results) -> None:
     """Each floor and the gateway path held against it (gRPC; HTTP binary), in turn at
     --concurrency: this VM drifts by tens of percent within minutes, so a ratio of runs far
     apart says as much about the VM as about the path."""
-    paths = {name: (target, check) for name, target, check in served}
     plan: list[tuple[str, Run]] = []
     try:
         for protocol, path in (("grpc", GW_GRPC), ("http", GW_BINARY)):
@@ -212,13 +202,12 @@ def measure_alternating(opts: Options, children: Children, case: Case,
 
 
 def measure_ceiling_in_turn(opts: Options, children: Children, case: Case,
-                            served: list[tuple[str, Target, Check]], results: Results) -> None:
+                            paths: dict[str, tuple[Target, Check]], results: Results) -> None:
     """A compute-heavy model's in-process ceiling (its best layout and batch size) and its
     gateway paths (gRPC; HTTP binary) at --concurrency, in turn (issue 3, target 2)."""
     best = results.ceiling(case.name)
-    if best is None or best.p50_ms < HEAVY_BATCH_MS:
+    if best is None or not compute_heavy(best):
         return
-    paths = {name: (target, check) for name, target, check in served}
     plan = [(f"in-process ceiling ({best.layout})",
              ceiling_run(case, best, opts.threads, max(opts.ceiling_s, opts.duration / 2)))]
     plan += [_turn(opts, children, results, path, *paths[path]) for path in (GW_GRPC, GW_BINARY)]
@@ -234,23 +223,6 @@ def _turn(opts: Options, children: Children, results: Results, name: str, target
     load = Load(opts.concurrency, opts.connections, opts.warmup, opts.duration,
                 opts.python_clients)
     return name, load_run(name, target, check, load, children.cpu_seconds, results.problems)
-
-
-def _floor_grpc_check(address: str, case: Case) -> Check:
-    def check() -> None:
-        with grpc.insecure_channel(address) as channel:
-            pb.ModelInferResponse.FromString(channel.unary_unary(METHOD)(case.grpc_body,
-                                                                         timeout=30))
-    return check
-
-
-def _floor_http_check(address: str, case: Case) -> Check:
-    def check() -> None:
-        status, _, body = post(address, case.http_path, case.json_body,
-                               {"Content-Type": "application/json"})
-        if status != 200:
-            raise RuntimeError(f"HTTP floor answered {status}: {body[:200]!r}")
-    return check
 
 
 def served_targets(case: Case, runtime: str, gateway_grpc: str, gateway_http: str
@@ -284,9 +256,10 @@ def measure_served(opts: Options, cases: list[Case], children: Children,
         probe = runtime_probe(runtime, case)
         levels = concurrencies(opts, results.ceiling(case.name), case.fill_callers())
         served = served_targets(case, runtime, gateway_grpc, gateway_http)
+        paths = {name: (target, check) for name, target, check in served}
         if case.name == "digits" and opts.floor:
-            measure_alternating(opts, children, case, served, results)
-        measure_ceiling_in_turn(opts, children, case, served, results)
+            measure_alternating(opts, children, case, paths, results)
+        measure_ceiling_in_turn(opts, children, case, paths, results)
         for path, target, check in served:
             # NOTE: images as JSON numbers are not how a batch gets filled (each is ~5 times
             # its binary size to parse), and hundreds in flight swell the gateway.

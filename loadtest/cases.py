@@ -201,6 +201,12 @@ def time_batch(backends: Sequence[Backend], x: np.ndarray, seconds: float) -> Ba
                       float(np.percentile(ns, 99)) / 1e6, len(backends))
 
 
+def random_batch(case: Case, size: int) -> np.ndarray:
+    """`size` random rows of the model's input, the same for every run of the bench."""
+    rng = np.random.default_rng(11)
+    return rng.random((size, case.row.size), dtype=np.float32).astype(case.row.dtype)
+
+
 def backends_for(case: Case, instances: int, threads: int) -> list[Backend]:
     """`instances` sessions of the model as the runtime builds them, sharing `threads`."""
     from runtime.backends.onnx import OnnxBackend
@@ -219,13 +225,11 @@ def ceiling(case: Case, threads: int, seconds: float) -> list[BatchPoint]:
     if threads > 1:
         layouts.append(backends_for(case, threads, threads))
     case.expected = layouts[0][0].run([case.row.reshape(1, -1)])[0]
-    rng = np.random.default_rng(11)
     sizes = [b for b in BATCH_SIZES if b <= max(1, config.max_batch_size)]
     points = []
     for backends in layouts:
         for size in sizes:
-            x = rng.random((size, case.row.size), dtype=np.float32).astype(case.row.dtype)
-            points.append(time_batch(backends, x, seconds))
+            points.append(time_batch(backends, random_batch(case, size), seconds))
             print(f"  {case.name} in-process {points[-1].layout}: "
                   f"{points[-1].rows_per_s:10.0f} rows/s, p50 {points[-1].p50_ms:.3f} ms",
                   flush=True)

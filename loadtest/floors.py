@@ -4,7 +4,9 @@
   answers a fixed ModelInferResponse through a generic handler (bytes in, bytes out);
 - ``python -m loadtest.floors http --listen HOST:PORT``: a bare ASGI app on uvicorn with
   httptools and uvloop that reads the body, parses its JSON (the JSON header only, for binary
-  tensors) with orjson and answers a fixed OIP infer response.
+  tensors) with orjson and answers a fixed OIP infer response;
+
+and what the benches send them and how they check the answers (``floor_target``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import orjson
 import uvloop
 
 from common.proto import grpc_service_pb2 as pb
-from loadtest.cases import SERVICE
+from loadtest.cases import METHOD, SERVICE, Case, post
+from loadtest.inturn import Check
+from loadtest.loadgen import Target
 from tensorgate.roles import stop_event
 
 FLOOR_READY = "floor serving on"
@@ -40,6 +44,33 @@ def http_answer() -> bytes:
     """The HTTP floor's fixed answer: a digits-shaped OIP JSON infer response."""
     return orjson.dumps({"model_name": "digits", "model_version": "1", "outputs": [
         {"name": "OUTPUT0", "datatype": "FP32", "shape": [1, 10], "data": _OUTPUT.tolist()}]})
+
+
+def floor_target(protocol: str, address: str, case: Case) -> tuple[Target, Check]:
+    """What the load sends to a do-nothing server, and its answer check."""
+    if protocol == "grpc":
+        return (Target("grpc", address, METHOD, case.grpc_body,
+                       answer_size=len(grpc_answer()) + 5), _floor_grpc_check(address, case))
+    headers = (("Content-Type", "application/json"),)
+    return (Target("http", address, case.http_path, case.json_body, headers),
+            _floor_http_check(address, case))
+
+
+def _floor_grpc_check(address: str, case: Case) -> Check:
+    def check() -> None:
+        with grpc.insecure_channel(address) as channel:
+            pb.ModelInferResponse.FromString(channel.unary_unary(METHOD)(case.grpc_body,
+                                                                         timeout=30))
+    return check
+
+
+def _floor_http_check(address: str, case: Case) -> Check:
+    def check() -> None:
+        status, _, body = post(address, case.http_path, case.json_body,
+                               {"Content-Type": "application/json"})
+        if status != 200:
+            raise RuntimeError(f"HTTP floor answered {status}: {body[:200]!r}")
+    return check
 
 
 async def serve_grpc(listen: str) -> None:

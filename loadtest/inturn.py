@@ -8,9 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from loadtest.cases import BatchPoint, Case, backends_for, time_batch
+from loadtest.cases import BatchPoint, Case, backends_for, random_batch, time_batch
 from loadtest.loadgen import Load, Meter, Target, closed_loop
 
 #: One measurement: requests/s (rows/s in-process), p50 ms and p99 ms.
@@ -58,8 +56,7 @@ def load_run(name: str, target: Target, check: Check, load: Load, meter: Meter,
 def ceiling_run(case: Case, point: BatchPoint, threads: int, seconds: float) -> Run:
     """Back-to-back calls in this process at the ceiling's layout and batch size."""
     backends = backends_for(case, point.instances, threads)
-    rng = np.random.default_rng(11)
-    x = rng.random((point.batch, case.row.size), dtype=np.float32).astype(case.row.dtype)
+    x = random_batch(case, point.batch)
 
     def run() -> tuple[float, float, float]:
         timed = time_batch(backends, x, seconds)

@@ -96,5 +96,5 @@ def test_only_a_compute_heavy_model_gets_its_ceiling_in_turn() -> None:
     results = Results(machine={}, command="python -m loadtest.bench", threads=2)
     results.sweeps["digits"] = [BatchPoint(batch=64, rows_per_s=1e6, p50_ms=0.1, p99_ms=0.2)]
     case = Case("digits", "1", ROOT / "models" / "digits")
-    measure_ceiling_in_turn(parse_args([]), None, case, [], results)  # type: ignore[arg-type]
+    measure_ceiling_in_turn(parse_args([]), None, case, {}, results)  # type: ignore[arg-type]
     assert results.ceiling_turns == {}
