@@ -1,6 +1,7 @@
 """End-to-end benchmark: the in-process ceiling; do-nothing gRPC and HTTP floors; the runtime
-over gRPC; the gateway over gRPC, HTTP JSON and HTTP binary; floors, and a compute-heavy
-model's ceiling, in turn with the gateway path; an open-loop run.
+over gRPC; the gateway over gRPC, HTTP JSON and HTTP binary; the floors, a compute-heavy
+model's ceiling and the runtime at one caller, each in turn with the gateway path; an open-loop
+run.
 
 Run ``python -m loadtest.bench`` (``make bench``); it rewrites ``loadtest/RESULTS.md``.
 """
@@ -214,13 +215,22 @@ def measure_ceiling_in_turn(opts: Options, children: Children, case: Case,
     results.ceiling_turns[case.name] = take_turns(plan, _rounds(opts))
 
 
+def measure_latency_in_turn(opts: Options, children: Children,
+                            paths: dict[str, tuple[Target, Check]], results: Results) -> None:
+    """The runtime over gRPC and the gateway in front of it, one caller each, in turn: the
+    added-latency target's difference of p50s, from runs next to each other."""
+    plan = [_turn(opts, children, results, path, *paths[path], concurrency=1)
+            for path in (RUNTIME, GW_GRPC)]
+    results.latency_turns = take_turns(plan, _rounds(opts))
+
+
 def _rounds(opts: Options) -> int:
     return ALTERNATING_ROUNDS if opts.duration >= 2 else 1
 
 
 def _turn(opts: Options, children: Children, results: Results, name: str, target: Target,
-          check: Check) -> tuple[str, Run]:
-    load = Load(opts.concurrency, opts.connections, opts.warmup, opts.duration,
+          check: Check, concurrency: int = 0) -> tuple[str, Run]:
+    load = Load(concurrency or opts.concurrency, opts.connections, opts.warmup, opts.duration,
                 opts.python_clients)
     return name, load_run(name, target, check, load, children.cpu_seconds, results.problems)
 
@@ -259,6 +269,8 @@ def measure_served(opts: Options, cases: list[Case], children: Children,
         paths = {name: (target, check) for name, target, check in served}
         if case.name == "digits" and opts.floor:
             measure_alternating(opts, children, case, paths, results)
+        if case.name == "digits":
+            measure_latency_in_turn(opts, children, paths, results)
         measure_ceiling_in_turn(opts, children, case, paths, results)
         for path, target, check in served:
             # NOTE: images as JSON numbers are not how a batch gets filled (each is ~5 times

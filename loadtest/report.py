@@ -72,6 +72,8 @@ class Results:
     alternating: dict[str, list[float]] = field(default_factory=dict)
     #: Per compute-heavy model: its in-process ceiling (first) and gateway paths, in turn.
     ceiling_turns: dict[str, Turns] = field(default_factory=dict)
+    #: digits through the runtime and through the gateway, one caller each, in turn.
+    latency_turns: Turns | None = None
     #: Anything wrong that did not stop the run, e.g. a server that did not exit cleanly.
     problems: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
@@ -206,6 +208,17 @@ def _added_latency(results: Results) -> list[str]:
                    "do-nothing gRPC server p50", "do-nothing HTTP server p50"], rows, left=1)
 
 
+def _latency_turns(turns: Turns) -> list[str]:
+    """Each path's p50 per round at one caller, the median, and the median less the first's."""
+    medians = {name: statistics.median(values) for name, values in turns.p50_ms.items()}
+    first = medians[next(iter(medians))]
+    rows = [[name, *(_us(v) for v in values), _us(medians[name]), _us(medians[name] - first)]
+            for name, values in turns.p50_ms.items()]
+    rounds = len(next(iter(turns.p50_ms.values())))
+    return _table(["digits, one caller", *(f"round {i + 1} p50 µs" for i in range(rounds)),
+                   "median", "- runtime"], rows, left=1)
+
+
 def _batching(results: Results) -> list[str]:
     rows = [[r.model, r.path, str(r.concurrency), str(b[0]), _num(b[1], 1), _num(b[2], 0),
              _num(b[3], 0), str(b[4])] for r in results.rows if (b := r.batching) is not None]
@@ -309,6 +322,10 @@ def render(results: Results, senders: int) -> str:
               "negative where the gateway's HTTP stack plus the lane costs less than a grpcio "
               "hop.", "",
               *_added_latency(results), ""]
+    if results.latency_turns is not None:
+        lines += ["The runtime over gRPC and the gateway in front of it, run in turn, round "
+                  "after round (the rows above are runs minutes apart):", "",
+                  *_latency_turns(results.latency_turns), ""]
     lines += ["## What the runtime's batcher did (its statistics over each run)", "",
               *_batching(results), ""]
     lines += [f"## Ceiling sweep (in-process, {results.threads} threads)", "",

@@ -22,8 +22,12 @@ def test_the_bench_measures_floors_and_paths_and_holds_each_path_against_its_flo
         assert {(path, 64), (path, 1)} <= paths
     assert list(results.alternating) == [FLOOR_GRPC, GW_GRPC, FLOOR_HTTP, GW_BINARY]
     assert all(len(rates) == 1 and rates[0] > 0 for rates in results.alternating.values())
+    assert results.latency_turns is not None
+    assert list(results.latency_turns.p50_ms) == [RUNTIME, GW_GRPC]
+    assert all(len(p50) == 1 and p50[0] > 0 for p50 in results.latency_turns.p50_ms.values())
     text = render(results, opts.senders)
     assert "## Per-request cost: floors and gateway path in turn" in text
+    assert "| digits, one caller | round 1 p50 µs |" in text
     assert "## Errors" not in text
 
 

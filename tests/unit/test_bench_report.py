@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from loadtest.inturn import Turns
-from loadtest.report import FLOOR_GRPC, FLOOR_HTTP, GW_BINARY, GW_GRPC, Results, render
+from loadtest.report import (
+    FLOOR_GRPC,
+    FLOOR_HTTP,
+    GW_BINARY,
+    GW_GRPC,
+    RUNTIME,
+    Results,
+    render,
+)
 
 
 def test_each_path_is_divided_by_the_median_of_its_own_protocols_floor() -> None:
@@ -42,3 +50,16 @@ def test_a_heavy_models_paths_are_divided_by_its_ceiling_run_in_turn() -> None:
     assert rows["resnet50: path"][1] == "round 1 rows/s"
     assert rows[GW_GRPC][-4:] == ["170", "0.895", "900.0", "2.9 |"]  # 170/190; 900/310
     assert rows[ceiling][-4:] == ["190", "1", "335.0", "- |"]
+
+
+def test_the_gateways_added_latency_in_turn_is_the_difference_of_median_p50s() -> None:
+    results = Results(machine={}, command="python -m loadtest.bench", threads=2)
+    results.latency_turns = Turns(
+        rates={RUNTIME: [900.0] * 3, GW_GRPC: [800.0] * 3},
+        p50_ms={RUNTIME: [1.0, 1.2, 1.1], GW_GRPC: [1.3, 1.15, 2.0]},
+        p99_ms={RUNTIME: [3.0] * 3, GW_GRPC: [4.0] * 3})
+    text = render(results, senders=2)
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")
+            for line in text.splitlines() if line.startswith("| ")}
+    assert rows[RUNTIME][-2:] == ["1100", "0 |"]
+    assert rows[GW_GRPC][-2:] == ["1300", "200 |"]  # medians 1.3 - 1.1 ms
