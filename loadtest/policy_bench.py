@@ -18,6 +18,7 @@ from common.proto import grpc_service_pb2 as pb
 from common.registry import Registry
 from common.settings import default_threads
 from loadtest.cases import prepare_repo
+from loadtest.inturn import Run, take_turns
 from loadtest.loadgen import Load, Target, closed_loop
 from loadtest.servers import LOGS, Children, start_gateway, start_runtime
 
@@ -87,18 +88,20 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, list[float]]:
                              answer_size=answer_size(policed, body, key)),
         }
         load = Load(args.concurrency, 8, args.warmup, args.duration)
-        rates: dict[str, list[float]] = {path: [] for path in PATHS}
-        for round_ in range(args.rounds):
-            for path, target in targets.items():
-                outcome = closed_loop(target, load, lambda: {})
-                if outcome.errors:
-                    raise RuntimeError(f"{path}: {outcome.errors} errors: {outcome.first_error}")
-                rates[path].append(outcome.rate)
-                print(f"  round {round_ + 1} {path}: {outcome.rate:.0f} req/s, "
-                      f"p50 {outcome.p('50'):.2f} ms, p99 {outcome.p('99'):.2f} ms", flush=True)
-        return rates
+        plan = [(path, _strict_run(path, target, load)) for path, target in targets.items()]
+        return take_turns(plan, args.rounds).rates
     finally:
         children.close()
+
+
+def _strict_run(path: str, target: Target, load: Load) -> Run:
+    """A closed-loop run that raises on any error: policy must not fail a request here."""
+    def run() -> tuple[float, float, float]:
+        outcome = closed_loop(target, load, lambda: {})
+        if outcome.errors:
+            raise RuntimeError(f"{path}: {outcome.errors} errors: {outcome.first_error}")
+        return outcome.rate, outcome.p("50"), outcome.p("99")
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:
