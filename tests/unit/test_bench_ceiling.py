@@ -9,7 +9,16 @@ from pathlib import Path
 import numpy as np
 
 from loadtest.bench import concurrencies, measure_ceiling_in_turn, parse_args
-from loadtest.cases import ROOT, BatchPoint, Case, backends_for, fill_requests, time_batch
+from loadtest.cases import (
+    BATCH_SIZES,
+    ROOT,
+    BatchPoint,
+    Case,
+    backends_for,
+    ceiling,
+    fill_requests,
+    time_batch,
+)
 from loadtest.inturn import Run, ceiling_run, take_turns
 from loadtest.report import Results
 
@@ -52,6 +61,20 @@ def test_a_compute_heavy_model_also_runs_with_callers_that_fill_its_batches() ->
     assert concurrencies(opts, resnet, 32) == (64, 1)  # 64 callers fill 2 x 16 rows already
     assert concurrencies(opts, None, 256) == (64, 1)
     assert concurrencies(parse_args(["--no-fill"]), resnet, 256) == (64, 1)
+
+
+def test_the_sweep_tries_batches_past_the_served_configs_cap(tmp_path: Path) -> None:
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    (folder / "1").symlink_to(ROOT / "models" / "digits" / "1", target_is_directory=True)
+    shipped = (ROOT / "models" / "digits" / "config.yaml").read_text()
+    (folder / "config.yaml").write_text(shipped.replace("max_batch_size: 64",
+                                                        "max_batch_size: 8"))
+    case = Case("digits", "1", folder)
+    fill_requests(case)
+    points = ceiling(case, 1, 0.02)
+    assert [p.batch for p in points] == list(BATCH_SIZES)
+    assert case.expected is not None
 
 
 def test_fill_callers_keep_every_instance_in_full_batches_with_the_next_queued(
