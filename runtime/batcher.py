@@ -1,8 +1,8 @@
 """The dynamic batcher: a bounded queue and the rule that forms a batch, driven by a given clock.
 
 Triton's semantics: requests of one model version in arrival order, up to `max_batch_size` rows
-counting each request's own batch dimension, only equal non-batch shapes together; a short batch
-waits at most `max_queue_delay` after its oldest request arrived.
+counting each request's own batch dimension, only equal non-batch shapes together; a batch that
+reaches a preferred size goes at once, any other waits at most `max_queue_delay` after its oldest.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ class Batcher:
     ) -> None:
         self.max_rows = max(1, max_batch_size)
         self.delay = max_queue_delay_s
+        self.preferred = frozenset(preferred)
         self.ready_rows = max(preferred) if preferred else self.max_rows
         self.max_queue_size = max_queue_size
         self.batching = batching and max_batch_size > 0
@@ -90,27 +91,37 @@ class Batcher:
         if not self.batching:
             self.queue.popleft()
             return Take([head], expired)
-        batch, rows, full = self._gather(head.shape_key)
+        batch, rows, full, cut = self._gather(head.shape_key)
         wake_at = head.arrival + self.delay
-        if not full and rows < self.ready_rows and now < wake_at:
+        late = self.delay > 0 and now >= wake_at
+        if cut and not late:
+            batch = batch[:cut]
+        elif not (full or late or rows >= self.ready_rows or self.delay == 0):
             return Take([], expired, wake_at)
         chosen = set(map(id, batch))
         self.queue = deque(item for item in self.queue if id(item) not in chosen)
         return Take(batch, expired)
 
-    def _gather(self, key: tuple) -> tuple[list[Pending], int, bool]:
+    def _gather(self, key: tuple) -> tuple[list[Pending], int, bool, int]:
+        """The queued requests of shape `key` that fit one batch, their rows, whether the batch
+        is full, and how many of them make the largest preferred batch (0: none yet)."""
         batch: list[Pending] = []
-        rows = 0
+        rows = cut = 0
         for item in self.queue:
             if item.shape_key != key:
                 continue
-            if rows + item.batch_size > self.max_rows:
-                return batch, rows, True
+            grown = rows + item.batch_size
+            if grown > self.ready_rows and not cut:
+                cut = len(batch)  # past every preferred size: as close as these requests get
+            if grown > self.max_rows:
+                return batch, rows, True, cut
             batch.append(item)
-            rows += item.batch_size
+            rows = grown
+            if rows in self.preferred:
+                cut = len(batch)
             if rows == self.max_rows:
-                return batch, rows, True
-        return batch, rows, False
+                return batch, rows, True, cut
+        return batch, rows, False, cut
 
     def _drop_dead(self, now: float) -> list[Pending]:
         """Remove cancelled requests and those past their deadline; return the expired ones."""

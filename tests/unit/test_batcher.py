@@ -58,6 +58,35 @@ def test_preferred_size_reached_goes_without_waiting() -> None:
     assert len(b.take(now=0.0).batch) == 4
 
 
+def test_a_smaller_preferred_size_goes_at_once_and_the_rest_waits() -> None:
+    b = batcher(max_batch=8, delay=10.0, preferred=(2, 4))
+    items = [item(at=0.0) for _ in range(3)]
+    for i in items:
+        b.put(i, "m")
+    assert b.take(now=0.0).batch == items[:2]
+    rest = b.take(now=0.0)
+    assert rest.batch == [] and rest.wake_at == pytest.approx(10.0)
+
+
+def test_a_deep_queue_goes_in_preferred_batches_until_the_delay_is_up() -> None:
+    b = batcher(max_batch=8, delay=1.0, preferred=(4,))
+    for _ in range(7):
+        b.put(item(at=0.0), "m")
+    assert len(b.take(now=0.5).batch) == 4
+    b.put(item(at=0.5), "m")
+    b.put(item(at=0.5), "m")
+    # Past the oldest request's delay, a batch takes all it can, up to max_batch_size.
+    assert len(b.take(now=1.0).batch) == 5
+
+
+def test_requests_that_step_over_every_preferred_size_go_as_far_as_they_reach() -> None:
+    b = batcher(max_batch=8, delay=10.0, preferred=(4,))
+    first, second = item(rows=3), item(rows=3)
+    b.put(first, "m")
+    b.put(second, "m")
+    assert b.take(now=0.0).batch == [first]
+
+
 def test_rows_count_each_requests_own_batch_dimension() -> None:
     b = batcher(max_batch=8)
     first, second, third = item(rows=3), item(rows=4), item(rows=2)
