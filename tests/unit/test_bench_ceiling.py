@@ -16,6 +16,7 @@ from loadtest.cases import (
     Case,
     backends_for,
     ceiling,
+    digits_without_delay,
     fill_requests,
     time_batch,
 )
@@ -64,12 +65,10 @@ def test_a_compute_heavy_model_also_runs_with_callers_that_fill_its_batches() ->
 
 
 def test_the_sweep_tries_batches_past_the_served_configs_cap(tmp_path: Path) -> None:
-    folder = tmp_path / "digits"
-    folder.mkdir()
-    (folder / "1").symlink_to(ROOT / "models" / "digits" / "1", target_is_directory=True)
-    shipped = (ROOT / "models" / "digits" / "config.yaml").read_text()
-    (folder / "config.yaml").write_text(shipped.replace("max_batch_size: 64",
-                                                        "max_batch_size: 8"))
+    folder = digits_without_delay(tmp_path / "digits")
+    config = folder / "config.yaml"
+    config.write_text(config.read_text().replace("max_batch_size: 64", "max_batch_size: 8"))
+    assert "max_batch_size: 8" in config.read_text()
     case = Case("digits", "1", folder)
     fill_requests(case)
     points = ceiling(case, 1, 0.02)
