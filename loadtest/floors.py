@@ -6,7 +6,8 @@
   httptools and uvloop that reads the body, parses its JSON (the JSON header only, for binary
   tensors) with orjson and answers a fixed OIP infer response;
 
-and what the benches send them and how they check the answers (``floor_target``).
+both with the gateway's garbage-collector threshold (common/gc_tuning.py); and what the
+benches send them and how they check the answers (``floor_target``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 import orjson
 import uvloop
 
+from common.gc_tuning import tune_collector
 from common.proto import grpc_service_pb2 as pb
 from loadtest.cases import METHOD, SERVICE, Case, post
 from loadtest.inturn import Check
@@ -84,6 +86,7 @@ async def serve_grpc(listen: str) -> None:
         SERVICE, {"ModelInfer": grpc.unary_unary_rpc_method_handler(model_infer)}),))
     port = server.add_insecure_port(listen)
     await server.start()
+    tune_collector()  # as the gateway and runtime do: the floors run on the same settings
     stop = stop_event()
     print(f"{FLOOR_READY} {listen.rpartition(':')[0]}:{port}", file=sys.stderr, flush=True)
     await stop.wait()
@@ -130,6 +133,7 @@ def serve_http(listen: str) -> None:
     sock.listen(2048)
     config = uvicorn.Config(asgi_app(), loop="uvloop", http="httptools", lifespan="off",
                             access_log=False, log_level="warning")
+    tune_collector()
     print(f"{FLOOR_READY} {host}:{sock.getsockname()[1]}", file=sys.stderr, flush=True)
     uvicorn.Server(config).run(sockets=[sock])
 

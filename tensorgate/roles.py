@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import uvloop
 
 from common import tracing
+from common.gc_tuning import tune_collector
 from common.settings import GatewaySettings, RuntimeSettings
 from gateway.edge import EdgeBuilder
 
@@ -45,6 +46,7 @@ def run_runtime(settings: RuntimeSettings, store: ModelStore | None = None) -> i
         stop = stop_event()
         runtime = Runtime(settings, store)
         await runtime.start()
+        tune_collector()
         print(f"{RUNTIME_READY} grpc={runtime.grpc_address} lane={runtime.lane_address}",
               flush=True)
         await stop.wait()
@@ -83,6 +85,7 @@ def run_gateway(settings: GatewaySettings) -> int:
         gateway = Gateway(settings, edge=edge_builder(settings))
         await gateway.start()
         gateway.start_metrics()
+        tune_collector()
         print(f"{GATEWAY_READY} http={gateway.http_port} grpc={gateway.grpc_port}", flush=True)
         await stop.wait()
         log.info("gateway stopping")
