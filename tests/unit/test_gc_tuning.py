@@ -44,3 +44,20 @@ def test_the_same_burst_collects_under_pythons_default() -> None:
     if young >= 1500:
         pytest.skip(f"this Python's young threshold is {young}: the burst stays under it")
     assert count >= 20
+
+
+def test_gcwatch_counts_and_times_each_generation() -> None:
+    import gc
+
+    from loadtest.gcwatch import line, watch
+
+    tally = watch()
+    try:
+        gc.collect()
+        gc.collect(0)
+    finally:
+        gc.callbacks.pop()
+    # NOTE: the young count is at least one: an automatic collection may slip in between.
+    assert tally[2][0] == 1 and tally[0][0] >= 1
+    assert tally[2][1] > 0
+    assert line(tally).startswith("gc: young ") and ", full 1 in " in line(tally)
