@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from common.gc_tuning import YOUNG_THRESHOLD
+from loadtest.gcwatch import line, watch
 
 # Run in a child: the collector's thresholds are process-wide and must not leak into the tests.
 _BURST = """
@@ -47,10 +49,6 @@ def test_the_same_burst_collects_under_pythons_default() -> None:
 
 
 def test_gcwatch_counts_and_times_each_generation() -> None:
-    import gc
-
-    from loadtest.gcwatch import line, watch
-
     tally = watch()
     try:
         gc.collect()
