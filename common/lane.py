@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 
 import grpc
+import numpy as np
 
 from common.errors import TensorgateError
 
@@ -24,7 +25,7 @@ ERROR = 1
 MAX_TIMEOUT_US = 2**32 - 1
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
-Frame = tuple[int, int, int, bytes | bytearray]
+Frame = tuple[int, int, int, bytes | bytearray | memoryview]
 #: Payloads from this size on are read by the kernel straight into a buffer of their own.
 DIRECT_FROM_BYTES = 64 * 1024
 #: At most this much is read into the scratch buffer at once: enough for a burst of small
@@ -40,9 +41,9 @@ def error_payload(error: TensorgateError) -> bytes:
     return bytes((error.code.value[0],)) + error.message.encode()
 
 
-def parse_error(payload: bytes | bytearray) -> TensorgateError:
+def parse_error(payload: bytes | bytearray | memoryview) -> TensorgateError:
     code = _CODES.get(payload[0], grpc.StatusCode.UNKNOWN) if payload else grpc.StatusCode.UNKNOWN
-    return TensorgateError(code, payload[1:].decode(errors="replace"))
+    return TensorgateError(code, bytes(payload[1:]).decode(errors="replace"))
 
 
 def timeout_us(timeout: float | None) -> int:
@@ -84,7 +85,7 @@ class FrameReader:
 class FrameBuffer:
     """The receiving end of an ``asyncio.BufferedProtocol``: frames arrive in a scratch buffer
     and small payloads are copied out of it once; the kernel writes a large payload straight
-    into a bytearray of its own, which is handed on as it is."""
+    into a buffer of its own, which is handed on as it is."""
 
     def __init__(self, max_payload: int, window: int = READ_WINDOW_BYTES) -> None:
         self.max_payload = max_payload
@@ -93,14 +94,14 @@ class FrameBuffer:
         self.scratch = bytearray(HEADER.size + DIRECT_FROM_BYTES + self.window)
         self.view = memoryview(self.scratch)
         self.filled = 0
-        self.large: bytearray | None = None
+        self.large: memoryview | None = None
         self.large_filled = 0
         self.large_head = (0, 0, 0)
 
     def get_buffer(self) -> memoryview:
         """Where the next bytes from the socket go."""
         if self.large is not None:
-            return memoryview(self.large)[self.large_filled:]
+            return self.large[self.large_filled:]
         return self.view[self.filled : self.filled + self.window]
 
     def received(self, count: int) -> list[Frame]:
@@ -128,7 +129,9 @@ class FrameBuffer:
                 frames.append((call_id, kind, timeout, bytes(view[start : start + size])))
                 offset = start + size
             elif size >= DIRECT_FROM_BYTES:
-                self.large = bytearray(size)
+                # NOTE: numpy's empty, not bytearray(size): the kernel fills every byte, so
+                # zeroing them first is a wasted pass over an image-sized payload.
+                self.large = np.empty(size, np.uint8).data
                 self.large[: end - start] = view[start:end]
                 self.large_filled, self.large_head = end - start, (call_id, kind, timeout)
                 offset = end

@@ -90,6 +90,24 @@ class _Graph:
         return self.relu(out)
 
 
+def make_passthrough(size: int = 64) -> onnx.ModelProto:
+    """ResNet-50's inputs and outputs with next to no compute (the first CLASSES values of each
+    row): what the serving path alone carries for requests of this size."""
+    bounds = [numpy_helper.from_array(np.array([v], np.int64), name)
+              for name, v in (("starts", 0), ("ends", CLASSES), ("axes", 1))]
+    graph = helper.make_graph(
+        [helper.make_node("Slice", ["INPUT0", "starts", "ends", "axes"], ["OUTPUT0"])],
+        "passthrough",
+        [helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, ["N", 3 * size * size])],
+        [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["N", CLASSES])],
+        bounds)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)],
+                              producer_name="tensorgate/loadtest/build_resnet.py",
+                              ir_version=ONNX_IR_VERSION)
+    onnx.checker.check_model(model)
+    return model
+
+
 def make_model(size: int = 64, seed: int = SEED) -> onnx.ModelProto:
     g = _Graph(seed)
     shape = numpy_helper.from_array(np.array([-1, 3, size, size], np.int64), "image_shape")

@@ -35,11 +35,11 @@ def _datatype(row: np.ndarray) -> str:
     return "FP16" if row.dtype == np.float16 else "FP32"
 
 
-def infer_request(model: str, version: str, row: np.ndarray) -> bytes:
-    """A serialized one-row ModelInferRequest with its tensor in raw_input_contents
-    (FP16 when ``row`` is float16, else FP32)."""
+def infer_request(model: str, version: str, row: np.ndarray, rows: int = 1) -> bytes:
+    """A serialized ModelInferRequest of ``rows`` copies of ``row``, its tensor in
+    raw_input_contents (FP16 when ``row`` is float16, else FP32)."""
     datatype = _datatype(row)
-    row = np.ascontiguousarray(row, dtype=NUMPY_DTYPES[datatype]).reshape(1, -1)
+    row = np.tile(np.asarray(row, dtype=NUMPY_DTYPES[datatype]).reshape(1, -1), (rows, 1))
     request = pb.ModelInferRequest(model_name=model, model_version=version)
     request.inputs.add(name="INPUT0", datatype=datatype, shape=list(row.shape))
     request.raw_input_contents.append(row.tobytes())
@@ -53,12 +53,13 @@ def json_request(row: np.ndarray) -> bytes:
     return json.dumps({"inputs": [tensor]}).encode()
 
 
-def binary_request(row: np.ndarray) -> tuple[bytes, int]:
-    """Triton's binary tensor extension: a JSON header, then the raw little-endian row; and the
-    header's length (the Inference-Header-Content-Length). Outputs come back binary too."""
+def binary_request(row: np.ndarray, rows: int = 1) -> tuple[bytes, int]:
+    """Triton's binary tensor extension: a JSON header, then ``rows`` copies of the raw
+    little-endian row; and the header's length (the Inference-Header-Content-Length). Outputs
+    come back binary too."""
     datatype = _datatype(row)
-    raw = np.ascontiguousarray(row, dtype=NUMPY_DTYPES[datatype]).tobytes()
-    tensor = {"name": "INPUT0", "datatype": datatype, "shape": [1, row.size],
+    raw = np.ascontiguousarray(row, dtype=NUMPY_DTYPES[datatype]).tobytes() * rows
+    tensor = {"name": "INPUT0", "datatype": datatype, "shape": [rows, row.size],
               "parameters": {"binary_data_size": len(raw)}}
     header = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}}).encode()
     return header + raw, len(header)
@@ -142,17 +143,18 @@ def prepare_repo(models: Sequence[str] = MODELS) -> dict[str, Case]:
     return cases
 
 
-def fill_requests(case: Case, seed: int = 7) -> None:
-    """One random row of the model's input datatype, as a gRPC, JSON and binary request."""
+def fill_requests(case: Case, seed: int = 7, rows: int = 1) -> None:
+    """One random row of the model's input datatype, and requests of it: gRPC and binary ones
+    of ``rows`` copies, a JSON one of the row alone."""
     config = load_model_config(case.config_path, case.name)
     assert config.inputs is not None and config.outputs is not None
     width = config.inputs[0].shape[0]
     dtype = NUMPY_DTYPES[config.inputs[0].datatype]
     case.row = np.random.default_rng(seed).random(width, dtype=np.float32).astype(dtype)
     case.output_dtype = NUMPY_DTYPES[config.outputs[0].datatype]
-    case.grpc_body = infer_request(case.name, case.version, case.row)
+    case.grpc_body = infer_request(case.name, case.version, case.row, rows)
     case.json_body = json_request(case.row)
-    case.binary_body, case.binary_header_length = binary_request(case.row)
+    case.binary_body, case.binary_header_length = binary_request(case.row, rows)
 
 
 @dataclass(frozen=True)

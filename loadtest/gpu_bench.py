@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from common.model_config import load_model_config
-from loadtest.build_resnet import CLASSES, make_model
+from loadtest.build_resnet import CLASSES, make_model, make_passthrough
 from loadtest.cases import (
     HEADER_LENGTH,
     METHOD,
@@ -41,12 +41,12 @@ from loadtest.servers import (
     start_runtime,
 )
 
-REPO = ROOT / "loadtest" / ".models-gpu"
-LOGS = REPO / ".logs"
-NAME = "resnet50"
+#: One model repository per benchmarked model, so a runtime loads only the one measured.
+REPOS = ROOT / "loadtest" / ".models-gpu"
+LOGS = REPOS / ".logs"
+MODELS = {"resnet50": make_model, "passthrough": make_passthrough}
 CONFIG = """\
-# ResNet-50 on {size}x{size} images, fixed random weights, {precision}; the flat image is
-# reshaped in the graph.
+# {model} on {size}x{size} images, {precision} (python -m loadtest.gpu_bench --model {model}).
 max_batch_size: {max_batch}
 dynamic_batching:
   max_queue_delay_microseconds: {delay_us}
@@ -67,10 +67,11 @@ outputs:
 
 
 def build(opts: argparse.Namespace) -> Case:
-    """``loadtest/.models-gpu/resnet50``: the model in the precision asked for, and its config."""
+    """``loadtest/.models-gpu/MODEL/MODEL``: the model in the precision asked for, and its
+    config."""
     from tensorgate.edge.convert import to_fp16
 
-    folder = REPO / NAME
+    folder = REPOS / opts.model / opts.model
     (folder / "1").mkdir(parents=True, exist_ok=True)
     LOGS.mkdir(exist_ok=True)
     artifact = folder / "1" / "model.onnx"
@@ -78,7 +79,7 @@ def build(opts: argparse.Namespace) -> Case:
     if not marker.exists():
         with tempfile.TemporaryDirectory() as tmp:
             fp32 = Path(tmp) / "model.onnx"
-            fp32.write_bytes(make_model(opts.size).SerializeToString())
+            fp32.write_bytes(MODELS[opts.model](opts.size).SerializeToString())
             if opts.precision == "fp16":
                 to_fp16(fp32, artifact, keep_io_types=False)
             else:
@@ -86,15 +87,15 @@ def build(opts: argparse.Namespace) -> Case:
         for old in (folder / "1").glob(".built-*"):
             old.unlink()
         marker.touch()
-    case = Case(NAME, "1", folder)
+    case = Case(opts.model, "1", folder)
     write_config(case, opts, max(instances for _, instances in opts.workers))
-    fill_requests(case)
+    fill_requests(case, rows=opts.rows)
     return case
 
 
 def write_config(case: Case, opts: argparse.Namespace, instances: int) -> None:
     case.config_path.write_text(CONFIG.format(
-        size=opts.size, precision=opts.precision, max_batch=opts.max_batch,
+        model=opts.model, size=opts.size, precision=opts.precision, max_batch=opts.max_batch,
         delay_us=opts.delay_us, instances=instances, device=opts.device,
         datatype="FP16" if opts.precision == "fp16" else "FP32", width=3 * opts.size ** 2,
         classes=CLASSES))
@@ -112,7 +113,7 @@ def ceiling(case: Case, opts: argparse.Namespace) -> tuple[list[BatchPoint], lis
         layouts.append([OnnxBackend(case.artifact, config, opts.threads)
                         for _ in range(sessions)])
     providers = layouts[0][0].session.get_providers()
-    case.expected = layouts[0][0].run([case.row.reshape(1, -1)])[0]
+    case.expected = np.tile(layouts[0][0].run([case.row.reshape(1, -1)])[0], (opts.rows, 1))
     rng = np.random.default_rng(11)
     points = []
     for backends in layouts:
@@ -126,9 +127,9 @@ def ceiling(case: Case, opts: argparse.Namespace) -> tuple[list[BatchPoint], lis
 
 def start_servers(children: Children, opts: argparse.Namespace, workers: int
                   ) -> tuple[list[str], str, str]:
-    """Runtime workers over ``loadtest/.models-gpu`` and a gateway in front of them; the
+    """Runtime workers over ``loadtest/.models-gpu/MODEL`` and a gateway in front of them; the
     workers' gRPC addresses and the gateway's gRPC and HTTP addresses."""
-    started = [start_runtime(children, f"runtime{index}", REPO, opts.threads)
+    started = [start_runtime(children, f"runtime{index}", REPOS / opts.model, opts.threads)
                for index in range(workers)]
     gateway_grpc, gateway_http = start_gateway(
         children, [lane for _, lane in started],
@@ -136,7 +137,9 @@ def start_servers(children: Children, opts: argparse.Namespace, workers: int
     return [address for address, _ in started], gateway_grpc, gateway_http
 
 
-Row = tuple[str, str, Outcome, tuple | None, tuple[float, float]]
+Row = tuple[str, str, Outcome, tuple | None, tuple[float, float, float]]
+#: The served paths, as --paths names them, in the order they run.
+PATHS = ("runtime", "grpc", "http")
 
 
 def thread_busy(before: dict[int, float], after: dict[int, float], main: int,
@@ -144,6 +147,12 @@ def thread_busy(before: dict[int, float], after: dict[int, float], main: int,
     """Cores kept busy by a process's main thread and by its busiest other thread."""
     busy = {tid: (after[tid] - before.get(tid, 0.0)) / seconds for tid in after}
     return busy.pop(main, 0.0), max(busy.values(), default=0.0)
+
+
+def busiest(before: dict[int, float], after: dict[int, float], seconds: float) -> float:
+    """Cores kept busy by the busiest of a group's processes (the gateways share callers'
+    connections by the kernel's SO_REUSEPORT hash, not evenly)."""
+    return max(((after[pid] - before.get(pid, 0.0)) / seconds for pid in after), default=0.0)
 
 
 def serve(case: Case, opts: argparse.Namespace, children: Children, workers: int,
@@ -155,7 +164,7 @@ def serve(case: Case, opts: argparse.Namespace, children: Children, workers: int
     binary = ((HEADER_LENGTH, str(case.binary_header_length)),
               ("Content-Type", "application/octet-stream"))
     first = runtimes[0]
-    paths = [
+    every = [
         (RUNTIME if workers == 1 else f"{RUNTIME}, one of {workers}",
          Target("grpc", first, METHOD, case.grpc_body, answer_size=check_grpc(first, case)),
          lambda: check_grpc(first, case)),
@@ -165,6 +174,7 @@ def serve(case: Case, opts: argparse.Namespace, children: Children, workers: int
         (GW_BINARY, Target("http", gateway_http, case.http_path, case.binary_body, binary),
          lambda: check_http(gateway_http, case, binary=True)),
     ]
+    paths = [path for path, key in zip(every, PATHS) if key in opts.paths]
     probes = [runtime_probe(runtime, case) for runtime in runtimes]
     layout = f"{workers}x{instances}"
     rows = []
@@ -175,14 +185,19 @@ def serve(case: Case, opts: argparse.Namespace, children: Children, workers: int
             load = Load(opts.concurrency, connections, opts.warmup, opts.duration,
                         threads=opts.generator_threads)
             before = [probe() for probe in probes]
-            threads, started = children.thread_cpu_seconds("runtime0"), time.monotonic()
+            threads, gateways = (children.thread_cpu_seconds("runtime0"),
+                                 children.process_cpu_seconds("gateway"))
+            started = time.monotonic()
             outcome = closed_loop(target, load, children.cpu_seconds)
-            busy = thread_busy(threads, children.thread_cpu_seconds("runtime0"),
-                               children.procs["runtime0"].pid, time.monotonic() - started)
+            seconds = time.monotonic() - started
+            busy = (*thread_busy(threads, children.thread_cpu_seconds("runtime0"),
+                                 children.procs["runtime0"].pid, seconds),
+                    busiest(gateways, children.process_cpu_seconds("gateway"), seconds))
             stats = batching(np.sum([p() - b for p, b in zip(probes, before)], axis=0))
             children.check_alive()
             check()
-            print(f"  {layout} {name}: {outcome.rate:8.0f} rows/s, p50 {outcome.p('50'):.1f} "
+            print(f"  {layout} {name}: {outcome.rate * opts.rows:8.0f} rows/s, "
+                  f"p50 {outcome.p('50'):.1f} "
                   f"ms, p99 {outcome.p('99'):.1f} ms, errors {outcome.errors}  "
                   f"[{outcome.generator}]", flush=True)
             rows.append((layout, name, outcome, stats, busy))
@@ -205,7 +220,7 @@ def gpu_name() -> str:
 def render(opts: argparse.Namespace, facts: dict[str, str], points: list[BatchPoint],
            rows: list[Row]) -> str:
     best = max(points, key=lambda p: p.rows_per_s)
-    lines = ["# GPU: ResNet-50 through the gateway against its in-process ceiling "
+    lines = [f"# GPU: {opts.model} through the gateway against its in-process ceiling "
              "(issue 3, target 6)", "", f"Command: `python -m loadtest.gpu_bench "
              f"{' '.join(opts.argv)}`", ""] + [f"- {k}: {v}" for k, v in facts.items()]
     lines += ["", "In-process (`OnnxBackend`, as the runtime builds it, back-to-back calls):", "",
@@ -213,17 +228,21 @@ def render(opts: argparse.Namespace, facts: dict[str, str], points: list[BatchPo
     lines += [f"| {p.layout} | {p.rows_per_s:.0f} | {p.p50_ms:.2f} | {p.p99_ms:.2f} |"
               for p in points]
     lines += ["", f"Ceiling: {best.rows_per_s:.0f} rows/s ({best.layout}, {best.p50_ms:.2f} ms "
-              "per batch).", "", "Served, one image per request, "
-              f"{opts.concurrency} closed-loop callers:", "",
+              "per batch).", "", f"Served, {opts.rows} image{'s' if opts.rows > 1 else ''} per "
+              f"request, {opts.concurrency} closed-loop callers:", "",
               "| workers x instances | path | generator | rows/s | ÷ ceiling | p50 ms | p99 ms | "
-              "p99 ÷ batch time | mean batch | cores busy: gateways | runtimes | first runtime's "
-              "event loop | its busiest other thread | errors |", "|---" * 14 + "|"]
-    for layout, name, o, stats, (loop, other) in rows:
-        mean = f"{stats[1]:.1f}" if stats else "-"
-        lines.append(f"| {layout} | {name} | {o.generator} | {o.rate:.0f} | "
-                     f"{o.rate / best.rows_per_s:.2f} | {o.p('50'):.1f} | {o.p('99'):.1f} | "
+              "p99 ÷ batch time | mean batch | batch: inputs gathered ms | run ms | "
+              "cores busy: gateways | busiest gateway | "
+              "runtimes | first runtime's event loop | its busiest other thread | errors |",
+              "|---" * 17 + "|"]
+    for layout, name, o, stats, (loop, other, gateway) in rows:
+        mean = (f"{stats[1]:.1f} | {stats[5] / 1e3:.2f} | {stats[3] / 1e3:.2f}" if stats
+                else "- | - | -")
+        rate = o.rate * opts.rows
+        lines.append(f"| {layout} | {name} | {o.generator} | {rate:.0f} | "
+                     f"{rate / best.rows_per_s:.2f} | {o.p('50'):.1f} | {o.p('99'):.1f} | "
                      f"{o.p('99') / best.p50_ms:.1f} | {mean} | {o.cores('gateway'):.1f} | "
-                     f"{o.cores('runtime'):.1f} | "
+                     f"{gateway:.2f} | {o.cores('runtime'):.1f} | "
                      f"{loop:.2f} | {other:.2f} | {o.errors} |")
     return "\n".join(lines) + "\n"
 
@@ -231,7 +250,11 @@ def render(opts: argparse.Namespace, facts: dict[str, str], points: list[BatchPo
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m loadtest.gpu_bench", description=__doc__)
     add = parser.add_argument
+    add("--model", choices=sorted(MODELS), default="resnet50",
+        help="resnet50 (the default), or passthrough: its inputs and outputs with next to no "
+             "compute, what the serving path alone carries for requests of this size")
     add("--size", type=int, default=224, help="image side (224)")
+    add("--rows", type=int, default=1, help="images per request (1)")
     add("--precision", choices=("fp16", "fp32"), default="fp16")
     add("--device", default="cuda:0", help="the model's device (cuda:0; cpu to try the bench)")
     add("--workers", default="1x2,2x1",
@@ -246,6 +269,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--duration", type=float, default=10.0, help="seconds measured per run (10)")
     add("--warmup", type=float, default=2.0, help="seconds of load before each run (2)")
     add("--ceiling-s", type=float, default=2.0, help="seconds per in-process point (2)")
+    add("--paths", default=",".join(PATHS),
+        help="the served paths to measure: runtime (called directly over gRPC), grpc and http "
+             "(the gateway's), comma-separated (all three)")
     add("--out", type=Path, default=None, help="write the report here too")
     opts = parser.parse_args(argv)
     try:
@@ -255,6 +281,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--workers: a list of PROCESSESxINSTANCES, e.g. 1x2,2x1")
     if not opts.workers or any(len(w) != 2 or min(w) < 1 for w in opts.workers):
         parser.error("--workers: a list of PROCESSESxINSTANCES, e.g. 1x2,2x1")
+    opts.paths = opts.paths.split(",")
+    if not opts.paths or set(opts.paths) - set(PATHS):
+        parser.error(f"--paths: a comma-separated list of {', '.join(PATHS)}")
+    if not 1 <= opts.rows <= opts.max_batch:
+        parser.error(f"--rows: 1 to --max-batch ({opts.max_batch}) images per request")
     opts.argv = argv
     return opts
 

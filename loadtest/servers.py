@@ -166,6 +166,14 @@ class Children:
         return {name: sum(_cpu_ticks(f) for _, f in sessions.get(proc.pid, []))
                 / ticks for name, proc in self.procs.items()}
 
+    def process_cpu_seconds(self, name: str) -> dict[int, float]:
+        """User + system CPU seconds of each process of a child's session, by process id."""
+        proc = self.procs.get(name)
+        if proc is None:
+            return {}
+        ticks = os.sysconf("SC_CLK_TCK")
+        return {pid: _cpu_ticks(fields) / ticks for pid, fields in _sessions().get(proc.pid, [])}
+
     def thread_cpu_seconds(self, name: str) -> dict[int, float]:
         """User + system CPU seconds of each thread of a child's own process, by thread id (the
         process id is its main thread's)."""
@@ -257,19 +265,21 @@ def runtime_probe(target: str, case: Case) -> Probe:
         infer = stats.inference_stats
         return np.array([stats.execution_count, stats.inference_count, infer.queue.ns,
                          infer.queue.count, infer.compute_infer.ns, infer.compute_infer.count,
-                         infer.fail.count], dtype=np.int64)
+                         infer.fail.count, infer.compute_input.ns, infer.compute_input.count],
+                        dtype=np.int64)
 
     return read
 
 
-Batching = tuple[int, float, float, float, int]
+Batching = tuple[int, float, float, float, int, float]
 
 
 def batching(delta: np.ndarray) -> Batching | None:
-    """Batches run, mean rows per batch, mean queue µs per request, mean batch compute µs, and
-    requests the runtime failed."""
-    executions, rows, queue_ns, queued, infer_ns, inferred, failed = (int(v) for v in delta)
+    """Batches run, mean rows per batch, mean queue µs per request, mean batch compute µs,
+    requests the runtime failed, and mean µs a batch took to gather its inputs."""
+    (executions, rows, queue_ns, queued, infer_ns, inferred, failed, input_ns,
+     gathered) = (int(v) for v in delta)
     if not executions and not failed:
         return None
     return (executions, rows / max(1, executions), queue_ns / max(1, queued) / 1e3,
-            infer_ns / max(1, inferred) / 1e3, failed)
+            infer_ns / max(1, inferred) / 1e3, failed, input_ns / max(1, gathered) / 1e3)

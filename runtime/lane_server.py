@@ -57,7 +57,7 @@ class LaneServer(asyncio.BufferedProtocol):
             task.add_done_callback(self.tasks.discard)
 
     async def answer(self, call_id: int, kind: int, timeout_us: int,
-                     payload: bytes | bytearray) -> None:
+                     payload: bytes | bytearray | memoryview) -> None:
         try:
             if kind >= len(self.handlers):
                 raise invalid_argument(f"unknown lane call kind {kind}")

@@ -18,7 +18,7 @@ from common.errors import TensorgateError
 from common.proto import grpc_service_pb2 as pb
 from runtime.batcher import Batcher, Pending, Timing
 from runtime.decode import InferCall
-from runtime.executor import BatchResult, execute
+from runtime.executor import BatchResult, Staging, execute
 from runtime.metrics import ModelMetrics, default_metrics
 from runtime.model import ServedModel
 from runtime.response import build_response
@@ -51,7 +51,8 @@ class Scheduler:
         )
         self.default_timeout = batching.default_timeout_microseconds / 1e6 if batching else 0.0
         self.free = [
-            (backend, ThreadPoolExecutor(1, thread_name_prefix=f"{model.name}-{model.version}"))
+            (backend, ThreadPoolExecutor(1, thread_name_prefix=f"{model.name}-{model.version}"),
+             Staging(config.max_batch_size))
             for backend in model.backends
         ]
         self._pool = list(self.free)
@@ -72,7 +73,7 @@ class Scheduler:
         self._loop = None
         if self._timer is not None:
             self._timer.cancel()
-        for _, pool in self._pool:
+        for _, pool, _ in self._pool:
             pool.shutdown(wait=False, cancel_futures=True)
 
     async def infer(self, call: InferCall, timeout: float | None,
@@ -150,7 +151,7 @@ class Scheduler:
 
     def _launch(self, batch: list[Pending]) -> None:
         instance = self.free.pop()
-        backend, pool = instance
+        backend, pool, staging = instance
         now = self.clock()
         queue_ns = self.model.stats.queue.add
         observe = self.metrics.queue.observe
@@ -162,14 +163,14 @@ class Scheduler:
                 item.timing.launched = now
         if self.inline:
             try:
-                result = execute(backend, self.model.batched, batch)
+                result = execute(backend, self.model.batched, batch, staging)
             except Exception as exc:
                 self._complete(batch, instance, None, exc)
             else:
                 self._complete(batch, instance, result, None)
             return
         work = asyncio.get_running_loop().run_in_executor(
-            pool, execute, backend, self.model.batched, batch)
+            pool, execute, backend, self.model.batched, batch, staging)
         work.add_done_callback(partial(self._finish, batch, instance))
 
     def _finish(self, batch: list[Pending], instance: tuple, work: asyncio.Future) -> None:

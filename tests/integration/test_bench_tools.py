@@ -66,5 +66,24 @@ def test_gpu_bench_serves_the_half_precision_model_and_compares_it(tmp_path: Pat
     assert "Ceiling: " in report and "providers of the in-process session: CPU" in report
     for path in ("runtime (gRPC)", "gateway → runtime, gRPC", "gateway → runtime, HTTP binary"):
         assert f"| 1x1 | {path} |" in report
-    config = (gpu_bench.REPO / "resnet50" / "config.yaml").read_text()
+    config = (gpu_bench.REPOS / "resnet50" / "resnet50" / "config.yaml").read_text()
     assert "datatype: FP16" in config and "device: cpu" in config
+
+
+def test_gpu_bench_measures_the_path_alone_with_several_images_per_request(tmp_path: Path
+                                                                          ) -> None:
+    out = tmp_path / "passthrough.md"
+    code = gpu_bench.main(["--model", "passthrough", "--rows", "2", "--paths", "grpc",
+                           "--size", "16", "--device", "cpu", "--max-batch", "4", "--workers",
+                           "1x1", "--gateway-processes", "1", "--concurrency", "4",
+                           "--connections", "1", "--generator-threads", "1", "--duration",
+                           "0.5", "--warmup", "0.2", "--ceiling-s", "0.1", "--threads", "1",
+                           "--out", str(out)])
+    assert code == 0
+    report = out.read_text()
+    assert "# GPU: passthrough" in report and "Served, 2 images per request" in report
+    served = [line for line in report.splitlines() if line.startswith("| 1x1 |")]
+    assert len(served) == 1 and "| gateway → runtime, gRPC |" in served[0]
+    cells = [c.strip() for c in served[0].strip("|").split("|")]
+    assert float(cells[3]) > 0 and cells[-1] == "0"  # rows/s, errors
+    assert float(cells[8]) <= 4  # mean batch: at most --max-batch rows
