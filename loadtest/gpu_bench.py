@@ -236,12 +236,12 @@ def render(opts: argparse.Namespace, facts: dict[str, str], points: list[BatchPo
               "runtimes | first runtime's event loop | its busiest other thread | errors |",
               "|---" * 17 + "|"]
     for layout, name, o, stats, (loop, other, gateway) in rows:
-        mean = (f"{stats[1]:.1f} | {stats[5] / 1e3:.2f} | {stats[3] / 1e3:.2f}" if stats
-                else "- | - | -")
+        batches = (f"{stats[1]:.1f} | {stats[5] / 1e3:.2f} | {stats[3] / 1e3:.2f}" if stats
+                   else "- | - | -")
         rate = o.rate * opts.rows
         lines.append(f"| {layout} | {name} | {o.generator} | {rate:.0f} | "
                      f"{rate / best.rows_per_s:.2f} | {o.p('50'):.1f} | {o.p('99'):.1f} | "
-                     f"{o.p('99') / best.p50_ms:.1f} | {mean} | {o.cores('gateway'):.1f} | "
+                     f"{o.p('99') / best.p50_ms:.1f} | {batches} | {o.cores('gateway'):.1f} | "
                      f"{gateway:.2f} | {o.cores('runtime'):.1f} | "
                      f"{loop:.2f} | {other:.2f} | {o.errors} |")
     return "\n".join(lines) + "\n"
