@@ -161,10 +161,7 @@ class Children:
 
     def cpu_seconds(self) -> dict[str, float]:
         """User + system CPU seconds each running child's session has used so far."""
-        ticks = os.sysconf("SC_CLK_TCK")
-        sessions = _sessions()
-        return {name: sum(_cpu_ticks(f) for _, f in sessions.get(proc.pid, []))
-                / ticks for name, proc in self.procs.items()}
+        return {name: sum(self.process_cpu_seconds(name).values()) for name in self.procs}
 
     def process_cpu_seconds(self, name: str) -> dict[int, float]:
         """User + system CPU seconds of each process of a child's session, by process id."""
