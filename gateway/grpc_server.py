@@ -14,7 +14,9 @@ import orjson
 
 from common import EXTENSIONS, __version__
 from common.errors import TensorgateError, invalid_argument
+from common.names import check_name
 from common.proto import grpc_service_pb2 as pb
+from common.uploads import check_upload
 from gateway.feedback import encode_result, post_feedback
 from gateway.peek import model_and_version, routing_fields
 from gateway.pipeline import Access, Headers, Pipeline
@@ -63,7 +65,10 @@ class GrpcTransport:
         kind = getattr(pb, f"{method}Request")
 
         async def handler(request: bytes, context: Any) -> bytes:
-            model = kind.FromString(request).model_name
+            message = kind.FromString(request)
+            # NOTE: checked here and again in each worker, before anything touches the disk.
+            model = check_name(message.model_name)
+            check_upload(message.parameters.keys() if method == "RepositoryModelLoad" else ())
             return await self.pipeline.broadcast(method, request, model, _headers(context))
 
         return handler

@@ -18,7 +18,9 @@ import orjson
 
 from common import EXTENSIONS, __version__
 from common.errors import TensorgateError, invalid_argument, not_found
+from common.names import check_name
 from common.proto import grpc_service_pb2 as pb
+from common.uploads import check_upload
 from gateway.admin_api import AdminApi, Call
 from gateway.edge import EdgeBuilder
 from gateway.feedback import encode_result, post_feedback
@@ -263,7 +265,9 @@ class HttpTransport:
                                 body: bytes) -> Reply:
         """Triton's load / unload: `{"parameters": {"config": "<JSON>", "file:1/model.onnx":
         "<base64>"}}`; the body may be empty."""
+        check_name(model)  # checked here and again in each worker, before any disk write
         params = _load_parameters(body)
+        check_upload(params.keys() if action == "load" else ())
         if action == "load":
             load = pb.RepositoryModelLoadRequest(model_name=model)
             for key, value in params.items():

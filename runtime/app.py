@@ -13,6 +13,8 @@ import grpc
 
 from common import tls
 from common.errors import TensorgateError
+from common.model_config import ConfigError
+from common.names import shown
 from common.policy import Snapshot
 from common.registry.watch import RegistryWatcher
 from common.settings import RuntimeSettings
@@ -22,7 +24,7 @@ from runtime.lane_server import LaneServer
 from runtime.loading import load_version
 from runtime.model import ModelStore, ServedModel
 from runtime.reload import Reloader
-from runtime.repository import scan
+from runtime.repository import scan_each
 from runtime.scheduler import Scheduler
 from runtime.server import grpc_handlers
 
@@ -31,12 +33,33 @@ log = logging.getLogger("tensorgate.runtime")
 
 def load_models(settings: RuntimeSettings,
                 metrics: runtime_metrics.RuntimeMetrics | None = None) -> ModelStore:
-    """Load every version in the repository (blocking); ConfigError names what is wrong."""
+    """Load every version in the repository (blocking); a model that does not load is logged
+    and skipped, so one broken folder never keeps the others from serving. ConfigError when
+    every model is broken: a worker with nothing to serve says why and stops."""
     metrics = metrics or runtime_metrics.default_metrics()
     store = ModelStore()
-    for source in scan(settings.model_repository):
-        store.add(load_version(source, settings.threads, metrics))
+    skipped: list[str] = []
+    for name, sources in scan_each(settings.model_repository):
+        try:
+            if isinstance(sources, ConfigError):
+                raise sources
+            models = [load_version(s, settings.threads, metrics) for s in sources]
+        except Exception as exc:  # onnxruntime and torch raise their own kinds
+            reason = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
+            skipped.append(one_line(reason))
+            log.error("model %s skipped, not served: %s", shown(name), skipped[-1])
+            continue
+        for model in models:
+            store.add(model)
+    if skipped and not store.names():
+        raise ConfigError(f"no model loads, nothing to serve: {skipped[0]}")
     return store
+
+
+def one_line(text: str, limit: int = 500) -> str:
+    """A reason fit for one log line: its lines joined, cut to `limit` characters."""
+    joined = " ".join(text.split())
+    return joined if len(joined) <= limit else joined[:limit] + "…"
 
 
 class Runtime:

@@ -6,7 +6,6 @@ handler, and encode its answer; a TensorgateError carries the failure.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -17,13 +16,15 @@ from opentelemetry.trace import Tracer
 
 from common import EXTENSIONS, __version__, tracing
 from common.errors import TensorgateError
+from common.names import check_name
 from common.proto import grpc_service_pb2 as pb
 from runtime import describe
 from runtime.batcher import Timing
 from runtime.decode import InferCall, decode_infer
 from runtime.model import ModelStore
-from runtime.reload import Reloader, write_upload
+from runtime.reload import Reloader
 from runtime.scheduler import Scheduler
+from runtime.staging import Upload
 
 Handler = Callable[[Any, float | None], Awaitable[Message]]
 #: Request bytes to the handler's argument: a message's FromString, or decode_infer.
@@ -118,19 +119,18 @@ class RuntimeCore:
 
     async def repository_load(self, request: Any, timeout: float | None) -> Message:
         """Load or reload a model from its folder, with the files and config sent along."""
+        name = check_name(request.model_name)
         reloader = self._reloader()
         params = request.parameters
         files = {key[5:]: value.bytes_param for key, value in params.items()
                  if key.startswith("file:")}
         config = params["config"].string_param if "config" in params else None
-        if files or config is not None:
-            await asyncio.to_thread(write_upload, reloader.repository / request.model_name,
-                                    config, files)
-        await reloader.load(request.model_name)
+        upload = Upload(files, config) if files or config is not None else None
+        await reloader.load(name, upload)
         return pb.RepositoryModelLoadResponse()
 
     async def repository_unload(self, request: Any, timeout: float | None) -> Message:
-        await self._reloader().unload(request.model_name)
+        await self._reloader().unload(check_name(request.model_name))
         return pb.RepositoryModelUnloadResponse()
 
     def _reloader(self) -> Reloader:

@@ -8,21 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import uuid
-from collections.abc import Callable, Mapping
-from pathlib import Path, PurePosixPath
+import shutil
+from collections.abc import Callable
+from pathlib import Path
 
 import grpc
-from google.protobuf import json_format, text_format
 
-from common.errors import TensorgateError, invalid_argument, not_found
+from common.errors import TensorgateError, not_found, unavailable
 from common.model_config import ConfigError
-from common.proto import model_config_pb2 as mc
+from common.names import check_name
 from runtime.loading import stamp
 from runtime.model import ModelStore, ServedModel
 from runtime.repository import VersionSource, scan_model
 from runtime.scheduler import Scheduler
+from runtime.staging import Upload, commit, stage
 from runtime.warmup import ValidationError
 
 log = logging.getLogger("tensorgate.runtime")
@@ -46,33 +45,65 @@ class Reloader:
         self.drain_timeout_s = drain_timeout_s
         self._lock = asyncio.Lock()
 
-    async def load(self, name: str) -> list[str]:
+    async def load(self, name: str, upload: Upload | None = None) -> list[str]:
         """Bring `name` in line with its folder: new or changed versions in, removed ones out.
 
-        Every new version is ready before any swap, so a failure leaves the model as it was.
+        Every new version is ready before any swap, so a failure leaves the model as it was;
+        an upload is loaded from its stage and reaches the repository only once all loaded.
         Returns what changed, as "loaded 3", "replaced 2", "retired 1".
         """
+        check_name(name)
         async with self._lock:
-            sources = await asyncio.to_thread(self._scan, name)
-            current = self.store.loaded(name)
-            fresh: list[ServedModel] = []
-            for source in sources:
-                loaded = current.get(source.version)
-                if loaded is None or loaded.stamp != stamp(source.artifact):
-                    fresh.append(await asyncio.to_thread(self._build, source))
-            changes = []
-            for model in fresh:
-                self.schedulers[id(model)] = self.start(model)
-                self.store.add(model)
-                changes.append(f"{'replaced' if model.version in current else 'loaded'} "
-                               f"{model.version}")
-            kept = {source.version for source in sources}
-            swapped = {model.version for model in fresh}
-            old = [m for v, m in current.items() if v not in kept or v in swapped]
-            changes += [f"retired {m.version}" for m in old if m.version not in kept]
-            await self._retire(old)
-            log.info("model %s reloaded: %s", name, ", ".join(changes) or "no change")
-            return changes
+            staged = None
+            try:
+                if upload is not None:
+                    staged = await asyncio.to_thread(stage, self.repository, name, upload)
+                sources = await asyncio.to_thread(self._scan, name, staged)
+                current = self.store.loaded(name)
+                fresh: dict[Path, ServedModel] = {}
+                for source in sources:
+                    loaded = current.get(source.version)
+                    if loaded is None or loaded.stamp != stamp(source.artifact):
+                        fresh[source.artifact] = await asyncio.to_thread(self._build, source)
+                if staged is not None and upload is not None:
+                    await asyncio.to_thread(self._commit, name, upload, staged, fresh)
+            except TensorgateError as exc:
+                if staged is not None:  # name the repository's path, not the stage's
+                    exc.message = exc.message.replace(str(staged), str(self.repository / name))
+                raise
+            finally:
+                if staged is not None:
+                    shutil.rmtree(staged.parent, ignore_errors=True)
+            return await self._swap(name, sources, current, list(fresh.values()))
+
+    async def _swap(self, name: str, sources: list[VersionSource],
+                    current: dict[int, ServedModel], fresh: list[ServedModel]) -> list[str]:
+        changes = []
+        for model in fresh:
+            self.schedulers[id(model)] = self.start(model)
+            self.store.add(model)
+            changes.append(f"{'replaced' if model.version in current else 'loaded'} "
+                           f"{model.version}")
+        kept = {source.version for source in sources}
+        swapped = {model.version for model in fresh}
+        old = [m for v, m in current.items() if v not in kept or v in swapped]
+        changes += [f"retired {m.version}" for m in old if m.version not in kept]
+        await self._retire(old)
+        log.info("model %s reloaded: %s", name, ", ".join(changes) or "no change")
+        return changes
+
+    def _commit(self, name: str, upload: Upload, staged: Path,
+                fresh: dict[Path, ServedModel]) -> None:
+        """The upload into the repository; each fresh version stamped as its file there, so
+        the next load does not take the moved file for a changed one."""
+        try:
+            commit(self.repository, name, upload)
+        except OSError as exc:
+            raise unavailable(f"model '{name}' loaded but its files could not be written to "
+                              f"the repository ({exc.strerror}); nothing changed") from None
+        for artifact, model in fresh.items():
+            if artifact.is_relative_to(staged):
+                model.stamp = stamp(self.repository / name / artifact.relative_to(staged))
 
     async def unload(self, name: str) -> None:
         """Take every version of `name` out of service, draining each."""
@@ -83,9 +114,9 @@ class Reloader:
             await self._retire(list(current.values()))
             log.info("model %s unloaded", name)
 
-    def _scan(self, name: str) -> list[VersionSource]:
-        folder = self.repository / name
-        if "/" in name or name.startswith(".") or not folder.is_dir():
+    def _scan(self, name: str, staged: Path | None = None) -> list[VersionSource]:
+        folder = staged or self.repository / name
+        if not folder.is_dir():
             raise not_found(f"no model folder {name!r} in the repository {self.repository}")
         try:
             return scan_model(folder)
@@ -120,35 +151,3 @@ class Reloader:
             if scheduler is not None:
                 await scheduler.stop()
 
-
-def write_upload(model_dir: Path, config_json: str | None, files: Mapping[str, bytes]) -> None:
-    """Put a load request's files (`file:<path>` parameters) and config into the model folder.
-
-    Each file lands whole or not at all (written beside, then renamed); workers sharing the
-    repository may all write the same bytes. A config arrives as Triton's JSON and is kept as
-    config.pbtxt, which a config.yaml would override, so a model that has one is refused.
-    """
-    targets = {}
-    for name in files:
-        relative = PurePosixPath(name)
-        if relative.is_absolute() or ".." in relative.parts or len(relative.parts) < 2:
-            raise invalid_argument(f"file parameter 'file:{name}': expected a path inside the "
-                                   "model folder, like file:1/model.onnx")
-        targets[name] = model_dir.joinpath(*relative.parts)
-    if config_json is not None:
-        if (model_dir / "config.yaml").exists():
-            raise TensorgateError(grpc.StatusCode.FAILED_PRECONDITION,
-                                  f"{model_dir / 'config.yaml'} exists and would override a "
-                                  "config given with the load; edit that file instead")
-        try:
-            config = json_format.Parse(config_json, mc.ModelConfig())
-        except json_format.ParseError as exc:
-            raise invalid_argument(f"the 'config' parameter is not a model config in JSON: "
-                                   f"{exc}") from None
-        targets["config.pbtxt"] = model_dir / "config.pbtxt"
-        files = {**files, "config.pbtxt": text_format.MessageToString(config).encode()}
-    for name, target in targets.items():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}")
-        partial.write_bytes(files[name])
-        os.replace(partial, target)

@@ -5,11 +5,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from common.model_config import ConfigError, ModelConfig, VersionPolicy, load_model_config
+from common.names import is_name, rule
 from runtime.backends import detect_backend
 
 log = logging.getLogger("tensorgate.config")
@@ -39,6 +40,23 @@ def scan(repo: Path) -> list[VersionSource]:
     for model_dir in model_dirs:
         found += scan_model(model_dir)
     return found
+
+
+def scan_each(repo: Path) -> Iterator[tuple[str, list[VersionSource] | ConfigError]]:
+    """Each model folder's name with its selected versions, or the ConfigError that stops it:
+    start-up skips a broken model (and says why) rather than refusing to serve the others."""
+    if not repo.is_dir():
+        raise ConfigError(f"{repo}: model repository not found (expected a directory)")
+    for model_dir in sorted(p for p in repo.iterdir() if p.is_dir()
+                            and not p.name.startswith(".")):
+        if not is_name(model_dir.name):
+            yield model_dir.name, ConfigError(f"{model_dir}: the folder's name is not a model "
+                                              f"name ({rule()})")
+            continue
+        try:
+            yield model_dir.name, scan_model(model_dir)
+        except ConfigError as exc:
+            yield model_dir.name, exc
 
 
 def scan_model(model_dir: Path) -> list[VersionSource]:

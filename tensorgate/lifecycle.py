@@ -21,7 +21,7 @@ from common.registry.retire import retire_version
 from common.registry.versions import Lifecycle, VersionRecord
 from runtime.backends import ARTIFACTS, detect_backend, load_backend
 from runtime.backends.base import Backend
-from runtime.repository import TRITON_CONFIG, YAML_CONFIG, scan
+from runtime.repository import TRITON_CONFIG, YAML_CONFIG, VersionSource, scan_each
 from runtime.warmup import ValidationError, validate
 
 CHUNK = 1 << 20
@@ -76,7 +76,7 @@ def sync_repository(registry: Registry, repository: Path, actor: str = "reposito
     whose sha256 differs from the registered one. The labels of the versions registered."""
     lifecycle = Lifecycle(registry)
     added = []
-    for source in scan(repository):
+    for source in _servable(repository):
         name, version = source.config.name, str(source.version)
         digest = sha256_of(source.artifact)
         known = lifecycle.get(name, version)
@@ -92,6 +92,22 @@ def sync_repository(registry: Registry, repository: Path, actor: str = "reposito
                 f"{known.sha256[:12]}… registered for {known.label}: the file changed after "
                 "registration; restore it, or register the new file as a new version")
     return added
+
+
+def _servable(repository: Path) -> list[VersionSource]:
+    """The versions of every model whose folder scans; a broken model is logged and skipped
+    (the runtime skips it too), unless no model scans: then its ConfigError stands."""
+    found: list[VersionSource] = []
+    broken: list[ConfigError] = []
+    for name, sources in scan_each(repository):
+        if isinstance(sources, ConfigError):
+            log.error("model %r skipped: %s", name, " ".join(str(sources).split()))
+            broken.append(sources)
+        else:
+            found += sources
+    if broken and not found:
+        raise broken[0]
+    return found
 
 
 def sync_on_start(registry_path: Path, repository: Path) -> None:
