@@ -9,13 +9,16 @@ import hashlib
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from common.errors import TensorgateError
 from common.model_config import ConfigError, ModelConfig, load_model_config
+from common.names import check_name, check_version
 from common.registry import Registry, RegistryError
 from common.registry.retire import retire_version
 from common.registry.versions import Lifecycle, VersionRecord
@@ -160,26 +163,29 @@ class Request:
 def register(registry: Registry, repository: Path, ask: Request, actor: str,
              progress: bool = True) -> VersionRecord:
     """Copy, record (validating), validate, then move into place (ready) or record why not
-    (failed). A failed version never reaches the repository's version folders."""
+    (failed). A failed version leaves no folder, and its number is free for the next one."""
     lifecycle = Lifecycle(registry)
-    model_dir = repository / ask.model
-    version = ask.version or _next_version(lifecycle, model_dir)
+    model = _checked(check_name, ask.model, "model name")
+    model_dir = repository / model
+    version = (_checked(check_version, ask.version, "--version") if ask.version is not None
+               else _next_version(lifecycle, model_dir))
     if (model_dir / version).exists():
         raise RegistryError(f"{model_dir / version} already exists; choose another version")
-    staging = model_dir / f".staging-{version}"
+    # NOTE: staged beside the model folders, not in one: a failed new model leaves no folder.
+    staging = repository / f".staging-{model}-{version}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
         config_path = _staged_config(model_dir, staging, ask)
         copied = copy_artifact(ask.file, staging / artifact_name(ask.file), progress)
-        config = load_model_config(config_path, ask.model)
+        config = load_model_config(config_path, model)
         record = lifecycle.add(VersionRecord(
-            ask.model, version, copied.sha256, copied.size,
+            model, version, copied.sha256, copied.size,
             ARTIFACTS[copied.path.name], _declared(config), actor,
             time.time(), ask.notes, "validating"), actor)
         try:
             _, _, backend = load_and_validate(staging, config)
         except ValidationError as exc:
-            return lifecycle.set_state(ask.model, version, "failed", actor, str(exc))
+            return lifecycle.set_state(model, version, "failed", actor, str(exc))
         _publish(staging, model_dir, version)
         del backend
         return lifecycle.set_state(record.model, version, "ready", actor)
@@ -187,9 +193,27 @@ def register(registry: Registry, repository: Path, ask: Request, actor: str,
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _checked(check: Callable[[object, str], str], text: str, what: str) -> str:
+    """The registry's error (the CLI's exit 2) for a name or version off the naming rule."""
+    try:
+        return check(text, what)
+    except TensorgateError as exc:
+        raise RegistryError(exc.message) from None
+
+
 def _next_version(lifecycle: Lifecycle, model_dir: Path) -> str:
     on_disk = [int(p.name) for p in model_dir.glob("*") if p.name.isdigit()]
     return str(max(int(lifecycle.next_version(model_dir.name)), max(on_disk, default=0) + 1))
+
+
+def config_name(config: Path) -> str:
+    """The name a config file takes in the model folder, by its format."""
+    if config.suffix in (".yaml", ".yml"):
+        return YAML_CONFIG
+    if config.suffix == ".pbtxt":
+        return TRITON_CONFIG
+    raise RegistryError(f"{config}: expected a config in YAML (.yaml, .yml) or Triton's "
+                        "format (.pbtxt)")
 
 
 def _staged_config(model_dir: Path, staging: Path, ask: Request) -> Path:
@@ -203,8 +227,8 @@ def _staged_config(model_dir: Path, staging: Path, ask: Request) -> Path:
         return existing
     if ask.config is None:
         raise RegistryError(f"model {ask.model!r} is new: give its config with --config FILE")
+    staged = staging / config_name(ask.config)
     staging.mkdir(parents=True, exist_ok=True)
-    staged = staging / ask.config.name
     shutil.copyfile(ask.config, staged)
     return staged
 
@@ -212,9 +236,9 @@ def _staged_config(model_dir: Path, staging: Path, ask: Request) -> Path:
 def _publish(staging: Path, model_dir: Path, version: str) -> None:
     """Rename the staged files into `<model>/<version>/` (and a new model's config beside)."""
     target = model_dir / version
-    target.mkdir()
+    target.mkdir(parents=True)
     for item in staging.iterdir():
-        if item.name.startswith("config."):
+        if item.name in (YAML_CONFIG, TRITON_CONFIG):
             item.replace(model_dir / item.name)
         else:
             item.replace(target / item.name)
@@ -222,5 +246,13 @@ def _publish(staging: Path, model_dir: Path, version: str) -> None:
 
 def retire(registry: Registry, repository: Path, model: str, version: str, actor: str,
            force: bool = False) -> VersionRecord:
-    """Stop serving a version (see common.registry.retire; the gateway's admin API shares it)."""
+    """Stop serving a version (see common.registry.retire; the gateway's admin API shares it).
+
+    The last ready version of a model goes only with `force`: retiring it stops the model."""
+    record = Lifecycle(registry).get(model, version)
+    others = [r for r in Lifecycle(registry).versions(model)
+              if r.version != version and r.state == "ready"]
+    if record is not None and record.state == "ready" and not others and not force:
+        raise RegistryError(f"{record.label} is the last ready version of {model!r}: retiring "
+                            "it stops the model; register another first, or force it (--force)")
     return retire_version(registry, repository, model, version, actor, force)

@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from common.model_config import ConfigError
+from common.names import is_name, is_version, rule, shown
 from common.registry import Registry, RegistryError, default_registry_path
-from common.registry.versions import PRODUCTION, Lifecycle, VersionRecord
+from common.registry.versions import PRODUCTION, Lifecycle
 from tensorgate import lifecycle
-from tensorgate.admin import actor, registry_options, table, when
+from tensorgate import models_view as view
+from tensorgate.admin import actor, registry_options
 
 COMMANDS = ("models",)
 
 
 def _target(text: str) -> tuple[str, str]:
     model, sep, version = text.partition(":")
-    if not model or not sep or not version:
-        raise argparse.ArgumentTypeError(f"expected NAME:VERSION, like digits:2, got {text!r}")
+    if not is_name(model) or not sep or not is_version(version):
+        raise argparse.ArgumentTypeError(f"expected NAME:VERSION, like digits:2 (a name of "
+                                         f"{rule()}; a whole number), got {shown(text)}")
     return model, version
 
 
@@ -32,15 +34,21 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     register.add_argument("name")
     register.add_argument("--file", type=Path, required=True, help="a .onnx or .pt file")
     register.add_argument("--version", help="the version number (next free one)")
-    register.add_argument("--config", type=Path, help="config.yaml / config.pbtxt (new models)")
+    register.add_argument("--config", type=Path,
+                          help="the model's config (new models): a .yaml/.yml file is placed as "
+                               "config.yaml, a .pbtxt file as config.pbtxt, whatever its name")
     register.add_argument("--notes", default="", help="free text kept with the version")
     sub.add_parser("list", parents=[options], help="every version, its state and aliases")
-    describe = sub.add_parser("describe", parents=[options], help="one model or version, as JSON")
+    describe = sub.add_parser("describe", parents=[options],
+                              help="one model or version: a summary, or everything with --json")
     describe.add_argument("target", metavar="NAME[:VERSION]")
+    describe.add_argument("--json", action="store_true",
+                          help=f"everything as JSON, with the last {view.HISTORY_LIMIT} changes")
     unregister = sub.add_parser("unregister", parents=[options], help="retire a version")
     unregister.add_argument("target", type=_target, metavar="NAME:VERSION")
     unregister.add_argument("--force", action="store_true",
-                            help="even while an alias or the traffic policy points at it")
+                            help="even while an alias or the traffic policy points at it, "
+                                 "or when it is the model's last ready version")
     promote = sub.add_parser("promote", parents=[options], help="point an alias at a version")
     promote.add_argument("target", type=_target, metavar="NAME:VERSION")
     promote.add_argument("--to", default=PRODUCTION, help="the alias (production)")
@@ -68,9 +76,9 @@ def _dispatch(registry: Registry, args: argparse.Namespace) -> int:
     if command == "register":
         return _register(registry, args)
     if command == "list":
-        print(table(_rows(lifecycle_, lifecycle_.versions())))
+        print(view.version_table(lifecycle_, lifecycle_.versions(), view.width()))
     elif command == "describe":
-        print(_describe(registry, lifecycle_, args.target))
+        print(_describe(registry, lifecycle_, args.target, args.json))
     elif command == "unregister":
         model, version = args.target
         lifecycle.retire(registry, args.model_repository, model, version, actor(), args.force)
@@ -102,34 +110,13 @@ def _register(registry: Registry, args: argparse.Namespace) -> int:
     return 0
 
 
-def _rows(lifecycle_: Lifecycle, records: list[VersionRecord]) -> list[list[str]]:
-    rows = [["MODEL", "VERSION", "STATE", "ALIASES", "BACKEND", "SIZE", "CREATED", "BY"]]
-    aliases: dict[str, dict[str, str]] = {}
-    for r in records:
-        named = aliases.setdefault(r.model, lifecycle_.aliases(r.model))
-        here = ",".join(a for a, v in named.items() if v == r.version) or "-"
-        rows.append([r.model, r.version, r.state if not r.reason else f"{r.state} ({r.reason})",
-                     here, r.backend, str(r.size), when(r.created_at), r.created_by])
-    return rows
-
-
-def _describe(registry: Registry, lifecycle_: Lifecycle, target: str) -> str:
-    """As JSON: signature, state, sha256, traffic share and aliases, and the recent history."""
+def _describe(registry: Registry, lifecycle_: Lifecycle, target: str, as_json: bool) -> str:
+    """A readable summary (signature, state, traffic share, aliases, recent changes), or with
+    --json everything as JSON."""
     model, _, version = target.partition(":")
     records = [r for r in lifecycle_.versions(model) if not version or r.version == version]
     if not records:
         raise RegistryError(f"no registered version matches {target!r}")
-    policy = registry.get_traffic(model)
-    total = sum(w for _, w in policy.weights) if policy else 0
-    share = {v: 100.0 * w / total for v, w in policy.weights} if policy else {}
-    history = registry.audit_log(model=model, limit=20)
-    described = {
-        "model": model, "aliases": lifecycle_.aliases(model),
-        "versions": [{**r.summary(), "signature": r.signature,
-                      "traffic_percent": share.get(r.version, 0.0)} for r in records],
-        "history": [{"at": when(e.at), "actor": e.actor, "action": e.action,
-                     "target": e.target, "before": e.before, "after": e.after}
-                    for e in history if not version or e.target in (model, target)
-                    or e.target.startswith(f"{model}:")],
-    }
-    return json.dumps(described, indent=2, sort_keys=True, default=str)
+    if as_json:
+        return view.describe_json(registry, lifecycle_, model, version, records)
+    return view.describe_text(registry, lifecycle_, model, version, records, view.width())

@@ -55,13 +55,18 @@ class Lifecycle:
         self.registry = registry
 
     def add(self, record: VersionRecord, actor: str) -> VersionRecord:
-        """Record a new version (normally in state `validating`)."""
+        """Record a new version (normally in state `validating`); it may take the number of
+        one that failed (the audit log keeps that one's record)."""
         with self.registry.transaction() as conn:
             conn.execute("INSERT OR IGNORE INTO models (name, created_at) VALUES (?, ?)",
                          (record.model, record.created_at))
-            if self._get(conn, record.model, record.version) is not None:
+            known = self._get(conn, record.model, record.version)
+            if known is not None and known.state != "failed":
                 raise RegistryError(f"version {record.label} is already registered; "
                                     "choose another version number")
+            if known is not None:  # a failed registration does not use its number up
+                conn.execute("DELETE FROM versions WHERE model = ? AND version = ?",
+                             (record.model, record.version))
             conn.execute(f"INSERT INTO versions ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                          (record.model, record.version, record.sha256, record.size,
                           record.backend, json.dumps(record.signature), record.created_by,
@@ -94,7 +99,8 @@ class Lifecycle:
         return [_record(row) for row in rows]
 
     def next_version(self, model: str) -> str:
-        numbers = [int(r.version) for r in self.versions(model) if r.version.isdigit()]
+        numbers = [int(r.version) for r in self.versions(model)
+                   if r.version.isdigit() and r.state != "failed"]
         return str(max(numbers, default=0) + 1)
 
     def aliases(self, model: str) -> dict[str, str]:

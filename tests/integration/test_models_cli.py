@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -47,7 +48,7 @@ def test_register_validates_then_serves_and_lists_the_version(repo: Path) -> Non
     assert (repo / "digits" / "3" / "model.onnx").read_bytes() == (
         DIGITS / "1" / "model.onnx").read_bytes()
     assert [row[:3] for row in listing(repo)] == [["digits", v, "ready"] for v in "123"]
-    described = json.loads(tensorgate(repo, "models", "describe", "digits:3").stdout)
+    described = json.loads(tensorgate(repo, "models", "describe", "digits:3", "--json").stdout)
     version = described["versions"][0]
     assert version["notes"] == "retrained" and version["state"] == "ready"
     assert version["signature"]["outputs"] == [
@@ -149,3 +150,99 @@ def test_promote_and_rollback_move_a_running_servers_requests(repo: Path, served
     eventually(served, "1")
     audit = tensorgate(repo, "audit", "--model", "digits").stdout
     assert "alias.rollback" in audit and "alias.set" in audit
+
+
+def test_probe_13_a_config_of_any_name_is_placed_as_the_model_s_config(repo: Path) -> None:
+    mine = repo.parent / "my-config.yaml"
+    mine.write_text((DIGITS / "config.yaml").read_text().replace("max_batch_size: 64",
+                                                                  "max_batch_size: 16"))
+    done = tensorgate(repo, "models", "register", "mine", "--file",
+                      str(DIGITS / "1" / "model.onnx"), "--config", str(mine))
+    assert done.returncode == 0, done.stderr
+    assert (repo / "mine" / "config.yaml").read_bytes() == mine.read_bytes()
+    assert sorted(p.name for p in (repo / "mine" / "1").iterdir()) == ["model.onnx"]
+    pbtxt = repo.parent / "triton-style.pbtxt"
+    pbtxt.write_text('platform: "onnxruntime_onnx"\nmax_batch_size: 8\n'
+                     'input [ { name: "INPUT0", data_type: TYPE_FP32, dims: [ 64 ] } ]\n'
+                     'output [ { name: "OUTPUT0", data_type: TYPE_FP32, dims: [ 10 ] } ]\n')
+    done = tensorgate(repo, "models", "register", "tri", "--file",
+                      str(DIGITS / "1" / "model.onnx"), "--config", str(pbtxt))
+    assert done.returncode == 0, done.stderr
+    assert (repo / "tri" / "config.pbtxt").read_bytes() == pbtxt.read_bytes()
+    odd = repo.parent / "config.txt"
+    odd.write_text("max_batch_size: 8\n")
+    refused = tensorgate(repo, "models", "register", "odd", "--file",
+                         str(DIGITS / "1" / "model.onnx"), "--config", str(odd))
+    assert refused.returncode == 2 and "expected a config in YAML" in refused.stderr
+    assert not (repo / "odd").exists()
+
+
+def test_probe_17_a_failed_registration_uses_no_number_and_leaves_no_folder(
+        repo: Path) -> None:
+    broken = repo.parent / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    before = sorted(p.name for p in repo.iterdir())
+    assert tensorgate(repo, "models", "register", "digits", "--file",
+                      str(broken)).returncode == 1
+    done = tensorgate(repo, "models", "register", "digits", "--file",
+                      str(DIGITS / "1" / "model.onnx"))
+    assert done.returncode == 0 and "registered digits:3" in done.stderr, done.stderr
+    assert tensorgate(repo, "models", "register", "fresh", "--file", str(broken),
+                      "--config", str(DIGITS / "config.yaml")).returncode == 1
+    assert sorted(p.name for p in repo.iterdir()) == before
+
+
+def test_probe_17_the_last_ready_version_is_not_unregistered_without_force(
+        repo: Path) -> None:
+    assert tensorgate(repo, "models", "register", "solo", "--file",
+                      str(DIGITS / "1" / "model.onnx"), "--config",
+                      str(DIGITS / "config.yaml")).returncode == 0
+    refused = tensorgate(repo, "models", "unregister", "solo:1")
+    assert refused.returncode == 2 and "last ready version" in refused.stderr
+    assert (repo / "solo" / "1" / "model.onnx").exists()
+    assert tensorgate(repo, "models", "unregister", "solo:1", "--force").returncode == 0
+
+
+def test_probe_17_the_readme_walkthrough_retires_only_the_version_it_registered() -> None:
+    readme = (ROOT / "README.md").read_text()
+    walkthrough = readme[readme.index("## Roll out a new model version"):]
+    walkthrough = walkthrough[:walkthrough.index("\n## ", 1)]
+    registered = set(re.findall(r"registered (\w+:\d+)", walkthrough))
+    retired = re.findall(r"tensorgate models unregister (\S+)", walkthrough)
+    shipped = {f"digits:{p.name}" for p in DIGITS.iterdir() if p.name.isdigit()}
+    assert retired and registered
+    assert all(target in registered and target not in shipped for target in retired)
+
+
+def _failed_version(repo: Path, reason: str) -> None:
+    from common.registry import Registry
+    from common.registry.versions import Lifecycle, VersionRecord
+
+    with Registry(repo.parent / "r.db") as registry:
+        lifecycle = Lifecycle(registry)
+        lifecycle.add(VersionRecord("digits", "7", "0" * 64, 1, "onnx", {}, "test",
+                                    time.time(), "", "validating"), "test")
+        lifecycle.set_state("digits", "7", "failed", "test", reason)
+        for share in range(1, 16):
+            registry.set_traffic("digits", {"1": share, "2": 100 - share}, actor="test")
+
+
+def test_probe_18_list_stays_a_table_and_describe_is_a_summary(repo: Path) -> None:
+    assert tensorgate(repo, "models", "list").returncode == 0  # registers the shipped versions
+    reason = "the model does not load:\n" + "\n".join(f"line {i} " + "x" * 60 for i in range(9))
+    _failed_version(repo, reason)
+    env_run = subprocess.run([sys.executable, "-m", "tensorgate", "models", "list",
+                              "--model-repository", str(repo), "--registry",
+                              str(repo.parent / "r.db")], capture_output=True, text=True,
+                             timeout=120, cwd=ROOT, env={**os.environ, "COLUMNS": "120"})
+    lines = env_run.stdout.strip().splitlines()
+    assert len(lines) == 4, env_run.stdout  # the head and one line per version
+    assert all(len(line) <= 120 for line in lines), env_run.stdout
+    assert "failed (the model does not load: line 0" in lines[3] and "x…" in lines[3]
+    summary = tensorgate(repo, "models", "describe", "digits").stdout
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(summary)
+    assert " ".join(reason.split()) in summary  # the reason the table cut, in full
+    assert sum("traffic.set" in line for line in summary.splitlines()) == 10
+    full = json.loads(tensorgate(repo, "models", "describe", "digits", "--json").stdout)
+    assert sum(h["action"] == "traffic.set" for h in full["history"]) == 15
