@@ -14,7 +14,7 @@ import grpc
 from common import tls
 from common.errors import TensorgateError
 from common.model_config import ConfigError
-from common.names import shown
+from common.names import is_name, shown
 from common.policy import Snapshot
 from common.registry.watch import RegistryWatcher
 from common.settings import RuntimeSettings
@@ -105,6 +105,9 @@ class Runtime:
         """Reload each model whose ready versions changed: registered, retired or replaced."""
         for name in sorted(set(old.ready) | set(new.ready)):
             if old.ready.get(name) == new.ready.get(name):
+                continue
+            if not is_name(name):  # a registry row is no path into the filesystem
+                log.error("model %s not reloaded: not a model name", shown(name))
                 continue
             try:
                 if (self.settings.model_repository / name).is_dir():

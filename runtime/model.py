@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from common.errors import invalid_argument, not_found
 from common.model_config import ModelConfig, TensorSpec
+from common.names import MAX_VERSION, is_version, shown
 from runtime.backends.base import Backend
 from runtime.stats import ModelStats
 
@@ -77,9 +78,9 @@ class ModelStore:
         versions = self.versions(name)
         if not version:
             return versions[max(versions)]
-        if not version.isdigit():
-            raise invalid_argument(f"model '{name}': version must be a positive integer, "
-                                   f"got '{version}'")
+        if not is_version(version):  # not isdigit(): '²' is a digit, and int() refuses it
+            raise invalid_argument(f"model '{name}': version must be a positive integer "
+                                   f"(1 to {MAX_VERSION}), got {shown(version)}")
         model = versions.get(int(version))
         if model is None:
             raise not_found(f"model '{name}' has no version {version}; "
