@@ -3,6 +3,7 @@ and the runtime with tritonclient over gRPC, HTTP binary and HTTP JSON."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,7 +45,9 @@ def build_repository(root: Path) -> Path:
         "max_batch_size: 8\n"
         "inputs: [{name: INPUT0, datatype: BYTES, shape: [2]}]\n"
         "outputs: [{name: OUTPUT0, datatype: BYTES, shape: [2]}]\n")
-    torch.jit.script(Quote()).save(str(root / "quote" / "1" / "model.pt"))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)  # TorchScript's own
+        torch.jit.script(Quote()).save(str(root / "quote" / "1" / "model.pt"))
     return root
 
 
