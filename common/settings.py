@@ -138,6 +138,12 @@ class GatewaySettings:
     #: Which answers go to answers.db for `tensorgate ab report`: "ab" (models with a traffic
     #: policy), "all", or "off".
     record_answers: str = "ab"
+    #: answers.db's bounds: feedback rows per caller (key or JWT subject) and model, its own
+    #: oldest dropped past it; feedback rows in all, new feedback refused (RESOURCE_EXHAUSTED)
+    #: past it; answers in all, the oldest dropped.
+    feedback_per_caller: int = 100_000
+    feedback_max_rows: int = 1_000_000
+    answers_max_rows: int = 2_000_000
     #: The model repository on this host, for edge bundles (`/v2/models/{m}/versions/{v}/edge`);
     #: None: the gateway builds none.
     model_repository: Path | None = None

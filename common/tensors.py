@@ -99,6 +99,62 @@ def count_bytes_elements(raw: bytes | bytearray | memoryview, what: str) -> int:
     return count
 
 
+def count_text_elements(raw: bytes | bytearray | memoryview, what: str) -> int:
+    """Like `count_bytes_elements`, and each element must be UTF-8 text: ONNX Runtime and
+    TorchScript take strings as Python `str`, which arbitrary bytes cannot round-trip."""
+    view = memoryview(raw)
+    count = offset = 0
+    while offset < len(view):
+        if offset + 4 > len(view):
+            raise invalid_argument(f"{what}: truncated BYTES element length at byte {offset}")
+        (length,) = _LEN.unpack_from(view, offset)
+        offset += 4
+        if offset + length > len(view):
+            raise invalid_argument(
+                f"{what}: BYTES element of {length} bytes runs past the end of the tensor"
+            )
+        _check_text(view[offset : offset + length], count, what, _MODEL_TEXT)
+        offset += length
+        count += 1
+    return count
+
+
+_MODEL_TEXT = "this model takes strings, which must be valid UTF-8"
+_JSON_TEXT = ('JSON strings carry text only: ask for this output as binary data '
+              '("parameters": {"binary_data": true})')
+
+
+def _check_text(item: memoryview | bytes, index: int, what: str, why: str) -> None:
+    try:
+        str(item, "utf-8")
+    except UnicodeDecodeError as exc:
+        raise invalid_argument(
+            f"{what}: BYTES element {index} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} "
+            f"at offset {exc.start}); {why}") from None
+
+
+def text_elements(raw: bytes | bytearray | memoryview, what: str, why: str = _MODEL_TEXT
+                  ) -> list[str]:
+    """A raw BYTES tensor's elements as text; INVALID_ARGUMENT naming one that is not UTF-8."""
+    items = deserialize_bytes(raw, what)
+    try:
+        return [item.decode() for item in items]
+    except UnicodeDecodeError:
+        for index, item in enumerate(items):
+            _check_text(item, index, what, why)
+        raise
+
+
+def encode_text(value: Any) -> bytes:
+    """One string element a backend returned, as the bytes that go on the wire."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        # NOTE: strict: a lone surrogate has no UTF-8 form, and guessing one would corrupt it.
+        return value.encode()
+    raise TypeError(f"a string output element must be str or bytes, got {type(value).__name__}")
+
+
 def _flatten(data: Any, rank: int) -> list[Any]:
     """Row-major elements of nested lists, one level per dimension at most.
 
@@ -144,10 +200,11 @@ def json_to_raw(datatype: str, shape: Sequence[int], data: Any, what: str) -> by
 
 
 def raw_to_json(datatype: str, shape: Sequence[int], raw: bytes | memoryview, what: str) -> list:
-    """A raw tensor to flat JSON-ready values (BYTES as UTF-8 strings where they decode)."""
+    """A raw tensor to flat JSON-ready values; BYTES must be UTF-8 text, which JSON can carry."""
     if datatype == "BYTES":
-        items = deserialize_bytes(raw, what)
-        return [_decode_text(item) for item in items]
+        # NOTE: decoding other bytes (as latin-1, say) would hand the caller text that is not
+        # what the model answered; the binary extension carries them exactly.
+        return text_elements(raw, what, _JSON_TEXT)
     dtype = NUMPY_DTYPES.get(datatype)
     if dtype is None:
         raise invalid_argument(f"{what}: datatype {datatype} cannot be returned as JSON data")
@@ -155,13 +212,6 @@ def raw_to_json(datatype: str, shape: Sequence[int], raw: bytes | memoryview, wh
     if datatype == "FP16":
         array = array.astype(np.float32)
     return array.tolist()
-
-
-def _decode_text(item: bytes) -> str:
-    try:
-        return item.decode()
-    except UnicodeDecodeError:
-        return item.decode("latin-1")
 
 
 def contents_to_raw(datatype: str, contents: Any, what: str) -> bytes:

@@ -9,7 +9,7 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -21,7 +21,17 @@ AnswerRow = tuple[str, str, str, str, float, float, int | None, float | None]
 CLASS, VALUE = 1, 2
 #: Newest answers (and feedback rows) kept per model; older ones are pruned as new ones come.
 KEEP_PER_MODEL = 1_000_000
+#: Answers kept over all models together; the oldest go first.
+MAX_ANSWERS = 2_000_000
+#: Feedback rows one caller (key or JWT subject) keeps per model; its own oldest go first.
+FEEDBACK_PER_CALLER = 100_000
+#: Feedback rows over all callers and models; past it new feedback is refused, not stored.
+MAX_FEEDBACK = 1_000_000
 BUSY_TIMEOUT_S = 5.0
+
+
+class FeedbackFull(Exception):
+    """The feedback table holds its maximum: refuse the call (nothing of it is stored)."""
 
 # NOTE: the same scheme as the registry (PRAGMA user_version, append-only), in its own file:
 # answers are written thousands of times a second and are disposable, while the registry is
@@ -50,6 +60,11 @@ MIGRATIONS: list[tuple[str, ...]] = [
         )""",
         "CREATE INDEX feedback_model_at ON feedback (model, at)",
     ),
+    (
+        # Who sent each truth, so one caller's rows are capped without touching another's.
+        "ALTER TABLE feedback ADD COLUMN subject TEXT NOT NULL DEFAULT ''",
+        "CREATE INDEX feedback_subject ON feedback (subject, model, at)",
+    ),
 ]
 
 
@@ -68,12 +83,17 @@ def _create_private(path: Path) -> None:
 class AnswerStore:
     """One connection to `answers.db`; use it from one thread at a time."""
 
-    def __init__(self, path: Path, keep: int = KEEP_PER_MODEL, create: bool = True) -> None:
+    def __init__(self, path: Path, keep: int = KEEP_PER_MODEL, create: bool = True,
+                 max_answers: int = MAX_ANSWERS, per_caller: int = FEEDBACK_PER_CALLER,
+                 max_feedback: int = MAX_FEEDBACK) -> None:
         if create:
             _create_private(Path(path))
         elif not Path(path).is_file():
             raise FileNotFoundError(f"{path}: no answers recorded yet (no such file)")
         self.keep = keep
+        self.max_answers = max_answers
+        self.per_caller = per_caller
+        self.max_feedback = max_feedback
         # NOTE: prune a model after this many new rows, not after every batch: the pruning query
         # walks the model's newest `keep` index entries.
         self.prune_every = max(1000, keep // 10)
@@ -104,6 +124,10 @@ class AnswerStore:
             self.conn.executemany(
                 "INSERT INTO answers (model, request_id, version, code, at, latency_s, kind, "
                 "predicted) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            # NOTE: ids only grow, so the oldest answers of all models are an id range; deleted
+            # rows leave gaps, so at most `max_answers` stay.
+            self.conn.execute("DELETE FROM answers WHERE id <= (SELECT MAX(id) FROM answers) - ?",
+                              (self.max_answers,))
         for row in rows:
             # NOTE: a model seen first here starts at its due, so old rows are pruned at start.
             self._since_prune[row[0]] = self._since_prune.get(row[0], self.prune_every) + 1
@@ -127,24 +151,35 @@ class AnswerStore:
                 "WHERE model = ?) OR at < (SELECT at FROM feedback WHERE model = ? "
                 "ORDER BY at DESC LIMIT 1 OFFSET ?))", (model, model, model, self.keep - 1))
 
-    def add_feedback(self, model: str, items: Iterable[tuple[str, float]],
-                     at: float | None = None) -> tuple[int, int]:
+    def add_feedback(self, model: str, items: Sequence[tuple[str, float]],
+                     at: float | None = None, subject: str = "") -> tuple[int, int]:
         """Store the truth of each request id (a later truth replaces an earlier one).
 
-        Returns (recorded, unmatched): how many ids have no answer here yet.
+        Returns (recorded, unmatched): how many ids have no answer here yet. FeedbackFull when
+        the table would pass `max_feedback`; the caller's oldest rows past `per_caller` go.
         """
         now = time.time() if at is None else at
         recorded = unmatched = 0
         with self._transaction():
             for request_id, truth in items:
                 self.conn.execute(
-                    "INSERT OR REPLACE INTO feedback (model, request_id, truth, at) "
-                    "VALUES (?, ?, ?, ?)", (model, request_id, truth, now))
+                    "INSERT OR REPLACE INTO feedback (model, request_id, truth, at, subject) "
+                    "VALUES (?, ?, ?, ?, ?)", (model, request_id, truth, now, subject))
                 recorded += 1
                 found = self.conn.execute(
                     "SELECT 1 FROM answers WHERE model = ? AND request_id = ? LIMIT 1",
                     (model, request_id)).fetchone()
                 unmatched += found is None
+            self.conn.execute(
+                "DELETE FROM feedback WHERE rowid IN (SELECT rowid FROM feedback WHERE "
+                "subject = ? AND model = ? ORDER BY at DESC, rowid DESC LIMIT -1 OFFSET ?)",
+                (subject, model, self.per_caller))
+            # NOTE: counted after the caller's own oldest went, so a caller replacing its rows
+            # is never refused; raising rolls the whole call back.
+            (total,) = self.conn.execute("SELECT COUNT(*) FROM feedback").fetchone()
+            if total > self.max_feedback:
+                raise FeedbackFull(f"{self.max_feedback} feedback rows are stored, the most "
+                                   "this gateway keeps")
         return recorded, unmatched
 
     def outcomes(self, model: str, since: float) -> list[tuple[str, str, float]]:

@@ -25,7 +25,16 @@ from google.protobuf.message import DecodeError
 from common.datatypes import NUMPY_DTYPES
 from common.proto import grpc_service_pb2 as pb
 from common.tensors import CONTENTS_FIELD
-from gateway.answer_store import CLASS, KEEP_PER_MODEL, VALUE, AnswerRow, AnswerStore
+from gateway.answer_store import (
+    CLASS,
+    FEEDBACK_PER_CALLER,
+    KEEP_PER_MODEL,
+    MAX_ANSWERS,
+    MAX_FEEDBACK,
+    VALUE,
+    AnswerRow,
+    AnswerStore,
+)
 
 log = logging.getLogger("tensorgate.answers")
 #: at, request id, model, version, code, latency (s), the serialized ModelInferResponse or None.
@@ -104,8 +113,12 @@ class AnswerLog:
 
     def __init__(self, path: Path, capacity: int = 100_000, threshold: int = 2_000,
                  interval_s: float = 0.5, keep: int = KEEP_PER_MODEL,
-                 clock: Callable[[], float] = time.time, max_bytes: int = 64 << 20) -> None:
+                 clock: Callable[[], float] = time.time, max_bytes: int = 64 << 20,
+                 max_answers: int = MAX_ANSWERS, feedback_per_caller: int = FEEDBACK_PER_CALLER,
+                 max_feedback: int = MAX_FEEDBACK) -> None:
         self.path = Path(path)
+        #: The store's bounds: answers in all, feedback rows per caller and model, and in all.
+        self.limits = (keep, max_answers, feedback_per_caller, max_feedback)
         self.capacity = capacity
         # NOTE: answers are held whole until parsed: 100,000 answers of a 1000-class model
         # would be 400 MB without a bound in bytes too.
@@ -130,6 +143,9 @@ class AnswerLog:
         """Keep one answer for the flusher (hot path: no parsing, no I/O). Call on the loop."""
         buffer = self._buffer
         size = 0 if answer is None else len(answer)
+        # NOTE: NOT_FOUND answers are of no model served (made-up names): nothing to compare.
+        if code == "NOT_FOUND":
+            return
         if len(buffer) >= self.capacity or self._bytes + size > self.max_bytes:
             self.dropped += 1
             return
@@ -191,8 +207,8 @@ class AnswerLog:
         _, unmatched = await self.feedback_many(model, [(request_id, truth)])
         return unmatched == 0
 
-    async def feedback_many(self, model: str, items: Sequence[tuple[str, float]]
-                            ) -> tuple[int, int]:
+    async def feedback_many(self, model: str, items: Sequence[tuple[str, float]],
+                            subject: str = "") -> tuple[int, int]:
         """Store the truth of many requests: (recorded, unmatched).
 
         This process's buffered answers are written first, so they count as matched; answers
@@ -200,7 +216,7 @@ class AnswerLog:
         """
         batch = self._take()
         written, matched = await self._in_writer(_write_feedback, batch, model, list(items),
-                                                 self.clock())
+                                                 self.clock(), subject)
         self._count(written)
         return matched
 
@@ -214,7 +230,7 @@ class AnswerLog:
     async def _in_writer(self, fn: Callable[..., T], *args: Any) -> T:
         if self._writer is None:
             self._writer = ProcessPoolExecutor(
-                1, multiprocessing.get_context("spawn"), _start_writer, (self.path, self.keep))
+                1, multiprocessing.get_context("spawn"), _start_writer, (self.path, self.limits))
         try:
             return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
         except BrokenProcessPool:
@@ -225,23 +241,25 @@ class AnswerLog:
 
 # Everything below runs in the writer process.
 _store: AnswerStore | None = None
-_where: tuple[Path, int] | None = None
+_where: tuple[Path, tuple[int, int, int, int]] | None = None
 
 
-def _start_writer(path: Path, keep: int) -> None:
+def _start_writer(path: Path, limits: tuple[int, int, int, int]) -> None:
     """The writer process's set-up. The gateway's stop ends it, after a last flush: a signal
     to the whole process group must not end it first."""
     global _where
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _where = (path, keep)
+    _where = (path, limits)
 
 
 def _open() -> AnswerStore:
     global _store
     if _store is None:
         assert _where is not None
-        _store = AnswerStore(*_where)
+        path, (keep, max_answers, per_caller, max_feedback) = _where
+        _store = AnswerStore(path, keep, max_answers=max_answers, per_caller=per_caller,
+                             max_feedback=max_feedback)
     return _store
 
 
@@ -258,12 +276,12 @@ def _write(batch: deque[Pending]) -> tuple[int, int]:
 
 
 def _write_feedback(batch: deque[Pending], model: str, items: Sequence[tuple[str, float]],
-                    now: float) -> tuple[tuple[int, int], tuple[int, int]]:
+                    now: float, subject: str) -> tuple[tuple[int, int], tuple[int, int]]:
     """The batch first, so its answers count as matched; then the truths: ((written, failed),
     (recorded, unmatched))."""
     written = _write(batch) if batch else (0, 0)
     # NOTE: errors here reach the caller (a 500), unlike answers: feedback is the caller's own.
-    return written, _open().add_feedback(model, items, now)
+    return written, _open().add_feedback(model, items, now, subject)
 
 
 def _close() -> None:

@@ -78,7 +78,10 @@ class Gateway:
         self.registry = RegistryWatcher(settings.registry_path, settings.registry_refresh_s)
         #: Routed answers (of A/B models, or all), for `tensorgate ab report`: answers.db
         #: beside the registry.
-        self.answers = (AnswerLog(answers_path(settings.registry_path))
+        self.answers = (AnswerLog(answers_path(settings.registry_path),
+                                  max_answers=settings.answers_max_rows,
+                                  feedback_per_caller=settings.feedback_per_caller,
+                                  max_feedback=settings.feedback_max_rows)
                         if settings.registry_path is not None and settings.record_answers != "off"
                         else None)
         self.pipeline = Pipeline(settings, self.router, self.metrics,

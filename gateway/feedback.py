@@ -1,23 +1,33 @@
-"""The feedback API's core, for every transport: parse `{"id", "truth"}` items, store them.
-
-`POST /v2/models/{m}/feedback` (HTTP) and the gRPC feedback method both call `post_feedback`.
+"""The feedback API's core, for every transport: check the caller and model, parse `{"id",
+"truth"}` items, store them. `POST /v2/models/{m}/feedback` and gRPC both call `handle_feedback`.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import sqlite3
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import orjson
 
 from common.errors import TensorgateError, invalid_argument, unavailable
+from common.names import check_name, shown
+from common.proto import grpc_service_pb2 as pb
+from gateway.answer_store import FeedbackFull
 from gateway.answers import AnswerLog
 
+if TYPE_CHECKING:
+    from gateway.pipeline import Headers, Pipeline
+
 #: Items per call, and the longest request id accepted (ids are the callers' or ours, ~20 bytes).
-MAX_ITEMS = 10_000
-MAX_ID_CHARS = 256
+MAX_ITEMS = 1_000
+MAX_ID_CHARS = 128
+#: Request ids are printable ASCII without spaces: uuids, ours, or a caller's own scheme.
+_ID = re.compile(rf"[\x21-\x7e]{{1,{MAX_ID_CHARS}}}")
+#: When feedback is full, the wait suggested: rows go as their answers are pruned.
+FULL_RETRY_AFTER_S = 60.0
 _SHAPE = 'expected {"id": "<request id>", "truth": <number>} or {"feedback": [...]}'
 
 
@@ -39,9 +49,10 @@ def _item(entry: Any, where: str) -> tuple[str, float]:
     if not isinstance(entry, dict) or "id" not in entry or "truth" not in entry:
         raise invalid_argument(f"{where}: {_SHAPE}")
     request_id = entry["id"]
-    if not isinstance(request_id, str) or not request_id or len(request_id) > MAX_ID_CHARS:
+    if not isinstance(request_id, str) or _ID.fullmatch(request_id) is None:
         raise invalid_argument(f"{where}: id must be a non-empty string of at most "
-                               f"{MAX_ID_CHARS} characters, got {request_id!r}")
+                               f"{MAX_ID_CHARS} printable ASCII characters without spaces, "
+                               f"got {shown(request_id)}")
     return request_id, _truth(entry["truth"], where)
 
 
@@ -67,11 +78,26 @@ def parse_feedback(body: bytes, model: str) -> list[tuple[str, float]]:
     return parse_items(document, model)
 
 
-async def post_feedback(answers: AnswerLog | None, model: str, body: bytes) -> dict[str, int]:
-    """The whole API call after auth: `{"recorded": n, "unmatched": k}`.
+async def handle_feedback(pipeline: Pipeline, headers: Headers, model: str, body: bytes
+                          ) -> dict[str, int]:
+    """The whole API call: the caller may use the model (PERMISSION_DENIED), a worker serves
+    it (NOT_FOUND), then `post_feedback`. The body is not parsed before both pass."""
+    check_name(model)
+    principal = pipeline.admit(headers, model)
+    if model not in pipeline.snapshot().ready:
+        # NOTE: a model served from a repository the registry does not list: ask a worker.
+        request = pb.ModelMetadataRequest(name=model).SerializeToString()
+        await pipeline.ask("ModelMetadata", request, model, access="open")
+    return await post_feedback(pipeline.answers, model, body, principal.subject)
+
+
+async def post_feedback(answers: AnswerLog | None, model: str, body: bytes, subject: str = ""
+                        ) -> dict[str, int]:
+    """Parse and store: `{"recorded": n, "unmatched": k}`.
 
     Unmatched ids are stored all the same: their answer may still be in a buffer, and the
-    report joins truth and answers when it runs. No answer log: FAILED_PRECONDITION.
+    report joins truth and answers when it runs. No answer log: FAILED_PRECONDITION. The
+    store full: RESOURCE_EXHAUSTED with a retry-after.
     """
     if answers is None:
         raise TensorgateError(grpc.StatusCode.FAILED_PRECONDITION,
@@ -79,7 +105,11 @@ async def post_feedback(answers: AnswerLog | None, model: str, body: bytes) -> d
                               "no answers to join feedback with")
     items = parse_feedback(body, model)
     try:
-        recorded, unmatched = await answers.feedback_many(model, items)
+        recorded, unmatched = await answers.feedback_many(model, items, subject)
+    except FeedbackFull as exc:
+        raise TensorgateError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"feedback for model '{model}' not stored: {exc}; try again later",
+                              retry_after=FULL_RETRY_AFTER_S) from None
     except (sqlite3.Error, OSError) as exc:
         raise unavailable(f"feedback for model '{model}' could not be stored: {exc}") from None
     return {"recorded": recorded, "unmatched": unmatched}

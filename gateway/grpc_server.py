@@ -17,7 +17,7 @@ from common.errors import TensorgateError, invalid_argument
 from common.names import check_name
 from common.proto import grpc_service_pb2 as pb
 from common.uploads import check_upload
-from gateway.feedback import encode_result, post_feedback
+from gateway.feedback import encode_result, handle_feedback
 from gateway.peek import model_and_version, routing_fields
 from gateway.pipeline import Access, Headers, Pipeline
 
@@ -41,8 +41,8 @@ class GrpcTransport:
     async def feedback(self, request: bytes, context: Any) -> bytes:
         """The HTTP body, naming its model: `{"model": "digits", "id": ..., "truth": ...}`."""
         model = _feedback_model(request)
-        self.pipeline.admit(_headers(context), model)
-        return encode_result(await post_feedback(self.pipeline.answers, model, request))
+        return encode_result(await handle_feedback(self.pipeline, _headers(context), model,
+                                                   request))
 
     async def server_live(self, request: bytes, context: Any) -> bytes:
         return pb.ServerLiveResponse(live=True).SerializeToString()

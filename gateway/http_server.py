@@ -23,7 +23,7 @@ from common.proto import grpc_service_pb2 as pb
 from common.uploads import check_upload
 from gateway.admin_api import AdminApi, Call
 from gateway.edge import EdgeBuilder
-from gateway.feedback import encode_result, post_feedback
+from gateway.feedback import encode_result, handle_feedback
 from gateway.http_codec import decode_infer_request, encode_infer_response, message_to_json
 from gateway.openapi import document_bytes
 from gateway.pipeline import Headers, Pipeline
@@ -229,8 +229,7 @@ class HttpTransport:
 
     async def feedback(self, model: str, version: str, headers: Headers, body: bytes) -> Reply:
         """The ground truth of earlier requests, by id: `{"id": ..., "truth": ...}` or many."""
-        self.pipeline.admit(headers, model)
-        result = await post_feedback(self.pipeline.answers, model, body)
+        result = await handle_feedback(self.pipeline, headers, model, body)
         return 200, encode_result(result), _JSON
 
     async def metadata(self, model: str, version: str, headers: Headers, _: bytes) -> Reply:

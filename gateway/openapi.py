@@ -264,7 +264,9 @@ def _oip_paths() -> dict[str, Any]:
             "parameters": [MODEL],
             "post": _op(f"{action} a model on every runtime worker (admin)", None,
                         body=_ref("RepositoryChange"))}
-    truth = _object({"id": {"type": "string", "minLength": 1, "maxLength": 256},
+    # NOTE: gateway/feedback.py's rule: printable ASCII without spaces, 1 to 128 characters.
+    truth = _object({"id": {"type": "string", "minLength": 1, "maxLength": 128,
+                            "pattern": "^[\\x21-\\x7e]+$"},
                      "truth": {"type": "number"}}, ("id", "truth"), closed=True)
     paths["/v2/models/{model_name}/feedback"] = {"parameters": [MODEL], "post": _op(
         "the ground truth of earlier answers, by request id, for the A/B report",

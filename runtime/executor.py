@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.datatypes import NUMPY_DTYPES, from_numpy
-from common.tensors import deserialize_bytes, serialize_bytes
+from common.tensors import encode_text, serialize_bytes, text_elements
 from runtime.backends.base import Backend
 from runtime.batcher import Pending
 
@@ -77,7 +77,9 @@ def _assemble(batch: list[Pending], j: int, datatype: str, batched: bool,
         shape = (sum(p.batch_size for p in batch), *shape[1:])
     if datatype == "BYTES":
         raw = first.inputs[j] if len(batch) == 1 else b"".join(p.inputs[j] for p in batch)
-        return np.array(deserialize_bytes(raw, "input"), dtype=object).reshape(shape)
+        # NOTE: backends take strings as str (ONNX Runtime would str() a bytes object into
+        # "b'...'"); validation let only UTF-8 text through.
+        return np.array(text_elements(raw, "input"), dtype=object).reshape(shape)
     dtype = NUMPY_DTYPES[datatype]
     if len(batch) == 1 or len(first.inputs[j]) * len(batch) < JOIN_BELOW_BYTES:
         raw = first.inputs[j] if len(batch) == 1 else b"".join(p.inputs[j] for p in batch)
@@ -111,7 +113,5 @@ def _split(
 
 def _raw(array: np.ndarray, datatype: str) -> bytes:
     if datatype == "BYTES":
-        return serialize_bytes(
-            v if isinstance(v, bytes) else str(v).encode() for v in array.reshape(-1)
-        )
+        return serialize_bytes(encode_text(v) for v in array.reshape(-1))
     return array.tobytes()

@@ -8,7 +8,7 @@ from typing import Any
 from common.errors import invalid_argument
 from common.tensors import (
     contents_to_raw,
-    count_bytes_elements,
+    count_text_elements,
     element_count,
     expected_byte_size,
 )
@@ -88,7 +88,8 @@ def _payload(model: ServedModel, j: int, tensor: Any, raw: Buffer | None) -> Buf
         raise invalid_argument(f"{what}: shape {shape} of {spec.datatype} takes {size} bytes, "
                                f"got {len(raw)}")
     # NOTE: counted in place; splitting into a list would copy every element of a large tensor.
-    if size is None and count_bytes_elements(raw, what) != count:
+    # Text checked here, per request: in the executor one bad element would fail its batch.
+    if size is None and count_text_elements(raw, what) != count:
         raise invalid_argument(f"{what}: shape {shape} needs {count} BYTES elements")
     return raw
 

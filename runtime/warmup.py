@@ -21,12 +21,16 @@ def warm_up_inputs(backend: Backend, config: ModelConfig, seed: int = 0) -> list
     rng = np.random.default_rng(seed)
     feeds = []
     for spec in backend.inputs:
-        if spec.datatype not in NUMPY_DTYPES or spec.datatype == "BYTES":
+        if spec.datatype not in NUMPY_DTYPES:
             raise ValidationError(f"input '{spec.name}' is {spec.datatype}: warm-up inputs "
                                   "cannot be generated for it")
         shape = tuple(1 if d < 0 else d for d in spec.shape)
         if config.max_batch_size > 0:
             shape = (min(2, config.max_batch_size), *shape)
+        if spec.datatype == "BYTES":
+            # Strings as the executor hands them over: str, one digit each.
+            feeds.append(np.full(shape, "0", dtype=object))
+            continue
         dtype = np.dtype(NUMPY_DTYPES[spec.datatype])
         values = rng.random(shape) if dtype.kind == "f" else np.zeros(shape)
         feeds.append(values.astype(dtype))

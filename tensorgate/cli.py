@@ -36,6 +36,12 @@ def _gateway_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--record-answers", choices=("ab", "all", "off"), default="ab",
                         help="answers kept for `tensorgate ab report`: of models with a traffic "
                              "policy (ab), of every model (all), or none (off)")
+    parser.add_argument("--feedback-per-caller", type=int, default=100_000, metavar="ROWS",
+                        help="feedback rows kept per key and model; its oldest go first (100000)")
+    parser.add_argument("--feedback-max-rows", type=int, default=1_000_000, metavar="ROWS",
+                        help="feedback rows kept in all; past it feedback is refused (1000000)")
+    parser.add_argument("--answers-max-rows", type=int, default=2_000_000, metavar="ROWS",
+                        help="answers kept in all; the oldest go first (2000000)")
     parser.add_argument("--log-sample", type=float, default=0.0, metavar="SHARE",
                         help="log one JSON line for this share of requests (0)")
     parser.add_argument("--log-slow-ms", type=float, default=0.0, metavar="MS",
@@ -173,7 +179,10 @@ def gateway_settings(args: argparse.Namespace, endpoints: tuple[str, ...],
                            max_in_flight=args.max_in_flight, drain_timeout_s=args.drain_timeout,
                            log_sample=args.log_sample, log_slow_ms=args.log_slow_ms,
                            trace_exporter=args.trace_exporter,
-                           record_answers=args.record_answers)
+                           record_answers=args.record_answers,
+                           feedback_per_caller=args.feedback_per_caller,
+                           feedback_max_rows=args.feedback_max_rows,
+                           answers_max_rows=args.answers_max_rows)
 
 
 def run(args: argparse.Namespace) -> int:

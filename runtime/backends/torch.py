@@ -1,10 +1,14 @@
-"""The PyTorch backend: TorchScript modules under `torch.inference_mode`, on the config's device."""
+"""The PyTorch backend: TorchScript modules under `torch.inference_mode`, on the config's device.
+
+BYTES tensors are TorchScript's `List[str]`, flat in row-major order, as Triton's libtorch backend.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,16 +48,39 @@ class TorchBackend:
         self.module.eval()
         self.inputs = config.inputs
         self.outputs = config.outputs
+        self.batched = config.max_batch_size > 0
 
     def run(self, feeds: list[np.ndarray]) -> list[np.ndarray]:
         with torch.inference_mode():
-            args = [_tensor(a).to(self.device) for a in feeds]
+            args = [_argument(a, self.device) for a in feeds]
             result = self.module(*args)
-        if isinstance(result, torch.Tensor):
+        if isinstance(result, torch.Tensor) or _is_strings(result):
             result = (result,)
         elif isinstance(result, dict):
             result = tuple(result[s.name] for s in self.outputs)
-        return [r.detach().cpu().numpy() for r in result]
+        return [_array(r, spec.shape, self.batched) for r, spec in zip(result, self.outputs)]
+
+
+def _argument(array: np.ndarray, device: str) -> torch.Tensor | list[str]:
+    if array.dtype == object:
+        # NOTE: TorchScript has no bytes type; the executor decoded the elements as UTF-8.
+        return [str(v) for v in array.reshape(-1)]
+    return _tensor(array).to(device)
+
+
+def _is_strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _array(result: Any, dims: tuple[int, ...], batched: bool) -> np.ndarray:
+    if not _is_strings(result):
+        return result.detach().cpu().numpy()
+    array = np.empty(len(result), dtype=object)
+    array[:] = result
+    # A flat list takes its declared shape where that is fixed (rows first when batching).
+    if all(d > 0 for d in dims):
+        return array.reshape((-1, *dims) if batched else dims)
+    return array
 
 
 def _tensor(array: np.ndarray) -> torch.Tensor:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from common.proto import grpc_service_pb2 as pb
-from gateway.answer_store import CLASS, VALUE, AnswerStore, answers_path
+from gateway.answer_store import CLASS, VALUE, AnswerStore, FeedbackFull, answers_path
 from gateway.answers import AnswerLog, parse_answer, to_rows
 
 
@@ -138,3 +138,35 @@ async def test_stop_writes_what_is_left(tmp_path: Path) -> None:
     log.record("a", "m", "1", "OK", 0.001, None)
     await asyncio.wait_for(log.stop(), 5)
     assert log.written == 1
+
+
+def test_probe_09_answers_of_no_served_model_are_not_recorded(tmp_path: Path) -> None:
+    log = AnswerLog(tmp_path / "answers.db")
+    for i in range(50):  # made-up names: each would have had a 1M-row cap of its own
+        log.record(str(i), f"nosuch{i}", "", "NOT_FOUND", 0.001, None)
+    log.record("ok", "m", "1", "OK", 0.001, None)
+    assert (log.pending(), log.dropped) == (1, 0)
+
+
+def test_probe_09_answers_are_capped_in_all_oldest_first(tmp_path: Path) -> None:
+    with AnswerStore(tmp_path / "answers.db", max_answers=100) as store:
+        for batch in range(5):  # 300 answers over three models, in batches of 60
+            store.write([(f"m{i % 3}", f"r{batch}-{i}", "1", "OK", float(batch * 60 + i),
+                          0.001, None, None) for i in range(60)])
+        count, oldest = store.conn.execute("SELECT COUNT(*), MIN(at) FROM answers").fetchone()
+        assert count == 100 and oldest == 200.0
+
+
+def test_probe_09_feedback_is_capped_per_caller_and_refused_past_the_total(
+        tmp_path: Path) -> None:
+    with AnswerStore(tmp_path / "answers.db", per_caller=10, max_feedback=25) as store:
+        for call in range(3):
+            store.add_feedback("m", [(f"a{call}-{i}", 1.0) for i in range(8)], float(call), "a")
+        kept = store.conn.execute("SELECT request_id FROM feedback WHERE subject = 'a' "
+                                  "ORDER BY request_id").fetchall()
+        assert [r[0] for r in kept] == [f"a1-{i}" for i in range(6, 8)] + [
+            f"a2-{i}" for i in range(8)]
+        store.add_feedback("m", [(f"b{i}", 1.0) for i in range(10)], 5.0, "b")
+        with pytest.raises(FeedbackFull):
+            store.add_feedback("m", [(f"c{i}", 1.0) for i in range(6)], 6.0, "c")
+        assert store.conn.execute("SELECT COUNT(*) FROM feedback").fetchone()[0] == 20

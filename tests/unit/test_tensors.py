@@ -10,11 +10,13 @@ from common.errors import TensorgateError
 from common.proto import grpc_service_pb2 as pb
 from common.tensors import (
     contents_to_raw,
+    count_text_elements,
     deserialize_bytes,
     element_count,
     json_to_raw,
     raw_to_json,
     serialize_bytes,
+    text_elements,
 )
 
 SAMPLES = {
@@ -86,6 +88,31 @@ def test_bytes_with_lying_lengths_are_refused() -> None:
         deserialize_bytes(b"\x09\x00\x00\x00abc", "x")
     with pytest.raises(TensorgateError, match="truncated"):
         deserialize_bytes(b"\x01\x00", "x")
+
+
+def test_probe_08_json_answers_refuse_bytes_that_are_not_text() -> None:
+    """Decoding them as latin-1 handed the caller text the model never answered."""
+    raw = serialize_bytes([b"ok", "h\u00e9".encode(), b"\xff\xfe"])
+    with pytest.raises(TensorgateError) as caught:
+        raw_to_json("BYTES", [3], raw, "output 'y'")
+    message = caught.value.message
+    assert "output 'y': BYTES element 2 is not UTF-8 text (byte 0xff at offset 0)" in message
+    assert "binary_data" in message
+    assert raw_to_json("BYTES", [2], serialize_bytes([b"ok", "h\u00e9".encode()]), "y") == [
+        "ok", "h\u00e9"]
+
+
+def test_probe_08_string_inputs_must_be_text_and_name_the_element() -> None:
+    good = serialize_bytes([b"a\x00b", "\u2603".encode(), b""])
+    assert count_text_elements(good, "x") == 3
+    assert text_elements(good, "x") == ["a\x00b", "\u2603", ""]
+    bad = serialize_bytes([b"fine", b"caf\xe9"])
+    for check in (count_text_elements, text_elements):
+        with pytest.raises(TensorgateError, match=r"input 'x': BYTES element 1 is not UTF-8 "
+                                                  r"text \(byte 0xe9 at offset 3\)"):
+            check(bad, "input 'x'")
+    with pytest.raises(TensorgateError, match="runs past the end"):
+        count_text_elements(b"\x09\x00\x00\x00abc", "x")
 
 
 @pytest.mark.parametrize("datatype", [d for d in SAMPLES if d != "FP16"])
