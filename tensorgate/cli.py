@@ -78,18 +78,25 @@ def _gateway_args(parser: argparse.ArgumentParser) -> None:
 
 def _http_args(parser: argparse.ArgumentParser) -> None:
     http = parser.add_argument_group("HTTP clients (per gateway process)")
-    http.add_argument("--http-header-timeout", type=float, default=10.0, metavar="SECONDS",
+    http.add_argument("--http-header-timeout", type=_seconds, default=10.0, metavar="SECONDS",
                       help="a request's line and headers must arrive within this of its first "
                            "byte, else 408 and the connection closed (10)")
-    http.add_argument("--http-body-timeout", type=float, default=60.0, metavar="SECONDS",
+    http.add_argument("--http-body-timeout", type=_seconds, default=60.0, metavar="SECONDS",
                       help="a request's body must arrive within this of its headers (60)")
-    http.add_argument("--http-keep-alive", type=float, default=5.0, metavar="SECONDS",
+    http.add_argument("--http-keep-alive", type=_seconds, default=5.0, metavar="SECONDS",
                       help="close a connection silent this long, before or between requests (5)")
     http.add_argument("--http-max-header-bytes", type=_positive, default=64 * 1024,
                       metavar="BYTES", help="largest request line plus headers; beyond it 431 "
                                             "(65536)")
     http.add_argument("--http-max-connections", type=_positive, default=4096, metavar="N",
                       help="open HTTP connections; one more is answered 503 and closed (4096)")
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text}")
+    return value
 
 
 def _positive(text: str) -> int:
