@@ -41,7 +41,7 @@ def guarded() -> Iterator[Servers]:
     """Auth on (HS256 JWTs), an 8 MiB body limit and short HTTP deadlines."""
     with Background(ROOT / "models", auth=AuthSettings(jwt_secret=SECRET),
                     max_message_bytes=LIMIT, http_header_timeout_s=1.0,
-                    http_body_timeout_s=1.0, http_keep_alive_s=1.0,
+                    http_body_timeout_s=2.0, http_keep_alive_s=1.0,
                     http_max_header_bytes=16 * 1024) as running:
         yield running
 
