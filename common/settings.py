@@ -155,6 +155,17 @@ class GatewaySettings:
     #: (load balancers notice), then refused; requests in flight get up to `drain_timeout_s`.
     drain_grace_s: float = 1.0
     drain_timeout_s: float = 30.0
+    #: HTTP clients: a request's line and headers must arrive within `http_header_timeout_s` of
+    #: its first byte, its body within `http_body_timeout_s` of its headers (else 408 and the
+    #: connection closed); a connection silent for `http_keep_alive_s`, before its first request
+    #: or between requests, is closed.
+    http_header_timeout_s: float = 10.0
+    http_body_timeout_s: float = 60.0
+    http_keep_alive_s: float = 5.0
+    #: Largest HTTP request line plus headers, in bytes; beyond it: 431, connection closed.
+    http_max_header_bytes: int = 64 * 1024
+    #: Open HTTP connections per gateway process; one more is answered 503 and closed.
+    http_max_connections: int = 4096
 
 
 def to_json(settings: object) -> str:

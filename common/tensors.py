@@ -164,7 +164,8 @@ def _flatten(data: Any, rank: int) -> list[Any]:
     if not isinstance(data, list):
         return [data]
     flat = data
-    for _ in range(rank):
+    # NOTE: `data` itself is the first level: rank - 1 more may be opened.
+    for _ in range(rank - 1):
         if not flat or not isinstance(flat[0], list):
             break
         flat = [x for row in flat for x in (row if isinstance(row, list) else (row,))]
@@ -185,6 +186,9 @@ def json_to_raw(datatype: str, shape: Sequence[int], data: Any, what: str) -> by
     if datatype not in _JSON_TYPES:
         raise invalid_argument(f"{what}: datatype {datatype} cannot be sent as JSON data")
     flat = _flatten(data, len(shape))
+    if flat and isinstance(flat[0], list):
+        raise invalid_argument(f"{what}: data is nested deeper than shape {list(shape)}: at most "
+                               f"one level of lists per dimension")
     if len(flat) != count:
         raise invalid_argument(
             f"{what}: shape {list(shape)} needs {count} elements, data has {len(flat)}"

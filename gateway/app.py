@@ -27,6 +27,7 @@ from gateway.discover import Discovery
 from gateway.edge import EdgeBuilder
 from gateway.grpc_server import GrpcTransport
 from gateway.health import Health
+from gateway.http_protocol import HttpLimits, protocol_class
 from gateway.http_server import HttpTransport
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline
@@ -144,7 +145,10 @@ class Gateway:
         self.http_port = sock.getsockname()[1]
         transport = HttpTransport(self.pipeline, limit,
                                   AdminApi(s.registry_path, s.model_repository), self.edge)
-        config = uvicorn.Config(transport, http="httptools",
+        limits = HttpLimits(s.http_header_timeout_s, s.http_body_timeout_s,
+                            s.http_max_header_bytes, s.http_max_connections)
+        config = uvicorn.Config(transport, http=protocol_class(limits),
+                                timeout_keep_alive=s.http_keep_alive_s,  # type: ignore[arg-type]
                                 loop="none", lifespan="off", access_log=False,
                                 log_level="warning", proxy_headers=False,
                                 server_header=False, **_uvicorn_tls(s))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import re
 import sqlite3
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -78,17 +79,19 @@ def parse_feedback(body: bytes, model: str) -> list[tuple[str, float]]:
     return parse_items(document, model)
 
 
-async def handle_feedback(pipeline: Pipeline, headers: Headers, model: str, body: bytes
-                          ) -> dict[str, int]:
+async def handle_feedback(pipeline: Pipeline, headers: Headers, model: str,
+                          body: bytes | Callable[[], Awaitable[bytes]]) -> dict[str, int]:
     """The whole API call: the caller may use the model (PERMISSION_DENIED), a worker serves
-    it (NOT_FOUND), then `post_feedback`. The body is not parsed before both pass."""
+    it (NOT_FOUND), then `post_feedback`. The body (or its reader) is not read before both
+    pass."""
     check_name(model)
     principal = pipeline.admit(headers, model)
     if model not in pipeline.snapshot().ready:
         # NOTE: a model served from a repository the registry does not list: ask a worker.
         request = pb.ModelMetadataRequest(name=model).SerializeToString()
         await pipeline.ask("ModelMetadata", request, model, access="open")
-    return await post_feedback(pipeline.answers, model, body, principal.subject)
+    data = body if isinstance(body, bytes) else await body()
+    return await post_feedback(pipeline.answers, model, data, principal.subject)
 
 
 async def post_feedback(answers: AnswerLog | None, model: str, body: bytes, subject: str = ""

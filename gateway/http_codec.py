@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 from google.protobuf.message import Message
 
 from common.datatypes import ALL_DATATYPES
 from common.errors import TensorgateError, invalid_argument
+from common.names import shown
 from common.proto import grpc_service_pb2 as pb
 from common.tensors import element_count, expected_byte_size, json_to_raw, raw_to_json
+from gateway.feedback import MAX_ID_CHARS
 
 # Parameters that steer this codec and mean nothing to the model.
 _CODEC_PARAMETERS = {"binary_data_output", "binary_data_size", "binary_data"}
 # What an InferParameter can hold: JSON integers outside both ranges are refused.
 _INT64 = range(-(1 << 63), 1 << 63)
 _UINT64 = range(1 << 64)
+#: orjson reads an integer past 64 bits as a float: a float parameter this large may have been
+#: one, so the header is read again exactly (rare: no real double parameter is that large).
+_MAYBE_INTEGER = float(1 << 63)
+#: A request id is echoed in the X-Request-Id header: no control characters, and feedback's
+#: length bound (MAX_ID_CHARS).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: Float datatypes whose JSON outputs may hold NaN or infinities.
+_FLOATS = {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
 
 
 @dataclass
@@ -45,9 +58,9 @@ def decode_infer_request(
         raise invalid_argument(f"request body is not valid JSON: {exc}") from None
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
         raise invalid_argument("request body must be a JSON object with an 'inputs' list")
-    request_id = header.get("id", "")
-    if type(request_id) is not str:
-        raise invalid_argument("'id' must be a string")
+    if _maybe_big_integer(header):
+        header = _exact(view[:end])
+    request_id = _request_id(header.get("id", ""))
     request = pb.ModelInferRequest(model_name=model, model_version=version, id=request_id)
     params = _dict(header.get("parameters"), "parameters")
     _set_parameters(request.parameters, params)
@@ -64,6 +77,35 @@ def decode_infer_request(
     prefs = OutputPrefs(default_binary=bool(params.get("binary_data_output")))
     _add_outputs(request, header.get("outputs") or [], prefs)
     return request, prefs
+
+
+def _request_id(value: Any) -> str:
+    if type(value) is not str:
+        raise invalid_argument("'id' must be a string")
+    if len(value) > MAX_ID_CHARS or _CONTROL.search(value):
+        raise invalid_argument(f"'id' must be at most {MAX_ID_CHARS} characters without control "
+                               f"characters (CR, LF, NUL, ...); got {shown(value)}")
+    return value
+
+
+def _maybe_big_integer(header: dict[str, Any]) -> bool:
+    """Whether a parameter is a float that may have been an integer past 64 bits."""
+    groups = [header.get("parameters")]
+    for item in (header["inputs"], header.get("outputs")):
+        if isinstance(item, list):
+            groups += [entry.get("parameters") for entry in item if isinstance(entry, dict)]
+    return any(isinstance(value, float) and value.is_integer() and abs(value) >= _MAYBE_INTEGER
+               for params in groups if isinstance(params, dict) for value in params.values())
+
+
+def _exact(text: memoryview) -> dict[str, Any]:
+    """The header read by the standard library, which keeps integers exact."""
+    try:
+        header = json.loads(bytes(text))
+    except (ValueError, RecursionError) as exc:
+        raise invalid_argument(f"request body is not valid JSON: {exc}") from None
+    assert isinstance(header, dict)  # NOTE: orjson read the same text as an object
+    return header
 
 
 def _add_outputs(request: pb.ModelInferRequest, outputs: Any, prefs: OutputPrefs) -> None:
@@ -163,6 +205,7 @@ def encode_infer_response(
     """The HTTP body and, when binary outputs follow the JSON, the JSON's length."""
     outputs = []
     blobs = []
+    finite = True
     for out, raw in zip(response.outputs, response.raw_output_contents):
         entry: dict[str, Any] = {"name": out.name, "datatype": out.datatype,
                                  "shape": list(out.shape)}
@@ -171,15 +214,23 @@ def encode_infer_response(
             blobs.append(raw)
         else:
             entry["data"] = raw_to_json(out.datatype, out.shape, raw, f"output '{out.name}'")
+            finite = finite and _finite(out.datatype, raw)
         outputs.append(entry)
     answer: dict[str, Any] = {"model_name": response.model_name,
                               "model_version": response.model_version, "outputs": outputs}
     if response.id:
         answer["id"] = response.id
-    header = orjson.dumps(answer)
+    # NOTE: orjson writes NaN and infinities as null; the standard library writes NaN, Infinity
+    # and -Infinity, which tritonclient (rapidjson) and Python's json read back as floats.
+    header = orjson.dumps(answer) if finite else json.dumps(answer, separators=(",", ":")).encode()
     if not blobs:
         return header, None
     return header + b"".join(blobs), len(header)
+
+
+def _finite(datatype: str, raw: bytes) -> bool:
+    dtype = _FLOATS.get(datatype)
+    return dtype is None or bool(np.isfinite(np.frombuffer(raw, dtype)).all())
 
 
 def message_to_json(message: Message) -> dict[str, Any]:

@@ -9,22 +9,28 @@ import math
 import os
 import re
 import urllib.parse
-import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 import orjson
 
 from common import EXTENSIONS, __version__
 from common.errors import TensorgateError, invalid_argument, not_found
-from common.names import check_name
+from common.names import check_name, check_version, is_version, shown
 from common.proto import grpc_service_pb2 as pb
 from common.uploads import check_upload
 from gateway.admin_api import AdminApi, Call
 from gateway.edge import EdgeBuilder
 from gateway.feedback import encode_result, handle_feedback
-from gateway.http_codec import decode_infer_request, encode_infer_response, message_to_json
+from gateway.http_body import Body
+from gateway.http_codec import (
+    OutputPrefs,
+    decode_infer_request,
+    encode_infer_response,
+    message_to_json,
+)
 from gateway.openapi import document_bytes
 from gateway.pipeline import Headers, Pipeline
 
@@ -37,6 +43,10 @@ _HEADER_LENGTH = "inference-header-content-length"
 VERSION_HEADER = b"x-tensorgate-model-version"
 _FILE_CHUNK = 1 << 20
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9_.-]")
+#: Headers that decide who calls and how the body is read. Sent twice, which one counts is
+#: ambiguous (a proxy in front may have checked the other), so such a request is refused.
+SINGLE_HEADERS = frozenset({"authorization", "content-length", "content-encoding",
+                            _HEADER_LENGTH})
 
 #: The admin API: (method, path under /v2/admin with {parameters}, operation, success status).
 ADMIN_ROUTES: list[tuple[str, list[str], AdminOperation, int]] = [
@@ -88,8 +98,9 @@ class HttpTransport:
         if scope["type"] != "http":
             return
         try:
-            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-            body = await self._body(receive, headers)
+            headers = _headers(scope["headers"])
+            # NOTE: read only by the handler, after its auth: a refused caller costs its headers.
+            body = Body(receive, headers, self.max_body)
             status, payload, extra = await self.route(scope["method"], scope["path"], headers, body,
                                                       scope.get("query_string", b""))
         except TensorgateError as exc:
@@ -99,42 +110,7 @@ class HttpTransport:
                 extra = [*extra, (b"retry-after", b"%d" % wait)]
         await _send(send, status, payload, extra)
 
-    async def _body(self, receive: Callable, headers: Headers) -> bytes:
-        declared = headers.get("content-length")
-        if declared is not None and _whole(declared) and int(declared) > self.max_body:
-            raise invalid_argument(f"request body of {int(declared)} bytes exceeds "
-                                           f"the limit of {self.max_body}")
-        chunks = []
-        size = 0
-        more = True
-        while more:
-            message = await receive()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                raise invalid_argument(f"request body exceeds the limit of "
-                                               f"{self.max_body} bytes")
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        encoding = headers.get("content-encoding", "identity")
-        if encoding in ("gzip", "deflate"):
-            body = self._inflate(body, encoding)
-        return body
-
-    def _inflate(self, body: bytes, encoding: str) -> bytes:
-        """Decompress within the body limit: a small bomb must not become a huge allocation."""
-        inflater = zlib.decompressobj(31 if encoding == "gzip" else 15)
-        try:
-            plain = inflater.decompress(body, self.max_body + 1)
-        except zlib.error as exc:
-            raise invalid_argument(f"body is not valid {encoding}: {exc}") from None
-        if len(plain) > self.max_body or inflater.unconsumed_tail:
-            raise invalid_argument(f"decompressed body exceeds the limit of {self.max_body} "
-                                   "bytes")
-        return plain
-
-    async def route(self, method: str, path: str, headers: Headers, body: bytes,
+    async def route(self, method: str, path: str, headers: Headers, body: Body,
                     query: bytes = b"") -> Reply:
         parts = path.strip("/").split("/")
         if parts[0] != "v2":
@@ -153,7 +129,7 @@ class HttpTransport:
             return await self.index(headers, body)
         if (len(rest) == 4 and rest[:2] == ["repository", "models"] and method == "POST"
                 and rest[3] in ("load", "unload")):
-            return await self.repository_change(rest[2], rest[3], headers, body)
+            return await self.repository_change(check_name(rest[2]), rest[3], headers, body)
         if rest == ["models", "stats"]:
             return await self.statistics("", "", headers)
         if rest == ["openapi.json"] and method == "GET":
@@ -168,17 +144,17 @@ class HttpTransport:
         raise not_found(f"no such path: {path}")
 
     async def model_route(self, method: str, rest: list[str], headers: Headers,
-                          body: bytes) -> Reply:
+                          body: Body) -> Reply:
         model, version, tail = rest[0], "", rest[1:]
         if len(tail) >= 2 and tail[0] == "versions":
-            version, tail = tail[1], tail[2:]
+            version, tail = check_version(tail[1]), tail[2:]
         action = tail[0] if len(tail) == 1 else "" if not tail else "?"
         handler = self.model_handlers.get((method, action))
         if handler is None:
-            raise not_found(f"no such path: {method} /v2/models/{'/'.join(rest)}")
-        return await handler(model, version, headers, body)
+            raise not_found(f"no such path: {method} /v2/models/{shown('/'.join(rest))}")
+        return await handler(check_name(model), version, headers, body)
 
-    async def admin(self, method: str, rest: list[str], headers: Headers, body: bytes,
+    async def admin(self, method: str, rest: list[str], headers: Headers, body: Body,
                     query: bytes) -> Reply:
         """The admin API: find the route, admit an admin, hand the call to AdminApi."""
         for verb, pattern, operation, status in ADMIN_ROUTES:
@@ -186,20 +162,21 @@ class HttpTransport:
             if params is None or verb != method:
                 continue
             principal = self.pipeline.admit(headers, None, admin=True)
-            call = Call(principal.subject, params, _query(query), _json_body(body))
+            _check_parameters(params)
+            call = Call(principal.subject, params, _query(query), _json_body(await body.read()))
             return _json(status, await operation(self.admin_api, call))
         raise not_found(f"no such admin path: {method} /v2/admin/{'/'.join(rest)}")
 
     async def edge_bundle(self, model: str, version: str, headers: Headers,
                           query: bytes) -> Reply:
         """A version's edge bundle (.tar.gz), built (or found cached) off the event loop."""
-        self.pipeline.admit(headers, model)
+        self.pipeline.admit(headers, check_name(model))
         if self.edge is None:
             raise not_found("this gateway builds no edge bundles: it has no local model "
                             "repository (--model-repository)")
-        if not _whole(version):
+        if not is_version(version):
             raise invalid_argument(f"edge bundles are built for a version number, got "
-                                   f"{version!r}")
+                                   f"{shown(version)}")
         target = _query(query).get("target")
         if not target:
             raise invalid_argument("name the edge target: ?target=onnx, onnx-fp16, onnx-int8 "
@@ -209,14 +186,20 @@ class HttpTransport:
         return 200, path, [(b"content-type", b"application/gzip"),
                            (b"content-disposition", f'attachment; filename="{filename}"'.encode())]
 
-    async def infer(self, model: str, version: str, headers: Headers, body: bytes) -> Reply:
-        length = headers.get(_HEADER_LENGTH)
-        if length is not None and not _whole(length):
-            raise invalid_argument("Inference-Header-Content-Length must be a whole number")
-        request, prefs = decode_infer_request(body, int(length) if length else None, model,
-                                              version)
-        answer = await self.pipeline.infer(request.SerializeToString(), model, version,
-                                           _timeout_s(request), "http", headers, request.id)
+    async def infer(self, model: str, version: str, headers: Headers, body: Body) -> Reply:
+        prefs = OutputPrefs()
+
+        async def load() -> tuple[bytes, str, float | None]:
+            """Called by the pipeline once the caller is admitted on its headers alone."""
+            nonlocal prefs
+            length = headers.get(_HEADER_LENGTH)
+            if length is not None and not _whole(length):
+                raise invalid_argument("Inference-Header-Content-Length must be a whole number")
+            request, prefs = decode_infer_request(await body.read(),
+                                                  int(length) if length else None, model, version)
+            return request.SerializeToString(), request.id, _timeout_s(request)
+
+        answer = await self.pipeline.infer(load, model, version, None, "http", headers)
         response = pb.ModelInferResponse.FromString(answer)
         payload, json_length = encode_infer_response(response, prefs)
         served = (VERSION_HEADER, response.model_version.encode())
@@ -227,12 +210,12 @@ class HttpTransport:
                               (_HEADER_LENGTH.encode(), str(json_length).encode()), served,
                               served_id]
 
-    async def feedback(self, model: str, version: str, headers: Headers, body: bytes) -> Reply:
+    async def feedback(self, model: str, version: str, headers: Headers, body: Body) -> Reply:
         """The ground truth of earlier requests, by id: `{"id": ..., "truth": ...}` or many."""
-        result = await handle_feedback(self.pipeline, headers, model, body)
+        result = await handle_feedback(self.pipeline, headers, model, body.read)
         return 200, encode_result(result), _JSON
 
-    async def metadata(self, model: str, version: str, headers: Headers, _: bytes) -> Reply:
+    async def metadata(self, model: str, version: str, headers: Headers, _: Body) -> Reply:
         request = pb.ModelMetadataRequest(name=model, version=version)
         answer = await self.pipeline.ask("ModelMetadata", request.SerializeToString(), model,
                                          version, headers)
@@ -245,13 +228,13 @@ class HttpTransport:
         ready = pb.ModelReadyResponse.FromString(answer).ready
         return _json(200 if ready else 400, {"ready": ready})
 
-    async def config(self, model: str, version: str, headers: Headers, _: bytes) -> Reply:
+    async def config(self, model: str, version: str, headers: Headers, _: Body) -> Reply:
         request = pb.ModelConfigRequest(name=model, version=version)
         answer = await self.pipeline.ask("ModelConfig", request.SerializeToString(), model,
                                          version, headers)
         return _json(200, message_to_json(pb.ModelConfigResponse.FromString(answer).config))
 
-    async def statistics_of(self, model: str, version: str, headers: Headers, _: bytes) -> Reply:
+    async def statistics_of(self, model: str, version: str, headers: Headers, _: Body) -> Reply:
         return await self.statistics(model, version, headers)
 
     async def statistics(self, model: str, version: str, headers: Headers) -> Reply:
@@ -261,11 +244,12 @@ class HttpTransport:
         return _json(200, message_to_json(pb.ModelStatisticsResponse.FromString(answer)))
 
     async def repository_change(self, model: str, action: str, headers: Headers,
-                                body: bytes) -> Reply:
+                                body: Body) -> Reply:
         """Triton's load / unload: `{"parameters": {"config": "<JSON>", "file:1/model.onnx":
         "<base64>"}}`; the body may be empty."""
         check_name(model)  # checked here and again in each worker, before any disk write
-        params = _load_parameters(body)
+        self.pipeline.admit(headers, None, admin=True)  # NOTE: before reading the body
+        params = _load_parameters(await body.read())
         check_upload(params.keys() if action == "load" else ())
         if action == "load":
             load = pb.RepositoryModelLoadRequest(model_name=model)
@@ -279,9 +263,11 @@ class HttpTransport:
                                           model, headers)
         return 200, b"", _JSON
 
-    async def index(self, headers: Headers, body: bytes) -> Reply:
+    async def index(self, headers: Headers, body: Body) -> Reply:
+        self.pipeline.admit(headers, None, admin=True)  # NOTE: before reading the body
+        text = await body.read()
         try:
-            params = orjson.loads(body) if body.strip() else {}
+            params = orjson.loads(text) if text.strip() else {}
         except orjson.JSONDecodeError as exc:
             raise invalid_argument(f"repository index body is not valid JSON: {exc}") from None
         ready = bool(params.get("ready", False)) if isinstance(params, dict) else False
@@ -310,6 +296,22 @@ async def _send(send: Callable, status: int, payload: bytes | Path,
         await send({"type": "http.response.body", "body": b""})
 
 
+def _headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The request's headers by lower-case name; one of SINGLE_HEADERS sent twice is refused."""
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw}
+    if len(headers) == len(raw):
+        return headers
+    names = [k.decode("latin-1") for k, _ in raw]
+    for name in SINGLE_HEADERS:
+        if names.count(name) > 1:
+            error = TensorgateError(
+                grpc.StatusCode.UNAUTHENTICATED if name == "authorization"
+                else grpc.StatusCode.INVALID_ARGUMENT,
+                f"header '{name}' sent {names.count(name)} times: send it once")
+            raise error
+    return headers
+
+
 def _match(pattern: list[str], parts: list[str]) -> dict[str, str] | None:
     """The {parameters} of a route pattern when the path's segments fit it, else None."""
     if len(pattern) != len(parts):
@@ -323,6 +325,15 @@ def _match(pattern: list[str], parts: list[str]) -> dict[str, str] | None:
         elif expected != part:
             return None
     return params
+
+
+def _check_parameters(params: dict[str, str]) -> None:
+    """The names and versions an admin path carries follow the one naming rule."""
+    for key, value in params.items():
+        if key == "version":
+            check_version(value)
+        else:
+            check_name(value, "key name" if key == "name" else "model name")
 
 
 def _query(query: bytes) -> dict[str, str]:

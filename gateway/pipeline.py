@@ -38,6 +38,9 @@ _NO_HEADERS: Headers = {}
 Audit = Callable[[str, str, str, Any], Awaitable[None]]
 #: Who may make a control-plane call: anyone (health), any key, or an admin key.
 Access = Literal["open", "key", "admin"]
+#: A request still to be read (HTTP): called once the caller is admitted, it returns the
+#: serialized ModelInferRequest, its id ("" for none) and its deadline in seconds (None: default).
+Loader = Callable[[], Awaitable[tuple[bytes, str, float | None]]]
 
 
 class Pipeline:
@@ -66,27 +69,34 @@ class Pipeline:
         self._ids = itertools.count(1)
         self.request_log = request_log(settings.log_sample, settings.log_slow_ms)
 
-    async def infer(self, request: bytes, model: str, version: str, timeout: float | None,
-                    protocol: str, headers: Headers = _NO_HEADERS,
+    async def infer(self, request: bytes | Loader, model: str, version: str,
+                    timeout: float | None, protocol: str, headers: Headers = _NO_HEADERS,
                     request_id: str = "") -> bytes:
         """Forward a serialized ModelInferRequest; the answer's bytes come back untouched.
 
         A request without an id gets one, which the runtime echoes in the answer's `id`.
+        A Loader is called only after admission, auth and quota passed on the headers.
         """
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         answer: bytes | None = None
         served: list[str] = []  # the version routed to, once routing happened
         self.metrics.in_flight.inc()
-        if not request_id:
-            request_id = f"{self._id_prefix}-{next(self._ids)}"
-            request = rewrite.with_id(request, request_id)
-        span, request = self._trace(request, model, version, protocol, headers, request_id)
+        span: Span | None = None
+        if isinstance(request, bytes):
+            request, request_id, span = self._begin(request, model, version, protocol, headers,
+                                                    request_id)
         try:
             self.admission.enter(model)  # sheds past max_in_flight; counted even then
             principal = self.admit(headers, model)
             ticket = self.quota(principal, model)
             try:
+                if not isinstance(request, bytes):
+                    # NOTE: read, inflate and parse only now: a caller refused on its headers
+                    # costs no more than its headers.
+                    request, request_id, timeout = await request()
+                    request, request_id, span = self._begin(request, model, version, protocol,
+                                                            headers, request_id)
                 answer = await self.serve(request, model, version, principal, headers,
                                           timeout or self.default_timeout, served)
                 return answer
@@ -112,6 +122,15 @@ class Pipeline:
             if self.request_log is not None:
                 self.request_log.observe(request_id, model, version, protocol, code.name,
                                          elapsed)
+
+    def _begin(self, request: bytes, model: str, version: str, protocol: str, headers: Headers,
+               request_id: str) -> tuple[bytes, str, Span | None]:
+        """The request with its id (a fresh one if it has none) and, when tracing, its span."""
+        if not request_id:
+            request_id = f"{self._id_prefix}-{next(self._ids)}"
+            request = rewrite.with_id(request, request_id)
+        span, request = self._trace(request, model, version, protocol, headers, request_id)
+        return request, request_id, span
 
     @staticmethod
     def _trace(request: bytes, model: str, version: str, protocol: str, headers: Headers,

@@ -50,6 +50,7 @@ def _gateway_args(parser: argparse.ArgumentParser) -> None:
                         help="inference requests one gateway process handles at once; more are "
                              "refused at once with 429 / RESOURCE_EXHAUSTED (512)")
     _drain_arg(parser)
+    _http_args(parser)
     auth = parser.add_argument_group("authentication")
     auth.add_argument("--no-auth", action="store_true",
                       help="serve every caller without a key (logs a warning)")
@@ -79,6 +80,29 @@ def _gateway_args(parser: argparse.ArgumentParser) -> None:
     secure.add_argument("--runtime-tls-cert", type=Path,
                      help="the client certificate shown to runtime workers (mTLS)")
     secure.add_argument("--runtime-tls-key", type=Path, help="the key of --runtime-tls-cert")
+
+
+def _http_args(parser: argparse.ArgumentParser) -> None:
+    http = parser.add_argument_group("HTTP clients (per gateway process)")
+    http.add_argument("--http-header-timeout", type=_seconds, default=10.0, metavar="SECONDS",
+                      help="a request's line and headers must arrive within this of its first "
+                           "byte, else 408 and the connection closed (10)")
+    http.add_argument("--http-body-timeout", type=_seconds, default=60.0, metavar="SECONDS",
+                      help="a request's body must arrive within this of its headers (60)")
+    http.add_argument("--http-keep-alive", type=_seconds, default=5.0, metavar="SECONDS",
+                      help="close a connection silent this long, before or between requests (5)")
+    http.add_argument("--http-max-header-bytes", type=_positive, default=64 * 1024,
+                      metavar="BYTES", help="largest request line plus headers; beyond it 431 "
+                                            "(65536)")
+    http.add_argument("--http-max-connections", type=_positive, default=4096, metavar="N",
+                      help="open HTTP connections; one more is answered 503 and closed (4096)")
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text}")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -182,7 +206,12 @@ def gateway_settings(args: argparse.Namespace, endpoints: tuple[str, ...],
                            record_answers=args.record_answers,
                            feedback_per_caller=args.feedback_per_caller,
                            feedback_max_rows=args.feedback_max_rows,
-                           answers_max_rows=args.answers_max_rows)
+                           answers_max_rows=args.answers_max_rows,
+                           http_header_timeout_s=args.http_header_timeout,
+                           http_body_timeout_s=args.http_body_timeout,
+                           http_keep_alive_s=args.http_keep_alive,
+                           http_max_header_bytes=args.http_max_header_bytes,
+                           http_max_connections=args.http_max_connections)
 
 
 def run(args: argparse.Namespace) -> int:

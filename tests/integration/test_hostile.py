@@ -46,7 +46,7 @@ BOMB_DEPTH = 100_000
 CASES = [
     ("not JSON", b"{inputs", "not valid JSON"),
     ("deep JSON", b'{"inputs":' + b"[" * BOMB_DEPTH + b"]" * BOMB_DEPTH + b"}", "not valid JSON"),
-    ("deep data", entry(data=[[[[[[0.5]]]]]] * 64), "FP32 data must be numbers, got list"),
+    ("deep data", entry(data=[[[[[[0.5]]]]]] * 64), "data is nested deeper than shape"),
     ("overflowing shape", entry(shape=[1 << 32, 1 << 32, 1 << 32], data=[0]), "too many elements"),
     ("dim past int64", entry(shape=[0, 2**64 - 1], data=[]), "dimension over"),
     ("negative dim", entry(shape=[1, -64], data=[0]), "negative dimension"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -121,3 +122,69 @@ def test_message_to_json_keeps_integers_as_numbers() -> None:
     first = as_json["model_stats"][0]
     assert first["inference_count"] == 2**40 and first["execution_count"] == 3
     assert first["inference_stats"]["success"] == {"count": 5, "ns": 0}
+
+
+def infer_body(**extra: object) -> bytes:
+    return orjson.dumps({"inputs": [{"name": "X", "datatype": "FP32", "shape": [1, 2],
+                                     "data": [0.5, 0.5]}], **extra})
+
+
+@pytest.mark.parametrize("request_id", ["a\r\nb", "nul\0", "tab\there", "x" * 257])
+def test_probe_11_an_id_that_cannot_be_a_header_is_refused(request_id: str) -> None:
+    with pytest.raises(TensorgateError) as caught:
+        decode_infer_request(infer_body(id=request_id), None, "m", "")
+    assert "'id' must be at most 256 characters without control characters" in \
+        caught.value.message
+
+
+def test_a_printable_id_of_the_longest_length_is_kept() -> None:
+    request, _ = decode_infer_request(infer_body(id="é-" + "x" * 254), None, "m", "")
+    assert request.id == "é-" + "x" * 254
+
+
+@pytest.mark.parametrize("where", ["request", "input"])
+def test_probe_11_an_integer_parameter_past_64_bits_is_refused(where: str) -> None:
+    params = b'{"big": 1180591620717411303424}'  # 2**70: orjson alone reads it as a float
+    extra = b', "parameters": ' + params
+    body = (b'{"inputs": [{"name": "X", "datatype": "FP32", "shape": [1], "data": [1.0]'
+            + (extra if where == "input" else b"") + b"}]"
+            + (extra if where == "request" else b"") + b"}")
+    with pytest.raises(TensorgateError) as caught:
+        decode_infer_request(body, None, "m", "")
+    assert "parameter 'big' must be a string, a number within 64 bits" in caught.value.message
+
+
+def test_large_double_parameters_stay_doubles() -> None:
+    request, _ = decode_infer_request(infer_body(parameters={"d": 1e21, "u": 2**64 - 1}),
+                                      None, "m", "")
+    assert request.parameters["d"].double_param == 1e21
+    assert request.parameters["u"].uint64_param == 2**64 - 1
+
+
+def test_probe_11_data_nested_deeper_than_the_shape_is_refused() -> None:
+    body = orjson.dumps({"inputs": [{"name": "X", "datatype": "FP32", "shape": [1, 2],
+                                     "data": [[[0.5, 0.5]]]}]})
+    with pytest.raises(TensorgateError) as caught:
+        decode_infer_request(body, None, "m", "")
+    assert "data is nested deeper than shape [1, 2]" in caught.value.message
+
+
+def test_probe_11_nan_and_infinities_come_back_as_json_tokens() -> None:
+    values = np.array([np.nan, np.inf, -np.inf, 1.5], "<f4")
+    response = pb.ModelInferResponse(model_name="m", model_version="1", id="r")
+    response.outputs.add(name="Y", datatype="FP32", shape=[4])
+    response.raw_output_contents.append(values.tobytes())
+    body, json_length = encode_infer_response(response, OutputPrefs())
+    assert json_length is None
+    assert b"[NaN,Infinity,-Infinity,1.5]" in body
+    data = json.loads(body)["outputs"][0]["data"]
+    assert np.array_equal(np.array(data, "<f4"), values, equal_nan=True)
+
+
+def test_finite_outputs_keep_the_fast_encoder() -> None:
+    response = pb.ModelInferResponse(model_name="m", model_version="1")
+    response.outputs.add(name="Y", datatype="FP64", shape=[2])
+    response.raw_output_contents.append(np.array([0.25, 2.0], "<f8").tobytes())
+    body, _ = encode_infer_response(response, OutputPrefs())
+    assert body == orjson.dumps({"model_name": "m", "model_version": "1", "outputs": [
+        {"name": "Y", "datatype": "FP64", "shape": [2], "data": [0.25, 2.0]}]})

@@ -1,0 +1,136 @@
+"""uvicorn's httptools protocol with the limits a hostile client meets: deadlines for a request's
+headers and body, an idle timeout from the first byte on, a header size cap, a connection cap."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import httptools
+import orjson
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """What one HTTP connection may take; see GatewaySettings' http_* fields."""
+
+    header_timeout_s: float
+    body_timeout_s: float
+    max_header_bytes: int
+    max_connections: int
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    """One connection. uvicorn times only the wait between requests, and only after a first
+    answer; a client trickling headers or a body, or sending nothing, would hold it forever."""
+
+    limits: ClassVar[HttpLimits]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._header_bytes = 0
+        self._headers_too_large = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections:
+            self._refuse(503, f"this gateway process holds {self.limits.max_connections} "
+                              "connections already; retry later")
+            return
+        self._arm(self.timeout_keep_alive, "idle")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._header_bytes = 0
+        self._arm(self.limits.header_timeout_s, "headers")
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value))
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        self._arm(self.limits.body_timeout_s, "body")
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+        if self.cycle.response_complete and not self.pipeline:
+            self._arm(self.timeout_keep_alive, "idle")  # NOTE: answered before its body ended
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._deadline is None and self.cycle.response_complete:  # NOTE: none pipelined
+            self._arm(self.timeout_keep_alive, "idle")
+
+    def send_400_response(self, msg: str) -> None:
+        if self._headers_too_large:
+            self._refuse(431, f"request line and headers exceed {self.limits.max_header_bytes} "
+                              "bytes")
+        else:
+            super().send_400_response(msg)
+
+    def _count(self, size: int) -> None:
+        self._header_bytes += size
+        if self._header_bytes > self.limits.max_header_bytes:
+            self._headers_too_large = True
+            # NOTE: stops the parser; uvicorn answers it through send_400_response.
+            raise httptools.HttpParserError("request headers too large")
+
+    def _arm(self, seconds: float, part: str) -> None:
+        """One deadline at a time; bytes that start no request (stray CRLFs) never move it."""
+        self._disarm()
+        if not self.transport.is_closing():
+            self._deadline = self.loop.call_later(seconds, self._expired, part, seconds)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expired(self, part: str, seconds: float) -> None:
+        self._deadline = None
+        cycle = self.cycle
+        if part == "idle" or (part == "body" and cycle is not None and cycle.response_started):
+            self.transport.close()  # NOTE: nothing asked, or its answer is out already
+            return
+        self._refuse(408, f"request {part} not received within {seconds:g} s")
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer `status` and close, unless an answer is under way: then just close."""
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is not None and cycle.response_started and not cycle.response_complete:
+            self.transport.close()
+            return
+        if cycle is not None and not cycle.response_complete:
+            # NOTE: the handler still running sees a client gone, and writes nothing after us.
+            cycle.disconnected = True
+            cycle.message_event.set()
+        body = orjson.dumps({"error": message})
+        self.transport.write(b"%scontent-type: application/json\r\ncontent-length: %d\r\n"
+                             b"connection: close\r\n\r\n%s" % (STATUS_LINE[status], len(body),
+                                                                body))
+        self.transport.close()
+
+
+def protocol_class(limits: HttpLimits) -> type[GuardedProtocol]:
+    """The protocol class for uvicorn's `http` option, with these limits."""
+
+    class Limited(GuardedProtocol):
+        pass
+
+    Limited.limits = limits
+    return Limited
