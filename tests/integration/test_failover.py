@@ -181,7 +181,9 @@ def test_a_worker_killed_under_load_costs_no_request_and_both_gone_fail_fast(
                 started = time.monotonic()
                 with pytest.raises(InferenceServerException) as caught:
                     call(rows[:2])
-                assert time.monotonic() - started < 2.0
+                # NOTE: refused at once, not after the 60 s default deadline; the ceiling is
+                # generous so that a loaded machine cannot fail it.
+                assert time.monotonic() - started < 30.0
                 assert caught.value.status() == unavailable
                 assert re.search(r"no healthy runtime worker|unavailable|closed the connection",
                                  caught.value.message() or ""), caught.value.message()
