@@ -154,6 +154,11 @@ class LaneUpstream:
             if timer is not None:
                 timer.cancel()
 
+    def abort(self) -> None:
+        """Drop the connection at once: its calls in flight fail with UNAVAILABLE."""
+        if self._connection is not None and self._connection.transport is not None:
+            self._connection.transport.abort()
+
     async def close(self) -> None:
         if self._connection is not None and self._connection.transport is not None:
             self._connection.transport.close()

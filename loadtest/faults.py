@@ -44,9 +44,11 @@ READMITTED = re.compile(r"runtime worker \S+lane-(\d+)\.sock re-admitted")
 class Process:
     """A child process whose output lines are kept, each with the time it arrived."""
 
-    def __init__(self, argv: list[str]) -> None:
+    def __init__(self, argv: list[str], stdin: bool = False) -> None:
+        """With `stdin`, the child reads a pipe that `popen.stdin` writes (and closes)."""
         self.popen = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True)
+                                      stderr=subprocess.STDOUT, text=True,
+                                      stdin=subprocess.PIPE if stdin else None)
         self.lines: list[tuple[float, str]] = []
         self._new: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
