@@ -47,3 +47,26 @@ async def test_an_ejected_worker_that_answers_nothing_fails_its_calls_over() -> 
     finally:
         await upstream.close()
         server.close()
+
+
+async def test_a_connection_that_never_opens_ends_at_the_call_deadline(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    never: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    async def black_hole(self: LaneUpstream) -> object:
+        return await never  # a SYN dropped on the way: the kernel retries for minutes
+
+    monkeypatch.setattr(LaneUpstream, "_open", black_hole)
+    upstream = LaneUpstream("10.231.0.2:8012", 1 << 20)
+    tracker = _silent_health()
+    endpoint = Endpoint(upstream)
+    tracker.watch(endpoint)
+    with pytest.raises(TensorgateError) as caught:
+        await asyncio.wait_for(upstream.call("ModelInfer", b"request", 0.05), 30.0)
+    assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "did not accept a connection within 0.050s" in str(caught.value)
+    # The probes end too, so one such worker holds up no health round; it is ejected.
+    for _ in range(2):
+        assert not await asyncio.wait_for(tracker.probe(endpoint), 30.0)
+    assert not endpoint.admitted
+    never.cancel()
