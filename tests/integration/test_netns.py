@@ -16,6 +16,8 @@ import pytest
 from loadtest import faults
 from tests.integration import netns
 
+# NOTE: a ceiling for a loaded machine; the module takes about 25 s on an idle one.
+pytestmark = pytest.mark.timeout(300)
 ROLES = "tests.integration.netns_roles"
 # NOTE: fixed ports are safe here: each namespace has a network stack of its own.
 LANE_PORT, GRPC_PORT, METRICS_PORT = 8012, 8011, 8002
@@ -142,7 +144,10 @@ def test_netns_a_worker_cut_off_under_load_costs_no_request_and_is_readmitted(
     finally:
         assert load.popen.stdin is not None
         load.popen.stdin.close()
-        load.wait_for(re.compile(r"^done"), CEILING_S)
+        try:
+            load.wait_for(re.compile(r"^done"), CEILING_S)
+        finally:
+            load.stop()
     assert outcomes(load, "fail") == []
 
 
@@ -160,6 +165,7 @@ def test_netns_a_partition_with_a_call_in_flight_ends_in_deadline_exceeded(
     finally:
         for i in range(len(cluster.hosts.workers)):
             cluster.hosts.set_link(i, up=True)
+        slow.stop()
     status, took, text = int(result.group(1)), float(result.group(2)), result.group(3)
     assert status == 504 and "did not answer within" in text, (status, text)
     # The deadline is honoured: the gateway answers by itself, not at the client's ceiling.
