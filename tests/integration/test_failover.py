@@ -142,13 +142,13 @@ def grpc_caller(port: int) -> Callable[[np.ndarray], np.ndarray]:
         tensor = tgrpc.InferInput("INPUT0", list(x.shape), "FP32")
         tensor.set_data_from_numpy(x)
         return client.infer("digits", [tensor], model_version="1",
-                            client_timeout=10).as_numpy("OUTPUT0")
+                            client_timeout=60).as_numpy("OUTPUT0")
 
     return call
 
 
 def http_caller(port: int) -> Callable[[np.ndarray], np.ndarray]:
-    client = thttp.InferenceServerClient(f"127.0.0.1:{port}", network_timeout=10)
+    client = thttp.InferenceServerClient(f"127.0.0.1:{port}", network_timeout=60)
 
     def call(x: np.ndarray) -> np.ndarray:
         tensor = thttp.InferInput("INPUT0", list(x.shape), "FP32")
