@@ -70,11 +70,15 @@ class Hosts:
             ip("-n", ns, "addr", "add", f"{self.worker_ip(i)}/24", "dev", self.link(i))
             ip("-n", self.gateway, "link", "set", near, "up")
             ip("-n", ns, "link", "set", self.link(i), "up")
-        # `ip netns exec` binds this file over /etc/hosts: one name, every worker's address.
+        self.name(range(len(self.workers)))
+
+    def name(self, workers: range | list[int]) -> None:
+        """Let WORKERS_NAME resolve, in the gateway's namespace, to these workers' addresses."""
+        # NOTE: `ip netns exec` binds this file over /etc/hosts; rewritten in place, the
+        # gateway's next lookup reads the new one.
         etc = NETNS_ETC / self.gateway
         etc.mkdir(parents=True, exist_ok=True)
-        lines = ["127.0.0.1 localhost"]
-        lines += [f"{self.worker_ip(i)} {WORKERS_NAME}" for i in range(len(self.workers))]
+        lines = ["127.0.0.1 localhost", *(f"{self.worker_ip(i)} {WORKERS_NAME}" for i in workers)]
         (etc / "hosts").write_text("\n".join(lines) + "\n")
 
     def set_link(self, i: int, up: bool) -> None:

@@ -121,11 +121,25 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         hosts.close()
 
 
+def start_load(cluster: Cluster) -> faults.Process:
+    """Paced callers in the gateway's namespace, bounded in count and time, until stop_load."""
+    return faults.Process(cluster.in_namespace(
+        cluster.hosts.gateway, "load", "--port", str(cluster.grpc_port), "--callers",
+        str(CALLERS), "--count", "20000", "--seconds", "150", "--timeout", "30"), stdin=True)
+
+
+def stop_load(load: faults.Process) -> None:
+    assert load.popen.stdin is not None
+    load.popen.stdin.close()
+    try:
+        load.wait_for(re.compile(r"^done"), CEILING_S)
+    finally:
+        load.stop()
+
+
 def test_netns_a_worker_cut_off_under_load_costs_no_request_and_is_readmitted(
         cluster: Cluster) -> None:
-    load = faults.Process(cluster.in_namespace(
-        cluster.hosts.gateway, "load", "--port", str(cluster.grpc_port), "--callers", str(CALLERS),
-        "--count", "20000", "--seconds", "150", "--timeout", "30"), stdin=True)
+    load = start_load(cluster)
     try:
         until(lambda: len(outcomes(load, "ok")) >= 50, "50 answers before the cut")
         cut = time.monotonic()
@@ -142,12 +156,26 @@ def test_netns_a_worker_cut_off_under_load_costs_no_request_and_is_readmitted(
         # More than the callers, so calls stuck at the cut and delivered late do not count.
         until(lambda: cluster.answered_by(0) >= before + 20, "traffic reaching worker 0 again")
     finally:
-        assert load.popen.stdin is not None
-        load.popen.stdin.close()
-        try:
-            load.wait_for(re.compile(r"^done"), CEILING_S)
-        finally:
-            load.stop()
+        stop_load(load)
+    assert outcomes(load, "fail") == []
+
+
+def test_netns_a_worker_gone_from_the_name_is_drained_and_added_back_without_a_failure(
+        cluster: Cluster) -> None:
+    load = start_load(cluster)
+    try:
+        until(lambda: len(outcomes(load, "ok")) >= 50, "50 answers before the change")
+        dropped = time.monotonic()
+        cluster.hosts.name([0])
+        until(lambda: cluster.seen_after("removed", 1, dropped), "worker 1 removed")
+        restored = time.monotonic()
+        cluster.hosts.name(range(len(cluster.hosts.workers)))
+        until(lambda: cluster.seen_after("added", 1, restored), "worker 1 added back")
+        before = cluster.answered_by(1)
+        until(lambda: cluster.answered_by(1) >= before + 20, "traffic reaching worker 1 again")
+    finally:
+        cluster.hosts.name(range(len(cluster.hosts.workers)))
+        stop_load(load)
     assert outcomes(load, "fail") == []
 
 
