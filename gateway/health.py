@@ -2,6 +2,7 @@
 
 An endpoint is ejected after `eject_after_failures` consecutive failures (or at once when its
 lane connection is lost) and re-admitted after one good probe; balance picks admitted ones only.
+An ejected worker that does not answer probes at all has its lane connection dropped.
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ import asyncio
 import contextlib
 import logging
 
+import grpc
+
+from common.errors import TensorgateError
 from common.proto import grpc_service_pb2 as pb
 from common.settings import GatewaySettings
 from gateway.lane_client import LaneUpstream
@@ -97,13 +101,22 @@ class Health:
         self.metrics.endpoint_healthy.labels(endpoint.address).set(1)
         log.info("runtime worker %s re-admitted: a health probe succeeded", endpoint.address)
 
+    def _cut(self, endpoint: Endpoint) -> None:
+        """An ejected worker that answers nothing (a partition, a dead host): its calls in flight
+        fail now with UNAVAILABLE, which forward retries elsewhere, not at their deadlines."""
+        if isinstance(endpoint.upstream, LaneUpstream):
+            endpoint.upstream.abort()
+
     # The active side.
 
     async def probe(self, endpoint: Endpoint) -> bool:
         """Ask one worker whether it is ready, and record the answer."""
+        silent = False
         try:
             answer = await endpoint.upstream.call("ServerReady", b"", self.probe_timeout)
             ready = pb.ServerReadyResponse.FromString(answer).ready
+        except TensorgateError as exc:
+            ready, silent = False, exc.code == grpc.StatusCode.DEADLINE_EXCEEDED
         except Exception:
             # NOTE: whatever goes wrong is a failed probe; it must never end the health task.
             ready = False
@@ -111,6 +124,8 @@ class Health:
             return ready
         if not ready:
             self.failed(endpoint)
+            if silent and not endpoint.admitted:
+                self._cut(endpoint)
         elif not endpoint.admitted:
             self._admit(endpoint)
         else:

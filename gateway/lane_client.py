@@ -129,6 +129,17 @@ class LaneUpstream:
         self._connection = protocol
         return protocol
 
+    async def _connect_within(self, timeout: float | None) -> _Connection:
+        """Connect, within the call's deadline: a host that drops packets never refuses."""
+        if timeout is None:
+            return await self._connect()
+        try:
+            return await asyncio.wait_for(self._connect(), timeout)
+        except asyncio.TimeoutError:
+            raise TensorgateError(grpc.StatusCode.DEADLINE_EXCEEDED, (
+                f"runtime worker {self.address} did not accept a connection within "
+                f"{timeout:.3f}s")) from None
+
     def _opened(self, opening: asyncio.Future) -> None:
         if not opening.cancelled() and opening.exception() is None:
             opening.result().on_lost = self._lost
@@ -140,7 +151,7 @@ class LaneUpstream:
     async def call(self, name: str, request: bytes, timeout: float | None) -> bytes:
         connection = self._connection
         if connection is None or connection.transport is None:
-            connection = await self._connect()
+            connection = await self._connect_within(timeout)
         future = connection.send(lane.METHOD_KIND[name], request, timeout)
         # NOTE: counted only once sent: send raises when the connection is already gone.
         self.outstanding += 1
@@ -153,6 +164,11 @@ class LaneUpstream:
             self.outstanding -= 1
             if timer is not None:
                 timer.cancel()
+
+    def abort(self) -> None:
+        """Drop the connection at once: its calls in flight fail with UNAVAILABLE."""
+        if self._connection is not None and self._connection.transport is not None:
+            self._connection.transport.abort()
 
     async def close(self) -> None:
         if self._connection is not None and self._connection.transport is not None:

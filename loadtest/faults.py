@@ -2,6 +2,9 @@
 
     python -m loadtest.faults [--seconds 60] [--callers 32] [--kill-every 10]
 
+Kills wait for events (answers since the last one, the previous victim re-admitted), so on a
+busy machine a run takes longer than --seconds rather than failing on a timetable.
+
 Prints a Markdown table per scenario; tests/integration/test_faults.py runs the same code, shorter.
 """
 
@@ -19,6 +22,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,9 +44,11 @@ READMITTED = re.compile(r"runtime worker \S+lane-(\d+)\.sock re-admitted")
 class Process:
     """A child process whose output lines are kept, each with the time it arrived."""
 
-    def __init__(self, argv: list[str]) -> None:
+    def __init__(self, argv: list[str], stdin: bool = False) -> None:
+        """With `stdin`, the child reads a pipe that `popen.stdin` writes (and closes)."""
         self.popen = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True)
+                                      stderr=subprocess.STDOUT, text=True,
+                                      stdin=subprocess.PIPE if stdin else None)
         self.lines: list[tuple[float, str]] = []
         self._new: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
@@ -121,6 +127,8 @@ class Tally:
     #: When each good answer's request was sent (time.monotonic).
     sent: list[float] = field(default_factory=list)
     failures: list[tuple[float, str, str]] = field(default_factory=list)
+    #: When each failure came back (time.monotonic), in the order of `failures`.
+    failed_at: list[float] = field(default_factory=list)
 
     def record(self, started: float, answer: bytes) -> None:
         outputs = pb.ModelInferResponse.FromString(answer).raw_output_contents
@@ -144,24 +152,28 @@ async def call_once(call: grpc.aio.UnaryUnaryMultiCallable, request: bytes, tall
         answer = await call(request, timeout=timeout)
     except grpc.aio.AioRpcError as exc:
         tally.failures.append((started, exc.code().name, exc.details() or ""))
+        tally.failed_at.append(time.monotonic())
     else:
         tally.record(started, answer)
 
 
 async def closed_loop(port: int, callers: int, seconds: float, request: bytes, tally: Tally,
-                      timeout: float = 10.0) -> float:
-    """`callers` callers, each sending as soon as answered, for `seconds`; returns answers/s."""
+                      timeout: float = 10.0, stop: asyncio.Event | None = None) -> float:
+    """`callers` callers, each sending as soon as answered, for `seconds` or until `stop` is
+    set; returns answers/s."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         call = channel.unary_unary(METHOD)
-        ends = time.monotonic() + seconds
+        began = time.monotonic()
+        ends = began + seconds
         before = len(tally.latencies) + len(tally.failures)
 
         async def caller() -> None:
-            while time.monotonic() < ends:
+            while time.monotonic() < ends and not (stop is not None and stop.is_set()):
                 await call_once(call, request, tally, timeout)
 
         await asyncio.gather(*(caller() for _ in range(callers)))
-        return (len(tally.latencies) + len(tally.failures) - before) / seconds
+        took = min(seconds, time.monotonic() - began) or seconds
+        return (len(tally.latencies) + len(tally.failures) - before) / took
 
 
 async def open_loop(port: int, rate: float, seconds: float, request: bytes, tally: Tally,
@@ -182,7 +194,6 @@ async def open_loop(port: int, rate: float, seconds: float, request: bytes, tall
 class KillRun:
     workers: int
     callers: int
-    seconds: float
     kills: list[float]
     tally: Tally
     #: Seconds from each kill to the victim's "restarted" line, and to the gateway's
@@ -190,6 +201,8 @@ class KillRun:
     restarts: list[float]
     readmitted: list[float]
     exit_code: int
+    #: How long the load ran, in seconds.
+    seconds: float = 0.0
 
 
 def first_after(process: Process, pattern: re.Pattern, worker: int, since: float) -> float:
@@ -199,33 +212,69 @@ def first_after(process: Process, pattern: re.Pattern, worker: int, since: float
     return min(times) if times else float("inf")
 
 
-async def kill_run(workers: int, callers: int, kill_at: list[float], seconds: float,
-                   tmp: Path) -> KillRun:
-    """`serve` under closed-loop load; at each of `kill_at` (s) SIGKILL the next worker, but
-    with two or more workers never before the gateway has re-admitted the previous victim (a
-    restart takes seconds on a busy machine: killing sooner kills the last healthy worker)."""
+async def wait_until(check: Callable[[], bool], what: str, ceiling: float,
+                     process: Process | None = None) -> None:
+    """Wait for a state, not a time: `ceiling` only bounds a wait that would never end."""
+    ends = time.monotonic() + ceiling
+    while not check():
+        if time.monotonic() > ends:
+            tail = process.output()[-4000:] if process is not None else ""
+            raise TimeoutError(f"{what}: not seen within {ceiling:.0f}s\n{tail}")
+        await asyncio.sleep(0.05)  # NOTE: the load generator waiting, not the server
+
+
+async def kill_run(workers: int, callers: int, kills: int, tmp: Path, after: int = 50,
+                   every: float = 0.0, ceiling: float = 120.0) -> KillRun:
+    """`serve` under closed-loop load; `kills` times SIGKILL the next worker once `after`
+    answers (and `every` seconds) have come since the last event, then wait for the gateway
+    to re-admit it; the load stops `after` answers (and `every` s) past the last re-admission.
+    Events, not a timetable: a restart takes seconds on a busy machine."""
     process, port = serve(workers, tmp)
     tally = Tally(answer_bytes=40)
-    kills: list[float] = []
+    stop = asyncio.Event()
+    times: list[float] = []
+    load = asyncio.ensure_future(closed_loop(port, callers, 10 * ceiling, digits_request(),
+                                             tally, stop=stop))
+    began = since = time.monotonic()
     try:
-        load = asyncio.ensure_future(closed_loop(port, callers, seconds, digits_request(),
-                                                 tally))
-        began = time.monotonic()
-        for n, at in enumerate(kill_at):
-            await asyncio.sleep(max(0.0, began + at - time.monotonic()))
-            while workers > 1 and kills and first_after(
-                    process, READMITTED, (n - 1) % workers, kills[-1]) == float("inf"):
-                await asyncio.sleep(0.05)  # NOTE: the load generator waiting, not the server
-            os.kill(process.pid_of(f"runtime-{n % workers}"), signal.SIGKILL)
-            kills.append(time.monotonic())
-        await load
+        for n in range(kills):
+            await _answers_since(tally, since, after, every, process, ceiling)
+            victim = n % workers
+            os.kill(process.pid_of(f"runtime-{victim}"), signal.SIGKILL)
+            killed = time.monotonic()
+            times.append(killed)
+            since = killed + await _readmitted(process, victim, killed, ceiling)
+        await _answers_since(tally, since, after, every, process, ceiling)
     finally:
+        stop.set()
+        await load
+        seconds = time.monotonic() - began
         code = process.stop()
-    victims = [n % workers for n in range(len(kills))]
-    return KillRun(workers, callers, seconds, kills, tally,
-                   [first_after(process, RESTARTED, v, k) for v, k in zip(victims, kills)],
-                   [first_after(process, READMITTED, v, k) for v, k in zip(victims, kills)],
-                   code)
+    victims = [n % workers for n in range(len(times))]
+    return KillRun(workers, callers, times, tally,
+                   [first_after(process, RESTARTED, v, k) for v, k in zip(victims, times)],
+                   [first_after(process, READMITTED, v, k) for v, k in zip(victims, times)],
+                   code, seconds)
+
+
+async def _readmitted(process: Process, victim: int, killed: float, ceiling: float) -> float:
+    """Seconds from the kill to the gateway's re-admission of `victim`, once it comes."""
+    def back() -> float:
+        return first_after(process, READMITTED, victim, killed)
+
+    await wait_until(lambda: back() < float("inf"), f"runtime-{victim} re-admitted", ceiling,
+                     process)
+    return back()
+
+
+async def _answers_since(tally: Tally, since: float, count: int, seconds: float,
+                         process: Process, ceiling: float) -> None:
+    """Until `count` good answers to requests sent after `since`, and `seconds` after it."""
+    def enough() -> bool:
+        recent = sum(sent > since for sent in tally.sent[-count:])
+        return recent >= count and time.monotonic() >= since + seconds
+
+    await wait_until(enough, f"{count} answers", ceiling + seconds, process)
 
 
 @dataclass
@@ -316,10 +365,11 @@ async def main_async(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="tensorgate-faults-") as name:
         tmp = Path(name)
         every = args.kill_every
-        kill_at = [every * (i + 1) for i in range(int(args.seconds // every) - 1)]
-        two = await kill_run(2, args.callers, kill_at, args.seconds, tmp)
-        print_kills(two, f"Two runtime workers, one SIGKILLed every {every:.0f} s")
-        one = await kill_run(1, args.callers, [args.seconds / 4], args.seconds / 2, tmp)
+        kills = max(1, int(args.seconds // every) - 1)
+        two = await kill_run(2, args.callers, kills, tmp, every=every)
+        print_kills(two, f"Two runtime workers, one SIGKILLed every {every:.0f} s or more "
+                    "(each once the previous victim is back)")
+        one = await kill_run(1, args.callers, 1, tmp, every=args.seconds / 4)
         print_kills(one, "One runtime worker, SIGKILLed once")
         overload = await overload_run(tmp)
         print_overload(overload)

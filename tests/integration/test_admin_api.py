@@ -221,7 +221,7 @@ def test_keys_create_use_list_and_revoke(admin: Admin) -> None:
         "key_id": "", "name": "ci", "role": "infer", "models": ["digits"], "rate": 5.0,
         "burst": 10, "concurrency": 0, "created_at": 0, "revoked": False}
     admin.keys["ci"] = body["secret"]
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 60  # a ceiling, not an expectation
     while admin.call("GET", "/v2/models/digits", key="ci")[0] != 200:
         assert time.monotonic() < deadline, "the gateway did not pick up the new key"
         time.sleep(0.05)

@@ -16,29 +16,31 @@ CLEAN = re.compile(r"no healthy runtime worker|closed the connection|is unavaila
                    r"is not connected")
 
 
-def test_two_workers_killed_in_turn_under_load_cost_no_request(tmp_path: Path) -> None:
-    run = asyncio.run(faults.kill_run(2, 8, [3.0, 9.0], 15.0, tmp_path))
+def test_probe_16_two_workers_killed_in_turn_under_load_cost_no_request(tmp_path: Path) -> None:
+    # NOTE: events, not a timetable: each kill waits for answers and for the previous victim's
+    # re-admission (kill_run raises if one never comes, within a ceiling of minutes).
+    run = asyncio.run(faults.kill_run(2, 8, 2, tmp_path, after=50))
     assert run.tally.failures == [], run.tally.failures[:5]
-    assert len(run.tally.latencies) > 100
-    assert len(run.kills) == 2 and max(run.readmitted) < 15.0, run.readmitted
-    # Answers kept coming after each kill, not only before the first.
-    assert sum(sent > run.kills[-1] for sent in run.tally.sent) > 10
+    assert len(run.kills) == 2 and all(t < float("inf") for t in run.readmitted), run.readmitted
+    # Answers kept coming after each re-admission, not only before the first kill.
+    back = run.kills[-1] + run.readmitted[-1]
+    assert sum(sent > back for sent in run.tally.sent) >= 50
     assert run.exit_code == 0
 
 
-def test_the_only_worker_killed_fails_cleanly_and_only_until_it_is_back(
+def test_probe_16_the_only_worker_killed_fails_cleanly_and_only_until_it_is_back(
         tmp_path: Path) -> None:
-    run = asyncio.run(faults.kill_run(1, 4, [2.0], 12.0, tmp_path))
+    run = asyncio.run(faults.kill_run(1, 4, 1, tmp_path, after=20))
     kill = run.kills[0]
     back = kill + run.readmitted[0]
-    assert run.readmitted[0] < 7.0, (run.restarts, run.readmitted)
+    assert run.readmitted[0] < float("inf"), (run.restarts, run.readmitted)
     assert run.tally.failures, "a lone worker's death should be seen by someone"
-    for sent, code, message in run.tally.failures:
+    for (sent, code, message), failed in zip(run.tally.failures, run.tally.failed_at):
         assert code == "UNAVAILABLE" and CLEAN.search(message), (code, message)
-        # NOTE: in flight when it died (sent a little before), or sent before the gateway's
-        # health probe re-admitted the restarted worker.
-        assert kill - 1.0 <= sent <= back + 0.5, (sent - kill, back - kill)
-    assert sum(sent > back for sent in run.tally.sent) > 10
+        # In flight when it died or sent while it was down: it failed after the kill, and was
+        # sent before the gateway said the restarted worker was back.
+        assert failed >= kill and sent <= back, (sent - kill, failed - kill, back - kill)
+    assert sum(sent > back for sent in run.tally.sent) >= 20
     assert run.exit_code == 0
 
 

@@ -29,7 +29,7 @@ def answer(version: str, predicted: int, request_id: str) -> bytes:
     return message.SerializeToString()
 
 
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+async def until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"

@@ -132,7 +132,7 @@ def cli(repo: Path, *args: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def until(check: Callable[[], bool], what: str, limit: float = 30) -> None:
+def until(check: Callable[[], bool], what: str, limit: float = 60) -> None:
     deadline = time.monotonic() + limit
     while not check():
         assert time.monotonic() < deadline, what

@@ -206,7 +206,7 @@ def test_over_quota_is_429_with_retry_after_and_other_keys_go_on(policy: Policy)
 
 
 def wait_for_policy(policy: Policy, check: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 60  # a ceiling, not an expectation
     while not check():
         assert time.monotonic() < deadline, "the gateway did not pick up the traffic policy"
         time.sleep(0.05)

@@ -105,7 +105,7 @@ def test_grpc_deadlines_are_kept_too(stack: Stack) -> None:
     with pytest.raises(InferenceServerException) as caught:
         client.infer("stuck", [tensor], client_timeout=0.5)
     assert caught.value.status() == "StatusCode.DEADLINE_EXCEEDED"
-    assert time.monotonic() - started < 10  # it came back: nothing hung
+    assert time.monotonic() - started < 30  # it came back: nothing hung
 
 
 def test_a_slow_model_within_its_deadline_is_answered(stack: Stack) -> None:
