@@ -29,6 +29,8 @@ def retire_version(registry: Registry, repository: Path, model: str, version: st
     held = lifecycle.holders(model, version)
     if held and not force:
         raise VersionHeld(model, version, held)
+    if held:  # forced: nothing may route to a retired version
+        lifecycle.release(model, version, actor, f"version {model}:{version} retired (forced)")
     folder = repository / model / version
     if folder.exists():
         graveyard = repository / model / ".retired"
@@ -36,3 +38,19 @@ def retire_version(registry: Registry, repository: Path, model: str, version: st
         shutil.rmtree(graveyard / version, ignore_errors=True)
         folder.replace(graveyard / version)
     return lifecycle.set_state(model, version, "retired", actor)
+
+
+def sweep_missing(registry: Registry, repository: Path, actor: str = "gateway") -> list[str]:
+    """Ready versions whose folder was removed by hand: their aliases and traffic are released
+    and they are marked failed, all audited. The labels (`model:version`) of those swept."""
+    lifecycle = Lifecycle(registry)
+    swept = []
+    for record in lifecycle.versions():
+        folder = repository / record.model / record.version
+        if record.state != "ready" or folder.is_dir():
+            continue
+        why = f"its folder {folder} is gone"
+        lifecycle.release(record.model, record.version, actor, why)
+        lifecycle.set_state(record.model, record.version, "failed", actor, why)
+        swept.append(record.label)
+    return swept

@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import Any
+from urllib.parse import quote
 
+from common.names import MAX_VERSION, is_name, is_version, rule, shown
 from common.policy import ROLES, KeyRecord, Snapshot, TrafficPolicy
 from common.registry.migrations import LATEST, migrate, schema_version
 
 #: How long a connection waits for another process's write lock before giving up.
 BUSY_TIMEOUT_S = 5.0
-_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _HEADER = re.compile(r"^[A-Za-z0-9_.-]+$")
 _KEY_COLUMNS = "key_id, name, role, models, rate, burst, concurrency, created_at, revoked_at"
 _TRAFFIC_COLUMNS = "model, weights, sticky, shadow_version, shadow_percent"
@@ -103,8 +104,8 @@ def _check_count(what: str, value: object) -> int:
 
 
 def _check_key(name: str, role: str, models: Sequence[str] | str, rate: float) -> tuple[str, ...]:
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise RegistryError(f"key name must be letters, digits, '_', '.' or '-', got {name!r}")
+    if not is_name(name):
+        raise RegistryError(f"key name must be {rule()}; got {shown(name)}")
     if role not in ROLES:
         raise RegistryError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
     globs = (models,) if isinstance(models, str) else tuple(models)
@@ -117,16 +118,16 @@ def _check_key(name: str, role: str, models: Sequence[str] | str, rate: float) -
 
 
 def _check_model(model: str) -> None:
-    # NOTE: ':' separates model and version (audit targets, `model:version` on the CLI).
-    if not isinstance(model, str) or not model or any(c in model for c in ":/ \t\n"):
-        raise RegistryError(f"model name must be non-empty without ':', '/' or spaces, "
-                            f"got {model!r}")
+    # NOTE: the rule has no ':', which separates model and version (audit targets, the CLI).
+    if not is_name(model):
+        raise RegistryError(f"model name must be {rule()}; got {shown(model)}")
 
 
 def _check_version(model: str, version: object) -> str:
-    if not isinstance(version, str) or not version or any(c in version for c in ":/= \t\n"):
-        raise RegistryError(f"version of model {model!r} must be a non-empty name without "
-                            f"':', '/', '=' or spaces, got {version!r}")
+    if not is_version(version):
+        raise RegistryError(f"version of model {model!r} must be a whole number from 1 to "
+                            f"{MAX_VERSION}, got {shown(version)}")
+    assert isinstance(version, str)
     return version
 
 
@@ -179,6 +180,23 @@ def _check_shadow(model: str, shadow: tuple[str, float] | None) -> tuple[str | N
     return version, float(percent)
 
 
+def _check_ready(conn: sqlite3.Connection, model: str, versions: Sequence[str]) -> None:
+    """A policy of a model the registry tracks may name only its ready versions.
+
+    A model without registered versions is served from the repository as it stands, unchecked.
+    """
+    states = dict(conn.execute("SELECT version, state FROM versions WHERE model = ?", (model,))
+                  .fetchall())
+    if not states:
+        return
+    missing = sorted(v for v in set(versions) if states.get(v) != "ready")
+    if missing:
+        ready = sorted((v for v, state in states.items() if state == "ready"),
+                       key=lambda v: (len(v), v))
+        raise RegistryError(f"model {model!r} has no ready version {', '.join(missing)}; its "
+                            f"ready versions: {', '.join(ready) or 'none'}")
+
+
 class Registry:
     """One connection to a registry database; for one thread, while other processes share the file.
 
@@ -187,13 +205,20 @@ class Registry:
     """
 
     def __init__(self, path: Path | str, *, clock: Callable[[], float] = time.time,
-                 check_same_thread: bool = True) -> None:
+                 check_same_thread: bool = True, create: bool = True) -> None:
+        """`create=False` opens only a file that exists (SQLite would make an empty one): what
+        a running gateway does, so a deleted registry is never silently replaced by a new one."""
         self.path = Path(path)
         self._clock = clock
+        if not create and not self.path.exists():
+            raise RegistryError(f"registry file {self.path} does not exist (was it deleted?); "
+                                "restore it, or restart to start from an empty one")
         try:
-            _create_private(self.path)
-            self._conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                                         check_same_thread=check_same_thread)
+            if create:
+                _create_private(self.path)
+            target = f"file:{quote(str(self.path.absolute()))}?mode={'rwc' if create else 'rw'}"
+            self._conn = sqlite3.connect(target, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                         check_same_thread=check_same_thread, uri=True)
         except (OSError, sqlite3.Error) as exc:
             raise RegistryError(f"cannot open the registry {self.path}: {exc}") from exc
         try:
@@ -367,6 +392,8 @@ class Registry:
                                sticky=_check_sticky(sticky), shadow_version=shadow_version,
                                shadow_percent=shadow_percent)
         with self.transaction() as conn:
+            _check_ready(conn, model, [v for v, _ in policy.weights] + (
+                [] if shadow_version is None else [shadow_version]))
             before = self._get_traffic(conn, model)
             conn.execute(
                 "INSERT OR REPLACE INTO traffic (model, weights, sticky, shadow_version, "
@@ -389,6 +416,25 @@ class Registry:
             conn.execute("DELETE FROM traffic WHERE model = ?", (model,))
             self.audit(actor, "traffic.clear", model, _traffic_json(before), None)
         return before
+
+    def release_traffic(self, conn: sqlite3.Connection, policy: TrafficPolicy, version: str,
+                        actor: str, why: str) -> None:
+        """Inside `transaction()`: drop `version` from a policy's weights and shadow, audited."""
+        weights = [(v, w) for v, w in policy.weights if v != version]
+        shadow = policy.shadow_version if policy.shadow_version != version else None
+        before = _traffic_json(policy)
+        if not weights:
+            conn.execute("DELETE FROM traffic WHERE model = ?", (policy.model,))
+            self.audit(actor, "traffic.clear", policy.model, before, {"reason": why})
+            return
+        conn.execute("UPDATE traffic SET weights = ?, shadow_version = ?, shadow_percent = ?, "
+                     "updated_at = ? WHERE model = ?",
+                     (json.dumps([list(pair) for pair in weights]), shadow,
+                      policy.shadow_percent if shadow else 0.0, self._clock(), policy.model))
+        after = self._get_traffic(conn, policy.model)
+        assert after is not None
+        self.audit(actor, "traffic.set", policy.model, before, {**_traffic_json(after),
+                                                                "reason": why})
 
     @staticmethod
     def _get_traffic(conn: sqlite3.Connection, model: str) -> TrafficPolicy | None:

@@ -143,6 +143,25 @@ class Lifecycle:
                 held.append("the traffic policy's shadow")
         return held
 
+    def release(self, model: str, version: str, actor: str, why: str) -> list[str]:
+        """Take every alias and traffic share off a version, audited with `why`: what held it.
+
+        A traffic policy left with no weights is cleared; a shadow of the version is dropped.
+        """
+        released: list[str] = []
+        with self.registry.transaction() as conn:
+            for alias, _ in conn.execute("SELECT alias, version FROM aliases WHERE model = ? AND "
+                                         "version = ?", (model, version)).fetchall():
+                conn.execute("DELETE FROM aliases WHERE model = ? AND alias = ?", (model, alias))
+                self.registry.audit(actor, "alias.clear", f"{model}:{alias}", version,
+                                    {"version": None, "reason": why})
+                released.append(f"alias {alias}")
+            policy = self.registry.get_traffic(model)
+            if policy is not None and version in (*dict(policy.weights), policy.shadow_version):
+                self.registry.release_traffic(conn, policy, version, actor, why)
+                released.append("the traffic policy")
+        return released
+
     def _point(self, conn: sqlite3.Connection, model: str, alias: str, version: str) -> None:
         conn.execute("INSERT OR REPLACE INTO aliases (model, alias, version) VALUES (?, ?, ?)",
                      (model, alias, version))

@@ -1,0 +1,216 @@
+"""Issue 21's probe, in process: metric labels stay bounded, new keys work at once, a registry
+file deleted or replaced under the gateway is never silently re-created or trusted."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import grpc
+import pytest
+from prometheus_client import CollectorRegistry
+
+from common.errors import TensorgateError
+from common.registry import Registry, RegistryError
+from common.registry import watch as watch_module
+from common.registry.versions import Lifecycle, VersionRecord
+from common.registry.watch import RegistryWatcher
+from common.settings import AuthSettings, GatewaySettings
+from gateway.admin_api import AdminApi, Call
+from gateway.auth import UNKNOWN_KEY, Authenticator
+from gateway.health import Health
+from gateway.metrics import GatewayMetrics
+from gateway.pipeline import OTHER, Pipeline
+from gateway.quota import Quotas
+from gateway.route import Router
+
+#: Distinct model names each kind of caller sends.
+NAMES = 10_000
+
+
+def series(metrics: CollectorRegistry) -> set[tuple[str, tuple[tuple[str, str], ...]]]:
+    """Every (sample name, labels) the registry would export."""
+    return {(sample.name, tuple(sorted(sample.labels.items())))
+            for family in metrics.collect() for sample in family.samples}
+
+
+async def _send_many(pipeline: Pipeline, secret: str | None, prefix: str) -> set[str]:
+    headers = {} if secret is None else {"authorization": f"Bearer {secret}"}
+    codes = set()
+    for i in range(NAMES):
+        try:
+            await pipeline.infer(b"", f"{prefix}-{i}", "", 1.0, "http", headers)
+        except TensorgateError as exc:
+            codes.add(exc.code.name)
+    return codes
+
+
+def test_probe_03_caller_chosen_model_names_never_become_metric_series(tmp_path: Path) -> None:
+    with Registry(tmp_path / "registry.db") as registry:
+        _, user = registry.create_key("user", "infer", ["zz-*"])
+        _, admin = registry.create_key("admin", "admin")
+    watcher = RegistryWatcher(tmp_path / "registry.db")
+    metrics = CollectorRegistry()
+    gateway_metrics = GatewayMetrics(metrics)
+    settings = GatewaySettings(auth=AuthSettings())
+
+    async def main() -> list[set[str]]:
+        # No runtime worker: an admitted request fails in forward, as an unknown model would.
+        pipeline = Pipeline(settings, Router(Health(settings, gateway_metrics)), gateway_metrics,
+                            lambda: watcher.snapshot, Quotas(None))
+        before = len(series(metrics))
+        codes = [await _send_many(pipeline, None, "zz"),
+                 await _send_many(pipeline, user, "zz"),  # allowed names, none served
+                 await _send_many(pipeline, user, "other"),  # names the key may not use
+                 await _send_many(pipeline, admin, "zz" + "x" * 30_000)]
+        await pipeline.close()
+        grown = len(series(metrics)) - before
+        # One model label for all of them, a few codes: 4 codes x (1 counter + 15 buckets
+        # + sum + count + created...) stays far under the 40,000 names sent.
+        assert grown <= 120, grown
+        return codes
+
+    try:
+        codes = asyncio.run(main())
+    finally:
+        watcher.close()
+    assert codes[0] == {"UNAUTHENTICATED"} and "PERMISSION_DENIED" in codes[2]
+    models = {dict(labels).get("model") for _, labels in series(metrics)} - {None}
+    assert models == {OTHER}
+
+
+def test_probe_19_a_key_written_by_another_process_works_on_its_first_request(
+        tmp_path: Path) -> None:
+    path = tmp_path / "registry.db"
+    Registry(path).close()
+    watcher = RegistryWatcher(path, interval=3600)  # no poll runs: only the eager refresh
+    authenticator = Authenticator(AuthSettings(), lambda: watcher.snapshot,
+                                  refresh=watcher.refresh_if_due)
+    try:
+        with Registry(path) as cli:  # `tensorgate keys create` while the gateway runs
+            _, secret = cli.create_key("ci", "infer")
+        assert authenticator.authenticate(f"Bearer {secret}").subject == "key:ci"
+    finally:
+        watcher.close()
+
+
+def test_probe_19_unknown_keys_cost_at_most_one_registry_read_per_interval(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "registry.db"
+    Registry(path).close()
+    now = [1000.0]
+    monkeypatch.setattr(watch_module.time, "monotonic", lambda: now[0])
+    watcher = RegistryWatcher(path, interval=3600)
+    reads = []
+    real = watcher._refresh
+    monkeypatch.setattr(watcher, "_refresh", lambda: reads.append(1) or real())
+    authenticator = Authenticator(AuthSettings(), lambda: watcher.snapshot,
+                                  refresh=watcher.refresh_if_due)
+    try:
+        for _ in range(1000):
+            with pytest.raises(TensorgateError, match=UNKNOWN_KEY):
+                authenticator.authenticate("Bearer tg_not-a-key")
+        assert len(reads) == 1
+        now[0] += watch_module.EAGER_REFRESH_S
+        with pytest.raises(TensorgateError, match=UNKNOWN_KEY):
+            authenticator.authenticate("Bearer tg_not-a-key")
+        assert len(reads) == 2
+    finally:
+        watcher.close()
+
+
+def test_probe_19_a_key_created_through_the_admin_api_works_when_the_answer_arrives(
+        tmp_path: Path) -> None:
+    path = tmp_path / "registry.db"
+    Registry(path).close()
+    watcher = RegistryWatcher(path, interval=3600)
+    api = AdminApi(path, guard=watcher.check_file, after_write=watcher.refresh_now)
+    authenticator = Authenticator(AuthSettings(), lambda: watcher.snapshot)  # no eager refresh
+    try:
+        answer = asyncio.run(api.create_key(Call("test", body={"name": "ci", "role": "infer"})))
+        assert authenticator.authenticate(f"Bearer {answer['secret']}").subject == "key:ci"
+    finally:
+        watcher.close()
+
+
+def test_probe_07_a_running_registry_is_never_created_again(tmp_path: Path) -> None:
+    path = tmp_path / "registry.db"
+    Registry(path).close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    with pytest.raises(RegistryError, match="does not exist"):
+        Registry(path, create=False)
+    assert not path.exists()
+    api = AdminApi(path)
+    with pytest.raises(TensorgateError) as refused:
+        asyncio.run(api.keys(Call("test")))
+    assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_probe_07_a_deleted_or_replaced_registry_file_is_refused_and_reported_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, how: str) -> None:
+    path = tmp_path / "registry.db"
+    with Registry(path) as registry:
+        registry.create_key("old", "infer")
+    states: list[bool] = []
+    watcher = RegistryWatcher(path, interval=3600, on_state=states.append)
+    api = AdminApi(path, guard=watcher.check_file, after_write=watcher.refresh_now)
+    kept = tmp_path / "kept.db"
+    try:
+        os.replace(path, kept)
+        if how == "replaced":
+            shutil.copy(kept, path)
+        with caplog.at_level(logging.ERROR, logger=watch_module.__name__):
+            for _ in range(3):
+                assert watcher.refresh() is False
+        assert [r.getMessage() for r in caplog.records].count(
+            caplog.records[0].getMessage()) == 1 and f"was {how}" in caplog.text
+        assert states == [True, False]
+        with pytest.raises(TensorgateError) as refused:
+            asyncio.run(api.revoke_key(Call("test", params={"name": "old"})))
+        assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+        assert f"was {how}" in refused.value.message
+        assert "admin calls are refused until it is back" in refused.value.message
+        digest = next(iter(watcher.snapshot.keys))
+        assert watcher.snapshot.keys[digest].name == "old"  # the last good snapshot serves
+        assert (how == "replaced") == path.exists()
+        os.replace(kept, path)
+        watcher.refresh()
+        assert states == [True, False, True] and watcher.problem is None
+        assert asyncio.run(api.revoke_key(Call("test", params={"name": "old"})))["revoked"]
+        assert watcher.snapshot.keys == {}
+    finally:
+        watcher.close()
+
+
+def test_probe_03_a_served_model_is_still_labelled_by_its_name(tmp_path: Path) -> None:
+    with Registry(tmp_path / "registry.db") as registry:
+        _, admin = registry.create_key("admin", "admin")
+        Lifecycle(registry).add(VersionRecord("digits", "1", "0" * 64, 1, "onnx", {}, "test",
+                                              0.0, "", "ready"), "test")
+    watcher = RegistryWatcher(tmp_path / "registry.db")
+    metrics = CollectorRegistry()
+    gateway_metrics = GatewayMetrics(metrics)
+    settings = GatewaySettings(auth=AuthSettings())
+
+    async def main() -> None:
+        pipeline = Pipeline(settings, Router(Health(settings, gateway_metrics)), gateway_metrics,
+                            lambda: watcher.snapshot, Quotas(None))
+        for model in ("digits", "nothing"):
+            with pytest.raises(TensorgateError):
+                await pipeline.infer(b"", model, "", 1.0, "grpc",
+                                     {"authorization": f"Bearer {admin}"})
+        await pipeline.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        watcher.close()
+    labelled = {dict(labels)["model"] for name, labels in series(metrics)
+                if name == "tensorgate_requests_total"}
+    assert labelled == {"digits", OTHER}
