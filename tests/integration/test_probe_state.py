@@ -7,6 +7,8 @@ import http.client
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -15,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
+from common.proto import grpc_service_pb2 as pb
 from common.registry import Registry
 from common.settings import AuthSettings
 from tensorgate.lifecycle import sync_repository
@@ -171,6 +175,25 @@ def test_probe_19_a_key_created_over_http_works_on_the_next_request(probe: Probe
         assert status == 201
         probe.keys[f"fresh-{i}"] = created["secret"]
         assert probe.call("GET", "/v2/models/digits", key=f"fresh-{i}")[0] == 200
+
+
+def test_probe_19_the_python_load_generator_sends_its_key_over_grpc(probe: Probe,
+                                                                    tmp_path: Path) -> None:
+    # The bench's fallback where h2load is not installed sent no metadata: every call of the
+    # policy bench was "missing credential".
+    request = pb.ModelInferRequest(model_name="digits")
+    request.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 64])
+    request.raw_input_contents.append(np.zeros((1, 64), "<f4").tobytes())
+    (tmp_path / "body").write_bytes(request.SerializeToString())
+    ran = subprocess.run(
+        [sys.executable, "-m", "loadtest.pyload", "grpc", "--address",
+         probe.servers.gateway_grpc, "--path", "/inference.GRPCInferenceService/ModelInfer",
+         "--body", str(tmp_path / "body"), "--header", f"Authorization: Bearer "
+         f"{probe.keys['user']}", "--warmup", "0", "--duration", "0.3"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert ran.returncode == 0, ran.stderr
+    result = json.loads(ran.stdout.splitlines()[-1])
+    assert result["errors"] == 0 and result["answered"] > 0, result
 
 
 def test_probe_07_a_registry_file_moved_away_is_refused_until_it_is_back(probe: Probe) -> None:

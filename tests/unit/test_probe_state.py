@@ -214,3 +214,21 @@ def test_probe_03_a_served_model_is_still_labelled_by_its_name(tmp_path: Path) -
     labelled = {dict(labels)["model"] for name, labels in series(metrics)
                 if name == "tensorgate_requests_total"}
     assert labelled == {"digits", OTHER}
+
+
+def test_probe_06_the_cli_path_refuses_a_policy_naming_a_version_not_ready(tmp_path: Path
+                                                                          ) -> None:
+    with Registry(tmp_path / "registry.db") as registry:
+        lifecycle = Lifecycle(registry)
+        for version, state in (("1", "ready"), ("2", "failed")):
+            lifecycle.add(VersionRecord("digits", version, "0" * 64, 1, "onnx", {}, "test", 0.0,
+                                        "", state), "test")
+        for weights, shadow in (({"7": 100}, None), ({"2": 1}, None), ({"1": 1}, ("2", 5.0))):
+            with pytest.raises(RegistryError, match=r"its ready versions: 1$"):
+                registry.set_traffic("digits", weights, shadow=shadow)
+        assert registry.get_traffic("digits") is None
+        for name in ("..", "\x00", "a/b", "x" * 129):
+            with pytest.raises(RegistryError, match="model name must be 1-128 characters"):
+                registry.set_traffic(name, {"1": 1})
+        # A model the registry does not track is served from the repository as it is.
+        assert registry.set_traffic("other", {"3": 1}).weights == (("3", 1),)
