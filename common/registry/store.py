@@ -212,7 +212,8 @@ class Registry:
         self._clock = clock
         if not create and not self.path.exists():
             raise RegistryError(f"registry file {self.path} does not exist (was it deleted?); "
-                                "restore it, or restart to start from an empty one")
+                                "restore it from a backup, or restart the gateway to begin "
+                                "with an empty one")
         try:
             if create:
                 _create_private(self.path)

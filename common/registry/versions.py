@@ -11,6 +11,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from common.names import is_name, is_version, rule, shown
 from common.registry.store import Registry, RegistryError
 
 STATES = ("validating", "ready", "failed", "retired")
@@ -56,6 +57,9 @@ class Lifecycle:
 
     def add(self, record: VersionRecord, actor: str) -> VersionRecord:
         """Record a new version (normally in state `validating`)."""
+        if not is_name(record.model) or not is_version(record.version):
+            raise RegistryError(f"a version is registered as <model>:<number>, the model's name "
+                                f"{rule()}; got {shown(record.model)}:{shown(record.version)}")
         with self.registry.transaction() as conn:
             conn.execute("INSERT OR IGNORE INTO models (name, created_at) VALUES (?, ?)",
                          (record.model, record.created_at))
@@ -105,6 +109,8 @@ class Lifecycle:
     def promote(self, model: str, version: str, actor: str,
                 alias: str = PRODUCTION) -> str | None:
         """Point `alias` at a ready version; the version it pointed at before (or None)."""
+        if not is_name(alias):
+            raise RegistryError(f"an alias name must be {rule()}; got {shown(alias)}")
         with self.registry.transaction() as conn:
             record = self._require(conn, model, version)
             if record.state != "ready":

@@ -232,3 +232,18 @@ def test_probe_06_the_cli_path_refuses_a_policy_naming_a_version_not_ready(tmp_p
                 registry.set_traffic(name, {"1": 1})
         # A model the registry does not track is served from the repository as it is.
         assert registry.set_traffic("other", {"3": 1}).weights == (("3", 1),)
+
+
+def test_probe_06_versions_and_aliases_are_registered_only_under_valid_names(tmp_path: Path
+                                                                            ) -> None:
+    with Registry(tmp_path / "registry.db") as registry:
+        lifecycle = Lifecycle(registry)
+        for model, version in (("..", "1"), ("a\x00", "1"), ("digits", "../1"), ("digits", "0")):
+            with pytest.raises(RegistryError, match="registered as <model>:<number>"):
+                lifecycle.add(VersionRecord(model, version, "0" * 64, 1, "onnx", {}, "test",
+                                            0.0, "", "ready"), "test")
+        lifecycle.add(VersionRecord("digits", "1", "0" * 64, 1, "onnx", {}, "test", 0.0, "",
+                                    "ready"), "test")
+        with pytest.raises(RegistryError, match="an alias name must be"):
+            lifecycle.promote("digits", "1", "test", "../x")
+        assert lifecycle.aliases("digits") == {}
