@@ -75,9 +75,11 @@ class Pipeline:
         self._answered: set[str] = set()
 
     def served(self, model: str) -> bool:
-        """True for a model the registry has ready or splits, or one that answered OK here."""
+        """True for a model that answered OK here, or one the registry has ready or splits."""
+        if model in self._answered:
+            return True
         snapshot = self.snapshot()
-        return model in snapshot.ready or model in snapshot.traffic or model in self._answered
+        return model in snapshot.ready or model in snapshot.traffic
 
     def label(self, model: str, admitted: bool, code: grpc.StatusCode) -> str:
         """The model's metric label: its name once its caller was admitted and it is served.
@@ -87,12 +89,12 @@ class Pipeline:
         """
         if not admitted:
             return OTHER
-        if self.served(model):
+        if model in self._answered:
             return model
         if code == grpc.StatusCode.OK and len(self._answered) < MAX_ANSWERED:
-            self._answered.add(model)
+            self._answered.add(model)  # NOTE: next time one set lookup
             return model
-        return OTHER
+        return model if self.served(model) else OTHER
 
     async def infer(self, request: bytes, model: str, version: str, timeout: float | None,
                     protocol: str, headers: Headers = _NO_HEADERS,
@@ -112,9 +114,10 @@ class Pipeline:
             request = rewrite.with_id(request, request_id)
         span, request = self._trace(request, model, version, protocol, headers, request_id)
         try:
-            # NOTE: sheds past max_in_flight, counted even then; before auth, so only a served
-            # model's name may label the count.
-            self.admission.enter(model if self.served(model) else OTHER)
+            # NOTE: sheds past max_in_flight, counted even then; that is before auth, so only a
+            # served model's name may label the count (looked up only when it will be shed).
+            shed = self.admission.in_flight >= self.admission.limit
+            self.admission.enter(model if not shed or self.served(model) else OTHER)
             principal = self.admit(headers, model)
             admitted = True
             ticket = self.quota(principal, model)

@@ -247,3 +247,32 @@ def test_probe_06_versions_and_aliases_are_registered_only_under_valid_names(tmp
         with pytest.raises(RegistryError, match="an alias name must be"):
             lifecycle.promote("digits", "1", "test", "../x")
         assert lifecycle.aliases("digits") == {}
+
+
+def test_probe_03_a_shed_request_labels_its_model_only_when_served(tmp_path: Path) -> None:
+    Registry(tmp_path / "registry.db").close()
+    watcher = RegistryWatcher(tmp_path / "registry.db")
+    metrics = CollectorRegistry()
+    gateway_metrics = GatewayMetrics(metrics)
+    settings = GatewaySettings(auth=AuthSettings(), max_in_flight=1)
+
+    async def main() -> set[str]:
+        pipeline = Pipeline(settings, Router(Health(settings, gateway_metrics)), gateway_metrics,
+                            lambda: watcher.snapshot, Quotas(None))
+        pipeline._answered.add("digits")  # as if it had answered OK before
+        codes = set()
+        for model in ("digits", *(f"zz-{i}" for i in range(100))):
+            pipeline.admission.in_flight = pipeline.admission.limit  # the bound is reached
+            with pytest.raises(TensorgateError) as shed:
+                await pipeline.infer(b"", model, "", 1.0, "http", {})
+            codes.add(shed.value.code.name)
+        await pipeline.close()
+        return codes
+
+    try:
+        assert asyncio.run(main()) == {"RESOURCE_EXHAUSTED"}
+    finally:
+        watcher.close()
+    labelled = {dict(labels)["model"] for name, labels in series(metrics)
+                if name == "tensorgate_shed_requests_total"}
+    assert labelled == {"digits", OTHER}
