@@ -63,6 +63,7 @@ class RegistryWatcher:
         # NOTE: the connection moves between the loop's worker threads; the lock keeps a close()
         # from landing in the middle of a check still running in a thread after run() was cancelled.
         self._lock = threading.Lock()
+        self._state_lock = threading.Lock()
         self._registry = None if path is None else Registry(path, check_same_thread=False)
         self._identity = None if path is None else file_identity(path)
         self.snapshot: Snapshot = EMPTY if self._registry is None else self._registry.snapshot()
@@ -82,7 +83,7 @@ class RegistryWatcher:
             return False
         try:
             self._eager_at = now
-            return self._refresh()
+            return self._refresh(sweep=False)  # NOTE: on the caller's loop: reads only
         finally:
             self._lock.release()
 
@@ -99,23 +100,29 @@ class RegistryWatcher:
             problem = f"registry file {self.path} was deleted"
         elif identity != self._identity:
             problem = f"registry file {self.path} was replaced (another file is in its place)"
-        if problem != self.problem:
-            if problem is not None:
-                log.error("%s; serving the last good snapshot (generation %d) and refusing "
-                          "admin calls until it is back (restart to adopt a new file)",
-                          problem, self.snapshot.generation)
-            else:
-                log.warning("registry file %s is back", self.path)
-            self.problem = problem
-            if self.on_state is not None:
-                self.on_state(problem is None)
+        with self._state_lock:  # NOTE: the poll and admin calls look from different threads
+            if problem != self.problem:
+                self._report(problem)
         return problem
 
-    def _refresh(self) -> bool:
+    def _report(self, problem: str | None) -> None:
+        """Log a change of the file's state once, and tell `on_state`."""
+        if problem is not None:
+            log.error("%s; serving the last good snapshot (generation %d) and refusing admin "
+                      "calls until it is back (restart to adopt a new file)", problem,
+                      self.snapshot.generation)
+        else:
+            log.warning("registry file %s is back", self.path)
+        self.problem = problem
+        if self.on_state is not None:
+            self.on_state(problem is None)
+
+    def _refresh(self, sweep: bool = True) -> bool:
         if self._registry is None or self.check_file() is not None:
             return False
         try:
-            self._sweep(self._registry)
+            if sweep:
+                self._sweep(self._registry)
             if self._registry.generation() == self.snapshot.generation:
                 self._recovered()
                 return False

@@ -106,7 +106,7 @@ def test_probe_19_unknown_keys_cost_at_most_one_registry_read_per_interval(
     watcher = RegistryWatcher(path, interval=3600)
     reads = []
     real = watcher._refresh
-    monkeypatch.setattr(watcher, "_refresh", lambda: reads.append(1) or real())
+    monkeypatch.setattr(watcher, "_refresh", lambda sweep: reads.append(1) or real(sweep))
     authenticator = Authenticator(AuthSettings(), lambda: watcher.snapshot,
                                   refresh=watcher.refresh_if_due)
     try:
