@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
-import re
 import secrets
 import sqlite3
 import time
@@ -21,19 +19,23 @@ from types import MappingProxyType, TracebackType
 from typing import Any
 from urllib.parse import quote
 
-from common.names import MAX_VERSION, is_name, is_version, rule, shown
-from common.policy import ROLES, KeyRecord, Snapshot, TrafficPolicy
+from common.policy import KeyRecord, Snapshot, TrafficPolicy
+from common.registry.checks import (
+    RegistryError,
+    check_count,
+    check_key,
+    check_model,
+    check_ready,
+    check_shadow,
+    check_sticky,
+    check_weights,
+)
 from common.registry.migrations import LATEST, migrate, schema_version
 
 #: How long a connection waits for another process's write lock before giving up.
 BUSY_TIMEOUT_S = 5.0
-_HEADER = re.compile(r"^[A-Za-z0-9_.-]+$")
 _KEY_COLUMNS = "key_id, name, role, models, rate, burst, concurrency, created_at, revoked_at"
 _TRAFFIC_COLUMNS = "model, weights, sticky, shadow_version, shadow_percent"
-
-
-class RegistryError(ValueError):
-    """A registry request that cannot be done; the message says what was wrong and what fits."""
 
 
 @dataclass(frozen=True)
@@ -95,106 +97,6 @@ def _traffic_policy(row: sqlite3.Row) -> TrafficPolicy:
 def _traffic_json(policy: TrafficPolicy) -> dict[str, Any]:
     return {"weights": [list(pair) for pair in policy.weights], "sticky": policy.sticky,
             "shadow_version": policy.shadow_version, "shadow_percent": policy.shadow_percent}
-
-
-def _check_count(what: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise RegistryError(f"{what} must be an integer >= 0 (0: no limit), got {value!r}")
-    return value
-
-
-def _check_key(name: str, role: str, models: Sequence[str] | str, rate: float) -> tuple[str, ...]:
-    if not is_name(name):
-        raise RegistryError(f"key name must be {rule()}; got {shown(name)}")
-    if role not in ROLES:
-        raise RegistryError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
-    globs = (models,) if isinstance(models, str) else tuple(models)
-    if not globs or not all(isinstance(glob, str) and glob.strip() for glob in globs):
-        raise RegistryError(f"models must be one or more non-empty globs, got {list(globs)!r}")
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not (
-            math.isfinite(rate) and rate >= 0):
-        raise RegistryError(f"rate must be a number of requests per second >= 0, got {rate!r}")
-    return globs
-
-
-def _check_model(model: str) -> None:
-    # NOTE: the rule has no ':', which separates model and version (audit targets, the CLI).
-    if not is_name(model):
-        raise RegistryError(f"model name must be {rule()}; got {shown(model)}")
-
-
-def _check_version(model: str, version: object) -> str:
-    if not is_version(version):
-        raise RegistryError(f"version of model {model!r} must be a whole number from 1 to "
-                            f"{MAX_VERSION}, got {shown(version)}")
-    assert isinstance(version, str)
-    return version
-
-
-def _check_weights(model: str, weights: Mapping[str, int] | Sequence[tuple[str, int]]
-                   ) -> tuple[tuple[str, int], ...]:
-    pairs = list(weights.items()) if isinstance(weights, Mapping) else list(weights)
-    if not pairs:
-        raise RegistryError(f"traffic for model {model!r} needs at least one version=weight")
-    seen: set[str] = set()
-    for pair in pairs:
-        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-            raise RegistryError(f"weights of model {model!r} must be (version, weight) pairs, "
-                                f"got {pair!r}")
-        version, weight = pair
-        _check_version(model, version)
-        if isinstance(weight, bool) or not isinstance(weight, int) or weight <= 0:
-            raise RegistryError(f"weight of version {version!r} of model {model!r} must be an "
-                                f"integer > 0, got {weight!r}")
-        if version in seen:
-            raise RegistryError(f"version {version!r} of model {model!r} appears twice in the "
-                                "weights; give each version once")
-        seen.add(version)
-    return tuple((version, weight) for version, weight in pairs)
-
-
-def _check_sticky(sticky: str) -> str:
-    """The canonical form: header names lowercased, as HTTP/2 and gRPC metadata carry them."""
-    if sticky in ("key", "sub"):
-        return sticky
-    if isinstance(sticky, str) and sticky.startswith("header:"):
-        header = sticky[len("header:"):]
-        if _HEADER.match(header):
-            return f"header:{header.lower()}"
-    raise RegistryError(f"sticky must be 'key', 'sub' or 'header:<name>' (a header name of "
-                        f"letters, digits, '_', '.' or '-'), got {sticky!r}")
-
-
-def _check_shadow(model: str, shadow: tuple[str, float] | None) -> tuple[str | None, float]:
-    if shadow is None:
-        return None, 0.0
-    if not isinstance(shadow, (tuple, list)) or len(shadow) != 2:
-        raise RegistryError(f"shadow for model {model!r} must be (version, percent), "
-                            f"got {shadow!r}")
-    version, percent = shadow
-    _check_version(model, version)
-    if isinstance(percent, bool) or not isinstance(percent, (int, float)) or not (
-            0 < percent <= 100):
-        raise RegistryError(f"shadow percent for model {model!r} must be in (0, 100], "
-                            f"got {percent!r}")
-    return version, float(percent)
-
-
-def _check_ready(conn: sqlite3.Connection, model: str, versions: Sequence[str]) -> None:
-    """A policy of a model the registry tracks may name only its ready versions.
-
-    A model without registered versions is served from the repository as it stands, unchecked.
-    """
-    states = dict(conn.execute("SELECT version, state FROM versions WHERE model = ?", (model,))
-                  .fetchall())
-    if not states:
-        return
-    missing = sorted(v for v in set(versions) if states.get(v) != "ready")
-    if missing:
-        ready = sorted((v for v, state in states.items() if state == "ready"),
-                       key=lambda v: (len(v), v))
-        raise RegistryError(f"model {model!r} has no ready version {', '.join(missing)}; its "
-                            f"ready versions: {', '.join(ready) or 'none'}")
 
 
 class Registry:
@@ -335,9 +237,9 @@ class Registry:
                    rate: float = 0.0, burst: int = 0, concurrency: int = 0,
                    actor: str = "cli") -> tuple[KeyRecord, str]:
         """Create a key; return its record and its secret, which the registry does not keep."""
-        globs = _check_key(name, role, models, rate)
-        burst = _check_count("burst", burst)
-        concurrency = _check_count("concurrency", concurrency)
+        globs = check_key(name, role, models, rate)
+        burst = check_count("burst", burst)
+        concurrency = check_count("concurrency", concurrency)
         secret = "tg_" + secrets.token_urlsafe(32)
         record = KeyRecord(key_id=secrets.token_hex(8), name=name, role=role, models=globs,
                            rate=float(rate), burst=burst, concurrency=concurrency,
@@ -387,13 +289,13 @@ class Registry:
                     sticky: str = "key", shadow: tuple[str, float] | None = None,
                     actor: str = "cli") -> TrafficPolicy:
         """Set (or replace) how a model's requests without a version are split between versions."""
-        _check_model(model)
-        shadow_version, shadow_percent = _check_shadow(model, shadow)
-        policy = TrafficPolicy(model=model, weights=_check_weights(model, weights),
-                               sticky=_check_sticky(sticky), shadow_version=shadow_version,
+        check_model(model)
+        shadow_version, shadow_percent = check_shadow(model, shadow)
+        policy = TrafficPolicy(model=model, weights=check_weights(model, weights),
+                               sticky=check_sticky(sticky), shadow_version=shadow_version,
                                shadow_percent=shadow_percent)
         with self.transaction() as conn:
-            _check_ready(conn, model, [v for v, _ in policy.weights] + (
+            check_ready(conn, model, [v for v, _ in policy.weights] + (
                 [] if shadow_version is None else [shadow_version]))
             before = self._get_traffic(conn, model)
             conn.execute(
