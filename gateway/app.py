@@ -77,7 +77,7 @@ class Gateway:
         self.discovery = Discovery(settings, self.router, self.dial)
         self.registry = RegistryWatcher(settings.registry_path, settings.registry_refresh_s,
                                         on_state=self.metrics.registry_ok.set,
-                                        repository=settings.model_repository)
+                                        repository=settings.model_repository, sweep=True)
         #: Routed answers (of A/B models, or all), for `tensorgate ab report`: answers.db
         #: beside the registry.
         self.answers = (AnswerLog(answers_path(settings.registry_path))

@@ -54,3 +54,24 @@ def sweep_missing(registry: Registry, repository: Path, actor: str = "gateway") 
         lifecycle.set_state(record.model, record.version, "failed", actor, why)
         swept.append(record.label)
     return swept
+
+
+def sweep_stale(registry: Registry, actor: str = "gateway") -> list[str]:
+    """Aliases and traffic that name a version of a registered model which is not ready (failed,
+    retired, never registered): released, audited. The labels of the versions released."""
+    lifecycle = Lifecycle(registry)
+    states: dict[str, dict[str, str]] = {}
+    for record in lifecycle.versions():
+        states.setdefault(record.model, {})[record.version] = record.state
+    swept = []
+    for model, versions in states.items():
+        named = set(lifecycle.aliases(model).values())
+        policy = registry.get_traffic(model)
+        if policy is not None:
+            named |= {version for version, _ in policy.weights}
+            named |= {policy.shadow_version} if policy.shadow_version else set()
+        for version in sorted(named - {v for v, state in versions.items() if state == "ready"}):
+            why = f"version {model}:{version} is {versions.get(version, 'not registered')}"
+            if lifecycle.release(model, version, actor, why):
+                swept.append(f"{model}:{version}")
+    return swept

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from common.policy import EMPTY, Snapshot
-from common.registry.retire import sweep_missing
+from common.registry.retire import sweep_missing, sweep_stale
 from common.registry.store import Registry, RegistryError
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,17 @@ def file_identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+def stale(snapshot: Snapshot) -> bool:
+    """True when a registered model's traffic or production alias names a version not ready."""
+    for model, policy in snapshot.traffic.items():
+        ready = snapshot.ready.get(model)
+        named = {version for version, _ in policy.weights} | {policy.shadow_version or ""}
+        if ready is not None and not named - {""} <= set(ready):
+            return True
+    return any(model in snapshot.ready and version not in snapshot.ready[model]
+               for model, version in snapshot.production.items())
+
+
 class RegistryWatcher:
     """Holds `snapshot`, the registry as last read; `run()` keeps it fresh.
 
@@ -46,10 +57,13 @@ class RegistryWatcher:
     def __init__(self, path: Path | None, interval: float = 0.5,
                  on_change: Callable[[Snapshot, Snapshot], Awaitable[None]] | None = None,
                  on_state: Callable[[bool], None] | None = None,
-                 repository: Path | None = None) -> None:
+                 repository: Path | None = None, sweep: bool = False) -> None:
         self.path = path
-        #: The local model repository: a ready version whose folder is gone is swept (its aliases
-        #: and traffic released, marked failed), so nothing routes to it. None: not checked.
+        #: Keep routing true: aliases and traffic naming a version that is not ready are
+        #: released (audited), so nothing routes to nowhere. One process's job: the gateway's.
+        self.sweep = sweep
+        #: With `sweep`, the local model repository: a ready version whose folder is gone is
+        #: marked failed (and released). None: folders are not looked at.
         self.repository = repository
         self.interval = interval
         #: Awaited with (old, new) after each swap, by `run()`.
@@ -139,16 +153,21 @@ class RegistryWatcher:
         return True
 
     def _sweep(self, registry: Registry) -> None:
-        """A few stat() calls a poll; the registry is written only when a folder is gone."""
+        """A few stat() calls and dict lookups a poll; writes only when something is stale."""
         repository = self.repository
-        if repository is None or all((repository / model / version).is_dir()
-                                     for model, versions in self.snapshot.ready.items()
-                                     for version in versions):
+        if not self.sweep:
             return
-        for label in sweep_missing(registry, repository):
-            log.error("version %s was ready but its folder in %s is gone: its aliases and "
-                      "traffic were released and it is marked failed (see the audit log)",
-                      label, repository)
+        if repository is not None and not all(
+                (repository / model / version).is_dir()
+                for model, versions in self.snapshot.ready.items() for version in versions):
+            for label in sweep_missing(registry, repository):
+                log.error("version %s was ready but its folder in %s is gone: its aliases and "
+                          "traffic were released and it is marked failed (see the audit log)",
+                          label, repository)
+        if stale(self.snapshot):
+            for label in sweep_stale(registry):
+                log.error("version %s is not ready: the aliases and traffic naming it were "
+                          "released (see the audit log)", label)
 
     def _recovered(self) -> None:
         if self._error is not None:

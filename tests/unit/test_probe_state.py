@@ -276,3 +276,31 @@ def test_probe_03_a_shed_request_labels_its_model_only_when_served(tmp_path: Pat
     labelled = {dict(labels)["model"] for name, labels in series(metrics)
                 if name == "tensorgate_shed_requests_total"}
     assert labelled == {"digits", OTHER}
+
+
+def test_probe_06_a_version_that_stops_being_ready_is_released_by_the_gateway(
+        tmp_path: Path) -> None:
+    path = tmp_path / "registry.db"
+    with Registry(path) as registry:
+        lifecycle = Lifecycle(registry)
+        for version in ("1", "2"):
+            lifecycle.add(VersionRecord("digits", version, "0" * 64, 1, "onnx", {}, "test", 0.0,
+                                        "", "ready"), "test")
+        lifecycle.promote("digits", "2", "test")
+        registry.set_traffic("digits", {"1": 1, "2": 1}, shadow=("2", 5.0))
+    watcher = RegistryWatcher(path, interval=3600, sweep=True)
+    try:
+        with Registry(path) as cli:  # `tensorgate models` marks it failed while we serve
+            Lifecycle(cli).set_state("digits", "2", "failed", "cli", "bad answers")
+        watcher.refresh()  # sees the change
+        watcher.refresh()  # releases what names version 2
+        snapshot = watcher.snapshot
+        assert "digits" not in snapshot.production
+        policy = snapshot.traffic["digits"]
+        assert (policy.weights, policy.shadow_version) == ((("1", 1),), None)
+        with Registry(path) as registry:
+            entries = registry.audit_log("digits", limit=2)
+        assert {e.action for e in entries} == {"alias.clear", "traffic.set"}
+        assert all(e.after["reason"] == "version digits:2 is failed" for e in entries)
+    finally:
+        watcher.close()
