@@ -40,15 +40,23 @@ def retire_version(registry: Registry, repository: Path, model: str, version: st
     return lifecycle.set_state(model, version, "retired", actor)
 
 
+def folder_gone(repository: Path, model: str, version: str) -> bool:
+    """True when the model's folder is here but the version's is not."""
+    return (repository / model).is_dir() and not (repository / model / version).is_dir()
+
+
 def sweep_missing(registry: Registry, repository: Path, actor: str = "gateway") -> list[str]:
     """Ready versions whose folder was removed by hand: their aliases and traffic are released
-    and they are marked failed, all audited. The labels (`model:version`) of those swept."""
+    and they are marked failed, all audited. The labels (`model:version`) of those swept.
+
+    Only where the model's own folder is here: a host without the repository sweeps nothing.
+    """
     lifecycle = Lifecycle(registry)
     swept = []
     for record in lifecycle.versions():
-        folder = repository / record.model / record.version
-        if record.state != "ready" or folder.is_dir():
+        if record.state != "ready" or not folder_gone(repository, record.model, record.version):
             continue
+        folder = repository / record.model / record.version
         why = f"its folder {folder} is gone"
         lifecycle.release(record.model, record.version, actor, why)
         lifecycle.set_state(record.model, record.version, "failed", actor, why)

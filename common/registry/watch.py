@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from common.policy import EMPTY, Snapshot
-from common.registry.retire import sweep_missing, sweep_stale
+from common.registry.retire import folder_gone, sweep_missing, sweep_stale
 from common.registry.store import Registry, RegistryError
 
 log = logging.getLogger(__name__)
@@ -157,8 +157,8 @@ class RegistryWatcher:
         repository = self.repository
         if not self.sweep:
             return
-        if repository is not None and not all(
-                (repository / model / version).is_dir()
+        if repository is not None and any(
+                folder_gone(repository, model, version)
                 for model, versions in self.snapshot.ready.items() for version in versions):
             for label in sweep_missing(registry, repository):
                 log.error("version %s was ready but its folder in %s is gone: its aliases and "

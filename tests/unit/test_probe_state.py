@@ -304,3 +304,21 @@ def test_probe_06_a_version_that_stops_being_ready_is_released_by_the_gateway(
         assert all(e.after["reason"] == "version digits:2 is failed" for e in entries)
     finally:
         watcher.close()
+
+
+def test_probe_07_a_gateway_without_the_repository_sweeps_no_version(tmp_path: Path) -> None:
+    path = tmp_path / "registry.db"
+    with Registry(path) as registry:
+        Lifecycle(registry).add(VersionRecord("digits", "1", "0" * 64, 1, "onnx", {}, "test",
+                                              0.0, "", "ready"), "test")
+    (tmp_path / "elsewhere").mkdir()  # this host's --model-repository holds no digits
+    watcher = RegistryWatcher(path, interval=3600, repository=tmp_path / "elsewhere", sweep=True)
+    try:
+        watcher.refresh()
+        assert watcher.snapshot.ready == {"digits": ("1",)}
+        (tmp_path / "elsewhere" / "digits" / "2").mkdir(parents=True)  # now it does, without 1
+        watcher.refresh()
+        watcher.refresh()
+        assert watcher.snapshot.ready == {}
+    finally:
+        watcher.close()
