@@ -7,9 +7,8 @@ registry transaction that records it in the audit log with the caller as actor.
 from __future__ import annotations
 
 import asyncio
-import re
 import sqlite3
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,13 +16,13 @@ from typing import Any, TypeVar
 import grpc
 
 from common.errors import TensorgateError, invalid_argument, not_found, unavailable
+from common.names import check_name, check_version, shown
 from common.policy import KeyRecord, TrafficPolicy
 from common.registry import AuditEntry, Registry, RegistryError
 from common.registry.retire import VersionHeld, retire_version
 from common.registry.versions import PRODUCTION, Lifecycle, VersionRecord
 
 T = TypeVar("T")
-_ALIAS = re.compile(r"^[A-Za-z0-9_.-]+$")
 #: The largest burst or concurrency a key may have: SQLite holds 64 bits, and more is a typo.
 MAX_COUNT = 2**31 - 1
 MAX_AUDIT_LIMIT = 1000
@@ -48,35 +47,50 @@ def failed_precondition(message: str) -> TensorgateError:
 class AdminApi:
     """The admin operations over one registry file and, for retiring, the local repository.
 
-    The registry is a blocking SQLite connection: each call opens its own in a worker thread.
+    The registry is a blocking SQLite connection: each call opens its own in a worker thread,
+    never creating the file: a registry deleted under a running gateway stays missing, and loud.
     """
 
-    def __init__(self, registry_path: Path | None, repository: Path | None = None) -> None:
+    def __init__(self, registry_path: Path | None, repository: Path | None = None, *,
+                 guard: Callable[[], str | None] | None = None,
+                 after_write: Callable[[], Awaitable[None]] | None = None) -> None:
         self.registry_path = registry_path
         self.repository = repository
+        #: Why the registry's file cannot be trusted now (deleted, replaced), or None.
+        self.guard = guard
+        #: Awaited after each change, before answering: the gateway re-reads its snapshot, so a
+        #: key just created works as soon as the answer arrives.
+        self.after_write = after_write
 
-    async def _run(self, work: Callable[[Registry], T]) -> T:
+    async def _run(self, work: Callable[[Registry], T], write: bool = False) -> T:
         path = self.registry_path
         if path is None:
             raise failed_precondition("this gateway has no registry (start it with --registry "
                                       "or a model repository): the admin API needs one")
+        guard = self.guard
 
         def run() -> T:
+            problem = None if guard is None else guard()
+            if problem is not None:
+                raise unavailable(f"{problem}; admin calls are refused until it is back")
             try:
-                registry = Registry(path)
+                registry = Registry(path, create=False)
             except RegistryError as exc:
                 raise unavailable(str(exc)) from None
             with registry:
                 return work(registry)
 
         try:
-            return await asyncio.to_thread(run)
+            result = await asyncio.to_thread(run)
         except VersionHeld as exc:
             raise failed_precondition(str(exc)) from None
         except RegistryError as exc:  # validation refused the request; the message says why
             raise invalid_argument(str(exc)) from None
         except sqlite3.Error as exc:
             raise unavailable(f"registry {path}: {exc}") from None
+        if write and self.after_write is not None:
+            await self.after_write()
+        return result
 
     # -- versions and aliases ------------------------------------------------------------------
 
@@ -95,7 +109,7 @@ class AdminApi:
 
     async def describe(self, call: Call) -> dict[str, Any]:
         """One model: versions with signatures and traffic share, aliases, policy, history."""
-        model = call.params["model"]
+        model = check_name(call.params["model"])
 
         def work(registry: Registry) -> dict[str, Any]:
             lifecycle = Lifecycle(registry)
@@ -115,7 +129,7 @@ class AdminApi:
 
     async def promote(self, call: Call) -> dict[str, Any]:
         """Point an alias (`to`, production by default) at a ready version."""
-        model, version = call.params["model"], call.params["version"]
+        model, version = _model_version(call)
         alias = _alias(_document(call.body, "promote", {"to"}), "to")
 
         def work(registry: Registry) -> dict[str, Any]:
@@ -127,11 +141,11 @@ class AdminApi:
             previous = lifecycle.promote(model, version, call.actor, alias)
             return {"model": model, "alias": alias, "version": version, "previous": previous}
 
-        return await self._run(work)
+        return await self._run(work, write=True)
 
     async def rollback(self, call: Call) -> dict[str, Any]:
         """Point an alias back at the ready version it held before the current one."""
-        model = call.params["model"]
+        model = check_name(call.params["model"])
         alias = _alias(_document(call.body, "rollback", {"alias"}), "alias")
 
         def work(registry: Registry) -> dict[str, Any]:
@@ -143,11 +157,11 @@ class AdminApi:
                 raise failed_precondition(str(exc)) from None
             return {"model": model, "alias": alias, "from": current, "to": target}
 
-        return await self._run(work)
+        return await self._run(work, write=True)
 
     async def retire(self, call: Call) -> dict[str, Any]:
         """Retire a version; refused while it holds traffic unless the query says force=true."""
-        model, version = call.params["model"], call.params["version"]
+        model, version = _model_version(call)
         force = flag(call.query, "force")
         repository = self.repository
 
@@ -162,17 +176,18 @@ class AdminApi:
             return version_json(retire_version(registry, repository, model, version,
                                                call.actor, force))
 
-        return await self._run(work)
+        return await self._run(work, write=True)
 
     # -- traffic policies ----------------------------------------------------------------------
 
     async def traffic(self, call: Call) -> dict[str, Any]:
-        model = call.params["model"]
+        model = check_name(call.params["model"])
         return policy_json(await self._run(lambda registry: _require_policy(registry, model)))
 
     async def set_traffic(self, call: Call) -> dict[str, Any]:
-        """Set a model's weights, stickiness and shadow, validated as the CLI's are."""
-        model = call.params["model"]
+        """Set a model's weights, stickiness and shadow, validated as the CLI's are; every
+        version named must be registered and ready."""
+        model = check_name(call.params["model"])
         document = _document(call.body, "traffic", {"weights", "sticky", "shadow"})
         weights = document.get("weights")
         if not isinstance(weights, dict):
@@ -180,18 +195,23 @@ class AdminApi:
                                    'integer weight, like {"1": 90, "2": 10}')
         shadow = _shadow(document.get("shadow"))
         sticky = document.get("sticky", "key")
-        policy = await self._run(lambda registry: registry.set_traffic(
-            model, weights, sticky=sticky, shadow=shadow, actor=call.actor))
-        return policy_json(policy)
+        named = [*weights, *([] if shadow is None else [shadow[0]])]
+
+        def work(registry: Registry) -> TrafficPolicy:
+            _require_ready(Lifecycle(registry), model, named)
+            return registry.set_traffic(model, weights, sticky=sticky, shadow=shadow,
+                                        actor=call.actor)
+
+        return policy_json(await self._run(work, write=True))
 
     async def clear_traffic(self, call: Call) -> dict[str, Any]:
-        model = call.params["model"]
+        model = check_name(call.params["model"])
 
         def work(registry: Registry) -> TrafficPolicy:
             _require_policy(registry, model)
             return registry.clear_traffic(model, actor=call.actor)
 
-        return policy_json(await self._run(work))
+        return policy_json(await self._run(work, write=True))
 
     # -- API keys and the audit log ------------------------------------------------------------
 
@@ -209,7 +229,7 @@ class AdminApi:
             if required not in document:
                 raise invalid_argument(f'the key body needs "{required}"')
         burst, concurrency = _count(document, "burst"), _count(document, "concurrency")
-        name = document["name"]
+        name = check_name(document["name"], "key name")
 
         def work(registry: Registry) -> tuple[KeyRecord, str]:
             if any(r.name == name for r in registry.list_keys(include_revoked=True)):
@@ -220,11 +240,11 @@ class AdminApi:
                                        rate=document.get("rate", 0.0), burst=burst,
                                        concurrency=concurrency, actor=call.actor)
 
-        record, secret = await self._run(work)
+        record, secret = await self._run(work, write=True)
         return {"key": key_json(record), "secret": secret}
 
     async def revoke_key(self, call: Call) -> dict[str, Any]:
-        name = call.params["name"]
+        name = check_name(call.params["name"], "key name")
 
         def work(registry: Registry) -> KeyRecord:
             found = [r for r in registry.list_keys(include_revoked=True) if r.name == name]
@@ -234,11 +254,13 @@ class AdminApi:
                 raise failed_precondition(f"key {name!r} is already revoked")
             return registry.revoke_key(name, actor=call.actor)
 
-        return key_json(await self._run(work))
+        return key_json(await self._run(work, write=True))
 
     async def audit(self, call: Call) -> dict[str, Any]:
         """The newest entries first: `model` keeps one model's, `limit` (1 to 1000, 100) bounds."""
         model = call.query.get("model") or None
+        if model is not None:
+            check_name(model)
         limit = call.query.get("limit", "100")
         if not (limit.isascii() and limit.isdigit() and 1 <= int(limit) <= MAX_AUDIT_LIMIT):
             raise invalid_argument(f"limit must be a whole number from 1 to {MAX_AUDIT_LIMIT}, "
@@ -294,11 +316,11 @@ def _document(body: Any, what: str, allowed: Collection[str]) -> dict[str, Any]:
 
 
 def _alias(document: dict[str, Any], key: str) -> str:
-    alias = document.get(key, PRODUCTION)
-    if not isinstance(alias, str) or not _ALIAS.match(alias):
-        raise invalid_argument(f'"{key}" must be an alias name of letters, digits, "_", "." or '
-                               f'"-", got {alias!r}')
-    return alias
+    return check_name(document.get(key, PRODUCTION), f'"{key}" (an alias name)')
+
+
+def _model_version(call: Call) -> tuple[str, str]:
+    return check_name(call.params["model"]), check_version(call.params["version"])
 
 
 def _shadow(value: Any) -> tuple[Any, Any] | None:
@@ -332,6 +354,18 @@ def _require_model(lifecycle: Lifecycle, model: str) -> list[VersionRecord]:
         raise not_found(f"model {model!r} has no registered versions; GET /v2/admin/models "
                         "lists the models")
     return records
+
+
+def _require_ready(lifecycle: Lifecycle, model: str, versions: Collection[object]) -> None:
+    """NOT_FOUND for a model without versions, FAILED_PRECONDITION naming the ready ones when a
+    named version is not one of them: a policy never routes to a version that cannot answer."""
+    records = _require_model(lifecycle, model)
+    ready = [r.version for r in records if r.state == "ready"]
+    missing = sorted({str(v) for v in versions} - set(ready))
+    if missing:
+        raise failed_precondition(
+            f"model {model!r} has no ready version {', '.join(map(shown, missing[:5]))}; its ready "
+            f"versions: {', '.join(ready) or 'none'}")
 
 
 def _require_version(lifecycle: Lifecycle, model: str, version: str) -> VersionRecord:

@@ -76,7 +76,9 @@ class Gateway:
         self.metrics = GatewayMetrics(registry)
         self.router = Router(Health(settings, self.metrics))
         self.discovery = Discovery(settings, self.router, self.dial)
-        self.registry = RegistryWatcher(settings.registry_path, settings.registry_refresh_s)
+        self.registry = RegistryWatcher(settings.registry_path, settings.registry_refresh_s,
+                                        on_state=self.metrics.registry_ok.set,
+                                        repository=settings.model_repository, sweep=True)
         #: Routed answers (of A/B models, or all), for `tensorgate ab report`: answers.db
         #: beside the registry.
         self.answers = (AnswerLog(answers_path(settings.registry_path),
@@ -87,7 +89,7 @@ class Gateway:
                         else None)
         self.pipeline = Pipeline(settings, self.router, self.metrics,
                                  lambda: self.registry.snapshot, Quotas(settings.quota_path),
-                                 self.audit, self.answers)
+                                 self.audit, self.answers, refresh=self.registry.refresh_if_due)
         self._registry_task: asyncio.Task | None = None
         self.grpc_server: grpc.aio.Server | None = None
         self.http_server: _Uvicorn | None = None
@@ -102,7 +104,7 @@ class Gateway:
             return
 
         def write() -> None:
-            with Registry(path) as registry:
+            with Registry(path, create=False) as registry:
                 registry.audit(actor, action, target, None, after)
 
         try:
@@ -144,7 +146,9 @@ class Gateway:
         sock.bind((s.host, s.http_port))
         self.http_port = sock.getsockname()[1]
         transport = HttpTransport(self.pipeline, limit,
-                                  AdminApi(s.registry_path, s.model_repository), self.edge)
+                                  AdminApi(s.registry_path, s.model_repository,
+                                           guard=self.registry.check_file,
+                                           after_write=self.registry.refresh_now), self.edge)
         limits = HttpLimits(s.http_header_timeout_s, s.http_body_timeout_s,
                             s.http_max_header_bytes, s.http_max_connections)
         config = uvicorn.Config(transport, http=protocol_class(limits),

@@ -158,9 +158,13 @@ class Authenticator:
         settings: AuthSettings,
         snapshot: Callable[[], Snapshot],
         clock: Callable[[], float] = time.time,
+        refresh: Callable[[], bool] | None = None,
     ) -> None:
         self._enabled = settings.enabled
         self._snapshot = snapshot
+        #: Re-reads the registry now if its generation moved (rate-limited by its owner); True
+        #: when the snapshot changed. Lets a key created a moment ago work at once.
+        self._refresh = refresh
         self._clock = clock
         self._settings = settings
         self._hs_secret = settings.jwt_secret or None
@@ -204,6 +208,8 @@ class Authenticator:
     def _api_key(self, token: str) -> Principal:
         digest = hashlib.sha256(token.encode()).hexdigest()
         record = self._snapshot().keys.get(digest)
+        if record is None and self._refresh is not None and self._refresh():
+            record = self._snapshot().keys.get(digest)
         if record is None or record.revoked:
             raise _unauthenticated(UNKNOWN_KEY)
         # NOTE: building a frozen Principal costs more than the rest of this path; reuse it while

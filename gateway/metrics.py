@@ -48,6 +48,11 @@ class GatewayMetrics:
         self.shadow_agreement = Counter(
             "tensorgate_shadow_agreement", "Shadow answers compared with the primary's",
             ["model", "version", "agree"], registry=registry)
+        self.registry_ok = Gauge(
+            "tensorgate_registry_ok",
+            "1 while the registry file is the one the gateway opened; 0 once it was deleted or "
+            "replaced (the last good snapshot is served, admin calls are refused)",
+            registry=registry, multiprocess_mode="min")
 
         # NOTE: labels() validates and locks on every call; the children are looked up once.
         self._children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}

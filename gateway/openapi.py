@@ -12,13 +12,14 @@ import orjson
 
 from common import __version__
 from common.datatypes import ALL_DATATYPES
+from common.names import NAME_PATTERN
 from common.policy import ROLES
 from common.registry.versions import STATES
 from gateway.admin_api import MAX_AUDIT_LIMIT, MAX_COUNT
 
 #: The edge bundle targets (tensorgate.edge.source.TARGETS; a unit test keeps them equal).
 EDGE_TARGETS = ("onnx", "onnx-fp16", "onnx-int8", "ort")
-_NAME_PATTERN = "^[A-Za-z0-9_.-]+$"
+_NAME_PATTERN = NAME_PATTERN
 Schema = dict[str, Any]
 
 

@@ -33,6 +33,10 @@ from gateway.route import Router
 from gateway.shadow import Shadow, should_shadow
 
 Headers = Mapping[str, str]  # HTTP headers or gRPC metadata, names in lower case
+#: The model label of a request whose caller was refused, or whose model is not a served one.
+OTHER = "_other"
+#: Models labelled by name after answering OK without the registry naming them (no registry).
+MAX_ANSWERED = 256
 _NO_HEADERS: Headers = {}
 #: audit(actor, action, target, after): record an administrative change.
 Audit = Callable[[str, str, str, Any], Awaitable[None]]
@@ -46,7 +50,8 @@ Loader = Callable[[], Awaitable[tuple[bytes, str, float | None]]]
 class Pipeline:
     def __init__(self, settings: GatewaySettings, router: Router, metrics: GatewayMetrics,
                  snapshot: Callable[[], Snapshot], quotas: Quotas,
-                 audit: Audit | None = None, answers: AnswerLog | None = None) -> None:
+                 audit: Audit | None = None, answers: AnswerLog | None = None,
+                 refresh: Callable[[], bool] | None = None) -> None:
         self.router = router
         #: Records every routed answer for `tensorgate ab report` and feedback; None: off.
         self.answers = answers
@@ -57,7 +62,8 @@ class Pipeline:
         self.quotas = quotas
         self.audit = audit
         self.default_timeout = settings.default_timeout_s
-        self.auth = Authenticator(settings.auth, snapshot)
+        #: `refresh`: re-read the registry now (rate-limited), for a key not in the snapshot.
+        self.auth = Authenticator(settings.auth, snapshot, refresh=refresh)
         self.forward = Forward(router.health, metrics)
         self.admission = Admission(settings.max_in_flight, metrics)
         self.splitter = split.Splitter()
@@ -68,6 +74,30 @@ class Pipeline:
         self._id_prefix = secrets.token_hex(6)
         self._ids = itertools.count(1)
         self.request_log = request_log(settings.log_sample, settings.log_slow_ms)
+        #: Models that answered OK: served ones, so their names may label metrics.
+        self._answered: set[str] = set()
+
+    def served(self, model: str) -> bool:
+        """True for a model that answered OK here, or one the registry has ready or splits."""
+        if model in self._answered:
+            return True
+        snapshot = self.snapshot()
+        return model in snapshot.ready or model in snapshot.traffic
+
+    def label(self, model: str, admitted: bool, code: grpc.StatusCode) -> str:
+        """The model's metric label: its name once its caller was admitted and it is served.
+
+        A caller's text never labels a series unchecked: refused callers and unknown names share
+        one series, so the series count stays bounded whatever names callers send.
+        """
+        if not admitted:
+            return OTHER
+        if model in self._answered:
+            return model
+        if code == grpc.StatusCode.OK and len(self._answered) < MAX_ANSWERED:
+            self._answered.add(model)  # NOTE: next time one set lookup
+            return model
+        return model if self.served(model) else OTHER
 
     async def infer(self, request: bytes | Loader, model: str, version: str,
                     timeout: float | None, protocol: str, headers: Headers = _NO_HEADERS,
@@ -81,14 +111,19 @@ class Pipeline:
         code = grpc.StatusCode.OK
         answer: bytes | None = None
         served: list[str] = []  # the version routed to, once routing happened
+        admitted = False
         self.metrics.in_flight.inc()
         span: Span | None = None
         if isinstance(request, bytes):
             request, request_id, span = self._begin(request, model, version, protocol, headers,
                                                     request_id)
         try:
-            self.admission.enter(model)  # sheds past max_in_flight; counted even then
+            # NOTE: sheds past max_in_flight, counted even then; that is before auth, so only a
+            # served model's name may label the count (looked up only when it will be shed).
+            shed = self.admission.in_flight >= self.admission.limit
+            self.admission.enter(model if not shed or self.served(model) else OTHER)
             principal = self.admit(headers, model)
+            admitted = True
             ticket = self.quota(principal, model)
             try:
                 if not isinstance(request, bytes):
@@ -111,7 +146,7 @@ class Pipeline:
         finally:
             self.admission.leave()
             self.metrics.in_flight.dec()
-            label = model if code != grpc.StatusCode.NOT_FOUND else "_unknown"
+            label = self.label(model, admitted, code)
             elapsed = time.perf_counter() - started
             self.metrics.observe(label, protocol, code.name, elapsed)
             # NOTE: routed requests only: auth, quota and admission failures are no version's.
@@ -160,7 +195,8 @@ class Pipeline:
         try:
             return self.quotas.admit(principal)
         except QuotaExceeded as exc:
-            self.metrics.quota_rejections.labels(model, exc.limit).inc()
+            self.metrics.quota_rejections.labels(self.label(model, True, exc.code),
+                                                 exc.limit).inc()
             raise
 
     async def serve(self, request: bytes, model: str, version: str, principal: Principal,

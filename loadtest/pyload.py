@@ -64,16 +64,23 @@ async def caller(call: Call, tally: Tally) -> None:
             tally.latencies.append(t1 - t0)
 
 
+def metadata_of(headers: list[str]) -> tuple[tuple[str, str], ...]:
+    """'Name: value' headers as gRPC metadata (names lower case, as gRPC requires them)."""
+    pairs = [header.partition(":") for header in headers]
+    return tuple((name.strip().lower(), value.strip()) for name, _, value in pairs)
+
+
 async def grpc_calls(args: argparse.Namespace, body: bytes) -> tuple[list[Call], Callable]:
     options = [("grpc.use_local_subchannel_pool", 1)]  # one connection per channel
     channels = [grpc.aio.insecure_channel(args.address, options=options)
                 for _ in range(args.connections)]
     await asyncio.gather(*(ch.channel_ready() for ch in channels))
     methods = [ch.unary_unary(args.path) for ch in channels]  # no serializers: raw bytes
+    metadata = metadata_of(args.header)
 
     def make(method: grpc.aio.UnaryUnaryMultiCallable) -> Call:
         async def call() -> None:
-            await method(body, timeout=CALL_TIMEOUT_S)
+            await method(body, timeout=CALL_TIMEOUT_S, metadata=metadata)
         return call
 
     async def close() -> None:
@@ -176,7 +183,8 @@ def main() -> None:
     parser.add_argument("--address", required=True, help="HOST:PORT")
     parser.add_argument("--path", required=True, help="gRPC method or HTTP path")
     parser.add_argument("--body", required=True, help="file: serialized message or HTTP body")
-    parser.add_argument("--header", action="append", default=[], help="'Name: value' (HTTP)")
+    parser.add_argument("--header", action="append", default=[],
+                        help="'Name: value': an HTTP header, or gRPC metadata")
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--connections", type=int, default=1, help="gRPC channels")
     parser.add_argument("--warmup", type=float, default=1.0)

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
-import re
 import secrets
 import sqlite3
 import time
@@ -19,20 +17,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import Any
+from urllib.parse import quote
 
-from common.policy import ROLES, KeyRecord, Snapshot, TrafficPolicy
+from common.policy import KeyRecord, Snapshot, TrafficPolicy
+from common.registry.checks import (
+    RegistryError,
+    check_count,
+    check_key,
+    check_model,
+    check_ready,
+    check_shadow,
+    check_sticky,
+    check_weights,
+)
 from common.registry.migrations import LATEST, migrate, schema_version
 
 #: How long a connection waits for another process's write lock before giving up.
 BUSY_TIMEOUT_S = 5.0
-_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-_HEADER = re.compile(r"^[A-Za-z0-9_.-]+$")
 _KEY_COLUMNS = "key_id, name, role, models, rate, burst, concurrency, created_at, revoked_at"
 _TRAFFIC_COLUMNS = "model, weights, sticky, shadow_version, shadow_percent"
-
-
-class RegistryError(ValueError):
-    """A registry request that cannot be done; the message says what was wrong and what fits."""
 
 
 @dataclass(frozen=True)
@@ -96,89 +99,6 @@ def _traffic_json(policy: TrafficPolicy) -> dict[str, Any]:
             "shadow_version": policy.shadow_version, "shadow_percent": policy.shadow_percent}
 
 
-def _check_count(what: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise RegistryError(f"{what} must be an integer >= 0 (0: no limit), got {value!r}")
-    return value
-
-
-def _check_key(name: str, role: str, models: Sequence[str] | str, rate: float) -> tuple[str, ...]:
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise RegistryError(f"key name must be letters, digits, '_', '.' or '-', got {name!r}")
-    if role not in ROLES:
-        raise RegistryError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
-    globs = (models,) if isinstance(models, str) else tuple(models)
-    if not globs or not all(isinstance(glob, str) and glob.strip() for glob in globs):
-        raise RegistryError(f"models must be one or more non-empty globs, got {list(globs)!r}")
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not (
-            math.isfinite(rate) and rate >= 0):
-        raise RegistryError(f"rate must be a number of requests per second >= 0, got {rate!r}")
-    return globs
-
-
-def _check_model(model: str) -> None:
-    # NOTE: ':' separates model and version (audit targets, `model:version` on the CLI).
-    if not isinstance(model, str) or not model or any(c in model for c in ":/ \t\n"):
-        raise RegistryError(f"model name must be non-empty without ':', '/' or spaces, "
-                            f"got {model!r}")
-
-
-def _check_version(model: str, version: object) -> str:
-    if not isinstance(version, str) or not version or any(c in version for c in ":/= \t\n"):
-        raise RegistryError(f"version of model {model!r} must be a non-empty name without "
-                            f"':', '/', '=' or spaces, got {version!r}")
-    return version
-
-
-def _check_weights(model: str, weights: Mapping[str, int] | Sequence[tuple[str, int]]
-                   ) -> tuple[tuple[str, int], ...]:
-    pairs = list(weights.items()) if isinstance(weights, Mapping) else list(weights)
-    if not pairs:
-        raise RegistryError(f"traffic for model {model!r} needs at least one version=weight")
-    seen: set[str] = set()
-    for pair in pairs:
-        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-            raise RegistryError(f"weights of model {model!r} must be (version, weight) pairs, "
-                                f"got {pair!r}")
-        version, weight = pair
-        _check_version(model, version)
-        if isinstance(weight, bool) or not isinstance(weight, int) or weight <= 0:
-            raise RegistryError(f"weight of version {version!r} of model {model!r} must be an "
-                                f"integer > 0, got {weight!r}")
-        if version in seen:
-            raise RegistryError(f"version {version!r} of model {model!r} appears twice in the "
-                                "weights; give each version once")
-        seen.add(version)
-    return tuple((version, weight) for version, weight in pairs)
-
-
-def _check_sticky(sticky: str) -> str:
-    """The canonical form: header names lowercased, as HTTP/2 and gRPC metadata carry them."""
-    if sticky in ("key", "sub"):
-        return sticky
-    if isinstance(sticky, str) and sticky.startswith("header:"):
-        header = sticky[len("header:"):]
-        if _HEADER.match(header):
-            return f"header:{header.lower()}"
-    raise RegistryError(f"sticky must be 'key', 'sub' or 'header:<name>' (a header name of "
-                        f"letters, digits, '_', '.' or '-'), got {sticky!r}")
-
-
-def _check_shadow(model: str, shadow: tuple[str, float] | None) -> tuple[str | None, float]:
-    if shadow is None:
-        return None, 0.0
-    if not isinstance(shadow, (tuple, list)) or len(shadow) != 2:
-        raise RegistryError(f"shadow for model {model!r} must be (version, percent), "
-                            f"got {shadow!r}")
-    version, percent = shadow
-    _check_version(model, version)
-    if isinstance(percent, bool) or not isinstance(percent, (int, float)) or not (
-            0 < percent <= 100):
-        raise RegistryError(f"shadow percent for model {model!r} must be in (0, 100], "
-                            f"got {percent!r}")
-    return version, float(percent)
-
-
 class Registry:
     """One connection to a registry database; for one thread, while other processes share the file.
 
@@ -187,13 +107,21 @@ class Registry:
     """
 
     def __init__(self, path: Path | str, *, clock: Callable[[], float] = time.time,
-                 check_same_thread: bool = True) -> None:
+                 check_same_thread: bool = True, create: bool = True) -> None:
+        """`create=False` opens only a file that exists (SQLite would make an empty one): what
+        a running gateway does, so a deleted registry is never silently replaced by a new one."""
         self.path = Path(path)
         self._clock = clock
+        if not create and not self.path.exists():
+            raise RegistryError(f"registry file {self.path} does not exist (was it deleted?); "
+                                "restore it from a backup, or restart the gateway to begin "
+                                "with an empty one")
         try:
-            _create_private(self.path)
-            self._conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                                         check_same_thread=check_same_thread)
+            if create:
+                _create_private(self.path)
+            target = f"file:{quote(str(self.path.absolute()))}?mode={'rwc' if create else 'rw'}"
+            self._conn = sqlite3.connect(target, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                         check_same_thread=check_same_thread, uri=True)
         except (OSError, sqlite3.Error) as exc:
             raise RegistryError(f"cannot open the registry {self.path}: {exc}") from exc
         try:
@@ -309,9 +237,9 @@ class Registry:
                    rate: float = 0.0, burst: int = 0, concurrency: int = 0,
                    actor: str = "cli") -> tuple[KeyRecord, str]:
         """Create a key; return its record and its secret, which the registry does not keep."""
-        globs = _check_key(name, role, models, rate)
-        burst = _check_count("burst", burst)
-        concurrency = _check_count("concurrency", concurrency)
+        globs = check_key(name, role, models, rate)
+        burst = check_count("burst", burst)
+        concurrency = check_count("concurrency", concurrency)
         secret = "tg_" + secrets.token_urlsafe(32)
         record = KeyRecord(key_id=secrets.token_hex(8), name=name, role=role, models=globs,
                            rate=float(rate), burst=burst, concurrency=concurrency,
@@ -361,12 +289,14 @@ class Registry:
                     sticky: str = "key", shadow: tuple[str, float] | None = None,
                     actor: str = "cli") -> TrafficPolicy:
         """Set (or replace) how a model's requests without a version are split between versions."""
-        _check_model(model)
-        shadow_version, shadow_percent = _check_shadow(model, shadow)
-        policy = TrafficPolicy(model=model, weights=_check_weights(model, weights),
-                               sticky=_check_sticky(sticky), shadow_version=shadow_version,
+        check_model(model)
+        shadow_version, shadow_percent = check_shadow(model, shadow)
+        policy = TrafficPolicy(model=model, weights=check_weights(model, weights),
+                               sticky=check_sticky(sticky), shadow_version=shadow_version,
                                shadow_percent=shadow_percent)
         with self.transaction() as conn:
+            check_ready(conn, model, [v for v, _ in policy.weights] + (
+                [] if shadow_version is None else [shadow_version]))
             before = self._get_traffic(conn, model)
             conn.execute(
                 "INSERT OR REPLACE INTO traffic (model, weights, sticky, shadow_version, "
@@ -389,6 +319,25 @@ class Registry:
             conn.execute("DELETE FROM traffic WHERE model = ?", (model,))
             self.audit(actor, "traffic.clear", model, _traffic_json(before), None)
         return before
+
+    def release_traffic(self, conn: sqlite3.Connection, policy: TrafficPolicy, version: str,
+                        actor: str, why: str) -> None:
+        """Inside `transaction()`: drop `version` from a policy's weights and shadow, audited."""
+        weights = [(v, w) for v, w in policy.weights if v != version]
+        shadow = policy.shadow_version if policy.shadow_version != version else None
+        before = _traffic_json(policy)
+        if not weights:
+            conn.execute("DELETE FROM traffic WHERE model = ?", (policy.model,))
+            self.audit(actor, "traffic.clear", policy.model, before, {"reason": why})
+            return
+        conn.execute("UPDATE traffic SET weights = ?, shadow_version = ?, shadow_percent = ?, "
+                     "updated_at = ? WHERE model = ?",
+                     (json.dumps([list(pair) for pair in weights]), shadow,
+                      policy.shadow_percent if shadow else 0.0, self._clock(), policy.model))
+        after = self._get_traffic(conn, policy.model)
+        assert after is not None
+        self.audit(actor, "traffic.set", policy.model, before, {**_traffic_json(after),
+                                                                "reason": why})
 
     @staticmethod
     def _get_traffic(conn: sqlite3.Connection, model: str) -> TrafficPolicy | None:

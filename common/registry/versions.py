@@ -11,6 +11,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from common.names import is_name, is_version, rule, shown
 from common.registry.store import Registry, RegistryError
 
 STATES = ("validating", "ready", "failed", "retired")
@@ -57,6 +58,9 @@ class Lifecycle:
     def add(self, record: VersionRecord, actor: str) -> VersionRecord:
         """Record a new version (normally in state `validating`); it may take the number of
         one that failed (the audit log keeps that one's record)."""
+        if not is_name(record.model) or not is_version(record.version):
+            raise RegistryError(f"a version is registered as <model>:<number>, the model's name "
+                                f"{rule()}; got {shown(record.model)}:{shown(record.version)}")
         with self.registry.transaction() as conn:
             conn.execute("INSERT OR IGNORE INTO models (name, created_at) VALUES (?, ?)",
                          (record.model, record.created_at))
@@ -111,6 +115,8 @@ class Lifecycle:
     def promote(self, model: str, version: str, actor: str,
                 alias: str = PRODUCTION) -> str | None:
         """Point `alias` at a ready version; the version it pointed at before (or None)."""
+        if not is_name(alias):
+            raise RegistryError(f"an alias name must be {rule()}; got {shown(alias)}")
         with self.registry.transaction() as conn:
             record = self._require(conn, model, version)
             if record.state != "ready":
@@ -148,6 +154,25 @@ class Lifecycle:
             if policy.shadow_version == version:
                 held.append("the traffic policy's shadow")
         return held
+
+    def release(self, model: str, version: str, actor: str, why: str) -> list[str]:
+        """Take every alias and traffic share off a version, audited with `why`: what held it.
+
+        A traffic policy left with no weights is cleared; a shadow of the version is dropped.
+        """
+        released: list[str] = []
+        with self.registry.transaction() as conn:
+            for alias, _ in conn.execute("SELECT alias, version FROM aliases WHERE model = ? AND "
+                                         "version = ?", (model, version)).fetchall():
+                conn.execute("DELETE FROM aliases WHERE model = ? AND alias = ?", (model, alias))
+                self.registry.audit(actor, "alias.clear", f"{model}:{alias}", version,
+                                    {"version": None, "reason": why})
+                released.append(f"alias {alias}")
+            policy = self.registry.get_traffic(model)
+            if policy is not None and version in (*dict(policy.weights), policy.shadow_version):
+                self.registry.release_traffic(conn, policy, version, actor, why)
+                released.append("the traffic policy")
+        return released
 
     def _point(self, conn: sqlite3.Connection, model: str, alias: str, version: str) -> None:
         conn.execute("INSERT OR REPLACE INTO aliases (model, alias, version) VALUES (?, ?, ?)",

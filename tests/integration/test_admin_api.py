@@ -118,7 +118,7 @@ def test_promote_and_rollback_move_the_alias_and_are_audited(admin: Admin) -> No
 
 @pytest.mark.parametrize(("path", "body", "status", "message"), [
     ("versions/9/promote", {}, 404, "no registered version '9' (registered: 1, 2, 3)"),
-    ("versions/1/promote", {"to": "no spaces"}, 400, '"to" must be an alias name'),
+    ("versions/1/promote", {"to": "no spaces"}, 400, '"to" (an alias name) must be 1-128'),
     ("versions/1/promote", {"alias": "canary"}, 400, "unknown field(s) 'alias'"),
     ("versions/1/promote", [1], 400, "must be a JSON object"),
     ("rollback", {"alias": "canary"}, 400, "has no canary version to roll back"),

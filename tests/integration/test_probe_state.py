@@ -1,0 +1,215 @@
+"""Issue 21's probe against a live gateway: bounded metric labels, policies that name only ready
+versions, a registry file deleted under the gateway, and keys that work when created."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from common.proto import grpc_service_pb2 as pb
+from common.registry import Registry
+from common.settings import AuthSettings
+from tensorgate.lifecycle import sync_repository
+from tests.integration.conftest import ROOT, Background, Servers
+from tests.unit.test_probe_state import series
+
+#: Requests each kind of caller sends with names of its own choosing.
+PROBES = 300
+BODY = json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 64], "datatype": "FP32",
+                               "data": [0.0] * 64}]}).encode()
+
+
+@dataclass
+class Probe:
+    servers: Servers
+    repository: Path
+    registry_path: Path
+    keys: dict[str, str]
+
+    def call(self, method: str, path: str, body: Any = None,
+             key: str | None = "admin") -> tuple[int, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"content-type": "application/json"}
+        if key is not None:
+            headers["authorization"] = f"Bearer {self.keys[key]}"
+        request = urllib.request.Request(f"http://{self.servers.gateway_http}{path}", data=data,
+                                         headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def infer(self, key: str) -> int:
+        return self.call("POST", "/v2/models/digits/infer", json.loads(BODY), key)[0]
+
+    def gauge(self) -> float | None:
+        return self.servers.metrics.get_sample_value("tensorgate_registry_ok")
+
+
+def wait_for(what: str, condition: Callable[[], bool], ceiling_s: float = 60.0) -> None:
+    deadline = time.monotonic() + ceiling_s
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Probe]:
+    tmp = tmp_path_factory.mktemp("probe")
+    repository = tmp / "models"
+    shutil.copytree(ROOT / "models" / "digits", repository / "digits")
+    shutil.copytree(repository / "digits" / "1", repository / "digits" / "3")
+    with Registry(tmp / "registry.db") as registry:
+        keys = {"admin": registry.create_key("admin", "admin")[1],
+                "user": registry.create_key("user", "infer", ["digits"])[1]}
+        sync_repository(registry, repository)
+    with Background(repository, auth=AuthSettings(), registry_path=tmp / "registry.db",
+                    registry_refresh_s=0.05, model_repository=repository) as servers:
+        yield Probe(servers, repository, tmp / "registry.db", keys)
+
+
+def _send(address: str, model: str, key: str | None) -> int:
+    """One request on a connection of its own (http.client waits out a delayed ACK on each
+    keep-alive request, 40 ms, which would make this test slow for nothing)."""
+    headers = {"content-type": "application/json"}
+    if key is not None:
+        headers["authorization"] = f"Bearer {key}"
+    conn = http.client.HTTPConnection(address, timeout=30)
+    try:
+        conn.request("POST", f"/v2/models/{model}/infer", body=BODY, headers=headers)
+        answer = conn.getresponse()
+        answer.read()
+        return answer.status
+    finally:
+        conn.close()
+
+
+def test_probe_03_names_from_refused_or_unknown_callers_add_no_series(probe: Probe) -> None:
+    metrics = probe.servers.metrics
+    address = probe.servers.gateway_http
+    assert probe.infer("admin") == 200  # digits' own series exist before the count
+    before = len(series(metrics))
+    statuses = {_send(address, f"zz-{i}", key)
+                for key in (None, probe.keys["user"], probe.keys["admin"])
+                for i in range(PROBES)}
+    statuses |= {_send(address, f"zz{i}" + "x" * 30_000, None) for i in range(20)}
+    assert {401, 403, 404} <= statuses
+    assert len(series(metrics)) - before <= 120
+    labels = {value for _, labels in series(metrics) for _, value in labels}
+    assert not any(value.startswith("zz") for value in labels)
+
+
+@pytest.mark.parametrize(("path", "body", "message"), [
+    ("digits/traffic", {"weights": {"7": 100}}, "no ready version '7'; its ready versions: 1, 2"),
+    ("digits/traffic", {"weights": {"1": 1}, "shadow": {"version": "9", "percent": 5}},
+     "no ready version '9'"),
+    ("%2E%2E/traffic", {"weights": {"1": 100}}, "model name must be 1-128 characters"),
+    ("a%00b/traffic", {"weights": {"1": 100}}, "model name must be 1-128 characters"),
+    ("digits/versions/1/promote", {"to": ".."}, "alias name) must be 1-128"),
+])
+def test_probe_06_policies_and_aliases_name_only_ready_versions_of_valid_models(
+        probe: Probe, path: str, body: Any, message: str) -> None:
+    method = "PUT" if path.endswith("traffic") else "POST"
+    status, answer = probe.call(method, f"/v2/admin/models/{path}", body)
+    assert status == 400 and message in answer["error"], answer
+    assert probe.call("GET", "/v2/admin/models/digits/traffic")[0] == 404
+    assert probe.infer("user") == 200  # unversioned requests still have somewhere to go
+
+
+def test_probe_06_a_forced_retire_releases_the_alias_and_the_policy(probe: Probe) -> None:
+    assert probe.call("POST", "/v2/admin/models/digits/versions/3/promote",
+                      {"to": "canary"})[0] == 200
+    assert probe.call("PUT", "/v2/admin/models/digits/traffic",
+                      {"weights": {"1": 50, "3": 50}})[0] == 200
+    status, retired = probe.call("DELETE", "/v2/admin/models/digits/versions/3?force=true")
+    assert (status, retired["state"]) == (200, "retired")
+    described = probe.call("GET", "/v2/admin/models/digits")[1]
+    assert "canary" not in described["aliases"]
+    assert described["traffic"]["weights"] == {"1": 50}
+    entries = probe.call("GET", "/v2/admin/audit?model=digits&limit=3")[1]["entries"]
+    assert [e["action"] for e in entries] == ["version.retired", "traffic.set", "alias.clear"]
+    assert all("retired (forced)" in e["after"]["reason"] for e in entries[1:])
+    assert probe.call("DELETE", "/v2/admin/models/digits/traffic")[0] == 200
+
+
+def test_probe_07_a_version_folder_removed_by_hand_stops_routing(probe: Probe) -> None:
+    assert probe.call("POST", "/v2/admin/models/digits/versions/2/promote", {})[0] == 200
+    assert probe.call("PUT", "/v2/admin/models/digits/traffic",
+                      {"weights": {"1": 1, "2": 1}})[0] == 200
+    shutil.rmtree(probe.repository / "digits" / "2")
+
+    def released() -> bool:
+        described = probe.call("GET", "/v2/admin/models/digits")[1]
+        return "production" not in described["aliases"] and described["traffic"] is not None \
+            and described["traffic"]["weights"] == {"1": 1}
+
+    wait_for("the gateway to release version 2", released)
+    versions = {v["version"]: v for v in probe.call("GET", "/v2/admin/models/digits")[1][
+        "versions"]}
+    assert versions["2"]["state"] == "failed" and "is gone" in versions["2"]["reason"]
+    entries = probe.call("GET", "/v2/admin/audit?model=digits&limit=3")[1]["entries"]
+    assert {e["action"] for e in entries} == {"version.failed", "traffic.set", "alias.clear"}
+    wait_for("unversioned requests to be answered", lambda: probe.infer("user") == 200)
+    assert probe.call("DELETE", "/v2/admin/models/digits/traffic")[0] == 200
+
+
+def test_probe_19_a_key_created_over_http_works_on_the_next_request(probe: Probe) -> None:
+    for i in range(5):
+        status, created = probe.call("POST", "/v2/admin/keys",
+                                     {"name": f"fresh-{i}", "role": "infer"})
+        assert status == 201
+        probe.keys[f"fresh-{i}"] = created["secret"]
+        assert probe.call("GET", "/v2/models/digits", key=f"fresh-{i}")[0] == 200
+
+
+def test_probe_19_the_python_load_generator_sends_its_key_over_grpc(probe: Probe,
+                                                                    tmp_path: Path) -> None:
+    # The bench's fallback where h2load is not installed sent no metadata: every call of the
+    # policy bench was "missing credential".
+    request = pb.ModelInferRequest(model_name="digits")
+    request.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 64])
+    request.raw_input_contents.append(np.zeros((1, 64), "<f4").tobytes())
+    (tmp_path / "body").write_bytes(request.SerializeToString())
+    ran = subprocess.run(
+        [sys.executable, "-m", "loadtest.pyload", "grpc", "--address",
+         probe.servers.gateway_grpc, "--path", "/inference.GRPCInferenceService/ModelInfer",
+         "--body", str(tmp_path / "body"), "--header", f"Authorization: Bearer "
+         f"{probe.keys['user']}", "--warmup", "0", "--duration", "0.3"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert ran.returncode == 0, ran.stderr
+    result = json.loads(ran.stdout.splitlines()[-1])
+    assert result["errors"] == 0 and result["answered"] > 0, result
+
+
+def test_probe_07_a_registry_file_moved_away_is_refused_until_it_is_back(probe: Probe) -> None:
+    path, kept = probe.registry_path, probe.registry_path.with_suffix(".kept")
+    wait_for("the registry gauge", lambda: probe.gauge() == 1.0)
+    os.replace(path, kept)
+    try:
+        for method, route, body in (("GET", "keys", None), ("DELETE", "keys/user", None),
+                                    ("POST", "keys", {"name": "late", "role": "infer"})):
+            status, answer = probe.call(method, f"/v2/admin/{route}", body)
+            assert status == 503 and "was deleted" in answer["error"], answer
+        wait_for("the registry gauge to fall", lambda: probe.gauge() == 0.0)
+        assert probe.infer("user") == 200  # the last good snapshot still serves
+        assert not path.exists()  # nothing re-created it
+    finally:
+        os.replace(kept, path)
+    wait_for("the registry gauge to rise", lambda: probe.gauge() == 1.0)
+    status, listed = probe.call("GET", "/v2/admin/keys")
+    assert status == 200 and "user" in [k["name"] for k in listed["keys"]]
