@@ -19,7 +19,7 @@ from common.settings import (
     default_threads,
     from_json,
 )
-from tensorgate import ab, admin, edge, models_cli
+from tensorgate import ab, admin, edge, health, models_cli
 
 LOG_FORMATS = ("text", "json")
 log = logging.getLogger("tensorgate")
@@ -150,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_commands(commands)
     models_cli.add_commands(commands)
     ab.add_commands(commands)
+    health.add_commands(commands)
     for command in commands.choices.values():
         _log_args(command)
     return parser
@@ -204,6 +205,8 @@ def run(args: argparse.Namespace) -> int:
         return admin.run(args)
     if args.command in ab.COMMANDS:
         return ab.run(args)
+    if args.command in health.COMMANDS:
+        return health.run(args, build_parser().parse_args)
     from tensorgate import bootstrap, lifecycle, ports, roles, supervisor
 
     if args.command == "runtime":

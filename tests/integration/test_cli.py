@@ -173,6 +173,10 @@ def test_probe_12_a_second_serve_on_the_same_ports_refuses_and_names_the_first(
         # The first keeps serving alone: every connection lands on its gateways.
         assert [ready_status(http_port) for _ in range(6)] == [200] * 6
         assert first.poll() is None
+        # The image's HEALTHCHECK finds the port in the served process's own flags.
+        health = subprocess.run([sys.executable, "-m", "tensorgate", "health", "--pid",
+                                 str(first.pid)], cwd=ROOT, capture_output=True, timeout=60)
+        assert health.returncode == 0, health.stderr
     finally:
         first.send_signal(signal.SIGTERM)
         first.wait(60)
