@@ -95,6 +95,17 @@ def test_probe_20_health_reads_a_live_process_command_line() -> None:
         other.communicate(timeout=30)
 
 
+def test_probe_20_the_readme_links_only_to_files_in_the_repository() -> None:
+    text = (ROOT / "README.md").read_text()
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    local = [t for t in targets if not re.match(r"[a-z]+:", t)]
+    assert "docs/architecture.md" in local
+    for target in local:
+        path = (ROOT / target).resolve()
+        assert path.is_relative_to(ROOT) and path.exists(), target
+    assert "../shared" not in text and "DESIGN.md" not in text
+
+
 def test_exposed_ports_are_the_cli_defaults() -> None:
     parser = build_parser()
     defaults = parser.parse_args(["gateway"])
