@@ -52,9 +52,11 @@ WORKDIR /data
 VOLUME ["/data"]
 # HTTP, gRPC and Prometheus metrics, as Triton numbers them; a runtime worker uses 8011/8012.
 EXPOSE 8000 8001 8002
-# Readiness of the gateway (serve or gateway role); the runtime role has no HTTP port, so run it
-# with --no-healthcheck or rely on the orchestrator's own probes.
+# Readiness of the gateway (serve or gateway role) on /v2/health/ready, at the address PID 1's own
+# flags give (--host, --http-port, --tls-cert). The runtime role has no HTTP port, nor can the
+# check show a client certificate (--tls-client-ca): run those with --no-healthcheck and rely on
+# the orchestrator's probes.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=4)"]
+    CMD ["tensorgate", "health"]
 ENTRYPOINT ["tensorgate"]
 CMD ["serve", "--model-repository", "/models", "--registry", "/data/tensorgate.db"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 
 import grpc
 
@@ -24,6 +25,8 @@ log = logging.getLogger("tensorgate.gateway")
 
 # NOTE: a worker that takes longer than this to say it is ready is as good as not ready.
 PROBE_TIMEOUT_S = 1.0
+#: Set (by `serve` and `gateway --processes N`) when the metrics live in shared files.
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class Endpoint:
@@ -68,6 +71,11 @@ class Health:
             self.endpoints.remove(endpoint)
         if isinstance(endpoint.upstream, LaneUpstream):
             endpoint.upstream.on_lost = None
+        if MULTIPROCESS_ENV in os.environ:
+            # NOTE: prometheus_client cannot drop a label set from the files of multiprocess
+            # mode (it warns, and the file keeps the value); the supervisor's directory goes
+            # with the process group.
+            return
         with contextlib.suppress(KeyError):
             self.metrics.endpoint_healthy.remove(endpoint.address)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -18,7 +19,10 @@ from common.settings import (
     default_threads,
     from_json,
 )
-from tensorgate import ab, admin, edge, models_cli
+from tensorgate import ab, admin, edge, health, models_cli
+
+LOG_FORMATS = ("text", "json")
+log = logging.getLogger("tensorgate")
 
 
 def _gateway_args(parser: argparse.ArgumentParser) -> None:
@@ -123,9 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     # NOTE: defaults from the environment, which main() sets: child processes inherit both.
     parser.add_argument("--log-level", default=os.environ.get("TENSORGATE_LOG_LEVEL", "INFO"),
                         help="DEBUG, INFO, WARNING, ERROR (INFO)")
-    parser.add_argument("--log-format", choices=("text", "json"),
+    parser.add_argument("--log-format", choices=LOG_FORMATS,
                         default=os.environ.get("TENSORGATE_LOG_FORMAT", "text"),
-                        help="text, or one JSON object per line (text)")
+                        help="text, or one JSON object per line (text); before or after the "
+                             "command")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve a model repository (gateway + runtime)")
     serve.add_argument("--model-repository", type=Path, default=Path("models"),
@@ -175,7 +180,22 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_commands(commands)
     models_cli.add_commands(commands)
     ab.add_commands(commands)
+    health.add_commands(commands)
+    for command in commands.choices.values():
+        _log_args(command)
     return parser
+
+
+def _log_args(parser: argparse.ArgumentParser) -> None:
+    """--log-level and --log-format after the command (and its subcommands) too; SUPPRESS keeps
+    the value given before it (or the default) when they are not repeated there."""
+    parser.add_argument("--log-level", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _log_args(sub)
 
 
 def gateway_settings(args: argparse.Namespace, endpoints: tuple[str, ...],
@@ -223,7 +243,9 @@ def run(args: argparse.Namespace) -> int:
         return admin.run(args)
     if args.command in ab.COMMANDS:
         return ab.run(args)
-    from tensorgate import bootstrap, lifecycle, roles, supervisor
+    if args.command in health.COMMANDS:
+        return health.run(args, build_parser().parse_args)
+    from tensorgate import bootstrap, lifecycle, ports, roles, supervisor
 
     if args.command == "runtime":
         if bool(args.tls_cert) != bool(args.tls_key):
@@ -240,16 +262,33 @@ def run(args: argparse.Namespace) -> int:
             return roles.run_gateway(settings)
         endpoints = tuple(args.runtime) or ("127.0.0.1:8012",)
         settings = gateway_settings(args, endpoints, args.reuse_port)
-        bootstrap.announce_auth(settings)
-        if args.processes > 1:
-            return supervisor.gateways(settings, args.processes)
-        return roles.run_gateway(settings)
+        if args.reuse_port:  # sharing with processes started elsewhere was asked for
+            bootstrap.announce_auth(settings)
+            return roles.run_gateway(settings)
+        with ports.claim(settings, reserve=args.processes > 1) as held:
+            bootstrap.announce_auth(settings)
+            if args.processes > 1:
+                return supervisor.gateways(settings, args.processes, held)
+            return roles.run_gateway(settings)
     settings = gateway_settings(args, ())
-    bootstrap.announce_auth(settings, create_admin=True)
-    if settings.registry_path is not None:
-        lifecycle.sync_on_start(settings.registry_path, args.model_repository)
-    return supervisor.serve(args.model_repository, args.threads, max(1, args.gateway_processes),
-                            settings, max(1, args.runtime_workers))
+    # NOTE: the ports first: a clash stops us before the first admin key or any child exists.
+    with ports.claim(settings, reserve=True) as held:
+        bootstrap.announce_auth(settings, create_admin=True)
+        if settings.registry_path is not None:
+            lifecycle.sync_on_start(settings.registry_path, args.model_repository)
+        _warn_if_empty(args.model_repository)
+        return supervisor.serve(args.model_repository, args.threads,
+                                max(1, args.gateway_processes), settings,
+                                max(1, args.runtime_workers), held)
+
+
+def _warn_if_empty(repository: Path) -> None:
+    """A repository with no model folder serves nothing; say so rather than start quietly."""
+    if repository.is_dir() and not any(
+            p.is_dir() and not p.name.startswith(".") for p in repository.iterdir()):
+        log.warning("the model repository %s holds no models: every inference will be refused "
+                    "with NOT_FOUND until one is added (`tensorgate models register`)",
+                    repository)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """The process group of `serve` and `gateway --processes N`: start children, watch, stop them.
 
-Children announce readiness on stdout (see roles.py). Gateways share their ports through
-SO_REUSEPORT; their metrics meet in a prometheus multiprocess directory served from here.
+Children announce readiness on stdout (see roles.py). Gateways share the ports this process
+claimed (ports.py) through SO_REUSEPORT; their metrics meet in a multiprocess directory served here.
 A runtime worker that dies is restarted with back-off; a gateway that dies stops the group.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -23,7 +22,9 @@ from prometheus_client import start_http_server
 from common.model_config import ConfigError
 from common.settings import GatewaySettings, to_json
 from runtime.metrics import serving_registry
+from tensorgate import ports
 from tensorgate.bootstrap import write_private
+from tensorgate.ports import Claim
 from tensorgate.roles import GATEWAY_READY, RUNTIME_READY, stop_event
 
 log = logging.getLogger("tensorgate")
@@ -53,23 +54,16 @@ def gateway_argv(settings: GatewaySettings, tmp: Path) -> list[str]:
     return [sys.executable, "-m", "tensorgate", "gateway", "--settings-file", str(path)]
 
 
-def reserve_port(host: str, port: int) -> socket.socket:
-    """Bind (not listen) with SO_REUSEPORT, so port 0 becomes one port every child can share."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    return sock
-
-
 def serve(repository: Path, threads: int, processes: int, settings: GatewaySettings,
-          runtime_workers: int = 1) -> int:
+          runtime_workers: int = 1, held: Claim | None = None) -> int:
     """`runtime_workers` runtime workers on unix sockets, sharing `threads`, and `processes`
-    gateways in front of them all."""
-    with tempfile.TemporaryDirectory(prefix="tensorgate-") as tmp:
+    gateways in front of them all, on the ports of `held` (claimed here if None)."""
+    with tempfile.TemporaryDirectory(prefix="tensorgate-") as tmp, \
+            held or ports.claim(settings, reserve=True) as claimed:
         runtimes = [runtime_child(repository, Path(tmp), i, share, settings)
                     for i, share in enumerate(split_threads(threads, runtime_workers))]
         lanes = tuple(f"unix:{tmp}/lane-{i}.sock" for i in range(len(runtimes)))
-        return run_group(runtimes, replace(settings, runtime_endpoints=lanes), processes,
+        return run_group(runtimes, replace(claimed.settings, runtime_endpoints=lanes), processes,
                          Path(tmp))
 
 
@@ -105,18 +99,16 @@ def restart_delay(previous: float | None, uptime: float) -> float:
     return min(previous * 2, RESTART_MAX_S)
 
 
-def gateways(settings: GatewaySettings, processes: int) -> int:
-    with tempfile.TemporaryDirectory(prefix="tensorgate-") as tmp:
-        return run_group([], settings, processes, Path(tmp))
+def gateways(settings: GatewaySettings, processes: int, held: Claim | None = None) -> int:
+    with tempfile.TemporaryDirectory(prefix="tensorgate-") as tmp, \
+            held or ports.claim(settings, reserve=True) as claimed:
+        return run_group([], claimed.settings, processes, Path(tmp))
 
 
 def run_group(first: list[Child], settings: GatewaySettings, processes: int, tmp: Path) -> int:
+    """Run the children on `settings`' ports, which this process has claimed and bound."""
     metrics_dir = tmp / "metrics"
     metrics_dir.mkdir()
-    sockets = [reserve_port(settings.host, settings.http_port),
-               reserve_port(settings.host, settings.grpc_port)]
-    settings = replace(settings, http_port=sockets[0].getsockname()[1],
-                       grpc_port=sockets[1].getsockname()[1])
     # NOTE: one quota table for all the gateways, so a key's limits hold on the host as a whole.
     child_settings = replace(settings, metrics_port=-1, reuse_port=True,
                              quota_path=settings.quota_path or tmp / "quotas")
@@ -124,11 +116,7 @@ def run_group(first: list[Child], settings: GatewaySettings, processes: int, tmp
     env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     children = first + [Child(f"gateway-{i}", argv, GATEWAY_READY, env)
                         for i in range(processes)]
-    try:
-        return uvloop.run(_supervise(children, settings, metrics_dir))
-    finally:
-        for sock in sockets:
-            sock.close()
+    return uvloop.run(_supervise(children, settings, metrics_dir))
 
 
 async def _supervise(children: list[Child], settings: GatewaySettings, metrics: Path) -> int:

@@ -38,10 +38,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(registry: Path, *extra: str, metrics_port: int = -1) -> Iterator[Served]:
-    """`tensorgate serve --no-auth` on 127.0.0.1 port 0, until its ready line; SIGTERM at exit."""
+def serve(registry: Path, *extra: str, metrics_port: int = -1,
+          auth: bool = False) -> Iterator[Served]:
+    """`tensorgate serve` (--no-auth unless `auth`; its first admin key is then beside
+    `registry`) on 127.0.0.1 port 0, until its ready line; SIGTERM at exit."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "tensorgate", "serve", "--no-auth", "--host", "127.0.0.1",
+        [sys.executable, "-m", "tensorgate", "serve", *(() if auth else ("--no-auth",)),
+         "--host", "127.0.0.1",
          "--http-port", "0", "--grpc-port", "0", "--metrics-port", str(metrics_port),
          "--registry", str(registry), *extra],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -19,8 +19,10 @@ from urllib.parse import urlsplit
 # NOTE: locust puts only this folder on sys.path; the repository root makes `loadtest.` importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+import gevent
 import grpc.experimental.gevent as grpc_gevent
 from locust import FastHttpUser, LoadTestShape, User, events, tag, task
+from locust.exception import StopUser
 from locust.runners import WorkerRunner
 
 # NOTE: before any channel exists: grpcio must yield to gevent, or one call blocks every user.
@@ -28,7 +30,7 @@ grpc_gevent.init_gevent()
 
 import tritonclient.grpc as tgrpc  # noqa: E402
 
-from loadtest.locust import payloads, slo  # noqa: E402
+from loadtest.locust import payloads, preflight, slo  # noqa: E402
 
 log = logging.getLogger("tensorgate.locust")
 VERSION_HEADER = "x-tensorgate-model-version"
@@ -37,6 +39,11 @@ VERSION_HEADER = "x-tensorgate-model-version"
 OBSERVED: Counter[str] = Counter()
 _HTTP: dict[str, payloads.Payload] = {}
 _GRPC: dict[str, payloads.Payload] = {}
+#: gRPC clients not closed yet: one left open to the garbage collector at interpreter exit
+#: deadlocks grpcio's gevent integration, and the process never exits.
+_CLIENTS: set[tgrpc.InferenceServerClient] = set()
+#: Why users could not start (the first reason is logged); such a run exits 2.
+_CANNOT_START: list[str] = []
 
 
 @events.init_command_line_parser.add_listener
@@ -94,7 +101,11 @@ class HttpInferUser(FastHttpUser):
         self.models = _models(options)
         self.base = _headers(options)
         self.json_headers = {**self.base, "content-type": "application/json"}
-        self.payloads = {m: self._payload(m) for m in self.models}
+        try:
+            self.payloads = {m: self._payload(m) for m in self.models}
+        except Exception as exc:
+            self.payloads = {}
+            _cannot_start(self, f"HTTP metadata call: {exc}")
 
     def _payload(self, model: str) -> payloads.Payload:
         if model not in _HTTP:
@@ -115,7 +126,9 @@ class HttpInferUser(FastHttpUser):
         self._infer(random.choice(self.models))
 
     def _infer(self, model: str) -> None:
-        payload = self.payloads[model]
+        payload = self.payloads.get(model)
+        if payload is None:  # on_start failed; the run is stopping
+            raise StopUser()
         encoding = self.options.http_encoding
         binary = encoding == "binary" or (encoding == "both" and random.random() < 0.5)
         if binary:
@@ -150,10 +163,16 @@ class GrpcInferUser(User):
         self.models = _models(options)
         self.headers = _headers(options)
         self.client = tgrpc.InferenceServerClient(options.grpc_address or _grpc_of(self.host))
-        self.payloads = {m: self._payload(m) for m in self.models}
+        _CLIENTS.add(self.client)
+        try:
+            self.payloads = {m: self._payload(m) for m in self.models}
+        except Exception as exc:
+            self.payloads = {}
+            _close(self.client)
+            _cannot_start(self, f"gRPC metadata call: {exc}")
 
     def on_stop(self) -> None:
-        self.client.close()
+        _close(self.client)
 
     def _payload(self, model: str) -> payloads.Payload:
         if model not in _GRPC:
@@ -172,11 +191,14 @@ class GrpcInferUser(User):
         self._infer(random.choice(self.models))
 
     def _infer(self, model: str) -> None:
+        payload = self.payloads.get(model)
+        if payload is None:  # on_start failed; the run is stopping
+            raise StopUser()
         started = time.perf_counter()
         error: Exception | None = None
         length = 0
         try:
-            result = self.client.infer(model, self.payloads[model].grpc_inputs,
+            result = self.client.infer(model, payload.grpc_inputs,
                                        headers=_subject(self.options, self.headers))
             response = result.get_response()
             length = response.ByteSize()
@@ -186,6 +208,33 @@ class GrpcInferUser(User):
         self.environment.events.request.fire(
             request_type="grpc", name=f"grpc {model}", response_length=length,
             response_time=(time.perf_counter() - started) * 1000, exception=error, context={})
+
+
+def _close(client: tgrpc.InferenceServerClient) -> None:
+    if client in _CLIENTS:
+        _CLIENTS.discard(client)
+        client.close()
+
+
+def _cannot_start(user: User, reason: str) -> None:
+    """A user that cannot start stops the run (exit 2), rather than leave it to load nothing."""
+    if not _CANNOT_START:
+        log.error("users cannot start, stopping: %s", reason)
+        # NOTE: from a greenlet of its own: quit() kills every user greenlet, this one included.
+        gevent.spawn(user.environment.runner.quit)
+    _CANNOT_START.append(reason)
+
+
+@events.init.add_listener
+def _preflight(environment: Any, **_: Any) -> None:
+    """A headless run checks its key and models first, and exits 2 with the reason."""
+    options = environment.parsed_options
+    if options is None or not options.headless or options.worker or not environment.host:
+        return
+    reason = preflight.problem(environment.host, _models(options), _headers(options))
+    if reason is not None:
+        log.error("users cannot start: %s", reason)
+        sys.exit(2)
 
 
 def _grpc_of(host: str | None) -> str:
@@ -229,6 +278,11 @@ def _collect(client_id: str, data: dict, **_: Any) -> None:
 @events.quitting.add_listener
 def _gate(environment: Any, **_: Any) -> None:
     """Set the exit status from the SLOs and the A/B split (on the master when distributed)."""
+    for client in list(_CLIENTS):
+        _close(client)
+    if _CANNOT_START:
+        environment.process_exit_code = 2
+        return
     if isinstance(environment.runner, WorkerRunner):
         return
     options = environment.parsed_options

@@ -1,11 +1,15 @@
-"""The command line as a user runs it: `serve` answers; a broken config exits non-zero."""
+"""The command line as a user runs it: `serve` answers; a broken config or a port already taken
+exits non-zero with one line saying why, before anything starts."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import queue
 import re
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -18,6 +22,8 @@ import pytest
 import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
 from tritonclient.utils import InferenceServerException
+
+from tensorgate.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 READY = re.compile(r"tensorgate ready: HTTP :(\d+), gRPC :(\d+)")
@@ -104,3 +110,124 @@ def test_a_broken_config_exits_non_zero_naming_the_problem(tmp_path: Path) -> No
     assert code != 0
     assert str(repo / "digits" / "config.yaml") in text
     assert "key 'max_batch_size': expected an integer >= 0, got -3" in text
+
+
+def rest(lines: queue.Queue, seen: list[str]) -> str:
+    """Everything the process wrote, once it has closed its output."""
+    while (line := lines.get(timeout=60)) is not None:
+        seen.append(line)
+    return "".join(seen)
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    found = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return found
+
+
+def ready_status(port: int) -> int:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("GET", "/v2/health/ready")
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def processes_naming(text: str) -> list[int]:
+    """Live processes whose command line holds `text` (a test's own temporary path)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text.encode() in cmdline.read_bytes():
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            continue  # gone since the listing
+    return found
+
+
+def serve_on(registry: Path, *ports: str) -> list[str]:
+    return ["serve", "--host", "127.0.0.1", *ports, "--threads", "1", "--registry", str(registry)]
+
+
+def test_probe_12_a_second_serve_on_the_same_ports_refuses_and_names_the_first(
+        tmp_path: Path) -> None:
+    http_port, grpc_port = free_ports(2)
+    flags = ("--http-port", str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", "-1")
+    first, first_lines = start(*serve_on(tmp_path / "a.db", *flags), "--gateway-processes", "2")
+    try:
+        seen: list[str] = []
+        assert wait_for(first_lines, READY, seen), "".join(seen)
+        second, second_lines = start(*serve_on(tmp_path / "b.db", *flags))
+        code = second.wait(60)
+        text = rest(second_lines, [])
+        assert code != 0, text
+        named = [line for line in text.splitlines() if f"--http-port {http_port}" in line]
+        assert len(named) == 1, text
+        assert f"pid {first.pid}" in named[0]
+        assert "started (pid" not in text and "Traceback" not in text
+        # The first keeps serving alone: every connection lands on its gateways.
+        assert [ready_status(http_port) for _ in range(6)] == [200] * 6
+        assert first.poll() is None
+        # The image's HEALTHCHECK finds the port in the served process's own flags.
+        health = subprocess.run([sys.executable, "-m", "tensorgate", "health", "--pid",
+                                 str(first.pid)], cwd=ROOT, capture_output=True, timeout=60)
+        assert health.returncode == 0, health.stderr
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(60)
+
+
+@pytest.mark.parametrize("flag", ["--http-port", "--metrics-port"])
+def test_probe_15_a_port_held_by_another_program_is_one_line_before_anything_starts(
+        tmp_path: Path, flag: str) -> None:
+    registry = tmp_path / "registry.db"
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        ports = {"--http-port": "0", "--grpc-port": "0", "--metrics-port": "-1", flag: str(port)}
+        process, lines = start(*serve_on(registry, *(x for kv in ports.items() for x in kv)))
+        code = process.wait(60)
+        text = rest(lines, [])
+    assert code != 0, text
+    assert "Traceback" not in text, text
+    named = [line for line in text.splitlines() if f"{flag} {port}" in line]
+    assert len(named) == 1 and "in use" in named[0], text
+    assert "started (pid" not in text, text
+    assert not (tmp_path / "registry.admin-key").exists()  # refused before the first admin key
+    assert processes_naming(str(tmp_path)) == []
+
+
+def test_probe_20_log_format_is_accepted_after_the_command() -> None:
+    parser = build_parser()
+    after = parser.parse_args(["serve", "--log-format", "json", "--log-level", "DEBUG"])
+    assert (after.log_format, after.log_level) == ("json", "DEBUG")
+    before = parser.parse_args(["--log-format", "json", "serve"])
+    assert before.log_format == "json"
+    assert parser.parse_args(["keys", "list", "--log-format", "json"]).log_format == "json"
+
+
+def test_probe_20_an_empty_repository_warns_and_a_stop_is_clean(tmp_path: Path) -> None:
+    empty = tmp_path / "models"
+    empty.mkdir()
+    process, lines = start(*serve_on(tmp_path / "r.db", "--http-port", "0", "--grpc-port", "0",
+                                     "--metrics-port", "-1"),
+                           "--model-repository", str(empty), "--no-auth", "--log-format", "json")
+    seen: list[str] = []
+    try:
+        assert wait_for(lines, READY, seen), "".join(seen)
+    finally:
+        process.send_signal(signal.SIGTERM)
+    assert process.wait(60) == 0
+    text = rest(lines, seen)
+    records = [json.loads(line) for line in text.splitlines()]  # every line is JSON
+    warned = [r for r in records if "holds no models" in r.get("message", "")]
+    assert len(warned) == 1 and warned[0]["level"] == "WARNING", text
+    assert str(empty) in warned[0]["message"]
+    # prometheus_client warned at every stop that labels cannot be removed in multiprocess mode.
+    assert "Warning" not in text, text

@@ -1,8 +1,9 @@
 """Locust headless against a live `tensorgate serve`: a clean run passes its SLO gate and writes
-its reports; a broken SLO or a split that does not match the policy fails the run."""
+its reports; a broken SLO, a split that does not match the policy, or a missing key fails it."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,9 +21,42 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         yield served
 
 
-def run(served: Served, out: Path, run_time: str, *extra: str) -> subprocess.CompletedProcess:
+@pytest.fixture(scope="module")
+def live_with_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, str]]:
+    registry = tmp_path_factory.mktemp("locust-auth") / "r.db"
+    with serve(registry, "--threads", "1", "--gateway-processes", "1", auth=True) as served:
+        yield served, registry.with_suffix(".admin-key").read_text().strip()
+
+
+def run(served: Served, out: Path, run_time: str, *extra: str,
+        key: str | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "TENSORGATE_API_KEY"}
+    if key is not None:
+        env["TENSORGATE_API_KEY"] = key
     return subprocess.run(locust_argv(served, out, 2, run_time, "--only-summary", *extra),
-                          cwd=ROOT, capture_output=True, text=True, timeout=90)
+                          cwd=ROOT, capture_output=True, text=True, timeout=90, env=env)
+
+
+def test_probe_14_without_a_key_locust_exits_at_once_saying_how_to_pass_one(
+        live_with_auth: tuple[Served, str], tmp_path: Path) -> None:
+    # Before: "SLO not met: error rate 1.0000", then a hang at exit that ignored SIGTERM
+    # (subprocess.run's timeout would fail this test).
+    served, _ = live_with_auth
+    done = run(served, tmp_path, "30s", "--tags", "steady", "--max-error-rate", "0.001")
+    log = done.stdout + done.stderr
+    assert done.returncode == 2, log
+    assert "refused a call without a key (HTTP 401" in log
+    assert "--api-key KEY or the TENSORGATE_API_KEY environment variable" in log
+    assert "All users spawned" not in log  # stopped before the users started
+
+
+def test_probe_14_with_the_key_a_run_against_an_auth_on_server_meets_its_slo(
+        live_with_auth: tuple[Served, str], tmp_path: Path) -> None:
+    served, key = live_with_auth
+    done = run(served, tmp_path, "2s", "--tags", "steady", "--max-error-rate", "0", key=key)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log
+    assert "SLOs met" in log
 
 
 def test_a_steady_run_over_both_protocols_meets_its_slo_and_writes_reports(

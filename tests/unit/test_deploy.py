@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from tensorgate.cli import build_parser
+from tensorgate.health import READY_PATH, ready_url, served_argv
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -63,9 +64,46 @@ def test_dockerfile_shape() -> None:
     user = re.findall(r"^USER (\S+)", text, re.M)
     assert user and not user[-1].startswith(("root", "0")), "runs as a non-root user"
     healthcheck = re.search(r"^HEALTHCHECK.*(?:\n .*)*", text, re.M)
-    assert healthcheck and "/v2/health/ready" in healthcheck.group(0)
+    assert healthcheck and 'CMD ["tensorgate", "health"]' in healthcheck.group(0)
     assert re.search(r'^ENTRYPOINT \["tensorgate"\]', text, re.M)
     assert '"--registry", "/data/tensorgate.db"' in text and 'VOLUME ["/data"]' in text
+
+
+def test_probe_20_the_healthcheck_follows_the_served_flags() -> None:
+    parse = build_parser().parse_args
+    assert READY_PATH in HEALTH
+    assert ready_url(["serve", "--model-repository", "/models"], parse) == \
+        f"http://127.0.0.1:8000{READY_PATH}"
+    assert ready_url(["--log-format", "json", "serve", "--http-port", "9443", "--tls-cert", "c.pem",
+                      "--tls-key", "k.pem"], parse) == f"https://127.0.0.1:9443{READY_PATH}"
+    assert ready_url(["gateway", "--host", "::", "--http-port", "8080"], parse) == \
+        f"http://[::1]:8080{READY_PATH}"
+    assert ready_url(["gateway", "--host", "10.1.2.3"], parse) == \
+        f"http://10.1.2.3:8000{READY_PATH}"
+    with pytest.raises(ValueError, match="no HTTP health endpoint"):
+        ready_url(["runtime"], parse)
+
+
+def test_probe_20_health_reads_a_live_process_command_line() -> None:
+    # A process that is not tensorgate: the check says so instead of guessing a port.
+    other = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE)
+    try:
+        with pytest.raises(ValueError, match="is not tensorgate"):
+            served_argv(other.pid)
+    finally:
+        other.communicate(timeout=30)
+
+
+def test_probe_20_the_readme_links_only_to_files_in_the_repository() -> None:
+    text = (ROOT / "README.md").read_text()
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    local = [t for t in targets if not re.match(r"[a-z]+:", t)]
+    assert "docs/architecture.md" in local
+    for target in local:
+        path = (ROOT / target).resolve()
+        assert path.is_relative_to(ROOT) and path.exists(), target
+    assert "../shared" not in text and "DESIGN.md" not in text
 
 
 def test_exposed_ports_are_the_cli_defaults() -> None:
