@@ -4,7 +4,7 @@ inflated as it streams with the same limit counted before each piece is allocate
 from __future__ import annotations
 
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
@@ -20,7 +20,7 @@ class Body:
     """The body of one request; `read()` at most once. `limit` bounds the bytes received and,
     for a compressed body, the bytes it inflates to."""
 
-    def __init__(self, receive: Callable[[], Awaitable[dict[str, Any]]],
+    def __init__(self, receive: Callable[[], Awaitable[Mapping[str, Any]]],
                  headers: dict[str, str], limit: int) -> None:
         self._receive = receive
         self.limit = limit

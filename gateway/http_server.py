@@ -22,6 +22,7 @@ from common.names import check_name, check_version, is_version, shown
 from common.proto import grpc_service_pb2 as pb
 from common.uploads import check_upload
 from gateway.admin_api import AdminApi, Call
+from gateway.control import Control, build_control
 from gateway.edge import EdgeBuilder
 from gateway.feedback import encode_result, handle_feedback
 from gateway.http_body import Body
@@ -66,6 +67,10 @@ ADMIN_ROUTES: list[tuple[str, list[str], AdminOperation, int]] = [
     )]
 
 
+class _Unrouted(Exception):
+    """A path this transport does not route: the control plane's app answers it."""
+
+
 def _json(status: int, payload: Any) -> Reply:
     return status, orjson.dumps(payload), _JSON
 
@@ -85,6 +90,8 @@ class HttpTransport:
         self.admin_api = admin or AdminApi(None)
         #: Builds edge bundles (blocking: run in a thread); None: this gateway serves none.
         self.edge = edge
+        #: Every path the transport does not route itself.
+        self.control = build_control(Control(pipeline, self.admin_api, edge, max_body_bytes))
         self.model_handlers: dict[tuple[str, str], Callable[..., Awaitable[Reply]]] = {
             ("POST", "infer"): self.infer,
             ("GET", ""): self.metadata,
@@ -103,6 +110,10 @@ class HttpTransport:
             body = Body(receive, headers, self.max_body)
             status, payload, extra = await self.route(scope["method"], scope["path"], headers, body,
                                                       scope.get("query_string", b""))
+        except _Unrouted:
+            scope["tensorgate.headers"] = headers
+            await self.control(scope, receive, send)
+            return
         except TensorgateError as exc:
             status, payload, extra = _json(exc.http_status, {"error": exc.message})
             if exc.retry_after is not None:
@@ -114,7 +125,7 @@ class HttpTransport:
                     query: bytes = b"") -> Reply:
         parts = path.strip("/").split("/")
         if parts[0] != "v2":
-            raise not_found(f"no such path: {path}")
+            raise _Unrouted
         rest = parts[1:]
         if not rest and method == "GET":
             self.pipeline.admit(headers, None)
@@ -141,7 +152,7 @@ class HttpTransport:
             return await self.edge_bundle(rest[1], rest[3], headers, query)
         if len(rest) >= 2 and rest[0] == "models":
             return await self.model_route(method, rest[1:], headers, body)
-        raise not_found(f"no such path: {path}")
+        raise _Unrouted
 
     async def model_route(self, method: str, rest: list[str], headers: Headers,
                           body: Body) -> Reply:
@@ -151,7 +162,7 @@ class HttpTransport:
         action = tail[0] if len(tail) == 1 else "" if not tail else "?"
         handler = self.model_handlers.get((method, action))
         if handler is None:
-            raise not_found(f"no such path: {method} /v2/models/{shown('/'.join(rest))}")
+            raise _Unrouted
         return await handler(check_name(model), version, headers, body)
 
     async def admin(self, method: str, rest: list[str], headers: Headers, body: Body,
@@ -165,7 +176,7 @@ class HttpTransport:
             _check_parameters(params)
             call = Call(principal.subject, params, _query(query), _json_body(await body.read()))
             return _json(status, await operation(self.admin_api, call))
-        raise not_found(f"no such admin path: {method} /v2/admin/{'/'.join(rest)}")
+        raise _Unrouted
 
     async def edge_bundle(self, model: str, version: str, headers: Headers,
                           query: bytes) -> Reply:

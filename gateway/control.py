@@ -1,0 +1,100 @@
+"""The HTTP control plane: every path but infer, declared once as FastAPI routes.
+
+Validation, 405 with `Allow` and the OpenAPI document follow from the declarations; the infer fast
+path stays on the bare ASGI transport, which hands every other path to this app.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException
+
+from common.errors import TensorgateError
+from common.policy import Principal
+from gateway.admin_api import AdminApi
+from gateway.edge import EdgeBuilder
+from gateway.http_body import Body
+from gateway.pipeline import Headers, Pipeline
+
+#: The route groups, in the order they are matched. A group is an APIRouter in its own module.
+ROUTERS: list[APIRouter] = []
+
+
+@dataclass
+class Control:
+    """What the control plane's handlers share; `request.app.state.control`."""
+
+    pipeline: Pipeline
+    admin_api: AdminApi
+    edge: EdgeBuilder | None
+    max_body: int
+
+    def admit(self, request: Request, model: str | None = None,
+              admin: bool = False) -> Principal:
+        """Authenticate on the headers alone; call it before reading the body."""
+        return self.pipeline.admit(headers_of(request), model, admin=admin)
+
+    async def body(self, request: Request) -> bytes:
+        """The whole body, within the size limit, inflated if it came compressed."""
+        return await Body(request.receive, dict(headers_of(request)), self.max_body).read()
+
+
+def control_of(request: Request) -> Control:
+    control: Control = request.app.state.control
+    return control
+
+
+def headers_of(request: Request) -> Headers:
+    """The request's headers by lower-case name, as the transport checked them."""
+    headers: Headers = request.scope["tensorgate.headers"]
+    return headers
+
+
+def json_response(payload: Any, status: int = 200,
+                  headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(payload), status, headers, media_type="application/json")
+
+
+def error_response(exc: TensorgateError) -> Response:
+    headers = {}
+    if exc.retry_after is not None:
+        headers["retry-after"] = str(max(1, math.ceil(exc.retry_after)))
+    return json_response({"error": exc.message}, exc.http_status, headers)
+
+
+async def _tensorgate_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, TensorgateError)
+    return error_response(exc)
+
+
+async def _http_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    detail = exc.detail if exc.status_code != 404 else "no such path"
+    return json_response({"error": detail}, exc.status_code, dict(exc.headers or {}))
+
+
+async def _invalid(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                         for e in exc.errors()[:5])
+    return json_response({"error": f"invalid request: {problems}"}, 400)
+
+
+def build_control(control: Control, routers: list[APIRouter] | None = None) -> FastAPI:
+    """The control-plane app over `routers` (default: ROUTERS)."""
+    app = FastAPI(title="tensorgate", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.control = control
+    handlers: dict[Any, Any] = {TensorgateError: _tensorgate_error, HTTPException: _http_error,
+                                RequestValidationError: _invalid}
+    for kind, handler in handlers.items():
+        app.add_exception_handler(kind, handler)
+    for router in ROUTERS if routers is None else routers:
+        app.include_router(router)
+    return app

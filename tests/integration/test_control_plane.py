@@ -1,0 +1,65 @@
+"""The control plane's app behind the transport: unknown paths, wrong methods and its errors."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from gateway import control
+from tests.integration.conftest import Servers
+
+
+def _ask(servers: Servers, method: str, path: str) -> tuple[int, dict, dict]:
+    connection = http.client.HTTPConnection(servers.gateway_http, timeout=60)
+    try:
+        connection.request(method, path)
+        answer = connection.getresponse()
+        return answer.status, json.loads(answer.read() or b"{}"), dict(answer.getheaders())
+    finally:
+        connection.close()
+
+
+def test_an_unknown_path_is_404_with_an_error_body(servers: Servers) -> None:
+    status, body, _ = _ask(servers, "GET", "/v2/no/such/thing")
+    assert status == 404 and body == {"error": "no such path"}
+    status, body, _ = _ask(servers, "GET", "/nowhere")
+    assert status == 404 and "error" in body
+
+
+def test_a_declared_route_answers_405_with_allow_for_another_method() -> None:
+    router = APIRouter()
+
+    @router.get("/probe/{name}")
+    async def probe(name: str, request: Request) -> dict[str, str]:
+        return {"name": name}
+
+    app = control.build_control(None, [router])  # type: ignore[arg-type]
+    status, body, _ = asyncio.run(_call(app, "GET", "/probe/x"))
+    assert status == 200 and json.loads(body) == {"name": "x"}
+    status, body, headers = asyncio.run(_call(app, "POST", "/probe/x"))
+    assert status == 405 and headers[b"allow"] == b"GET"
+    assert "error" in json.loads(body)
+
+
+async def _call(app: Any, method: str, path: str) -> tuple[int, bytes, dict[bytes, bytes]]:
+    """One request straight through an ASGI app."""
+    scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(),
+             "query_string": b"", "headers": [], "http_version": "1.1", "scheme": "http",
+             "root_path": "", "server": ("127.0.0.1", 0), "client": ("127.0.0.1", 1),
+             "tensorgate.headers": {}}
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    start = sent[0]
+    body = b"".join(m.get("body", b"") for m in sent[1:])
+    return start["status"], body, dict(start["headers"])
