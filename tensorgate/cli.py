@@ -13,6 +13,7 @@ from common.registry import default_registry_path
 from common.settings import (
     AuthSettings,
     GatewaySettings,
+    GrpcSettings,
     RuntimeSettings,
     TlsSettings,
     default_threads,
@@ -44,6 +45,7 @@ def _gateway_args(parser: argparse.ArgumentParser) -> None:
                         help="inference requests one gateway process handles at once; more are "
                              "refused at once with 429 / RESOURCE_EXHAUSTED (512)")
     _drain_arg(parser)
+    _grpc_args(parser)
     auth = parser.add_argument_group("authentication")
     auth.add_argument("--no-auth", action="store_true",
                       help="serve every caller without a key (logs a warning)")
@@ -73,6 +75,23 @@ def _gateway_args(parser: argparse.ArgumentParser) -> None:
     secure.add_argument("--runtime-tls-cert", type=Path,
                      help="the client certificate shown to runtime workers (mTLS)")
     secure.add_argument("--runtime-tls-key", type=Path, help="the key of --runtime-tls-cert")
+
+
+def _grpc_args(parser: argparse.ArgumentParser) -> None:
+    d = GrpcSettings()
+    group = parser.add_argument_group("gRPC connections")
+    group.add_argument("--grpc-idle-timeout", type=float, default=d.idle_timeout_s,
+                       metavar="SECONDS", help="close a gRPC connection with no call for this "
+                       "long; clients reconnect on their next call "
+                       f"({d.idle_timeout_s:g}; 0: never)")
+    group.add_argument("--grpc-max-connection-age", type=float, default=d.max_connection_age_s,
+                       metavar="SECONDS", help="close every gRPC connection after this long, "
+                       f"letting calls in flight finish ({d.max_connection_age_s:g}; 0: never)")
+    group.add_argument("--grpc-max-streams", type=_positive, default=d.max_streams,
+                       metavar="N", help=f"calls at once on one gRPC connection ({d.max_streams})")
+    group.add_argument("--grpc-max-connections", type=int, default=d.max_connections,
+                       metavar="N", help="gRPC connections one gateway process holds at once "
+                       f"({d.max_connections}; 0: no limit)")
 
 
 def _positive(text: str) -> int:
@@ -166,6 +185,10 @@ def gateway_settings(args: argparse.Namespace, endpoints: tuple[str, ...],
                             upstream_ca=args.runtime_tls_ca, upstream_cert=args.runtime_tls_cert,
                             upstream_key=args.runtime_tls_key)
     registry = args.registry or default_registry_path(args.model_repository)
+    limits = GrpcSettings(idle_timeout_s=args.grpc_idle_timeout,
+                          max_connection_age_s=args.grpc_max_connection_age,
+                          max_streams=args.grpc_max_streams,
+                          max_connections=args.grpc_max_connections)
     return GatewaySettings(host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
                            metrics_port=args.metrics_port, runtime_endpoints=endpoints,
                            reuse_port=reuse_port, registry_path=registry, auth=auth,
@@ -173,7 +196,7 @@ def gateway_settings(args: argparse.Namespace, endpoints: tuple[str, ...],
                            max_in_flight=args.max_in_flight, drain_timeout_s=args.drain_timeout,
                            log_sample=args.log_sample, log_slow_ms=args.log_slow_ms,
                            trace_exporter=args.trace_exporter,
-                           record_answers=args.record_answers)
+                           record_answers=args.record_answers, grpc=limits)
 
 
 def run(args: argparse.Namespace) -> int:
