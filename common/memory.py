@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import threading
 from collections.abc import Callable
@@ -36,3 +37,26 @@ def trim() -> bool:
     finally:
         _busy.release()
     return True
+
+
+class Trimmer:
+    """Trims at most once per `interval_s`, in a thread: a request inside that interval is
+    served at its end, so a flood of large or refused calls costs one trim a second."""
+
+    def __init__(self, interval_s: float = 1.0) -> None:
+        self.interval_s = interval_s
+        self._last = float("-inf")
+        self._pending: asyncio.TimerHandle | None = None
+
+    def request(self) -> None:
+        """Ask for a trim soon; call on the event loop."""
+        if self._pending is not None:
+            return
+        loop = asyncio.get_running_loop()
+        wait = max(0.0, self._last + self.interval_s - loop.time())
+        self._pending = loop.call_later(wait, self._run, loop)
+
+    def _run(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._pending = None
+        self._last = loop.time()
+        loop.run_in_executor(None, trim)

@@ -6,7 +6,6 @@ deserialized here: only model name and version are peeked from its bytes.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -41,6 +40,7 @@ Admit = Callable[[Any, None], object]
 class GrpcTransport:
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
+        self.trimmer = memory.Trimmer()
 
     async def model_infer(self, request: bytes, context: Any) -> bytes:
         model, version, request_id = routing_fields(request)
@@ -109,11 +109,10 @@ class GrpcTransport:
         return grpc.method_handlers_generic_handler(
             FEEDBACK_SERVICE, {"Post": self._method(self.feedback, self.pipeline.admit)})
 
-    @staticmethod
-    def _method(handler: Handler, admit: Admit | None) -> grpc.RpcMethodHandler:
+    def _method(self, handler: Handler, admit: Admit | None) -> grpc.RpcMethodHandler:
         # NOTE: stream-unary on purpose: grpc reads a unary call's message (and inflates it)
         # before its handler runs, and leaves a call without one unanswered until its deadline.
-        return grpc.stream_unary_rpc_method_handler(_guarded(handler, admit))
+        return grpc.stream_unary_rpc_method_handler(_guarded(handler, admit, self.trimmer))
 
 
 def _feedback_model(request: bytes) -> str:
@@ -154,7 +153,7 @@ def _forget(exc: BaseException) -> None:
         seen = seen.__cause__ or seen.__context__
 
 
-def _guarded(handler: Handler, admit: Admit | None) -> Guarded:
+def _guarded(handler: Handler, admit: Admit | None, trimmer: memory.Trimmer) -> Guarded:
     async def guarded(requests: AsyncIterator[bytes], context: Any) -> bytes:
         size: list[int] = []
         try:
@@ -163,9 +162,10 @@ def _guarded(handler: Handler, admit: Admit | None) -> Guarded:
             _forget(exc)
             failure = exc
         finally:
-            if size and size[0] >= memory.TRIM_AFTER_BYTES:
-                # NOTE: the request's bytes are gone by now; a thread, as a trim takes ms.
-                asyncio.get_running_loop().run_in_executor(None, memory.trim)
+            # NOTE: a large message, or a refused one grpc had begun to buffer, leaves freed
+            # heap that glibc keeps; the request's bytes are gone by now.
+            if not size or size[0] >= memory.TRIM_AFTER_BYTES:
+                trimmer.request()
         if failure.retry_after is not None:
             wait = str(max(1, math.ceil(failure.retry_after)))
             context.set_trailing_metadata((("retry-after", wait),))
