@@ -260,3 +260,28 @@ def test_a_request_id_with_control_characters_breaks_nothing(
                   metadata=(("x-request-id", request_id.encode().hex()),)))
         assert answer.id == request_id
         assert answer.model_name == "digits"
+
+
+def speaks(sock: socket.socket) -> bool:
+    """Whether the server sends anything before closing the connection."""
+    try:
+        return len(sock.recv(65536)) > 0
+    except ConnectionResetError:
+        return False
+
+
+def test_probe_10_connections_past_the_cap_are_closed() -> None:
+    cap = 2
+    with Background(ROOT / "models", grpc=GrpcSettings(max_connections=cap)) as running:
+        host, _, port = running.gateway_grpc.rpartition(":")
+        opened = [socket.create_connection((host, int(port)), timeout=CEILING_S)
+                  for _ in range(cap + 2)]
+        try:
+            for sock in opened:
+                sock.sendall(PREFACE + frame(SETTINGS, 0, 0))
+            # The server speaks first on a connection it keeps; one past the cap is closed.
+            answered = [speaks(sock) for sock in opened]
+        finally:
+            for sock in opened:
+                sock.close()
+    assert answered == [True] * cap + [False] * 2
