@@ -147,10 +147,12 @@ async def _answer(handler: Handler, admit: Admit | None, context: Any,
 def _forget(exc: BaseException) -> None:
     """Drop the locals of every frame an error passed through: they hold the request's bytes,
     which a reference cycle would keep until the next full collection."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        traceback.clear_frames(seen.__traceback__)
-        seen = seen.__cause__ or seen.__context__
+    chain: BaseException | None = exc
+    seen: set[int] = set()
+    while chain is not None and id(chain) not in seen:  # a chain can be made circular
+        seen.add(id(chain))
+        traceback.clear_frames(chain.__traceback__)
+        chain = chain.__cause__ or chain.__context__
 
 
 def _guarded(handler: Handler, admit: Admit | None, trimmer: memory.Trimmer) -> Guarded:
@@ -161,6 +163,9 @@ def _guarded(handler: Handler, admit: Admit | None, trimmer: memory.Trimmer) -> 
         except TensorgateError as exc:
             _forget(exc)
             failure = exc
+        except Exception as exc:  # grpc logs it and answers UNKNOWN; the bytes go now
+            _forget(exc)
+            raise
         finally:
             # NOTE: a large message, or a refused one grpc had begun to buffer, leaves freed
             # heap that glibc keeps; the request's bytes are gone by now.
