@@ -21,6 +21,33 @@ def default_threads() -> int:
 
 
 @dataclass(frozen=True)
+class GrpcSettings:
+    """How long a gRPC connection may idle or live, and how much one caller may hold open."""
+
+    #: Close a connection with no call in flight for this long (GOAWAY; clients reconnect on
+    #: their next call), in seconds; 0: never.
+    idle_timeout_s: float = 300.0
+    #: Close every connection after this long (GOAWAY), so none is held forever, in seconds;
+    #: 0: never. Calls in flight then get `connection_age_grace_s` to finish.
+    max_connection_age_s: float = 3600.0
+    connection_age_grace_s: float = 60.0
+    #: Ping an idle peer this often, and drop it when no answer comes in `keepalive_timeout_s`
+    #: (dead peers free their connection).
+    keepalive_s: float = 60.0
+    keepalive_timeout_s: float = 20.0
+    #: A client may ping at most this often while no data flows; `max_ping_strikes` pings more
+    #: often than that close its connection (GOAWAY too_many_pings).
+    min_ping_interval_s: float = 10.0
+    max_ping_strikes: int = 2
+    #: Calls at once on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
+    max_streams: int = 256
+    #: Connections one process holds at once; more are refused at accept. 0: no limit.
+    max_connections: int = 4096
+    #: A new connection must finish its TLS and HTTP/2 handshake within this, in seconds.
+    handshake_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
 class RuntimeSettings:
     """A runtime worker: which models it serves, where it listens, how many threads compute."""
 
@@ -53,6 +80,8 @@ class RuntimeSettings:
     #: requests in flight and queued get up to `drain_timeout_s` in all to finish.
     drain_grace_s: float = 1.0
     drain_timeout_s: float = 30.0
+    #: Connection limits and timeouts of its gRPC server.
+    grpc: GrpcSettings = field(default_factory=GrpcSettings)
 
 
 @dataclass(frozen=True)
@@ -166,6 +195,8 @@ class GatewaySettings:
     http_max_header_bytes: int = 64 * 1024
     #: Open HTTP connections per gateway process; one more is answered 503 and closed.
     http_max_connections: int = 4096
+    #: Connection limits and timeouts of the gRPC listener.
+    grpc: GrpcSettings = field(default_factory=GrpcSettings)
 
 
 def to_json(settings: object) -> str:

@@ -17,6 +17,7 @@ import uvicorn
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
 from common import tls
+from common.grpc_options import server_options
 from common.registry import Registry, RegistryError
 from common.registry.watch import RegistryWatcher
 from common.settings import GatewaySettings
@@ -124,11 +125,8 @@ class Gateway:
         if self.answers is not None:
             self.answers.start()
         limit = s.max_message_bytes
-        self.grpc_server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
-            ("grpc.so_reuseport", int(s.reuse_port)),
-        ])
+        self.grpc_server = grpc.aio.server(
+            options=server_options(s.grpc, limit, s.reuse_port))
         grpc_transport = GrpcTransport(self.pipeline)
         self.grpc_server.add_generic_rpc_handlers((grpc_transport.handlers(),
                                                    grpc_transport.feedback_handlers()))

@@ -1,18 +1,20 @@
 """The gateway's gRPC transport: generic handlers over raw bytes; decode the header, call, return.
 
-ModelInfer is never deserialized here: only model name and version are peeked from its bytes.
+Credentials are checked from the metadata before the message is read; ModelInfer is never
+deserialized here: only model name and version are peeked from its bytes.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 import orjson
 
-from common import EXTENSIONS, __version__
+from common import EXTENSIONS, __version__, memory
 from common.errors import TensorgateError, invalid_argument
 from common.names import check_name
 from common.proto import grpc_service_pb2 as pb
@@ -25,13 +27,22 @@ SERVICE = "inference.GRPCInferenceService"
 #: tensorgate's own RPC, JSON bytes in and out (no .proto): `/tensorgate.Feedback/Post`.
 FEEDBACK_SERVICE = "tensorgate.Feedback"
 _FORWARDED = ("ModelReady", "ModelMetadata", "ModelConfig", "ModelStatistics")
+#: Health calls anyone may make: no credential is asked for.
+_OPEN = frozenset({"ServerLive", "ServerReady", "ModelReady"})
+NO_MESSAGE = ("no request message: a unary call carries one complete length-prefixed message "
+              "(none came, or the stream ended part-way through it)")
 
 Handler = Callable[[bytes, Any], Awaitable[bytes]]
+#: What grpc runs: the request stream (read by hand, once admitted) and the context.
+Guarded = Callable[[AsyncIterator[bytes], Any], Awaitable[bytes]]
+#: The authentication stage, from the metadata alone (`Pipeline.admit` with no model).
+Admit = Callable[[Any, None], object]
 
 
 class GrpcTransport:
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
+        self.trimmer = memory.Trimmer()
 
     async def model_infer(self, request: bytes, context: Any) -> bytes:
         model, version, request_id = routing_fields(request)
@@ -96,13 +107,17 @@ class GrpcTransport:
         table.update({name: self.repository_change(name)
                       for name in ("RepositoryModelLoad", "RepositoryModelUnload")})
         return grpc.method_handlers_generic_handler(
-            SERVICE, {name: grpc.unary_unary_rpc_method_handler(_aborting(fn))
+            SERVICE, {name: self._method(fn, None if name in _OPEN else self.pipeline.admit)
                       for name, fn in table.items()})
 
     def feedback_handlers(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(
-            FEEDBACK_SERVICE,
-            {"Post": grpc.unary_unary_rpc_method_handler(_aborting(self.feedback))})
+            FEEDBACK_SERVICE, {"Post": self._method(self.feedback, self.pipeline.admit)})
+
+    def _method(self, handler: Handler, admit: Admit | None) -> grpc.RpcMethodHandler:
+        # NOTE: stream-unary on purpose: grpc reads a unary call's message (and inflates it)
+        # before its handler runs, and leaves a call without one unanswered until its deadline.
+        return grpc.stream_unary_rpc_method_handler(_guarded(handler, admit, self.trimmer))
 
 
 def _feedback_model(request: bytes) -> str:
@@ -121,15 +136,51 @@ def _headers(context: Any) -> Headers:
     return dict(context.invocation_metadata() or ())
 
 
-def _aborting(handler: Handler) -> Handler:
-    async def wrapped(request: bytes, context: Any) -> bytes:
-        try:
-            return await handler(request, context)
-        except TensorgateError as exc:
-            if exc.retry_after is not None:
-                wait = str(max(1, math.ceil(exc.retry_after)))
-                context.set_trailing_metadata((("retry-after", wait),))
-            await context.abort(exc.code, exc.message)
-            raise  # unreachable: abort raises
+async def _answer(handler: Handler, admit: Admit | None, context: Any,
+                  size: list[int]) -> bytes:
+    """Admit the caller on its metadata, then read the one message (its size into `size`)
+    and handle it."""
+    if admit is not None:
+        admit(_headers(context), None)
+    request = await context.read()
+    if request is grpc.aio.EOF:
+        raise invalid_argument(NO_MESSAGE)
+    size.append(len(request))
+    return await handler(request, context)
 
-    return wrapped
+
+def _forget(exc: BaseException) -> None:
+    """Drop the locals of every frame an error passed through: they hold the request's bytes,
+    which a reference cycle would keep until the next full collection."""
+    chain: BaseException | None = exc
+    seen: set[int] = set()
+    while chain is not None and id(chain) not in seen:  # a chain can be made circular
+        seen.add(id(chain))
+        traceback.clear_frames(chain.__traceback__)
+        chain = chain.__cause__ or chain.__context__
+
+
+def _guarded(handler: Handler, admit: Admit | None, trimmer: memory.Trimmer) -> Guarded:
+    async def guarded(requests: AsyncIterator[bytes], context: Any) -> bytes:
+        size: list[int] = []
+        try:
+            return await _answer(handler, admit, context, size)
+        except TensorgateError as exc:
+            _forget(exc)
+            failure = exc
+        except Exception as exc:  # grpc logs it and answers UNKNOWN; the bytes go now
+            _forget(exc)
+            raise
+        finally:
+            # NOTE: a large message, or a refused one grpc had begun to buffer, leaves freed
+            # heap that glibc keeps; the request's bytes are gone by now.
+            if not size or size[0] >= memory.TRIM_AFTER_BYTES:
+                trimmer.request()
+        if failure.retry_after is not None:
+            wait = str(max(1, math.ceil(failure.retry_after)))
+            context.set_trailing_metadata((("retry-after", wait),))
+        # NOTE: outside the except block, so the abort carries no chain of frames.
+        await context.abort(failure.code, failure.message)
+        raise AssertionError("unreachable: abort raises")
+
+    return guarded

@@ -13,6 +13,7 @@ import grpc
 
 from common import tls
 from common.errors import TensorgateError
+from common.grpc_options import server_options
 from common.model_config import ConfigError
 from common.names import is_name, shown
 from common.policy import Snapshot
@@ -149,11 +150,7 @@ class Runtime:
 
     async def _start_grpc(self, listen: str) -> None:
         limit = self.settings.max_message_bytes
-        self.server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
-            ("grpc.so_reuseport", 0),
-        ])
+        self.server = grpc.aio.server(options=server_options(self.settings.grpc, limit))
         self.server.add_generic_rpc_handlers((grpc_handlers(self.core),))
         s = self.settings
         if s.tls_cert and s.tls_key:

@@ -14,6 +14,7 @@ from common.registry import default_registry_path
 from common.settings import (
     AuthSettings,
     GatewaySettings,
+    GrpcSettings,
     RuntimeSettings,
     TlsSettings,
     default_threads,
@@ -55,6 +56,7 @@ def _gateway_args(parser: argparse.ArgumentParser) -> None:
                              "refused at once with 429 / RESOURCE_EXHAUSTED (512)")
     _drain_arg(parser)
     _http_args(parser)
+    _grpc_args(parser)
     auth = parser.add_argument_group("authentication")
     auth.add_argument("--no-auth", action="store_true",
                       help="serve every caller without a key (logs a warning)")
@@ -107,6 +109,23 @@ def _seconds(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text}")
     return value
+
+
+def _grpc_args(parser: argparse.ArgumentParser) -> None:
+    d = GrpcSettings()
+    group = parser.add_argument_group("gRPC connections")
+    group.add_argument("--grpc-idle-timeout", type=float, default=d.idle_timeout_s,
+                       metavar="SECONDS", help="close a gRPC connection with no call for this "
+                       "long; clients reconnect on their next call "
+                       f"({d.idle_timeout_s:g}; 0: never)")
+    group.add_argument("--grpc-max-connection-age", type=float, default=d.max_connection_age_s,
+                       metavar="SECONDS", help="close every gRPC connection after this long, "
+                       f"letting calls in flight finish ({d.max_connection_age_s:g}; 0: never)")
+    group.add_argument("--grpc-max-streams", type=_positive, default=d.max_streams,
+                       metavar="N", help=f"calls at once on one gRPC connection ({d.max_streams})")
+    group.add_argument("--grpc-max-connections", type=int, default=d.max_connections,
+                       metavar="N", help="gRPC connections one gateway process holds at once "
+                       f"({d.max_connections}; 0: no limit)")
 
 
 def _positive(text: str) -> int:
@@ -216,6 +235,10 @@ def gateway_settings(args: argparse.Namespace, endpoints: tuple[str, ...],
                             upstream_ca=args.runtime_tls_ca, upstream_cert=args.runtime_tls_cert,
                             upstream_key=args.runtime_tls_key)
     registry = args.registry or default_registry_path(args.model_repository)
+    limits = GrpcSettings(idle_timeout_s=args.grpc_idle_timeout,
+                          max_connection_age_s=args.grpc_max_connection_age,
+                          max_streams=args.grpc_max_streams,
+                          max_connections=args.grpc_max_connections)
     return GatewaySettings(host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
                            metrics_port=args.metrics_port, runtime_endpoints=endpoints,
                            reuse_port=reuse_port, registry_path=registry, auth=auth,
@@ -231,7 +254,7 @@ def gateway_settings(args: argparse.Namespace, endpoints: tuple[str, ...],
                            http_body_timeout_s=args.http_body_timeout,
                            http_keep_alive_s=args.http_keep_alive,
                            http_max_header_bytes=args.http_max_header_bytes,
-                           http_max_connections=args.http_max_connections)
+                           http_max_connections=args.http_max_connections, grpc=limits)
 
 
 def run(args: argparse.Namespace) -> int:
