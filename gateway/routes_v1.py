@@ -123,6 +123,14 @@ async def other_method_version(model: str, version: str, method: str,
     return _unsupported(request, model, method)
 
 
+@router.api_route("/v1/models/{model}/labels/{rest:path}", methods=["GET", "POST"],
+                  include_in_schema=False)
+async def labels(model: str, rest: str, request: Request) -> Response:
+    _control(request).admit(request, check_name(model))
+    raise TensorgateError(grpc.StatusCode.UNIMPLEMENTED, "version labels are not supported "
+                          "here: name a version (/versions/N) or none (the default)")
+
+
 @router.get("/v1/models/{model}/metadata", summary="The model's signature")
 async def metadata(model: str, request: Request) -> Response:
     return await _signature_metadata(request, model, "")

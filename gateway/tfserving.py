@@ -101,8 +101,15 @@ def decode_predict(body: bytes, signature: Signature, model: str, version: str) 
 
 
 def _problems(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
-                     for e in exc.errors()[:5])
+    return "; ".join(_problem(e) for e in exc.errors()[:5])
+
+
+def _problem(error: Any) -> str:
+    where = ".".join(str(p) for p in error["loc"]) or "body"
+    if error["type"] == "extra_forbidden":
+        return (f"unknown field {shown(where)}: a predict body holds \"instances\" or "
+                f"\"inputs\", and optionally \"signature_name\"")
+    return f"{where}: {error['msg']}"
 
 
 def _is_b64(value: Any) -> bool:
@@ -155,7 +162,8 @@ def _tensor(spec: Spec, value: Any, row: bool) -> tuple[list[int], bytes]:
         if row and shape:
             raise invalid_argument(f"{what}: each instance's value must have shape "
                                    f"{_dims(spec.shape[1:])}, got {shape[1:]}")
-        raise invalid_argument(f"{what}: expected shape {_dims(spec.shape)}, got {shape}")
+        hint = "" if row else " (columnar values include the batch dimension)"
+        raise invalid_argument(f"{what}: expected shape {_dims(spec.shape)}, got {shape}{hint}")
     if spec.datatype == "BYTES":
         return shape, serialize_bytes(_bytes(item, what) for item in flat)
     if any(_is_b64(item) for item in flat):

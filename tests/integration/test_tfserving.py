@@ -97,6 +97,8 @@ def test_status_and_metadata_have_tf_servings_shapes(servers: Servers) -> None:
     ("digits/versions/7:predict", {"instances": [[0.5] * 64]}, 404, "7"),
     ("nosuch:predict", {"instances": [[0.5] * 64]}, 404, "nosuch"),
     ("digits:classify", {"examples": []}, 501, "Classify"),
+    ("digits/labels/stable:predict", {"instances": [[0.5] * 64]}, 501, "labels"),
+    ("digits:explain", {"instances": [[0.5] * 64]}, 404, "explain"),
     ("-bad:predict", {"instances": [[0.5] * 64]}, 400, "model name"),
 ])
 def test_bad_requests_are_refused_with_an_error_body(servers: Servers, path: str, body: Any,
