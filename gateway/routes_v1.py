@@ -161,7 +161,8 @@ async def _predict(request: Request, model: str, version: str) -> Response:
 
     async def load() -> tuple[bytes, str, float | None]:
         """Called by the pipeline once the caller is admitted on its headers alone."""
-        signature = await _signatures(request).get(control.pipeline, model, version, headers)
+        described = version or _production(control.pipeline, model)
+        signature = await _signatures(request).get(control.pipeline, model, described, headers)
         predict = decode_predict(await control.body(request), signature, model, version)
         if predict.signature_name not in ("", DEFAULT_SIGNATURE):
             log.debug("v1 predict of %s: signature_name %s ignored, every model here has only "
@@ -186,19 +187,18 @@ def _unsupported(request: Request, model: str, method: str) -> Response:
 
 
 async def _signature_metadata(request: Request, model: str, version: str) -> Response:
-    control = _control(request)
-    meta = await _metadata(control.pipeline, check_name(model), version, _headers(request))
-    shown_version = version or _default_version(control.pipeline, model, meta)
-    return _json(metadata_body(model, shown_version, signature_of(meta)))
-
-
-def _default_version(pipeline: Pipeline, model: str, meta: pb.ModelMetadataResponse) -> str:
-    """The version a request without one gets: the production one, else the newest."""
-    production = pipeline.snapshot().production.get(model)
-    if production:
-        return production
-    return max(meta.versions, key=int, default="") if all(
+    pipeline = _control(request).pipeline
+    version = version or _production(pipeline, check_name(model))
+    meta = await _metadata(pipeline, model, version, _headers(request))
+    # NOTE: the runtime describes its newest version when asked for none
+    newest = max(meta.versions, key=int, default="") if all(
         v.isdigit() for v in meta.versions) else ""
+    return _json(metadata_body(model, version or newest, signature_of(meta)))
+
+
+def _production(pipeline: Pipeline, model: str) -> str:
+    """The version a predict without one gets outside a split: the production alias's, if any."""
+    return pipeline.snapshot().production.get(model, "")
 
 
 async def _status(request: Request, model: str, version: str) -> Response:

@@ -83,6 +83,8 @@ def test_status_and_metadata_have_tf_servings_shapes(servers: Servers) -> None:
         "dtype": "DT_FLOAT", "name": "INPUT0",
         "tensor_shape": {"dim": [{"size": "-1"}, {"size": "64"}]}}
     assert signature["outputs"]["OUTPUT0"]["tensor_shape"]["dim"][1] == {"size": "10"}
+    latest = requests.get(v1(servers, "digits/metadata"), timeout=30).json()
+    assert latest["model_spec"]["version"] == "2"  # TF Serving's "latest": the newest version
 
 
 @pytest.mark.parametrize(("path", "body", "status", "words"), [
