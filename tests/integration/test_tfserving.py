@@ -19,6 +19,7 @@ from common.registry import Registry
 from common.settings import AuthSettings
 from tests.integration.conftest import ROOT, Background, Servers
 
+LIMIT = 1 << 16  # the gateway's body limit in the auth-on module
 PIXELS = (load_digits().data[:3] / 16).round(4).tolist()  # three 8x8 digits, 64 floats each
 
 
@@ -135,7 +136,7 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Servers,
     registry = Registry(tmp / "registry.db")
     key = registry.create_key("v1-user", "infer", ["digits"])[1]
     with Background(ROOT / "models", auth=AuthSettings(), registry_path=tmp / "registry.db",
-                    registry_refresh_s=0.05) as servers:
+                    registry_refresh_s=0.05, max_message_bytes=LIMIT) as servers:
         yield servers, registry, key
     registry.close()
 
@@ -151,6 +152,12 @@ def test_auth_applies_before_the_body_is_read(guarded: tuple[Servers, Registry, 
                            timeout=30)
     assert answer.status_code == 200, answer.text
     assert len(answer.json()["predictions"]) == 1
+    # NOTE: a body over the limit: refused for its missing key (401) before it is read (400).
+    huge = b'{"instances": [' + b"0.5," * LIMIT + b"0.5]}"
+    refused = requests.post(v1(servers, "digits:predict"), data=huge, timeout=60)
+    assert refused.status_code == 401, refused.text
+    too_big = requests.post(v1(servers, "digits:predict"), data=huge, headers=headers, timeout=60)
+    assert too_big.status_code == 400 and "exceeds the limit" in too_big.json()["error"]
 
 
 def test_a_split_chooses_the_version_and_the_header_names_it(
