@@ -16,7 +16,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
 from common.errors import TensorgateError, not_found
-from common.names import check_name, check_version, shown
+from common.names import check_name, check_version, is_version, shown
 from common.proto import grpc_service_pb2 as pb
 from gateway.pipeline import Headers, Pipeline
 from gateway.tfserving import (
@@ -191,8 +191,7 @@ async def _signature_metadata(request: Request, model: str, version: str) -> Res
     version = version or _production(pipeline, check_name(model))
     meta = await _metadata(pipeline, model, version, _headers(request))
     # NOTE: the runtime describes its newest version when asked for none
-    newest = max(meta.versions, key=int, default="") if all(
-        v.isdigit() for v in meta.versions) else ""
+    newest = max((v for v in meta.versions if is_version(v)), key=int, default="")
     return _json(metadata_body(model, version or newest, signature_of(meta)))
 
 
