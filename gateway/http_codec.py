@@ -16,7 +16,6 @@ from common.errors import TensorgateError, invalid_argument
 from common.names import shown
 from common.proto import grpc_service_pb2 as pb
 from common.tensors import element_count, expected_byte_size, json_to_raw, raw_to_json
-from gateway.feedback import MAX_ID_CHARS
 
 # Parameters that steer this codec and mean nothing to the model.
 _CODEC_PARAMETERS = {"binary_data_output", "binary_data_size", "binary_data"}
@@ -26,8 +25,9 @@ _UINT64 = range(1 << 64)
 #: orjson reads an integer past 64 bits as a float: a float parameter this large may have been
 #: one, so the header is read again exactly (rare: no real double parameter is that large).
 _MAYBE_INTEGER = float(1 << 63)
-#: A request id is echoed in the X-Request-Id header: no control characters, and feedback's
-#: length bound (MAX_ID_CHARS).
+#: A request id is echoed in the X-Request-Id header: no control characters, and bounded.
+#: (Feedback matches ids of at most 128 printable ASCII characters: see gateway/feedback.py.)
+MAX_REQUEST_ID_CHARS = 256
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 #: Float datatypes whose JSON outputs may hold NaN or infinities.
 _FLOATS = {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
@@ -82,9 +82,9 @@ def decode_infer_request(
 def _request_id(value: Any) -> str:
     if type(value) is not str:
         raise invalid_argument("'id' must be a string")
-    if len(value) > MAX_ID_CHARS or _CONTROL.search(value):
-        raise invalid_argument(f"'id' must be at most {MAX_ID_CHARS} characters without control "
-                               f"characters (CR, LF, NUL, ...); got {shown(value)}")
+    if len(value) > MAX_REQUEST_ID_CHARS or _CONTROL.search(value):
+        raise invalid_argument(f"'id' must be at most {MAX_REQUEST_ID_CHARS} characters without "
+                               f"control characters (CR, LF, NUL, ...); got {shown(value)}")
     return value
 
 
