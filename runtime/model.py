@@ -37,6 +37,7 @@ class ServedModel:
         self.output_names = frozenset(spec.name for spec in self.outputs)
         self.batched = self.config.max_batch_size > 0
         self.platform = first.platform
+        self.labels: dict[str, tuple[str, ...]] = dict(self.config.labels)
 
     def full_shape(self, spec: TensorSpec) -> list[int]:
         """The shape callers see: with the batch dimension as -1 when the model batches."""
