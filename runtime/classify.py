@@ -56,16 +56,15 @@ def top_k(out: Output, k: int, labels: tuple[str, ...] | None, batched: bool) ->
     if k > rows.shape[1]:
         raise invalid_argument(f"output '{out.name}': 'classification' asks {k} classes of "
                                f"{rows.shape[1]}")
-    whole = values.dtype.kind in "iu"
-    elements = []
-    for row in rows:
-        # NOTE: stable, so equal scores keep the lower class index first.
-        for index in np.argsort(-row.astype(np.float64), kind="stable")[:k]:
-            score = str(int(row[index])) if whole else f"{float(row[index]):f}"
-            text = f"{score}:{index}"
-            if labels is not None and index < len(labels):
-                text += f":{labels[index]}"
-            elements.append(text.encode())
+    # NOTE: stable, so equal scores keep the lower class index first.
+    order = np.argsort(-rows.astype(np.float64), axis=1, kind="stable")[:, :k]
+    best = np.take_along_axis(rows, order, axis=1)
+    form = "{:d}:{:d}" if values.dtype.kind in "iu" else "{:f}:{:d}"
+    names = labels or ()
+    elements = [
+        (form.format(score, index) + (f":{names[index]}" if index < len(names) else "")).encode()
+        for score, index in zip(best.reshape(-1).tolist(), order.reshape(-1).tolist())
+    ]
     shape = (rows.shape[0], k) if batched else (k,)
     return Output(out.name, "BYTES", shape, serialize_bytes(elements))
 
