@@ -64,12 +64,14 @@ def _direct(x: np.ndarray) -> np.ndarray:
 
 
 def _infer(servers: Servers, protocol: str, model: str, x: np.ndarray, k: int) -> np.ndarray:
-    lib = thttp if protocol == "http" else tgrpc
-    address = servers.gateway_http if protocol == "http" else servers.gateway_grpc
+    """`protocol`: grpc, http (binary outputs) or json (outputs as JSON)."""
+    lib = tgrpc if protocol == "grpc" else thttp
+    address = servers.gateway_grpc if protocol == "grpc" else servers.gateway_http
     client = lib.InferenceServerClient(address)
     tensor = lib.InferInput("INPUT0", list(x.shape), "FP32")
     tensor.set_data_from_numpy(x)
-    output = lib.InferRequestedOutput("OUTPUT0", class_count=k)
+    output = (thttp.InferRequestedOutput("OUTPUT0", binary_data=False, class_count=k)
+              if protocol == "json" else lib.InferRequestedOutput("OUTPUT0", class_count=k))
     return client.infer(model, [tensor], outputs=[output]).as_numpy("OUTPUT0")
 
 
@@ -78,7 +80,8 @@ def _check(answer: np.ndarray, x: np.ndarray, k: int, labels: list[str] | None) 
     expected = _direct(x)
     assert answer.shape == (len(x), k)
     for row, probs in zip(answer, expected):
-        parts = [value.decode().split(":") for value in row]
+        # NOTE: tritonclient gives JSON outputs' BYTES elements as str, binary ones as bytes.
+        parts = [(v.decode() if isinstance(v, bytes) else v).split(":") for v in row]
         indices = [int(p[1]) for p in parts]
         assert indices == list(np.argsort(-probs, kind="stable")[:k])
         np.testing.assert_allclose([float(p[0]) for p in parts], probs[indices], atol=1e-6)
@@ -87,12 +90,12 @@ def _check(answer: np.ndarray, x: np.ndarray, k: int, labels: list[str] | None) 
                                           else [[]] * k)
 
 
-@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("protocol", ["http", "json", "grpc"])
 def test_top_k_without_labels(servers: Servers, rows: np.ndarray, protocol: str) -> None:
     _check(_infer(servers, protocol, "plain", rows, 3), rows, 3, None)
 
 
-@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("protocol", ["http", "json", "grpc"])
 def test_labels_from_label_filename_in_config_pbtxt(servers: Servers, rows: np.ndarray,
                                                     protocol: str) -> None:
     _check(_infer(servers, protocol, "named", rows, 2), rows, 2, LABELS)

@@ -160,3 +160,18 @@ def test_a_new_model_from_files_leaves_no_trace_once_unloaded(servers: Servers,
     assert _staged(stage) == []
     assert _index(servers, "grpc")["fresh"] == [("1", "UNAVAILABLE", "unloaded")]
     assert _tree(servers.repository) == before
+
+
+def test_a_restarted_worker_serves_the_repository_s_own_files(tmp_path: Path,
+                                                              stage: Path) -> None:
+    repo = tmp_path / "models"
+    _copy(repo, "solo")
+    with Background(repo) as first:
+        tgrpc.InferenceServerClient(first.gateway_grpc).load_model(
+            "solo", files={"file:2/model.onnx": ONNX})
+        assert _version(first, "solo") == "2"
+        assert len(_staged(stage)) == 1
+    assert _staged(stage) == []  # a stopped worker leaves no override behind
+    with Background(repo) as second:
+        assert _version(second, "solo") == "1"
+        assert _index(second, "grpc")["solo"] == [("1", "READY", "")]
