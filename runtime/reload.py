@@ -72,8 +72,10 @@ class Reloader:
                 served = True
                 return changes
             except TensorgateError as exc:
-                if staged is not None:  # name the repository's path, not the stage's
-                    exc.message = exc.message.replace(str(staged), str(self.repository / name))
+                if staged is not None:  # name the model's folder, not the stage
+                    exc.message = exc.message.replace(str(staged), name)
+                # NOTE: paths relative to the repository: the caller learns no server path.
+                exc.message = exc.message.replace(f"{self.repository}/", "")
                 if exc.code != grpc.StatusCode.NOT_FOUND and not self.store.loaded(name):
                     self.store.mark_unavailable(name, self.reason(exc.message))
                 raise

@@ -14,6 +14,7 @@ import pytest
 import requests
 import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
+from tritonclient.utils import InferenceServerException
 
 from tests.integration.conftest import Background, Servers
 
@@ -108,6 +109,20 @@ def test_models_that_failed_to_load_are_listed_with_their_error(servers: Servers
     assert state == "UNAVAILABLE"
     assert "model 'short': output 'OUTPUT0' has 10 classes but 3 labels" in reason
     assert all(str(servers.repository) not in row[2] for rows in index.values() for row in rows)
+
+
+def test_a_failed_load_names_the_fault_by_its_path_in_the_repository(servers: Servers) -> None:
+    client = thttp.InferenceServerClient(servers.gateway_http)
+    with pytest.raises(InferenceServerException) as caught:
+        client.load_model("broken")
+    message = caught.value.message() or ""
+    assert "broken/config.pbtxt" in message and str(servers.repository) not in message
+    [(_, state, reason)] = _index(servers, "grpc")["broken"]
+    assert state == "UNAVAILABLE" and "tensorflow_savedmodel" in reason
+    # A model that serves keeps serving, and stays READY, when a reload of it fails.
+    with pytest.raises(InferenceServerException, match="was not loaded"):
+        client.load_model("digits", files={"file:2/model.onnx": b"not a model"})
+    assert _index(servers, "http")["digits"] == [("1", "READY", "")]
 
 
 def test_ready_true_lists_only_ready_models(servers: Servers) -> None:
