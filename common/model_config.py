@@ -30,6 +30,7 @@ _TOP_KEYS = {
     "inputs": "a list of {name, datatype, shape}",
     "outputs": "a list of {name, datatype, shape}",
     "version_policy": "{all: {}} | {latest: {num_versions: N}} | {specific: {versions: [...]}}",
+    "labels": "a mapping of output name to a labels file beside the config or a list of labels",
 }
 _BATCHING_KEYS = {
     "max_queue_delay_microseconds": "an integer >= 0",
@@ -88,6 +89,8 @@ class ModelConfig:
     version_policy: VersionPolicy = SERVE_ALL
     #: The artifact's file name in each version folder (Triton's `default_model_filename`).
     model_filename: str | None = None
+    #: Class labels by output name, for the classification extension (index → label).
+    labels: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 def load_model_config(path: Path, name: str) -> ModelConfig:
@@ -137,7 +140,44 @@ def _parse(raw: dict[str, Any], path: Path, name: str) -> ModelConfig:
         inputs=_tensors(raw.get("inputs"), path, "inputs"),
         outputs=_tensors(raw.get("outputs"), path, "outputs"),
         version_policy=_version_policy(raw.get("version_policy"), path),
+        labels=_labels(raw.get("labels"), path),
     )
+
+
+def _labels(raw: Any, path: Path) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """`labels: {output: labels.txt}` (a file beside the config) or `{output: [a, b, ...]}`."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict) or not raw:
+        _fail(path, "labels", _TOP_KEYS["labels"], raw)
+    found = []
+    for output, value in raw.items():
+        key = f"labels.{output}"
+        if not isinstance(output, str) or not output:
+            _fail(path, "labels", "output names as keys", output)
+        if isinstance(value, str):
+            found.append((output, read_labels(path.parent, value, path, key)))
+        elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            found.append((output, tuple(value)))
+        else:
+            _fail(path, key, "a file name or a non-empty list of strings", value)
+    return tuple(found)
+
+
+def read_labels(folder: Path, filename: str, path: Path, key: str) -> tuple[str, ...]:
+    """The labels of a file in the model's folder, one a line; the name is a plain file name."""
+    if Path(filename).name != filename or filename in (".", ".."):
+        _fail(path, key, "a file name in the model's folder", filename)
+    target = folder / filename
+    if target.is_symlink() or not target.is_file():
+        raise ConfigError(f"{path}: {key}: no labels file {filename!r} beside the config")
+    try:
+        labels = tuple(target.read_text(encoding="utf-8").splitlines())
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: {key}: {filename} is not UTF-8 text ({exc.reason})") from None
+    if not labels:
+        raise ConfigError(f"{path}: {key}: {filename} is empty (expected one label a line)")
+    return labels
 
 
 def _version_policy(raw: Any, path: Path) -> VersionPolicy:

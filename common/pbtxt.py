@@ -22,6 +22,7 @@ from common.model_config import (
     ModelConfig,
     TensorSpec,
     VersionPolicy,
+    read_labels,
 )
 from common.proto import model_config_pb2 as mc
 
@@ -45,7 +46,7 @@ TRITON_ONLY = frozenset({
 SUPPORTED = frozenset({
     "name", "platform", "backend", "max_batch_size", "default_model_filename",
     "input.name", "input.data_type", "input.dims",
-    "output.name", "output.data_type", "output.dims",
+    "output.name", "output.data_type", "output.dims", "output.label_filename",
     "dynamic_batching.preferred_batch_size", "dynamic_batching.max_queue_delay_microseconds",
     "dynamic_batching.default_queue_policy.max_queue_size",
     "dynamic_batching.default_queue_policy.default_timeout_microseconds",
@@ -200,6 +201,9 @@ def to_model_config(message: mc.ModelConfig, path: Path, name: str,
         outputs=_tensors(message.output, path, "output"),
         version_policy=_version_policy(message, path),
         model_filename=filename or None,
+        labels=tuple((item.name, read_labels(path.parent, item.label_filename, path,
+                                             f"output[{i}].label_filename"))
+                     for i, item in enumerate(message.output) if item.label_filename),
     )
 
 

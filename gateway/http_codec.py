@@ -114,8 +114,12 @@ def _add_outputs(request: pb.ModelInferRequest, outputs: Any, prefs: OutputPrefs
     for item in outputs:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise invalid_argument("each entry of 'outputs' must be an object with a 'name'")
-        request.outputs.add(name=item["name"])
-        binary = _dict(item.get("parameters"), "outputs.parameters").get("binary_data")
+        output = request.outputs.add(name=item["name"])
+        params = _dict(item.get("parameters"), "outputs.parameters")
+        binary = params.get("binary_data")
+        if len(params) > (binary is not None):
+            # NOTE: passed on (classification); the runtime refuses any it does not support.
+            _set_parameters(output.parameters, params)
         if binary is not None:
             prefs.per_output[item["name"]] = bool(binary)
     _unique([item["name"] for item in outputs], "output")

@@ -21,7 +21,7 @@ from common.errors import TensorgateError, unavailable
 from common.policy import Principal, Snapshot
 from common.proto import grpc_service_pb2 as pb
 from common.settings import GatewaySettings
-from gateway import rewrite, split
+from gateway import repository_index, rewrite, split
 from gateway.admission import Admission
 from gateway.answers import AnswerLog
 from gateway.auth import Authenticator
@@ -244,6 +244,10 @@ class Pipeline:
                 self.metrics.auth_failures.labels("PERMISSION_DENIED").inc()
                 raise TensorgateError(grpc.StatusCode.PERMISSION_DENIED,
                                       "this key may use only some models: name one")
+        if method == "RepositoryIndex":
+            admitted = [e for e in self.router.endpoints if e.admitted]
+            if len(admitted) > 1:
+                return await repository_index.gather(admitted, request, self.default_timeout)
         pool = self.router.pool(model, version)
         return await self.forward(pool, model, method, request, self.default_timeout)
 

@@ -49,6 +49,9 @@ def load_models(settings: RuntimeSettings,
             reason = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
             skipped.append(one_line(reason))
             log.error("model %s skipped, not served: %s", shown(name), skipped[-1])
+            if is_name(name):  # for the repository index, with paths inside the repository
+                store.mark_unavailable(name, one_line(reason.replace(
+                    f"{settings.model_repository}/", ""), 300))
             continue
         for model in models:
             store.add(model)
@@ -216,3 +219,4 @@ class Runtime:
             await scheduler.stop()
         for model in self.store.all():
             self.metrics.set_state(model.name, str(model.version), "UNAVAILABLE")
+        self.reloader.close()

@@ -115,7 +115,8 @@ class RuntimeCore:
         return describe.statistics(self.store, request.name, request.version)
 
     async def repository_index(self, request: Any, timeout: float | None) -> Message:
-        return describe.index(self.store, self.ready)
+        repository = self.reloader.repository if self.reloader is not None else None
+        return describe.index(self.store, repository, self.ready, request.ready)
 
     async def repository_load(self, request: Any, timeout: float | None) -> Message:
         """Load or reload a model from its folder, with the files and config sent along."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from common.datatypes import OIP_TO_CONFIG
+from common.names import is_name
 from common.proto import grpc_service_pb2 as pb
 from common.proto import model_config_pb2 as mc
 from runtime.model import ModelStore, ServedModel
@@ -88,9 +91,35 @@ def statistics(store: ModelStore, name: str, version: str) -> pb.ModelStatistics
     return response
 
 
-def index(store: ModelStore, ready: bool) -> pb.RepositoryIndexResponse:
+def index(store: ModelStore, repository: Path | None, ready: bool,
+          only_ready: bool = False) -> pb.RepositoryIndexResponse:
+    """Every model known, as Triton lists them: served versions READY; models unloaded or
+    failed to load UNAVAILABLE with the reason; folders never loaded UNAVAILABLE "not loaded".
+    `only_ready` keeps the READY ones (the request's `ready: true`)."""
+    rows = [(m.name, str(m.version), "READY" if ready else "LOADING", "") for m in store.all()]
+    served = set(store.names())
+    if not only_ready:
+        rows += [(name, version, "UNAVAILABLE", reason)
+                 for name, entries in store.unavailable.items() if name not in served
+                 for version, reason in entries]
+        known = served | set(store.unavailable)
+        rows += [(name, "", "UNAVAILABLE", "not loaded") for name in _folders(repository)
+                 if name not in known]
     response = pb.RepositoryIndexResponse()
-    for model in store.all():
-        response.models.add(name=model.name, version=str(model.version),
-                            state="READY" if ready else "LOADING", reason="")
+    for name, version, state, reason in sorted(rows, key=_order):
+        if only_ready and state != "READY":
+            continue
+        response.models.add(name=name, version=version, state=state, reason=reason)
     return response
+
+
+def _order(row: tuple[str, str, str, str]) -> tuple[str, int]:
+    return row[0], int(row[1] or 0)
+
+
+def _folders(repository: Path | None) -> list[str]:
+    """The model folders of the repository (names off the naming rule are no models)."""
+    if repository is None or not repository.is_dir():
+        return []
+    return [p.name for p in repository.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and is_name(p.name)]

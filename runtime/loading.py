@@ -15,6 +15,7 @@ from common.datatypes import NUMPY_DTYPES
 from runtime import metrics as runtime_metrics
 from runtime.backends import load_backend
 from runtime.backends.base import Backend
+from runtime.classify import check_labels
 from runtime.model import ServedModel
 from runtime.repository import VersionSource
 from runtime.warmup import validate
@@ -69,6 +70,7 @@ def load_version(source: VersionSource, threads: int, metrics: runtime_metrics.R
     try:
         backends = [load_backend(source.backend, source.artifact, source.config, share)
                     for _ in range(count)]
+        check_labels(name, backends[0].outputs, source.config.labels)
         if check:
             validate(backends[0], source.config)
         warmup_ns = min(warm_up(b, source.config.max_batch_size) for b in backends)

@@ -37,6 +37,7 @@ class ServedModel:
         self.output_names = frozenset(spec.name for spec in self.outputs)
         self.batched = self.config.max_batch_size > 0
         self.platform = first.platform
+        self.labels: dict[str, tuple[str, ...]] = dict(self.config.labels)
 
     def full_shape(self, spec: TensorSpec) -> list[int]:
         """The shape callers see: with the batch dimension as -1 when the model batches."""
@@ -48,9 +49,17 @@ class ModelStore:
 
     def __init__(self) -> None:
         self._models: dict[str, dict[int, ServedModel]] = {}
+        #: Models known but not served, for the repository index: (version or "", reason).
+        self.unavailable: dict[str, list[tuple[str, str]]] = {}
 
     def add(self, model: ServedModel) -> None:
         self._models.setdefault(model.name, {})[model.version] = model
+        self.unavailable.pop(model.name, None)
+
+    def mark_unavailable(self, name: str, reason: str, versions: list[int] | None = None) -> None:
+        """Note why `name` is not served (a failed load, "unloaded"), for the index."""
+        self.unavailable[name] = ([(str(v), reason) for v in versions] if versions
+                                  else [("", reason)])
 
     def discard(self, model: ServedModel) -> None:
         """Take a version out of every later lookup (the object may still be serving)."""

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import grpc
 
-from common.errors import TensorgateError, not_found, unavailable
+from common.errors import TensorgateError, not_found
 from common.model_config import ConfigError
 from common.names import check_name
 from runtime.loading import stamp
 from runtime.model import ModelStore, ServedModel
 from runtime.repository import VersionSource, scan_model
 from runtime.scheduler import Scheduler
-from runtime.staging import Upload, commit, stage
+from runtime.staging import Upload, stage
 from runtime.warmup import ValidationError
 
 log = logging.getLogger("tensorgate.runtime")
@@ -44,37 +44,62 @@ class Reloader:
         self.start = start
         self.drain_timeout_s = drain_timeout_s
         self._lock = asyncio.Lock()
+        #: The folder (outside the repository) each model loaded with files is served from.
+        self._overrides: dict[str, Path] = {}
 
     async def load(self, name: str, upload: Upload | None = None) -> list[str]:
         """Bring `name` in line with its folder: new or changed versions in, removed ones out.
 
-        Every new version is ready before any swap, so a failure leaves the model as it was;
-        an upload is loaded from its stage and reaches the repository only once all loaded.
+        Every new version is ready before any swap, so a failure leaves the model as it was.
+        An upload is staged apart (Triton's override files) and served from there: the
+        repository is never written; an unload or a load without files leaves the stage.
         Returns what changed, as "loaded 3", "replaced 2", "retired 1".
         """
         check_name(name)
         async with self._lock:
             staged = None
+            served = False
             try:
                 if upload is not None:
                     staged = await asyncio.to_thread(stage, self.repository, name, upload)
                 sources = await asyncio.to_thread(self._scan, name, staged)
                 current = self.store.loaded(name)
-                fresh: dict[Path, ServedModel] = {}
-                for source in sources:
-                    loaded = current.get(source.version)
-                    if loaded is None or loaded.stamp != stamp(source.artifact):
-                        fresh[source.artifact] = await asyncio.to_thread(self._build, source)
-                if staged is not None and upload is not None:
-                    await asyncio.to_thread(self._commit, name, upload, staged, fresh)
+                fresh = [await asyncio.to_thread(self._build, source) for source in sources
+                         if source.version not in current
+                         or current[source.version].stamp != stamp(source.artifact)]
+                changes = await self._swap(name, sources, current, fresh)
+                self._leave_override(name, None if staged is None else staged.parent)
+                served = True
+                return changes
             except TensorgateError as exc:
-                if staged is not None:  # name the repository's path, not the stage's
-                    exc.message = exc.message.replace(str(staged), str(self.repository / name))
+                if staged is not None:  # name the model's folder, not the stage
+                    exc.message = exc.message.replace(str(staged), name)
+                # NOTE: paths relative to the repository: the caller learns no server path.
+                exc.message = exc.message.replace(f"{self.repository}/", "")
+                if exc.code != grpc.StatusCode.NOT_FOUND and not self.store.loaded(name):
+                    self.store.mark_unavailable(name, self.reason(exc.message))
                 raise
             finally:
-                if staged is not None:
+                if staged is not None and not served:
                     shutil.rmtree(staged.parent, ignore_errors=True)
-            return await self._swap(name, sources, current, list(fresh.values()))
+
+    def _leave_override(self, name: str, new: Path | None) -> None:
+        """`new` becomes the model's override folder (None: it has none); the old one goes."""
+        old = self._overrides.pop(name, None)
+        if new is not None:
+            self._overrides[name] = new
+        if old is not None and old != new:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def reason(self, message: str) -> str:
+        """A failure as the index shows it: one line, paths relative to the repository."""
+        text = " ".join(message.replace(f"{self.repository}/", "").split())
+        return text if len(text) <= 300 else text[:300] + "…"
+
+    def close(self) -> None:
+        """Remove every override folder: a restarted worker serves the repository's files."""
+        for name in list(self._overrides):
+            self._leave_override(name, None)
 
     async def _swap(self, name: str, sources: list[VersionSource],
                     current: dict[int, ServedModel], fresh: list[ServedModel]) -> list[str]:
@@ -92,19 +117,6 @@ class Reloader:
         log.info("model %s reloaded: %s", name, ", ".join(changes) or "no change")
         return changes
 
-    def _commit(self, name: str, upload: Upload, staged: Path,
-                fresh: dict[Path, ServedModel]) -> None:
-        """The upload into the repository; each fresh version stamped as its file there, so
-        the next load does not take the moved file for a changed one."""
-        try:
-            commit(self.repository, name, upload)
-        except OSError as exc:
-            raise unavailable(f"model '{name}' loaded but its files could not be written to "
-                              f"the repository ({exc.strerror}); nothing changed") from None
-        for artifact, model in fresh.items():
-            if artifact.is_relative_to(staged):
-                model.stamp = stamp(self.repository / name / artifact.relative_to(staged))
-
     async def unload(self, name: str) -> None:
         """Take every version of `name` out of service, draining each."""
         async with self._lock:
@@ -112,12 +124,14 @@ class Reloader:
             if not current:
                 raise not_found(f"model '{name}' is not loaded; models: {self.store.names()}")
             await self._retire(list(current.values()))
+            self._leave_override(name, None)
+            self.store.mark_unavailable(name, "unloaded", sorted(current))
             log.info("model %s unloaded", name)
 
     def _scan(self, name: str, staged: Path | None = None) -> list[VersionSource]:
         folder = staged or self.repository / name
         if not folder.is_dir():
-            raise not_found(f"no model folder {name!r} in the repository {self.repository}")
+            raise not_found(f"no model folder {name!r} in the repository")
         try:
             return scan_model(folder)
         except ConfigError as exc:

@@ -102,7 +102,8 @@ class Scheduler:
         elapsed = self.clock() - now
         self.model.stats.success.add(int(elapsed * 1e9))
         self.metrics.request.observe(elapsed)
-        return build_response(call.message, self.model, outputs, checked.outputs)
+        return build_response(call.message, self.model, outputs, checked.outputs,
+                              checked.classes)
 
     def _look(self) -> None:
         """Look at the queue once the callbacks already due have run, so requests that arrived

@@ -1,15 +1,13 @@
-"""A load's files staged outside the repository, and moved in only once the version loaded.
+"""A load's files staged outside the repository, as Triton's override files: never written into it.
 
-The staged model folder links to the model's files on disk and holds the new ones, so the
-reloader loads exactly what the repository will hold; a failed load deletes the stage alone.
+The staged model folder links to the model's files on disk and holds the new ones; the reloader
+serves the versions loaded from it until an unload or a load without files.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -35,8 +33,8 @@ class Upload:
 
 
 def stage(repository: Path, name: str, upload: Upload) -> Path:
-    """A staged copy of `<repository>/<name>` with the upload in it; the caller deletes
-    its parent (tempfile's folder) whatever happens."""
+    """A staged copy of `<repository>/<name>` with the upload in it, in a folder of its own
+    (tempfile's) that the caller deletes once no version loaded from it is served."""
     check_name(name)
     paths = check_upload(f"file:{key}" for key in upload.files)
     upload.contents = {path: upload.files[str(path)] for path in paths}
@@ -58,58 +56,6 @@ def stage(repository: Path, name: str, upload: Upload) -> Path:
         raise invalid_argument(f"the files of the load do not fit together: {exc.strerror}: "
                                f"{Path(exc.filename or '').name}") from None
     return staged
-
-
-def commit(repository: Path, name: str, upload: Upload) -> dict[PurePosixPath, Path]:
-    """Move the upload into `<repository>/<name>`: a new model's folder appears whole (one
-    rename); files of a model on disk are each written beside, then renamed over."""
-    model_dir = repository / name
-    if not model_dir.exists():
-        partial = repository / f".{name}.{uuid.uuid4().hex}.partial"
-        try:
-            _write(partial, upload.contents)
-            partial.rename(model_dir)
-            return {path: model_dir.joinpath(*path.parts) for path in upload.contents}
-        except OSError:
-            shutil.rmtree(partial, ignore_errors=True)
-            if not model_dir.is_dir():  # else another worker made it first: write beside
-                raise
-    _refuse_links(model_dir, upload.contents)
-    return _replace_files(model_dir, upload.contents)
-
-
-def _replace_files(model_dir: Path, contents: Mapping[PurePosixPath, bytes]
-                   ) -> dict[PurePosixPath, Path]:
-    """Every file written beside its target first, then all renamed: a full disk leaves the
-    model as it was (folders made for it are removed again)."""
-    made: list[Path] = []
-    written: dict[Path, Path] = {}
-    try:
-        for path, data in contents.items():
-            target = model_dir.joinpath(*path.parts)
-            for folder in reversed(target.parents):
-                if folder.is_relative_to(model_dir) and not folder.exists():
-                    folder.mkdir()
-                    made.append(folder)
-            partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
-            partial.write_bytes(data)
-            written[partial] = target
-    except OSError:
-        for partial in written:
-            partial.unlink(missing_ok=True)
-        for folder in reversed(made):
-            shutil.rmtree(folder, ignore_errors=True)
-        raise
-    for partial, target in written.items():
-        os.replace(partial, target)
-    return {path: model_dir.joinpath(*path.parts) for path in contents}
-
-
-def _write(folder: Path, contents: Mapping[PurePosixPath, bytes]) -> None:
-    for path, data in contents.items():
-        target = folder.joinpath(*path.parts)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
 
 
 def _pbtxt(model_dir: Path, config_json: str) -> bytes:

@@ -13,6 +13,7 @@ from common.tensors import (
     expected_byte_size,
 )
 from common.wire import Buffer
+from runtime.classify import class_count
 from runtime.decode import InferCall
 from runtime.model import ServedModel
 
@@ -26,6 +27,8 @@ class Checked:
     batch_size: int
     shape_key: tuple
     outputs: tuple[str, ...]
+    #: Outputs asked as classes (the classification extension): name → k.
+    classes: dict[str, int] | None = None
 
 
 def check(call: InferCall, model: ServedModel) -> Checked:
@@ -54,6 +57,7 @@ def check(call: InferCall, model: ServedModel) -> Checked:
         batch_size=batch,
         shape_key=tuple(s[1:] for s in shapes) if model.batched else tuple(shapes),
         outputs=_requested(request, model),
+        classes=_classes(request, model) if request.outputs else None,
     )
 
 
@@ -117,3 +121,15 @@ def _requested(request: Any, model: ServedModel) -> tuple[str, ...]:
     if len(set(names)) != len(names):
         raise invalid_argument(f"{model.label}: outputs requested more than once: {list(names)}")
     return names
+
+
+def _classes(request: Any, model: ServedModel) -> dict[str, int] | None:
+    """The outputs asked with parameters: only the classification extension takes any."""
+    found = {}
+    for output in request.outputs:
+        if output.parameters:
+            spec = next(s for s in model.outputs if s.name == output.name)
+            k = class_count(model, spec, output.parameters)
+            if k is not None:
+                found[output.name] = k
+    return found or None

@@ -1,4 +1,4 @@
-"""The upload rule (common.uploads) and the stage/commit of a load's files (runtime.staging)."""
+"""The upload rule (common.uploads) and the stage of a load's files (runtime.staging)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from common.errors import TensorgateError
 from common.uploads import MAX_UPLOAD_DEPTH, MAX_UPLOAD_FILES, check_upload, upload_path
-from runtime.staging import Upload, commit, stage
+from runtime.staging import Upload, stage
 
 
 @pytest.mark.parametrize("key", [
@@ -44,19 +44,15 @@ def test_a_stage_links_the_model_s_files_and_holds_the_upload_apart(tmp_path: Pa
         assert (staged / "1" / "model.onnx").read_bytes() == b"new"
         assert (repo / "m" / "1" / "model.onnx").read_bytes() == b"old"
         assert not (repo / "m" / "2").exists()
-        commit(repo, "m", upload)
-        assert (repo / "m" / "1" / "model.onnx").read_bytes() == b"new"
-        assert (repo / "m" / "2" / "model.onnx").read_bytes() == b"two"
-        assert sorted(p.name for p in (repo / "m").rglob(".*")) == []
+        assert (staged / "2" / "model.onnx").read_bytes() == b"two"
     finally:
         shutil.rmtree(staged.parent)
 
 
-def test_a_new_model_appears_whole(tmp_path: Path) -> None:
-    upload = Upload({"1/model.onnx": b"x"})
-    staged = stage(tmp_path, "fresh", upload)
-    commit(tmp_path, "fresh", upload)
-    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
-        "fresh", "fresh/1", "fresh/1/model.onnx"]
-    assert staged.parent.is_dir()
-    shutil.rmtree(staged.parent)
+def test_a_new_model_is_staged_whole_and_the_repository_untouched(tmp_path: Path) -> None:
+    staged = stage(tmp_path, "fresh", Upload({"1/model.onnx": b"x"}))
+    try:
+        assert (staged / "1" / "model.onnx").read_bytes() == b"x"
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        shutil.rmtree(staged.parent)
