@@ -17,6 +17,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
 from common.errors import TensorgateError
+from common.names import shown
 from common.policy import Principal
 from gateway.admin_api import AdminApi
 from gateway.edge import EdgeBuilder
@@ -75,9 +76,10 @@ async def _tensorgate_error(_: Request, exc: Exception) -> Response:
     return error_response(exc)
 
 
-async def _http_error(_: Request, exc: Exception) -> Response:
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    detail = exc.detail if exc.status_code != 404 else "no such path"
+    detail = (exc.detail if exc.status_code != 404
+              else f"no such path: {request.method} {shown(request.url.path, 200)[1:-1]}")
     return json_response({"error": detail}, exc.status_code, dict(exc.headers or {}))
 
 

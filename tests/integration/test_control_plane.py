@@ -25,7 +25,7 @@ def _ask(servers: Servers, method: str, path: str) -> tuple[int, dict, dict]:
 
 def test_an_unknown_path_is_404_with_an_error_body(servers: Servers) -> None:
     status, body, _ = _ask(servers, "GET", "/v2/no/such/thing")
-    assert status == 404 and body == {"error": "no such path"}
+    assert status == 404 and body == {"error": "no such path: GET /v2/no/such/thing"}
     status, body, _ = _ask(servers, "GET", "/nowhere")
     assert status == 404 and "error" in body
 
