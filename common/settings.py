@@ -171,7 +171,7 @@ class GatewaySettings:
     #: oldest dropped past it; feedback rows in all, new feedback refused (RESOURCE_EXHAUSTED)
     #: past it; answers in all, the oldest dropped.
     feedback_per_caller: int = 100_000
-    feedback_max_rows: int = 1_000_000
+    feedback_max_rows: int = 500_000
     answers_max_rows: int = 2_000_000
     #: The model repository on this host, for edge bundles (`/v2/models/{m}/versions/{v}/edge`);
     #: None: the gateway builds none.

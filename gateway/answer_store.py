@@ -26,7 +26,7 @@ MAX_ANSWERS = 2_000_000
 #: Feedback rows one caller (key or JWT subject) keeps per model; its own oldest go first.
 FEEDBACK_PER_CALLER = 100_000
 #: Feedback rows over all callers and models; past it new feedback is refused, not stored.
-MAX_FEEDBACK = 1_000_000
+MAX_FEEDBACK = 500_000
 BUSY_TIMEOUT_S = 5.0
 
 

@@ -43,8 +43,8 @@ def _gateway_args(parser: argparse.ArgumentParser) -> None:
                              "policy (ab), of every model (all), or none (off)")
     parser.add_argument("--feedback-per-caller", type=int, default=100_000, metavar="ROWS",
                         help="feedback rows kept per key and model; its oldest go first (100000)")
-    parser.add_argument("--feedback-max-rows", type=int, default=1_000_000, metavar="ROWS",
-                        help="feedback rows kept in all; past it feedback is refused (1000000)")
+    parser.add_argument("--feedback-max-rows", type=int, default=500_000, metavar="ROWS",
+                        help="feedback rows kept in all; past it feedback is refused (500000)")
     parser.add_argument("--answers-max-rows", type=int, default=2_000_000, metavar="ROWS",
                         help="answers kept in all; the oldest go first (2000000)")
     parser.add_argument("--log-sample", type=float, default=0.0, metavar="SHARE",
