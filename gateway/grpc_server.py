@@ -65,13 +65,14 @@ class GrpcTransport:
         """Triton's trace extension: an admin reads or changes the global or a model's settings."""
         message = pb.TraceSettingRequest.FromString(request)
         headers = _headers(context)
-        self.pipeline.admit(headers, None, admin=True)
+        principal = self.pipeline.admit(headers, None, admin=True)
         model = message.model_name or None
         if model is not None:
             await trace_log.check_served(self.pipeline, model, headers)
         # NOTE: an empty list clears a setting, as null does over HTTP.
         changes = {key: list(value.value) or None for key, value in message.settings.items()}
-        shown = trace_log.TRACE.update(changes, model) if changes else trace_log.TRACE.shown(model)
+        shown = (await trace_log.change_trace(changes, model, principal) if changes
+                 else trace_log.TRACE.shown(model))
         answer = pb.TraceSettingResponse()
         for key, value in shown.items():
             answer.settings[key].value.extend(value if isinstance(value, list) else [value])
@@ -80,10 +81,11 @@ class GrpcTransport:
     async def log_settings(self, request: bytes, context: Any) -> bytes:
         """Triton's logging extension: an admin reads or changes the log settings."""
         message = pb.LogSettingsRequest.FromString(request)
-        self.pipeline.admit(_headers(context), None, admin=True)
+        principal = self.pipeline.admit(_headers(context), None, admin=True)
         changes = {key: getattr(value, kind) if (kind := value.WhichOneof("parameter_choice"))
                    else None for key, value in message.settings.items()}
-        shown = trace_log.update_log(changes) if changes else trace_log.log_settings()
+        shown = (await trace_log.change_log(changes, principal) if changes
+                 else trace_log.log_settings())
         answer = pb.LogSettingsResponse()
         for key, setting in shown.items():
             kind = ("string_param" if isinstance(setting, str) else "bool_param"

@@ -53,8 +53,9 @@ async def get_trace(request: Request) -> Response:
 @router.post("/v2/trace/setting", summary="Change the global trace settings",
              openapi_extra=_TRACE_BODY)
 async def post_trace(request: Request) -> Response:
-    plane.control_of(request).admit(request, admin=True)
-    return plane.json_response(trace_log.TRACE.update(await _changes(request)))
+    principal = plane.control_of(request).admit(request, admin=True)
+    return plane.json_response(await trace_log.change_trace(await _changes(request), None,
+                                                            principal))
 
 
 @router.get("/v2/models/{model}/trace/setting", summary="A served model's trace settings")
@@ -69,9 +70,10 @@ async def get_model_trace(request: Request, model: str) -> Response:
              openapi_extra=_TRACE_BODY)
 async def post_model_trace(request: Request, model: str) -> Response:
     control = plane.control_of(request)
-    control.admit(request, admin=True)
+    principal = control.admit(request, admin=True)
     await trace_log.check_served(control.pipeline, model, plane.headers_of(request))
-    return plane.json_response(trace_log.TRACE.update(await _changes(request), model))
+    return plane.json_response(await trace_log.change_trace(await _changes(request), model,
+                                                            principal))
 
 
 @router.get("/v2/logging", summary="The log settings")
@@ -82,5 +84,5 @@ async def get_logging(request: Request) -> Response:
 
 @router.post("/v2/logging", summary="Change the log settings", openapi_extra=_LOG_BODY)
 async def post_logging(request: Request) -> Response:
-    plane.control_of(request).admit(request, admin=True)
-    return plane.json_response(trace_log.update_log(await _changes(request)))
+    principal = plane.control_of(request).admit(request, admin=True)
+    return plane.json_response(await trace_log.change_log(await _changes(request), principal))

@@ -4,17 +4,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import sqlite3
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
+import orjson
 
 from common import logs, tracing
-from common.errors import TensorgateError, invalid_argument, not_found
+from common.errors import TensorgateError, invalid_argument, not_found, unavailable
 from common.names import check_name, shown
+from common.policy import Principal, Snapshot
 from common.proto import grpc_service_pb2 as pb
+from common.registry import Registry, RegistryError
 from gateway.pipeline import Headers, Pipeline
+
+log = logging.getLogger("tensorgate.gateway")
 
 TRACE_KEYS = ("trace_level", "trace_rate", "trace_count", "log_frequency", "trace_file",
               "trace_mode")
@@ -107,6 +117,25 @@ class TraceSettings:
                 del self.own[model]
         self._rebuild(model, "trace_count" in checked)
         return self.shown(model)
+
+    def state(self) -> dict[str, Any]:
+        """What the registry keeps: the global settings and each model's own, as JSON values."""
+        return {"global": dict(self.glob), "models": {m: dict(own) for m, own in self.own.items()}}
+
+    def adopt(self, state: dict[str, Any]) -> None:
+        """Take `state` (another gateway's change, from the registry): only the settings that
+        differ change, so counts go on where nothing changed."""
+        glob = state.get("global", {})
+        changes = {key: glob.get(key) for key in DEFAULTS
+                   if glob.get(key, DEFAULTS[key]) != self.glob[key]}
+        if changes:
+            self.update(changes)
+        models = state.get("models", {})
+        for model in {*self.own, *models}:
+            want, have = models.get(model, {}), self.own.get(model, {})
+            changes = {key: want.get(key) for key in DEFAULTS if want.get(key) != have.get(key)}
+            if changes:
+                self.update(changes, check_name(model))
 
     def _rebuild(self, changed: str | None, recount: bool) -> None:
         """Every model's rule again from its own keys over the global ones; a count restarts only
@@ -204,6 +233,100 @@ async def check_served(pipeline: Pipeline, model: str, headers: Headers) -> str:
         raise not_found(f"model {shown(model)} is not served here: trace settings are kept only "
                         "for served models")
     return model
+
+
+@dataclass
+class _Shared:
+    """Where the settings are kept for every gateway process, and how to re-read it now."""
+
+    path: Path
+    refresh: Callable[[], Awaitable[None]]
+    #: The JSON text last adopted or written, by setting name: only a change is adopted.
+    adopted: dict[str, bytes] = field(default_factory=dict)
+
+
+_shared: _Shared | None = None
+_LEVELS = (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
+
+
+def share(path: Path | None, refresh: Callable[[], Awaitable[None]], snapshot: Snapshot) -> None:
+    """Keep this process's settings in the registry at `path` (None: this process only), and
+    adopt the ones stored there now. The gateway calls it once, at start."""
+    global _shared
+    _shared = None if path is None else _Shared(path, refresh)
+    adopt(snapshot.settings)
+
+
+async def on_change(_: Snapshot, new: Snapshot) -> None:
+    """The registry watcher's hook: adopt what another gateway process changed."""
+    adopt(new.settings)
+
+
+def adopt(settings: Mapping[str, str]) -> None:
+    shared = _shared
+    if shared is None:
+        return
+    for name, apply in (("trace", TRACE.adopt), ("logging", _adopt_log)):
+        text = settings.get(name)
+        if text is None or text.encode() == shared.adopted.get(name):
+            continue
+        shared.adopted[name] = text.encode()
+        try:
+            apply(orjson.loads(text))
+        except (orjson.JSONDecodeError, TensorgateError, AttributeError, TypeError) as exc:
+            log.warning("the registry's %s settings were not adopted: %s", name, exc)
+
+
+def _adopt_log(state: dict[str, Any]) -> None:
+    level = state.get("level")
+    if level not in _LEVELS:
+        raise invalid_argument(f"log level {shown(level)} is not one of {_LEVELS}")
+    logs.set_level(level)
+
+
+async def _publish(name: str, value: Any, principal: Principal) -> None:
+    """Store a change for every gateway process; UNAVAILABLE when the registry cannot take it."""
+    shared = _shared
+    if shared is None:
+        return
+
+    def write() -> None:
+        with Registry(shared.path, create=False) as registry:
+            registry.set_setting(name, value, principal.subject)
+
+    try:
+        await asyncio.to_thread(write)
+    except (RegistryError, sqlite3.Error) as exc:
+        log.error("could not store the %s settings in the registry: %s", name, exc)
+        raise unavailable(f"the {name} settings were not changed: the registry could not store "
+                          "them (see the gateway's log); try again") from None
+    shared.adopted[name] = json.dumps(value, sort_keys=True).encode()  # as the registry has it
+    await shared.refresh()
+
+
+async def change_trace(changes: dict[str, Any], model: str | None,
+                       principal: Principal) -> dict[str, Any]:
+    """Change trace settings here and for every gateway process; answer the ones in force."""
+    before = TRACE.state()
+    answer = TRACE.update(changes, model)
+    try:
+        await _publish("trace", TRACE.state(), principal)
+    except TensorgateError:
+        TRACE.adopt(before)
+        raise
+    return answer
+
+
+async def change_log(changes: dict[str, Any], principal: Principal) -> dict[str, Any]:
+    """Change the log level here and for every gateway process; answer the settings in force."""
+    before = logs.level()
+    answer = update_log(changes)
+    try:
+        await _publish("logging", {"level": logs.level()}, principal)
+    except TensorgateError:
+        logs.set_level(before)
+        raise
+    return answer
 
 
 def log_settings() -> dict[str, Any]:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +32,7 @@ PROTOCOLS = ("http", "grpc")
 class Gateway:
     servers: Servers
     keys: dict[str, str]
+    registry: Path
 
     def client(self, protocol: str) -> Any:
         if protocol == "http":
@@ -50,7 +54,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         sync_repository(registry, repository)
     with Background(repository, auth=AuthSettings(), registry_path=tmp / "registry.db",
                     registry_refresh_s=0.05, model_repository=repository) as servers:
-        yield Gateway(servers, keys)
+        yield Gateway(servers, keys, tmp / "registry.db")
 
 
 @pytest.fixture(autouse=True)
@@ -189,3 +193,29 @@ def test_trace_level_and_count_decide_what_is_sampled(gateway: Gateway, protocol
         assert trace_settings(gateway, protocol, "digits")["trace_count"] == "0"
     finally:
         tracing.setup(None, "test")
+
+
+def eventually(check: Callable[[], bool], ceiling_s: float = 30.0) -> None:
+    """Wait for `check` to hold (the registry is polled every 50 ms here), within a ceiling."""
+    deadline = time.monotonic() + ceiling_s
+    while not check():
+        assert time.monotonic() < deadline, "the registry's settings were not adopted in time"
+        time.sleep(0.02)
+
+
+def test_settings_reach_every_gateway_process_through_the_registry(gateway: Gateway) -> None:
+    trace_settings(gateway, "http", "digits", {"trace_rate": "9"})
+    log_settings(gateway, "grpc", {"log_info": False})
+    with Registry(gateway.registry, create=False) as registry:
+        stored = registry.snapshot().settings
+    assert json.loads(stored["trace"])["models"] == {"digits": {"trace_rate": 9}}
+    assert json.loads(stored["logging"]) == {"level": logging.WARNING}
+    # another gateway process's change: written to the registry, adopted here
+    with Registry(gateway.registry, create=False) as registry:
+        registry.set_setting("trace", {"global": {"trace_level": "OFF", "trace_rate": 4,
+                                                  "trace_count": -1}, "models": {}}, "other")
+        registry.set_setting("logging", {"level": logging.ERROR}, "other")
+    eventually(lambda: trace_settings(gateway, "grpc")["trace_level"] == ["OFF"])
+    assert trace_settings(gateway, "http", "digits")["trace_rate"] == "4"
+    eventually(lambda: logs.level() == logging.ERROR)
+    assert log_settings(gateway, "http")["log_warning"] is False
