@@ -17,7 +17,7 @@ from common.errors import TensorgateError, invalid_argument
 from common.names import check_name
 from common.proto import grpc_service_pb2 as pb
 from common.uploads import check_upload
-from gateway import trace_log
+from gateway import trace_log, trace_share
 from gateway.feedback import encode_result, handle_feedback
 from gateway.peek import model_and_version, routing_fields
 from gateway.pipeline import Access, Headers, Pipeline
@@ -68,10 +68,10 @@ class GrpcTransport:
         principal = self.pipeline.admit(headers, None, admin=True)
         model = message.model_name or None
         if model is not None:
-            await trace_log.check_served(self.pipeline, model, headers)
+            await trace_share.check_served(self.pipeline, model, headers)
         # NOTE: an empty list clears a setting, as null does over HTTP.
         changes = {key: list(value.value) or None for key, value in message.settings.items()}
-        shown = (await trace_log.change_trace(changes, model, principal) if changes
+        shown = (await trace_share.change_trace(changes, model, principal) if changes
                  else trace_log.TRACE.shown(model))
         answer = pb.TraceSettingResponse()
         for key, value in shown.items():
@@ -84,7 +84,7 @@ class GrpcTransport:
         principal = self.pipeline.admit(_headers(context), None, admin=True)
         changes = {key: getattr(value, kind) if (kind := value.WhichOneof("parameter_choice"))
                    else None for key, value in message.settings.items()}
-        shown = (await trace_log.change_log(changes, principal) if changes
+        shown = (await trace_share.change_log(changes, principal) if changes
                  else trace_log.log_settings())
         answer = pb.LogSettingsResponse()
         for key, setting in shown.items():

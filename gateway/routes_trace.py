@@ -14,7 +14,7 @@ from fastapi.responses import Response
 
 from common.errors import invalid_argument
 from gateway import control as plane
-from gateway import trace_log
+from gateway import trace_log, trace_share
 
 router = APIRouter(tags=["trace and logging"])
 
@@ -54,7 +54,7 @@ async def get_trace(request: Request) -> Response:
              openapi_extra=_TRACE_BODY)
 async def post_trace(request: Request) -> Response:
     principal = plane.control_of(request).admit(request, admin=True)
-    return plane.json_response(await trace_log.change_trace(await _changes(request), None,
+    return plane.json_response(await trace_share.change_trace(await _changes(request), None,
                                                             principal))
 
 
@@ -62,7 +62,7 @@ async def post_trace(request: Request) -> Response:
 async def get_model_trace(request: Request, model: str) -> Response:
     control = plane.control_of(request)
     control.admit(request, admin=True)
-    await trace_log.check_served(control.pipeline, model, plane.headers_of(request))
+    await trace_share.check_served(control.pipeline, model, plane.headers_of(request))
     return plane.json_response(trace_log.TRACE.shown(model))
 
 
@@ -71,8 +71,8 @@ async def get_model_trace(request: Request, model: str) -> Response:
 async def post_model_trace(request: Request, model: str) -> Response:
     control = plane.control_of(request)
     principal = control.admit(request, admin=True)
-    await trace_log.check_served(control.pipeline, model, plane.headers_of(request))
-    return plane.json_response(await trace_log.change_trace(await _changes(request), model,
+    await trace_share.check_served(control.pipeline, model, plane.headers_of(request))
+    return plane.json_response(await trace_share.change_trace(await _changes(request), model,
                                                             principal))
 
 
@@ -85,4 +85,4 @@ async def get_logging(request: Request) -> Response:
 @router.post("/v2/logging", summary="Change the log settings", openapi_extra=_LOG_BODY)
 async def post_logging(request: Request) -> Response:
     principal = plane.control_of(request).admit(request, admin=True)
-    return plane.json_response(await trace_log.change_log(await _changes(request), principal))
+    return plane.json_response(await trace_share.change_log(await _changes(request), principal))
