@@ -8,40 +8,59 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, ValidationError
 
 from common.errors import invalid_argument
+from common.names import shown
 from gateway import control as plane
 from gateway import trace_log, trace_share
 
 router = APIRouter(tags=["trace and logging"])
 
-_TRACE_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
-    "type": "object", "description": "The settings to change; null clears one (a model's back to "
-    "the global value). trace_file, TENSORS, log_frequency other than '0' are refused.",
-    "properties": {"trace_level": {"type": "array", "items": {"enum": ["OFF", "TIMESTAMPS"]}},
-                   "trace_rate": {"type": "string"}, "trace_count": {"type": "string"},
-                   "log_frequency": {"type": "string"}, "trace_file": {"type": "string"},
-                   "trace_mode": {"enum": ["opentelemetry"]}}}}}}}
-_LOG_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
-    "type": "object", "description": "The settings to change; they must make a threshold.",
-    "properties": {"log_info": {"type": "boolean"}, "log_warning": {"type": "boolean"},
-                   "log_error": {"type": "boolean"}, "log_verbose_level": {"enum": [0, 1]},
-                   "log_format": {"enum": ["default"]}, "log_file": {"enum": [""]}}}}}}}
+class TraceBody(BaseModel):
+    """Trace settings to change, by Triton's names; null clears one (a model's back to the global
+    value). trace_file, TENSORS and log_frequency other than "0" are refused by name."""
+
+    model_config = ConfigDict(extra="forbid")
+    trace_level: list[StrictStr] | StrictStr | None = None
+    trace_rate: StrictStr | StrictInt | None = None
+    trace_count: StrictStr | StrictInt | None = None
+    log_frequency: StrictStr | StrictInt | None = None
+    trace_file: StrictStr | None = None
+    trace_mode: StrictStr | None = None
 
 
-async def _changes(request: Request) -> dict[str, Any]:
-    """The POSTed settings: a JSON object, read only once the caller was admitted."""
-    body = await plane.control_of(request).body(request)
+class LogBody(BaseModel):
+    """Log settings to change; together they must make a threshold (log_info on needs
+    log_warning on, and so on). A log file or another line format are refused by name."""
+
+    model_config = ConfigDict(extra="forbid")
+    log_file: StrictStr | None = None
+    log_info: StrictBool | None = None
+    log_warning: StrictBool | None = None
+    log_error: StrictBool | None = None
+    log_verbose_level: StrictInt | None = None
+    log_format: StrictStr | None = None
+
+
+def _documented(body: type[BaseModel]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": body.model_json_schema()}}}}
+
+
+async def _changes(request: Request, body: type[BaseModel]) -> dict[str, Any]:
+    """The POSTed settings, read only once the caller was admitted: those it names, null kept."""
+    raw = await plane.control_of(request).body(request)
     try:
-        changes = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise invalid_argument(f"settings must be a JSON object: {exc}") from None
-    if not isinstance(changes, dict):
-        raise invalid_argument("settings must be a JSON object of the settings to change")
-    return changes
+        settings = body.model_validate_json(raw)
+    except ValidationError as exc:
+        # NOTE: a location may be a caller's key (an unknown setting): quoted and cut short.
+        problems = "; ".join(f"{shown('.'.join(str(p) for p in e['loc']) or 'body')}: {e['msg']}"
+                             for e in exc.errors()[:5])
+        raise invalid_argument(f"invalid settings: {problems}") from None
+    return {name: getattr(settings, name) for name in settings.model_fields_set}
 
 
 @router.get("/v2/trace/setting", summary="The global trace settings")
@@ -51,11 +70,11 @@ async def get_trace(request: Request) -> Response:
 
 
 @router.post("/v2/trace/setting", summary="Change the global trace settings",
-             openapi_extra=_TRACE_BODY)
+             openapi_extra=_documented(TraceBody))
 async def post_trace(request: Request) -> Response:
     principal = plane.control_of(request).admit(request, admin=True)
-    return plane.json_response(await trace_share.change_trace(await _changes(request), None,
-                                                            principal))
+    changes = await _changes(request, TraceBody)
+    return plane.json_response(await trace_share.change_trace(changes, None, principal))
 
 
 @router.get("/v2/models/{model}/trace/setting", summary="A served model's trace settings")
@@ -67,13 +86,13 @@ async def get_model_trace(request: Request, model: str) -> Response:
 
 
 @router.post("/v2/models/{model}/trace/setting", summary="Change a served model's trace settings",
-             openapi_extra=_TRACE_BODY)
+             openapi_extra=_documented(TraceBody))
 async def post_model_trace(request: Request, model: str) -> Response:
     control = plane.control_of(request)
     principal = control.admit(request, admin=True)
     await trace_share.check_served(control.pipeline, model, plane.headers_of(request))
-    return plane.json_response(await trace_share.change_trace(await _changes(request), model,
-                                                            principal))
+    changes = await _changes(request, TraceBody)
+    return plane.json_response(await trace_share.change_trace(changes, model, principal))
 
 
 @router.get("/v2/logging", summary="The log settings")
@@ -82,7 +101,8 @@ async def get_logging(request: Request) -> Response:
     return plane.json_response(trace_log.log_settings())
 
 
-@router.post("/v2/logging", summary="Change the log settings", openapi_extra=_LOG_BODY)
+@router.post("/v2/logging", summary="Change the log settings", openapi_extra=_documented(LogBody))
 async def post_logging(request: Request) -> Response:
     principal = plane.control_of(request).admit(request, admin=True)
-    return plane.json_response(await trace_share.change_log(await _changes(request), principal))
+    changes = await _changes(request, LogBody)
+    return plane.json_response(await trace_share.change_log(changes, principal))

@@ -6,6 +6,8 @@ import json
 import logging
 import shutil
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,6 +169,30 @@ def test_an_admin_key_is_needed(gateway: Gateway, protocol: str) -> None:
         with pytest.raises(InferenceServerException, match="admin role"):
             call()
     assert trace_log.TRACE.shown()["trace_rate"] == "1" and logs.level() == logging.INFO
+
+
+def post(gateway: Gateway, path: str, body: bytes, key: str | None = "admin") -> tuple[int, str]:
+    headers = {"content-type": "application/json"} | (gateway.auth(key) if key else {})
+    request = urllib.request.Request(f"http://{gateway.servers.gateway_http}{path}", data=body,
+                                     headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, json.loads(answer.read())["trace_rate"]
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())["error"]
+
+
+def test_http_bodies_are_checked_after_the_caller(gateway: Gateway) -> None:
+    status, error = post(gateway, "/v2/trace/setting", b"not json", key=None)
+    assert status == 401 and "credential" in error
+    for path, body, named in [("/v2/trace/setting", b"not json", "JSON"),
+                              ("/v2/trace/setting", b'["trace_rate"]', "object"),
+                              ("/v2/trace/setting", b'{"trace_rate": 1.5}', "trace_rate"),
+                              ("/v2/logging", b'{"log_info": "yes"}', "log_info"),
+                              ("/v2/models/nope/trace/setting", b"{}", "not served")]:
+        status, error = post(gateway, path, body)
+        assert (status, named in error) == (404 if "nope" in path else 400, True), error
+    assert post(gateway, "/v2/models/digits/trace/setting", b'{"trace_rate": 3}') == (200, "3")
 
 
 def infer(gateway: Gateway, protocol: str) -> None:
