@@ -24,6 +24,7 @@ from common import logs, tracing
 from common.registry import Registry
 from common.settings import AuthSettings
 from gateway import trace_log
+from loadtest.locust.local import serve
 from tensorgate.lifecycle import sync_repository
 from tests.integration.conftest import ROOT, Background, Servers
 
@@ -245,3 +246,20 @@ def test_settings_reach_every_gateway_process_through_the_registry(gateway: Gate
     assert trace_settings(gateway, "http", "digits")["trace_rate"] == "4"
     eventually(lambda: logs.level() == logging.ERROR)
     assert log_settings(gateway, "http")["log_warning"] is False
+
+
+def test_a_change_reaches_every_process_of_serve(tmp_path: Path) -> None:
+    """Under `tensorgate serve` a POST reaches one gateway process; every fresh connection (spread
+    over the processes by SO_REUSEPORT) must come to see the change."""
+    with serve(tmp_path / "registry.db", "--threads", "1", "--gateway-processes", "2") as served:
+        thttp.InferenceServerClient(served.http).update_trace_settings(
+            settings={"trace_rate": "42"})
+        tgrpc.InferenceServerClient(served.grpc).update_log_settings({"log_info": False})
+
+        def everywhere() -> bool:
+            seen = [(thttp.InferenceServerClient(served.http).get_trace_settings()["trace_rate"],
+                     thttp.InferenceServerClient(served.http).get_log_settings()["log_info"])
+                    for _ in range(8)]
+            return all(pair == ("42", False) for pair in seen)
+
+        eventually(everywhere, ceiling_s=60)
