@@ -88,7 +88,8 @@ class TraceSettings:
             if "trace_count" in checked:
                 self.default.count = _Count(self.glob["trace_count"])
             self.default.on = self.glob["trace_level"] == "TIMESTAMPS"
-            self.default.rate = self.glob["trace_rate"]
+            if self.default.rate != self.glob["trace_rate"]:  # a new rate starts a new round
+                self.default.rate, self.default.seen = self.glob["trace_rate"], 0
         else:
             own = self.own.get(model)
             if own is None and len(self.own) >= MAX_MODELS:
@@ -140,8 +141,9 @@ class TraceSettings:
             else:
                 count = before.count
             level = own.get("trace_level", self.glob["trace_level"])
-            rules[model] = _Rule(level == "TIMESTAMPS", own.get("trace_rate", self.glob[
-                "trace_rate"]), count, before.seen if before is not None else 0)
+            rate = own.get("trace_rate", self.glob["trace_rate"])
+            seen = before.seen if before is not None and before.rate == rate else 0
+            rules[model] = _Rule(level == "TIMESTAMPS", rate, count, seen)
         self.rules = rules
 
 
