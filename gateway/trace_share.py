@@ -114,9 +114,17 @@ async def _publish(name: str, value: Any, principal: Principal) -> None:
     await shared.refresh()
 
 
+async def _catch_up() -> None:
+    """Adopt what other processes stored before changing anything: the whole state is written,
+    so this keeps the window in which two changes at once lose one to a registry read."""
+    if _shared is not None:
+        await _shared.refresh()
+
+
 async def change_trace(changes: dict[str, Any], model: str | None,
                        principal: Principal) -> dict[str, Any]:
     """Change trace settings here and for every gateway process; answer the ones in force."""
+    await _catch_up()
     before = TRACE.state()
     answer = TRACE.update(changes, model)
     try:
@@ -129,6 +137,7 @@ async def change_trace(changes: dict[str, Any], model: str | None,
 
 async def change_log(changes: dict[str, Any], principal: Principal) -> dict[str, Any]:
     """Change the log level here and for every gateway process; answer the settings in force."""
+    await _catch_up()
     before = logs.level()
     answer = update_log(changes)
     try:
