@@ -1,23 +1,41 @@
 """HTTP routes of the trace and logging extensions: `/v2/trace/setting`, its per-model form and
 `/v2/logging`; an admin key reads and changes them (they are operator settings).
 
-`gateway.control` imports this module to list its router, so its helpers are looked up per call.
+`gateway.control` imports this module to list its router, so this one does not import it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, ValidationError
 
 from common.errors import invalid_argument
 from common.names import shown
-from gateway import control as plane
 from gateway import trace_log, trace_share
+from gateway.pipeline import Headers
+
+if TYPE_CHECKING:
+    from gateway.control import Control
 
 router = APIRouter(tags=["trace and logging"])
+
+
+def _control(request: Request) -> Control:
+    control: Control = request.app.state.control
+    return control
+
+
+def _headers(request: Request) -> Headers:
+    headers: Headers = request.scope["tensorgate.headers"]
+    return headers
+
+
+def _json(payload: Any) -> Response:
+    return Response(orjson.dumps(payload), 200, media_type="application/json")
 
 class TraceBody(BaseModel):
     """Trace settings to change, by Triton's names; null clears one (a model's back to the global
@@ -52,7 +70,7 @@ def _documented(body: type[BaseModel]) -> dict[str, Any]:
 
 async def _changes(request: Request, body: type[BaseModel]) -> dict[str, Any]:
     """The POSTed settings, read only once the caller was admitted: those it names, null kept."""
-    raw = await plane.control_of(request).body(request)
+    raw = await _control(request).body(request)
     try:
         settings = body.model_validate_json(raw)
     except ValidationError as exc:
@@ -65,44 +83,44 @@ async def _changes(request: Request, body: type[BaseModel]) -> dict[str, Any]:
 
 @router.get("/v2/trace/setting", summary="The global trace settings")
 async def get_trace(request: Request) -> Response:
-    plane.control_of(request).admit(request, admin=True)
-    return plane.json_response(trace_log.TRACE.shown())
+    _control(request).admit(request, admin=True)
+    return _json(trace_log.TRACE.shown())
 
 
 @router.post("/v2/trace/setting", summary="Change the global trace settings",
              openapi_extra=_documented(TraceBody))
 async def post_trace(request: Request) -> Response:
-    principal = plane.control_of(request).admit(request, admin=True)
+    principal = _control(request).admit(request, admin=True)
     changes = await _changes(request, TraceBody)
-    return plane.json_response(await trace_share.change_trace(changes, None, principal))
+    return _json(await trace_share.change_trace(changes, None, principal))
 
 
 @router.get("/v2/models/{model}/trace/setting", summary="A served model's trace settings")
 async def get_model_trace(request: Request, model: str) -> Response:
-    control = plane.control_of(request)
+    control = _control(request)
     control.admit(request, admin=True)
-    await trace_share.check_served(control.pipeline, model, plane.headers_of(request))
-    return plane.json_response(trace_log.TRACE.shown(model))
+    await trace_share.check_served(control.pipeline, model, _headers(request))
+    return _json(trace_log.TRACE.shown(model))
 
 
 @router.post("/v2/models/{model}/trace/setting", summary="Change a served model's trace settings",
              openapi_extra=_documented(TraceBody))
 async def post_model_trace(request: Request, model: str) -> Response:
-    control = plane.control_of(request)
+    control = _control(request)
     principal = control.admit(request, admin=True)
-    await trace_share.check_served(control.pipeline, model, plane.headers_of(request))
+    await trace_share.check_served(control.pipeline, model, _headers(request))
     changes = await _changes(request, TraceBody)
-    return plane.json_response(await trace_share.change_trace(changes, model, principal))
+    return _json(await trace_share.change_trace(changes, model, principal))
 
 
 @router.get("/v2/logging", summary="The log settings")
 async def get_logging(request: Request) -> Response:
-    plane.control_of(request).admit(request, admin=True)
-    return plane.json_response(trace_log.log_settings())
+    _control(request).admit(request, admin=True)
+    return _json(trace_log.log_settings())
 
 
 @router.post("/v2/logging", summary="Change the log settings", openapi_extra=_documented(LogBody))
 async def post_logging(request: Request) -> Response:
-    principal = plane.control_of(request).admit(request, admin=True)
+    principal = _control(request).admit(request, admin=True)
     changes = await _changes(request, LogBody)
-    return plane.json_response(await trace_share.change_log(changes, principal))
+    return _json(await trace_share.change_log(changes, principal))
