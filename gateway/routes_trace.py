@@ -37,6 +37,7 @@ def _headers(request: Request) -> Headers:
 def _json(payload: Any) -> Response:
     return Response(orjson.dumps(payload), 200, media_type="application/json")
 
+
 class TraceBody(BaseModel):
     """Trace settings to change, by Triton's names; null clears one (a model's back to the global
     value). trace_file, TENSORS and log_frequency other than "0" are refused by name."""
