@@ -2,5 +2,7 @@
 
 __version__ = "0.1.0"
 
-#: The OIP extensions that the gateway and the runtime implement (Server Metadata lists them).
-EXTENSIONS = ("classification", "model_configuration", "statistics", "model_repository")
+#: The OIP extensions Server Metadata lists: what a runtime worker implements itself, and the
+#: gateway's, which adds the trace and logging settings.
+RUNTIME_EXTENSIONS = ("classification", "model_configuration", "statistics", "model_repository")
+EXTENSIONS = (*RUNTIME_EXTENSIONS, "trace", "logging")

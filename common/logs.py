@@ -1,4 +1,5 @@
-"""Log output for both services: plain text, or one JSON object per line (`--log-format json`)."""
+"""Log output for both services: plain text, or one JSON object per line (`--log-format json`);
+the level can change at run time."""
 
 from __future__ import annotations
 
@@ -37,3 +38,13 @@ def configure(level: str, form: str) -> None:
         "%(asctime)s %(levelname)s %(name)s: %(message)s"))
     # NOTE: no force: where handlers exist already (a test runner's), they stay.
     logging.basicConfig(level=level.upper(), handlers=[handler])
+
+
+def level() -> int:
+    """The level in force for every logger that does not set its own (the root's)."""
+    return logging.getLogger().level
+
+
+def set_level(value: int) -> None:
+    """Change the level at run time (the logging extension); handlers keep their own as set."""
+    logging.getLogger().setLevel(value)

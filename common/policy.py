@@ -77,6 +77,8 @@ class Snapshot:
     #: model -> its registered versions in state `ready`: runtime workers reload a model whose
     #: set changed.
     ready: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    #: operator settings by name ('trace', 'logging'), as JSON text: every gateway adopts them.
+    settings: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
 EMPTY = Snapshot()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry import trace
@@ -20,7 +20,17 @@ from opentelemetry.sdk.trace.export import (
     SimpleSpanProcessor,
     SpanExporter,
 )
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    Tracer,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from common.model_config import ConfigError
@@ -30,6 +40,9 @@ EXPORTERS = ("console", "otlp")
 TRACEPARENT = "traceparent"
 _PROPAGATOR = TraceContextTextMapPropagator()
 _tracer: Tracer | None = None
+#: Whether to trace a request for this model (the trace settings); None: every request.
+_sample: Callable[[str], bool] | None = None
+_IDS = RandomIdGenerator()
 
 
 def setup(exporter: str | SpanExporter | None, service: str) -> Tracer | None:
@@ -53,6 +66,12 @@ def tracer() -> Tracer | None:
     return _tracer
 
 
+def set_sampling(sample: Callable[[str], bool] | None) -> None:
+    """Decide per request, by its model, whether `start_request` records it (None: always)."""
+    global _sample
+    _sample = sample
+
+
 def _exporter(name: str) -> SpanExporter:
     if name == "console":
         return ConsoleSpanExporter()
@@ -69,13 +88,27 @@ def _exporter(name: str) -> SpanExporter:
 def start_request(tracer_: Tracer, name: str, headers: Mapping[str, str],
                   attributes: Mapping[str, Any]) -> tuple[Span, str]:
     """A server span continuing the caller's `traceparent` (if any), and the `traceparent` that
-    names this span for the next hop."""
+    names this span for the next hop.
+
+    A request the sampling rule (`set_sampling`, by the `model` attribute) leaves out gets a span
+    that records nothing, and its `traceparent` says "not sampled", so the runtime records nothing
+    either; the caller's trace id still travels on.
+    """
     context = _PROPAGATOR.extract(carrier=headers)
-    span = tracer_.start_span(name, context=context, kind=SpanKind.SERVER,
-                              attributes=dict(attributes))
+    if _sample is not None and not _sample(str(attributes.get("model", ""))):
+        span: Span = _unsampled(trace.get_current_span(context).get_span_context())
+    else:
+        span = tracer_.start_span(name, context=context, kind=SpanKind.SERVER,
+                                  attributes=dict(attributes))
     carrier: dict[str, str] = {}
     _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
     return span, carrier.get(TRACEPARENT, "")
+
+
+def _unsampled(parent: SpanContext) -> Span:
+    trace_id = parent.trace_id if parent.is_valid else _IDS.generate_trace_id()
+    return NonRecordingSpan(SpanContext(trace_id, _IDS.generate_span_id(), is_remote=False,
+                                        trace_flags=TraceFlags(TraceFlags.DEFAULT)))
 
 
 def end(span: Span, code: str) -> None:

@@ -21,6 +21,7 @@ from common.grpc_options import server_options
 from common.registry import Registry, RegistryError
 from common.registry.watch import RegistryWatcher
 from common.settings import GatewaySettings
+from gateway import trace_share
 from gateway.admin_api import AdminApi
 from gateway.answer_store import answers_path
 from gateway.answers import AnswerLog
@@ -79,7 +80,10 @@ class Gateway:
         self.discovery = Discovery(settings, self.router, self.dial)
         self.registry = RegistryWatcher(settings.registry_path, settings.registry_refresh_s,
                                         on_state=self.metrics.registry_ok.set,
+                                        on_change=trace_share.on_change,
                                         repository=settings.model_repository, sweep=True)
+        # NOTE: trace and log settings changed on any gateway process reach every one.
+        trace_share.share(settings.registry_path, self.registry.refresh_now, self.registry.snapshot)
         #: Routed answers (of A/B models, or all), for `tensorgate ab report`: answers.db
         #: beside the registry.
         self.answers = (AnswerLog(answers_path(settings.registry_path),

@@ -23,10 +23,11 @@ from gateway.admin_api import AdminApi
 from gateway.edge import EdgeBuilder
 from gateway.http_body import Body
 from gateway.pipeline import Headers, Pipeline
+from gateway.routes_trace import router as trace_router
 from gateway.routes_v1 import router as v1_router
 
 #: The route groups, in the order they are matched. A group is an APIRouter in its own module.
-ROUTERS: list[APIRouter] = [v1_router]
+ROUTERS: list[APIRouter] = [v1_router, trace_router]
 
 
 @dataclass

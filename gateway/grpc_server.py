@@ -19,6 +19,7 @@ from common.errors import TensorgateError, invalid_argument
 from common.names import check_name
 from common.proto import grpc_service_pb2 as pb
 from common.uploads import check_upload
+from gateway import trace_log, trace_share
 from gateway.feedback import encode_result, handle_feedback
 from gateway.peek import model_and_version, routing_fields
 from gateway.pipeline import Access, Headers, Pipeline
@@ -71,6 +72,38 @@ class GrpcTransport:
         return await self.pipeline.ask("RepositoryIndex", request, headers=_headers(context),
                                        access="admin")
 
+    async def trace_setting(self, request: bytes, context: Any) -> bytes:
+        """Triton's trace extension: an admin reads or changes the global or a model's settings."""
+        message = pb.TraceSettingRequest.FromString(request)
+        headers = _headers(context)
+        principal = self.pipeline.admit(headers, None, admin=True)
+        model = message.model_name or None
+        if model is not None:
+            await trace_share.check_served(self.pipeline, model, headers)
+        # NOTE: an empty list clears a setting, as null does over HTTP.
+        changes = {key: list(value.value) or None for key, value in message.settings.items()}
+        shown = (await trace_share.change_trace(changes, model, principal) if changes
+                 else trace_log.TRACE.shown(model))
+        answer = pb.TraceSettingResponse()
+        for key, value in shown.items():
+            answer.settings[key].value.extend(value if isinstance(value, list) else [value])
+        return answer.SerializeToString()
+
+    async def log_settings(self, request: bytes, context: Any) -> bytes:
+        """Triton's logging extension: an admin reads or changes the log settings."""
+        message = pb.LogSettingsRequest.FromString(request)
+        principal = self.pipeline.admit(_headers(context), None, admin=True)
+        changes = {key: getattr(value, kind) if (kind := value.WhichOneof("parameter_choice"))
+                   else None for key, value in message.settings.items()}
+        shown = (await trace_share.change_log(changes, principal) if changes
+                 else trace_log.log_settings())
+        answer = pb.LogSettingsResponse()
+        for key, setting in shown.items():
+            kind = ("string_param" if isinstance(setting, str) else "bool_param"
+                    if isinstance(setting, bool) else "uint32_param")
+            setattr(answer.settings[key], kind, setting)
+        return answer.SerializeToString()
+
     def repository_change(self, method: str) -> Handler:
         """Load or unload: every worker makes the change (RepositoryModel{Load,Unload})."""
         kind = getattr(pb, f"{method}Request")
@@ -102,6 +135,8 @@ class GrpcTransport:
             "ServerReady": self.server_ready,
             "ServerMetadata": self.server_metadata,
             "RepositoryIndex": self.repository_index,
+            "TraceSetting": self.trace_setting,
+            "LogSettings": self.log_settings,
         }
         table.update({name: self.forward(name) for name in _FORWARDED})
         table.update({name: self.repository_change(name)

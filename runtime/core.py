@@ -14,7 +14,7 @@ import grpc
 from google.protobuf.message import Message
 from opentelemetry.trace import Tracer
 
-from common import EXTENSIONS, __version__, tracing
+from common import RUNTIME_EXTENSIONS, __version__, tracing
 from common.errors import TensorgateError
 from common.names import check_name
 from common.proto import grpc_service_pb2 as pb
@@ -95,7 +95,7 @@ class RuntimeCore:
 
     async def server_metadata(self, request: Any, timeout: float | None) -> Message:
         return pb.ServerMetadataResponse(name="tensorgate-runtime", version=__version__,
-                                         extensions=EXTENSIONS)
+                                         extensions=RUNTIME_EXTENSIONS)
 
     async def model_ready(self, request: Any, timeout: float | None) -> Message:
         try:

@@ -91,6 +91,14 @@ MIGRATIONS: list[tuple[str, ...]] = [
         )""",
         "CREATE INDEX alias_history_model ON alias_history (model, alias, id)",
     ),
+    (
+        # Operator settings every gateway process adopts (trace and logging extensions), as JSON.
+        """CREATE TABLE settings (
+            name TEXT PRIMARY KEY CHECK (name IN ('trace', 'logging')),
+            value TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+    ),
 ]
 
 LATEST = len(MIGRATIONS)

@@ -227,9 +227,19 @@ class Registry:
             for model, version in conn.execute("SELECT model, version FROM versions WHERE "
                                                "state = 'ready' ORDER BY model, version"):
                 ready[model] = (*ready.get(model, ()), version)
+            settings = dict(conn.execute("SELECT name, value FROM settings").fetchall())
         return Snapshot(generation=generation, keys=MappingProxyType(keys),
                         traffic=MappingProxyType(traffic), production=MappingProxyType(production),
-                        ready=MappingProxyType(ready))
+                        ready=MappingProxyType(ready), settings=MappingProxyType(settings))
+
+    def set_setting(self, name: str, value: Any, actor: str) -> None:
+        """Store one operator setting ('trace' or 'logging') for every gateway, audited."""
+        with self.transaction() as conn:
+            conn.execute("INSERT INTO settings (name, value, updated_at) VALUES (?, ?, ?) "
+                         "ON CONFLICT (name) DO UPDATE SET value = excluded.value, "
+                         "updated_at = excluded.updated_at",
+                         (name, json.dumps(value, sort_keys=True), self._clock()))
+            self.audit(actor, "set settings", f"{name} settings", None, value)
 
     # -- API keys --------------------------------------------------------------------------------
 
