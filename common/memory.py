@@ -40,23 +40,20 @@ def trim() -> bool:
 
 
 class Trimmer:
-    """Trims at most once per `interval_s`, in a thread: a request inside that interval is
-    served at its end, so a flood of large or refused calls costs one trim a second."""
+    """Trims `interval_s` after a request, in a thread; requests meanwhile share that trim. So
+    a flood of large or refused calls costs one trim a second, and the data grpc was still
+    receiving for a refused call is freed, and trimmed with the rest, by the time it runs."""
 
     def __init__(self, interval_s: float = 1.0) -> None:
         self.interval_s = interval_s
-        self._last = float("-inf")
         self._pending: asyncio.TimerHandle | None = None
 
     def request(self) -> None:
         """Ask for a trim soon; call on the event loop."""
-        if self._pending is not None:
-            return
-        loop = asyncio.get_running_loop()
-        wait = max(0.0, self._last + self.interval_s - loop.time())
-        self._pending = loop.call_later(wait, self._run, loop)
+        if self._pending is None:
+            loop = asyncio.get_running_loop()
+            self._pending = loop.call_later(self.interval_s, self._run, loop)
 
     def _run(self, loop: asyncio.AbstractEventLoop) -> None:
         self._pending = None
-        self._last = loop.time()
         loop.run_in_executor(None, trim)

@@ -3,6 +3,7 @@ a call without a whole message is answered at once."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import re
 import socket
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -37,7 +38,7 @@ from tests.integration.conftest import Background, Servers
 ROOT = Path(__file__).resolve().parents[2]
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 GATEWAY_READY = re.compile(r"tensorgate-gateway ready http=(\d+) grpc=(\d+)")
-LIMITS = GrpcSettings(idle_timeout_s=0.5, max_streams=7)
+LIMITS = GrpcSettings(idle_timeout_s=0.5, max_streams=7, handshake_timeout_s=2.0)
 MAX_MESSAGE = 1 << 20
 MIB = 1 << 20
 CEILING_S = 60.0
@@ -82,12 +83,14 @@ def rss_mib(pid: int) -> float:
     return int(match.group(1)) / 1024
 
 
-def settled_rss(pid: int, below: float) -> float:
-    """The process's RSS once it is under `below` MiB (trims run in the background), or
-    whatever it is after the ceiling."""
+def settled_rss(pid: int, below: float, nudge: Callable[[], object]) -> float:
+    """The process's RSS once it is under `below` MiB, or whatever it is after the ceiling.
+    Trims run a second after a large or refused call; `nudge` (a small refused call) asks for
+    another, in case data the last trim should have freed was still arriving then."""
     deadline = time.monotonic() + CEILING_S
     while (rss := rss_mib(pid)) >= below and time.monotonic() < deadline:
-        time.sleep(0.2)
+        nudge()
+        time.sleep(0.5)
     return rss
 
 
@@ -103,26 +106,33 @@ def test_probe_05_refused_big_calls_leave_no_memory_behind(
     inflating = b"\x0a\x00" * (8 * MIB)  # 16 MiB of empty fields; gzip makes it ~16 KiB
     plain = b"\x0a\x00" * (8 * MIB)
     keyed = (("authorization", f"Bearer {secret}"),)
+    gzipped = grpc.Compression.Gzip
     options = [("grpc.max_send_message_length", -1)]
     with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
         call = channel.unary_unary(INFER)
+
+        def poke() -> None:  # a small call refused for want of a key
+            with contextlib.suppress(grpc.RpcError):
+                call(b"", timeout=CEILING_S)
+
         for _ in range(2):  # warm-up: grpc's and the allocator's first-use costs
             refused(call, plain)
-            refused(call, inflating, compression=grpc.Compression.Gzip, metadata=keyed)
+            refused(call, inflating, compression=gzipped, metadata=keyed)
         before = rss_mib(pid)
-        unkeyed: list[grpc.RpcError] = []
-        keyed_errors: list[grpc.RpcError] = []
-        for _ in range(10):
-            unkeyed.append(refused(call, inflating, compression=grpc.Compression.Gzip))
-            unkeyed.append(refused(call, plain))
-            keyed_errors.append(refused(call, inflating, compression=grpc.Compression.Gzip,
-                                        metadata=keyed))
-        after = settled_rss(pid, before + 20)
-    assert after - before < 20, f"RSS {before:.0f} MiB before, {after:.0f} MiB after 30 calls"
+        unkeyed = [refused(call, message, compression=compression)
+                   for _ in range(10) for message, compression in ((inflating, gzipped),
+                                                                   (plain, None))]
+        unkeyed_rss = settled_rss(pid, before + 20, poke)
+        # With a key, the message is read, inflated and refused as malformed.
+        malformed = [refused(call, inflating, compression=gzipped, metadata=keyed)
+                     for _ in range(10)]
+        malformed_rss = settled_rss(pid, before + 20, poke)
+    grown = f"RSS {before:.0f} MiB, then {unkeyed_rss:.0f}, then {malformed_rss:.0f}"
+    assert unkeyed_rss - before < 20 and malformed_rss - before < 20, grown
     for error in unkeyed:  # the credential was checked first: the message was never read
         assert error.code() == grpc.StatusCode.UNAUTHENTICATED, error.details()
         assert "missing credential" in (error.details() or "")
-    assert {e.code() for e in keyed_errors} == {grpc.StatusCode.INVALID_ARGUMENT}
+    assert {e.code() for e in malformed} == {grpc.StatusCode.INVALID_ARGUMENT}
 
 
 def test_gzip_is_bounded_by_the_message_limit_as_inflated(limited: Servers) -> None:
@@ -151,6 +161,19 @@ def test_probe_10_an_idle_connection_is_closed(limited: Servers) -> None:
         assert went_idle.wait(CEILING_S), states
         channel.unsubscribe(watch)
         assert pb.ServerLiveResponse.FromString(live(b"", timeout=CEILING_S)).live
+
+
+def test_probe_10_a_connection_that_never_speaks_is_closed(limited: Servers) -> None:
+    # NOTE: grpc's own default closes it after about 60 s; the ceiling here is 15 times the
+    # 2 s configured, and well under that.
+    ceiling = 15 * LIMITS.handshake_timeout_s
+    host, _, port = limited.gateway_grpc.rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=ceiling) as sock:
+        sock.sendall(PREFACE[:10])  # half a preface, then silence
+        deadline = time.monotonic() + ceiling
+        while time.monotonic() < deadline and sock.recv(65536):
+            pass  # the server's SETTINGS and GOAWAY; b"" once it closes the connection
+        assert not sock.recv(65536), "still open after the handshake timeout"
 
 
 class RawCall:
