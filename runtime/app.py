@@ -36,7 +36,7 @@ def load_models(settings: RuntimeSettings,
     """Load every version in the repository (blocking); a model that does not load is logged
     and skipped, so one broken folder never keeps the others from serving. ConfigError when
     every model is broken: a worker with nothing to serve says why and stops."""
-    metrics = metrics or runtime_metrics.default_metrics()
+    metrics = metrics or runtime_metrics.default_metrics(settings.triton_metrics)
     store = ModelStore()
     skipped: list[str] = []
     for name, sources in scan_each(settings.model_repository):
@@ -69,7 +69,7 @@ class Runtime:
                  metrics: runtime_metrics.RuntimeMetrics | None = None) -> None:
         self.settings = settings
         self.store = store
-        self.metrics = metrics or runtime_metrics.default_metrics()
+        self.metrics = metrics or runtime_metrics.default_metrics(settings.triton_metrics)
         self.schedulers: dict[int, Scheduler] = {}
         self.reloader = Reloader(
             settings.model_repository, store, self.schedulers,
@@ -128,7 +128,8 @@ class Runtime:
         tcp = listen and not listen.startswith("unix:")
         host = listen.rpartition(":")[0] if tcp else "127.0.0.1"
         # NOTE: read at start-up: a supervisor that set a multiprocess directory serves it.
-        runtime_metrics.serve(port, host.strip("[]"), os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        runtime_metrics.serve(port, host.strip("[]"), os.environ.get("PROMETHEUS_MULTIPROC_DIR"),
+                              self.settings.triton_metrics)
 
     async def _requests_done(self, timeout: float) -> None:
         """Wait, up to `timeout`, until no model version has a request in flight or queued."""

@@ -96,12 +96,13 @@ class Scheduler:
         self._look()  # which also sets the queue depth gauge
         try:
             outputs = await future
-        except TensorgateError:
+        except TensorgateError as exc:
             self.model.stats.fail.add(int((self.clock() - now) * 1e9))
+            self.metrics.failed(exc)
             raise
         elapsed = self.clock() - now
         self.model.stats.success.add(int(elapsed * 1e9))
-        self.metrics.request.observe(elapsed)
+        self.metrics.succeeded(elapsed)
         return build_response(call.message, self.model, outputs, checked.outputs)
 
     def _look(self) -> None:
@@ -122,7 +123,7 @@ class Scheduler:
             # instance) is this one, already under way.
             self._look_due = False
             # NOTE: once per look, not per request: taking drains several requests at once.
-            self.metrics.depth.set(len(self.batcher))
+            self.metrics.waiting(len(self.batcher))
 
     def _take_batches(self) -> None:
         while self.free:
@@ -155,12 +156,15 @@ class Scheduler:
         now = self.clock()
         queue_ns = self.model.stats.queue.add
         observe = self.metrics.queue.observe
+        waited_all = 0.0
         for item in batch:
             waited = now - item.arrival
             queue_ns(int(waited * 1e9))
             observe(waited)
+            waited_all += waited
             if item.timing is not None:
                 item.timing.launched = now
+        self.metrics.queued(waited_all)
         if self.inline:
             try:
                 result = execute(backend, self.model.batched, batch, staging)
@@ -194,7 +198,8 @@ class Scheduler:
         # NOTE: the statistics extension and /metrics count here, together, so they agree.
         self.model.stats.record_batch(rows, len(batch), result.input_ns, result.infer_ns,
                                       result.output_ns)
-        self.metrics.executed(rows, (result.input_ns + result.infer_ns + result.output_ns) / 1e9)
+        self.metrics.executed(rows, len(batch), result.input_ns, result.infer_ns,
+                              result.output_ns)
         for item, outputs in zip(batch, result.outputs):
             if item.timing is not None:
                 _note(item.timing, self.clock(), rows, result)
