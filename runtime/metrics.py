@@ -19,13 +19,12 @@ from prometheus_client import (
     Gauge,
     Histogram,
     multiprocess,
-    start_http_server,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from common.buckets import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS
 from common.errors import TensorgateError
-from runtime import triton_metrics
+from runtime import metrics_http, triton_metrics
 from runtime.triton_metrics import TritonMetrics, TritonModel, TritonNames
 
 log = logging.getLogger("tensorgate.runtime")
@@ -268,6 +267,6 @@ def serving_registry(multiproc_dir: str | None = None, gpu: bool = True,
 
 
 def serve(port: int, host: str, multiproc_dir: str | None = None, triton: bool = True) -> None:
-    """Serve /metrics on a background thread (prometheus-client's own server)."""
-    start_http_server(port, host, registry=serving_registry(multiproc_dir, triton=triton))
+    """Serve /metrics on a background thread."""
+    metrics_http.start(port, host, serving_registry(multiproc_dir, triton=triton))
     log.info("runtime metrics on http://%s:%d/metrics", host, port)

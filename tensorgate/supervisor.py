@@ -17,10 +17,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import uvloop
-from prometheus_client import start_http_server
 
 from common.model_config import ConfigError
 from common.settings import GatewaySettings, to_json
+from runtime import metrics_http
 from runtime.metrics import serving_registry
 from tensorgate import ports
 from tensorgate.bootstrap import write_private
@@ -226,7 +226,7 @@ def _serve_metrics(settings: GatewaySettings, metrics: Path) -> None:
     # NOTE: also drops the live gauges of dead runtime workers, and adds the GPUs via NVML.
     registry = serving_registry(str(metrics), triton=settings.triton_metrics)
     try:
-        start_http_server(settings.metrics_port, settings.host, registry=registry)
+        metrics_http.start(settings.metrics_port, settings.host, registry)
     except OSError as exc:
         raise ConfigError(f"--metrics-port {settings.metrics_port} on {settings.host}: "
                           f"{exc.strerror} (choose another port, or -1 for none)") from None
