@@ -64,7 +64,7 @@ class _Parser:
         return self.tokens[self.pos][1] if self.pos < len(self.tokens) else ""
 
     def take(self, want: str | None = None) -> str:
-        kind, text = self.tokens[self.pos]
+        text = self.tokens[self.pos][1]
         if want is not None and text != want:
             raise ValueError(f"expected {want!r}, found {text!r}")
         self.pos += 1
