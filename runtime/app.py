@@ -29,6 +29,8 @@ from runtime.scheduler import Scheduler
 from runtime.server import grpc_handlers
 
 log = logging.getLogger("tensorgate.runtime")
+#: How often Triton's counters catch up with the statistics (a scrape sees counts this old).
+PUBLISH_EVERY_S = 1.0
 
 
 def load_models(settings: RuntimeSettings,
@@ -79,6 +81,7 @@ class Runtime:
         self.registry = RegistryWatcher(settings.registry_path, settings.registry_refresh_s,
                                         self._registry_changed)
         self._watch: asyncio.Task | None = None
+        self._publish: asyncio.Task | None = None
         self.server: grpc.aio.Server | None = None
         self.lane: asyncio.Server | None = None
         #: The gateways' lane connections, so a stop can stop reading new calls from them.
@@ -94,6 +97,7 @@ class Runtime:
         if self.settings.lane:
             await self._start_lane(self.settings.lane)
         self._watch = asyncio.get_running_loop().create_task(self.registry.run())
+        self._publish = asyncio.get_running_loop().create_task(self._publish_metrics())
         if self.settings.metrics_port >= 0:
             self._start_metrics(self.settings.metrics_port)
         self.core.ready = True
@@ -116,6 +120,13 @@ class Runtime:
                     await self.reloader.unload(name)
             except TensorgateError as exc:
                 log.error("model %s not reloaded: %s", name, exc.message)
+
+    async def _publish_metrics(self) -> None:
+        """Carry the statistics over to the counters derived from them, once a second."""
+        while True:
+            await asyncio.sleep(PUBLISH_EVERY_S)
+            for scheduler in list(self.schedulers.values()):
+                scheduler.publish_metrics()
 
     def _start_scheduler(self, model: ServedModel) -> Scheduler:
         scheduler = Scheduler(model, inline_ns=self.settings.inline_compute_us * 1000,
@@ -200,10 +211,11 @@ class Runtime:
     async def stop(self, grace: float = 5.0) -> None:
         """Stop taking requests; those in flight and queued get `grace` seconds to finish."""
         self.core.ready = False
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+        for task in (self._watch, self._publish):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self.registry.close()
         if self.lane is not None:
             self.lane.close()

@@ -25,6 +25,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from common.buckets import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS
 from common.errors import TensorgateError
 from runtime import metrics_http, triton_metrics
+from runtime.stats import ModelStats
 from runtime.triton_metrics import TritonMetrics, TritonModel, TritonNames
 
 log = logging.getLogger("tensorgate.runtime")
@@ -51,37 +52,23 @@ class ModelMetrics:
         self.triton: TritonModel | None = (None if metrics.triton is None
                                            else metrics.triton.model(name, version))
 
-    def executed(self, rows: int, requests: int, input_ns: int, infer_ns: int,
-                 output_ns: int) -> None:
+    def executed(self, rows: int, seconds: float) -> None:
         """One batch ran: the same place and numbers as ModelStats.record_batch."""
         self.executions.inc()
         self.inferences.inc(rows)
         self.batch_size.observe(rows)
-        self.compute.observe((input_ns + infer_ns + output_ns) / 1e9)
-        if self.triton is not None:
-            self.triton.executed(rows, requests, input_ns, infer_ns, output_ns)
-
-    def queued(self, seconds: float) -> None:
-        """A batch started; its requests had waited `seconds` in all (each is observed in
-        `queue` by the caller's loop, which has the numbers at hand)."""
-        if self.triton is not None:
-            self.triton.queue.inc(seconds * 1e6)
-
-    def waiting(self, count: int) -> None:
-        """Requests in the queue now (Triton's pending: awaiting execution)."""
-        self.depth.set(count)
-        if self.triton is not None:
-            self.triton.pending.set(count)
-
-    def succeeded(self, seconds: float) -> None:
-        self.request.observe(seconds)
-        if self.triton is not None:
-            self.triton.success.inc()
-            self.triton.request.inc(seconds * 1e6)
+        self.compute.observe(seconds)
 
     def failed(self, error: TensorgateError) -> None:
+        """A queued request failed (rare: counted at once, by Triton's reason)."""
         if self.triton is not None:
             self.triton.failure[triton_metrics.reason_of(error.code)].inc()
+
+    def publish(self, stats: ModelStats, waiting: int) -> None:
+        """Triton's counters are the statistics extension's numbers, carried over off the
+        hot path (each second and when a version stops), so serving pays nothing for them."""
+        if self.triton is not None:
+            self.triton.publish(stats, waiting)
 
 
 class RuntimeMetrics:

@@ -69,7 +69,12 @@ class Scheduler:
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
 
+    def publish_metrics(self) -> None:
+        """Bring the counters derived from the statistics (Triton's names) up to date."""
+        self.metrics.publish(self.model.stats, len(self.batcher))
+
     async def stop(self) -> None:
+        self.publish_metrics()  # the last counts of a version going away
         self._loop = None
         if self._timer is not None:
             self._timer.cancel()
@@ -102,7 +107,7 @@ class Scheduler:
             raise
         elapsed = self.clock() - now
         self.model.stats.success.add(int(elapsed * 1e9))
-        self.metrics.succeeded(elapsed)
+        self.metrics.request.observe(elapsed)
         return build_response(call.message, self.model, outputs, checked.outputs)
 
     def _look(self) -> None:
@@ -123,7 +128,7 @@ class Scheduler:
             # instance) is this one, already under way.
             self._look_due = False
             # NOTE: once per look, not per request: taking drains several requests at once.
-            self.metrics.waiting(len(self.batcher))
+            self.metrics.depth.set(len(self.batcher))
 
     def _take_batches(self) -> None:
         while self.free:
@@ -156,15 +161,12 @@ class Scheduler:
         now = self.clock()
         queue_ns = self.model.stats.queue.add
         observe = self.metrics.queue.observe
-        waited_all = 0.0
         for item in batch:
             waited = now - item.arrival
             queue_ns(int(waited * 1e9))
             observe(waited)
-            waited_all += waited
             if item.timing is not None:
                 item.timing.launched = now
-        self.metrics.queued(waited_all)
         if self.inline:
             try:
                 result = execute(backend, self.model.batched, batch, staging)
@@ -198,8 +200,7 @@ class Scheduler:
         # NOTE: the statistics extension and /metrics count here, together, so they agree.
         self.model.stats.record_batch(rows, len(batch), result.input_ns, result.infer_ns,
                                       result.output_ns)
-        self.metrics.executed(rows, len(batch), result.input_ns, result.infer_ns,
-                              result.output_ns)
+        self.metrics.executed(rows, (result.input_ns + result.infer_ns + result.output_ns) / 1e9)
         for item, outputs in zip(batch, result.outputs):
             if item.timing is not None:
                 _note(item.timing, self.clock(), rows, result)

@@ -11,6 +11,8 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from runtime.stats import ModelStats
+
 MODEL = ["model", "version"]
 #: Triton's (≥2.30) failure reasons: a bounded set, whatever the error said.
 REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
@@ -62,33 +64,45 @@ class TritonMetrics:
 class TritonModel:
     """One version's children, bound once: the hot path only adds to them."""
 
-    __slots__ = ("compute_infer", "compute_input", "compute_output", "count", "exec_count",
-                 "failure", "pending", "queue", "request", "success")
+    __slots__ = ("failure", "pending", "published", "totals")
 
     def __init__(self, metrics: TritonMetrics, name: str, version: str) -> None:
         made = metrics.counters
-        self.success = made["nv_inference_request_success"].labels(name, version)
         # NOTE: every reason made now, so a failure panel shows 0 rather than no series at all.
         self.failure = {reason: made["nv_inference_request_failure"].labels(name, version, reason)
                         for reason in REASONS}
-        self.count = made["nv_inference_count"].labels(name, version)
-        self.exec_count = made["nv_inference_exec_count"].labels(name, version)
-        self.request = made["nv_inference_request_duration_us"].labels(name, version)
-        self.queue = made["nv_inference_queue_duration_us"].labels(name, version)
-        self.compute_input = made["nv_inference_compute_input_duration_us"].labels(name, version)
-        self.compute_infer = made["nv_inference_compute_infer_duration_us"].labels(name, version)
-        self.compute_output = made["nv_inference_compute_output_duration_us"].labels(name,
-                                                                                      version)
+        self.totals = [made[counter].labels(name, version) for counter in FROM_STATS]
+        self.published = [0] * len(FROM_STATS)
         self.pending = metrics.pending.labels(name, version)
 
-    def executed(self, rows: int, requests: int, input_ns: int, infer_ns: int,
-                 output_ns: int) -> None:
-        """One batch: each of its requests saw the batch's whole compute time (as Triton's)."""
-        self.exec_count.inc()
-        self.count.inc(rows)
-        self.compute_input.inc(input_ns * requests / 1000)
-        self.compute_infer.inc(infer_ns * requests / 1000)
-        self.compute_output.inc(output_ns * requests / 1000)
+    def publish(self, stats: ModelStats, waiting: int) -> None:
+        """Add what the statistics counted since the last call; set the pending requests."""
+        now = _from_stats(stats)
+        for counter, new, old, scale in zip(self.totals, now, self.published,
+                                            FROM_STATS.values()):
+            if new > old:
+                counter.inc((new - old) * scale)
+        self.published = now
+        self.pending.set(waiting)
+
+
+#: Counters carried over from the statistics extension's numbers, and their scale (ns → µs).
+#: Its compute durations are per request, each request seeing its batch's whole compute time,
+#: as Triton's are.
+FROM_STATS = {
+    "nv_inference_request_success": 1.0, "nv_inference_count": 1.0,
+    "nv_inference_exec_count": 1.0, "nv_inference_request_duration_us": 1e-3,
+    "nv_inference_queue_duration_us": 1e-3, "nv_inference_compute_input_duration_us": 1e-3,
+    "nv_inference_compute_infer_duration_us": 1e-3,
+    "nv_inference_compute_output_duration_us": 1e-3,
+}
+
+
+def _from_stats(stats: ModelStats) -> list[int]:
+    """The statistics' numbers in FROM_STATS's order."""
+    return [stats.success.count, stats.inference_count, stats.execution_count,
+            stats.success.ns, stats.queue.ns, stats.compute_input.ns, stats.compute_infer.ns,
+            stats.compute_output.ns]
 
 
 class TritonNames:

@@ -89,6 +89,22 @@ def scrape(served: Served) -> Scrape:
                        for s in family.samples})
 
 
+def settled(served: Served) -> Scrape:
+    """A scrape once Triton's counters (carried over each second) have caught up with the
+    statistics extension, which counts as requests finish."""
+    stats = thttp.InferenceServerClient(served.http).get_inference_statistics("digits")
+    want = {s["version"]: s["inference_stats"]["success"]["count"] for s in stats["model_stats"]}
+    deadline = time.monotonic() + 60
+    while True:
+        found = scrape(served)
+        have = {v: found.samples.get(("nv_inference_request_success", frozenset(
+            {"model": "digits", "version": v}.items()))) for v in want}
+        if have == want:
+            return found
+        assert time.monotonic() < deadline, f"counters {have}, statistics {want}"
+        time.sleep(0.1)
+
+
 def infer(served: Served, version: str, rows: int, times: int) -> None:
     x = np.random.default_rng(0).random((rows, 64), dtype=np.float32)
     client = tgrpc.InferenceServerClient(served.grpc)
@@ -111,10 +127,10 @@ def panel_queries() -> list[tuple[str, str]]:
 
 def test_every_panel_of_the_triton_dashboard_renders(live: Served) -> None:
     infer(live, "2", 2, 3)
-    first = scrape(live)
+    first = settled(live)
     infer(live, "2", 3, 4)
     infer(live, "1", 1, 2)
-    second = scrape(live)
+    second = settled(live)
     queries = panel_queries()
     assert len(queries) >= 10
     assert all("tensorgate_" not in expr for _, expr in queries)  # Triton's names only
@@ -132,9 +148,9 @@ def test_every_panel_of_the_triton_dashboard_renders(live: Served) -> None:
 
 
 def test_counters_mean_what_triton_means(live: Served) -> None:
-    before = scrape(live)
+    before = settled(live)
     infer(live, "1", 4, 5)
-    after = scrape(live)
+    after = settled(live)
     v1 = {"model": "digits", "version": "1"}
 
     def grew(name: str) -> float:
