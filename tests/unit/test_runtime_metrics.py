@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from common.errors import TensorgateError
 from runtime import metrics as rm
+from runtime.metrics_http import whole_numbers
 from runtime.scheduler import Scheduler
 from runtime.stats import ModelStats
 from runtime.triton_metrics import REASONS, TritonNames
@@ -257,3 +258,12 @@ def test_turned_off_there_are_no_triton_series(tmp_path: Path) -> None:
     names = {name for name, _ in samples(TritonNames(registry, enabled=False))}
     assert "tensorgate_runtime_executions_total" in names
     assert not [n for n in names if n.startswith("nv_")]
+
+
+def test_whole_numbers_are_written_whole_and_others_left_alone() -> None:
+    text = (b'# HELP m_bytes total 1.0e+09\nm_bytes{gpu_uuid="GPU-1 2"} 8.589934592e+10\n'
+            b"m_ratio 0.37\nm_big 1.2345678901234567e+20\nm_half 2.5e+06\n")
+    assert whole_numbers(text) == (
+        b'# HELP m_bytes total 1.0e+09\nm_bytes{gpu_uuid="GPU-1 2"} 85899345920\n'
+        b"m_ratio 0.37\nm_big 1.2345678901234567e+20\nm_half 2500000\n")
+    assert whole_numbers(b"m_frac 1.0000005e+06\n") == b"m_frac 1.0000005e+06\n"
