@@ -66,6 +66,8 @@ class RuntimeSettings:
     #: Serve Prometheus /metrics on this port (on --listen's host); -1: off. Under `serve` the
     #: workers write to the supervisor's multiprocess directory, served on its /metrics.
     metrics_port: int = -1
+    #: Also count under Triton's metric names (nv_inference_*, nv_gpu_*).
+    triton_metrics: bool = True
     #: OpenTelemetry exporter: "console", "otlp", or None (tracing off).
     trace_exporter: str | None = None
     #: The registry: a model whose set of ready versions changes there is reloaded (hot swap).
@@ -135,6 +137,9 @@ class GatewaySettings:
     grpc_port: int = 8001
     #: Prometheus /metrics port; -1 turns the metrics listener off.
     metrics_port: int = 8002
+    #: Serve Triton's metric names (nv_inference_*, nv_gpu_*) beside ours; `serve` passes it
+    #: on to its runtime workers.
+    triton_metrics: bool = True
     #: Runtime workers' lane addresses ("HOST:PORT" or "unix:PATH"), or "grpc://HOST:PORT" for
     #: any OIP gRPC server (a runtime's gRPC port, or Triton).
     runtime_endpoints: tuple[str, ...] = ("127.0.0.1:8012",)

@@ -30,6 +30,8 @@ from runtime.scheduler import Scheduler
 from runtime.server import grpc_handlers
 
 log = logging.getLogger("tensorgate.runtime")
+#: How often Triton's counters catch up with the statistics (a scrape sees counts this old).
+PUBLISH_EVERY_S = 1.0
 
 
 def load_models(settings: RuntimeSettings,
@@ -37,7 +39,7 @@ def load_models(settings: RuntimeSettings,
     """Load every version in the repository (blocking); a model that does not load is logged
     and skipped, so one broken folder never keeps the others from serving. ConfigError when
     every model is broken: a worker with nothing to serve says why and stops."""
-    metrics = metrics or runtime_metrics.default_metrics()
+    metrics = metrics or runtime_metrics.default_metrics(settings.triton_metrics)
     store = ModelStore()
     skipped: list[str] = []
     for name, sources in scan_each(settings.model_repository):
@@ -73,7 +75,7 @@ class Runtime:
                  metrics: runtime_metrics.RuntimeMetrics | None = None) -> None:
         self.settings = settings
         self.store = store
-        self.metrics = metrics or runtime_metrics.default_metrics()
+        self.metrics = metrics or runtime_metrics.default_metrics(settings.triton_metrics)
         self.schedulers: dict[int, Scheduler] = {}
         self.reloader = Reloader(
             settings.model_repository, store, self.schedulers,
@@ -83,6 +85,7 @@ class Runtime:
         self.registry = RegistryWatcher(settings.registry_path, settings.registry_refresh_s,
                                         self._registry_changed)
         self._watch: asyncio.Task | None = None
+        self._publish: asyncio.Task | None = None
         self.server: grpc.aio.Server | None = None
         self.lane: asyncio.Server | None = None
         #: The gateways' lane connections, so a stop can stop reading new calls from them.
@@ -98,6 +101,7 @@ class Runtime:
         if self.settings.lane:
             await self._start_lane(self.settings.lane)
         self._watch = asyncio.get_running_loop().create_task(self.registry.run())
+        self._publish = asyncio.get_running_loop().create_task(self._publish_metrics())
         if self.settings.metrics_port >= 0:
             self._start_metrics(self.settings.metrics_port)
         self.core.ready = True
@@ -121,6 +125,13 @@ class Runtime:
             except TensorgateError as exc:
                 log.error("model %s not reloaded: %s", name, exc.message)
 
+    async def _publish_metrics(self) -> None:
+        """Carry the statistics over to the counters derived from them, once a second."""
+        while True:
+            await asyncio.sleep(PUBLISH_EVERY_S)
+            for scheduler in list(self.schedulers.values()):
+                scheduler.publish_metrics()
+
     def _start_scheduler(self, model: ServedModel) -> Scheduler:
         scheduler = Scheduler(model, inline_ns=self.settings.inline_compute_us * 1000,
                               metrics=self.metrics.model(model.name, str(model.version)))
@@ -132,7 +143,8 @@ class Runtime:
         tcp = listen and not listen.startswith("unix:")
         host = listen.rpartition(":")[0] if tcp else "127.0.0.1"
         # NOTE: read at start-up: a supervisor that set a multiprocess directory serves it.
-        runtime_metrics.serve(port, host.strip("[]"), os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        runtime_metrics.serve(port, host.strip("[]"), os.environ.get("PROMETHEUS_MULTIPROC_DIR"),
+                              self.settings.triton_metrics)
 
     async def _requests_done(self, timeout: float) -> None:
         """Wait, up to `timeout`, until no model version has a request in flight or queued."""
@@ -199,10 +211,11 @@ class Runtime:
     async def stop(self, grace: float = 5.0) -> None:
         """Stop taking requests; those in flight and queued get `grace` seconds to finish."""
         self.core.ready = False
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+        for task in (self._watch, self._publish):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self.registry.close()
         if self.lane is not None:
             self.lane.close()

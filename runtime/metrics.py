@@ -1,5 +1,6 @@
 """The runtime's Prometheus metrics: queue, compute, batch size, depth, executions, model state,
-and GPU utilisation and memory read through NVML at scrape time when a GPU is visible.
+and GPU utilisation and memory read through NVML at scrape time when a GPU is visible; beside
+them, unless turned off, Triton's names for the same numbers (runtime.triton_metrics).
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ from prometheus_client import (
     Gauge,
     Histogram,
     multiprocess,
-    start_http_server,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from common.buckets import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS
+from common.errors import TensorgateError
+from runtime import metrics_http, triton_metrics
+from runtime.stats import ModelStats
+from runtime.triton_metrics import TritonMetrics, TritonModel, TritonNames
 
 log = logging.getLogger("tensorgate.runtime")
 
@@ -35,7 +39,7 @@ class ModelMetrics:
     """One model version's metric children, bound once so the hot path formats no labels."""
 
     __slots__ = ("batch_size", "compute", "depth", "executions", "inferences", "queue",
-                 "request")
+                 "request", "triton")
 
     def __init__(self, metrics: RuntimeMetrics, name: str, version: str) -> None:
         self.queue = metrics.queue_time.labels(name, version)
@@ -45,6 +49,8 @@ class ModelMetrics:
         self.depth = metrics.queue_depth.labels(name, version)
         self.executions = metrics.executions.labels(name, version)
         self.inferences = metrics.inferences.labels(name, version)
+        self.triton: TritonModel | None = (None if metrics.triton is None
+                                           else metrics.triton.model(name, version))
 
     def executed(self, rows: int, seconds: float) -> None:
         """One batch ran: the same place and numbers as ModelStats.record_batch."""
@@ -52,6 +58,17 @@ class ModelMetrics:
         self.inferences.inc(rows)
         self.batch_size.observe(rows)
         self.compute.observe(seconds)
+
+    def failed(self, error: TensorgateError) -> None:
+        """A queued request failed (rare: counted at once, by Triton's reason)."""
+        if self.triton is not None:
+            self.triton.failure[triton_metrics.reason_of(error.code)].inc()
+
+    def publish(self, stats: ModelStats, waiting: int) -> None:
+        """Triton's counters are the statistics extension's numbers, carried over off the
+        hot path (each second and when a version stops), so serving pays nothing for them."""
+        if self.triton is not None:
+            self.triton.publish(stats, waiting)
 
 
 class RuntimeMetrics:
@@ -61,7 +78,9 @@ class RuntimeMetrics:
     `tensorgate_model_state{state="READY"}` counts the workers where a version is ready.
     """
 
-    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+    def __init__(self, registry: CollectorRegistry = REGISTRY, triton: bool = True) -> None:
+        self.registry = registry
+        self.triton = TritonMetrics(registry) if triton else None
         self.queue_time = Histogram(
             "tensorgate_runtime_queue_duration_seconds",
             "Time a request waited in the runtime's queue before its batch started",
@@ -104,21 +123,24 @@ class RuntimeMetrics:
 _default: RuntimeMetrics | None = None
 
 
-def default_metrics() -> RuntimeMetrics:
+def default_metrics(triton: bool = True) -> RuntimeMetrics:
     """The process-wide metrics in the default registry, made on first use (several Runtime
-    objects in one process, as in tests, share them rather than register names twice)."""
+    objects in one process, as in tests, share them rather than register names twice); the
+    first to ask decides whether Triton's names are kept."""
     global _default
     if _default is None:
-        _default = RuntimeMetrics()
+        _default = RuntimeMetrics(triton=triton)
     return _default
 
 
 class GpuCollector:
-    """GPU utilisation and memory, read from NVML when Prometheus scrapes, one label `gpu`."""
+    """GPU utilisation and memory, read from NVML when Prometheus scrapes, one label `gpu`;
+    with `triton`, Triton's `nv_gpu_*` gauges too, labelled `gpu_uuid`."""
 
-    def __init__(self, nvml: Any, indices: list[int]) -> None:
+    def __init__(self, nvml: Any, indices: list[int], triton: bool = True) -> None:
         self.nvml = nvml
         self.indices = indices
+        self.triton = triton
 
     def collect(self) -> Iterator[Metric]:
         util = GaugeMetricFamily("tensorgate_gpu_utilization_ratio",
@@ -128,11 +150,13 @@ class GpuCollector:
                                  labels=["gpu"])
         total = GaugeMetricFamily("tensorgate_gpu_memory_total_bytes", "GPU memory in all",
                                   labels=["gpu"])
+        nv = triton_metrics.gpu_families() if self.triton else ()
         for index in self.indices:
             try:
                 handle = self.nvml.nvmlDeviceGetHandleByIndex(index)
                 rates = self.nvml.nvmlDeviceGetUtilizationRates(handle)
                 memory = self.nvml.nvmlDeviceGetMemoryInfo(handle)
+                uuid = _text(self.nvml.nvmlDeviceGetUUID(handle)) if nv else ""
             except self.nvml.NVMLError as exc:
                 # NOTE: one GPU that fails to answer (fallen off the bus) must not fail the scrape.
                 log.warning("NVML could not read GPU %d: %s", index, exc)
@@ -140,7 +164,24 @@ class GpuCollector:
             util.add_metric([str(index)], rates.gpu / 100.0)
             used.add_metric([str(index)], float(memory.used))
             total.add_metric([str(index)], float(memory.total))
-        yield from (util, used, total)
+            if nv:
+                triton_metrics.add_gpu(nv, uuid, (
+                    rates.gpu / 100.0, float(memory.total), float(memory.used),
+                    self._watts(self.nvml.nvmlDeviceGetPowerUsage, handle),
+                    self._watts(self.nvml.nvmlDeviceGetPowerManagementLimit, handle)))
+        yield from (util, used, total, *nv)
+
+    def _watts(self, read: Any, handle: Any) -> float | None:
+        """NVML's milliwatts in watts; None where the GPU does not report power."""
+        try:
+            return float(read(handle)) / 1000.0
+        except self.nvml.NVMLError:
+            return None
+
+
+def _text(value: str | bytes) -> str:
+    # NOTE: older pynvml releases return bytes.
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def visible_gpus(count: int, env: Mapping[str, str]) -> list[int]:
@@ -152,7 +193,8 @@ def visible_gpus(count: int, env: Mapping[str, str]) -> list[int]:
     return [i for i in indices if i < count]
 
 
-def gpu_collector(nvml: Any = None, env: Mapping[str, str] | None = None) -> GpuCollector | None:
+def gpu_collector(nvml: Any = None, env: Mapping[str, str] | None = None,
+                  triton: bool = True) -> GpuCollector | None:
     """A GpuCollector when NVML imports, initialises and sees a GPU; None otherwise."""
     if nvml is None:
         try:
@@ -166,7 +208,7 @@ def gpu_collector(nvml: Any = None, env: Mapping[str, str] | None = None) -> Gpu
     except nvml.NVMLError as exc:
         log.info("no GPU metrics: NVML did not start (%s)", exc)
         return None
-    return GpuCollector(nvml, indices) if indices else None
+    return GpuCollector(nvml, indices, triton) if indices else None
 
 
 _LIVE_FILE = re.compile(r"gauge_live\w+?_(\d+)\.db$")
@@ -196,21 +238,22 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def serving_registry(multiproc_dir: str | None = None, gpu: bool = True) -> CollectorRegistry:
+def serving_registry(multiproc_dir: str | None = None, gpu: bool = True,
+                     triton: bool = True) -> CollectorRegistry:
     """What a /metrics endpoint serves: this process's metrics, or a multiprocess directory's
-    when one is given, plus the GPUs when NVML sees any."""
+    when one is given, plus the GPUs when NVML sees any; Triton's names unless `triton` is
+    off."""
     registry = CollectorRegistry(auto_describe=False)
-    if multiproc_dir:
-        LiveMultiProcessCollector(registry, path=multiproc_dir)
-    else:
-        registry.register(REGISTRY)  # type: ignore[arg-type]
-    collector = gpu_collector() if gpu else None
+    source: Any = LiveMultiProcessCollector(None, path=multiproc_dir) if multiproc_dir \
+        else REGISTRY
+    registry.register(TritonNames(source, triton))  # type: ignore[arg-type]
+    collector = gpu_collector(triton=triton) if gpu else None
     if collector is not None:
         registry.register(collector)  # type: ignore[arg-type]
     return registry
 
 
-def serve(port: int, host: str, multiproc_dir: str | None = None) -> None:
-    """Serve /metrics on a background thread (prometheus-client's own server)."""
-    start_http_server(port, host, registry=serving_registry(multiproc_dir))
+def serve(port: int, host: str, multiproc_dir: str | None = None, triton: bool = True) -> None:
+    """Serve /metrics on a background thread."""
+    metrics_http.start(port, host, serving_registry(multiproc_dir, triton=triton))
     log.info("runtime metrics on http://%s:%d/metrics", host, port)

@@ -69,7 +69,12 @@ class Scheduler:
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
 
+    def publish_metrics(self) -> None:
+        """Bring the counters derived from the statistics (Triton's names) up to date."""
+        self.metrics.publish(self.model.stats, len(self.batcher))
+
     async def stop(self) -> None:
+        self.publish_metrics()  # the last counts of a version going away
         self._loop = None
         if self._timer is not None:
             self._timer.cancel()
@@ -96,8 +101,9 @@ class Scheduler:
         self._look()  # which also sets the queue depth gauge
         try:
             outputs = await future
-        except TensorgateError:
+        except TensorgateError as exc:
             self.model.stats.fail.add(int((self.clock() - now) * 1e9))
+            self.metrics.failed(exc)
             raise
         elapsed = self.clock() - now
         self.model.stats.success.add(int(elapsed * 1e9))

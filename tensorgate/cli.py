@@ -26,12 +26,20 @@ LOG_FORMATS = ("text", "json")
 log = logging.getLogger("tensorgate")
 
 
+def _triton_metrics_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--triton-metrics", action=argparse.BooleanOptionalAction,
+                        default=True,
+                        help="also export Triton's metric names, nv_inference_* and nv_gpu_* "
+                             "(on; --no-triton-metrics turns them off)")
+
+
 def _gateway_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on (0.0.0.0)")
     parser.add_argument("--http-port", type=int, default=8000, help="HTTP port (8000)")
     parser.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (8001)")
     parser.add_argument("--metrics-port", type=int, default=8002,
                         help="Prometheus /metrics port (8002; -1 turns it off)")
+    _triton_metrics_arg(parser)
     parser.add_argument("--registry", type=Path, metavar="PATH",
                         help="the registry database: keys, traffic policies, audit log "
                              "(tensorgate.db beside the model repository)")
@@ -186,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "thread instead of an executor thread (200; 0: never)")
     runtime.add_argument("--metrics-port", type=int, default=-1,
                          help="Prometheus /metrics port, on --listen's host (-1: off)")
+    _triton_metrics_arg(runtime)
     runtime.add_argument("--trace-exporter", choices=tracing.EXPORTERS,
                          help="turn OpenTelemetry tracing on (console or otlp)")
     runtime.add_argument("--registry", type=Path, metavar="PATH",
@@ -241,6 +250,7 @@ def gateway_settings(args: argparse.Namespace, endpoints: tuple[str, ...],
                           max_connections=args.grpc_max_connections)
     return GatewaySettings(host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
                            metrics_port=args.metrics_port, runtime_endpoints=endpoints,
+                           triton_metrics=args.triton_metrics,
                            reuse_port=reuse_port, registry_path=registry, auth=auth,
                            tls=transport, model_repository=args.model_repository,
                            max_in_flight=args.max_in_flight, drain_timeout_s=args.drain_timeout,
@@ -277,7 +287,8 @@ def run(args: argparse.Namespace) -> int:
             model_repository=args.model_repository, listen=args.listen, lane=args.lane,
             threads=args.threads, inline_compute_us=args.inline_compute_us,
             metrics_port=args.metrics_port, drain_timeout_s=args.drain_timeout,
-            tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+            triton_metrics=args.triton_metrics, tls_cert=args.tls_cert, tls_key=args.tls_key,
+            tls_client_ca=args.tls_client_ca,
             registry_path=args.registry, trace_exporter=args.trace_exporter))
     if args.command == "gateway":
         if args.settings_file:

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import uvloop
-from prometheus_client import start_http_server
 
 from common.model_config import ConfigError
 from common.settings import GatewaySettings, to_json
+from runtime import metrics_http
 from runtime.metrics import serving_registry
 from tensorgate import ports
 from tensorgate.bootstrap import write_private
@@ -85,6 +85,8 @@ def runtime_child(repository: Path, tmp: Path, index: int, threads: int,
         argv += ["--registry", str(settings.registry_path)]
     if settings.trace_exporter is not None:
         argv += ["--trace-exporter", settings.trace_exporter]
+    if not settings.triton_metrics:
+        argv.append("--no-triton-metrics")
     # NOTE: the workers write their metrics where the gateways do (run_group's directory), so
     # the supervisor's one /metrics shows both.
     env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics")}
@@ -222,9 +224,9 @@ def _serve_metrics(settings: GatewaySettings, metrics: Path) -> None:
     if settings.metrics_port < 0:
         return
     # NOTE: also drops the live gauges of dead runtime workers, and adds the GPUs via NVML.
-    registry = serving_registry(str(metrics))
+    registry = serving_registry(str(metrics), triton=settings.triton_metrics)
     try:
-        start_http_server(settings.metrics_port, settings.host, registry=registry)
+        metrics_http.start(settings.metrics_port, settings.host, registry)
     except OSError as exc:
         raise ConfigError(f"--metrics-port {settings.metrics_port} on {settings.host}: "
                           f"{exc.strerror} (choose another port, or -1 for none)") from None
