@@ -94,6 +94,16 @@ def test_the_server_and_its_models_are_serving_without_credentials(stack: Stack)
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
+def test_a_stream_without_a_key_is_refused_when_it_opens(stack: Stack) -> None:
+    call = stack.channel.stream_stream(
+        "/inference.GRPCInferenceService/ModelStreamInfer",
+        request_serializer=pb.ModelInferRequest.SerializeToString,
+        response_deserializer=pb.ModelStreamInferResponse.FromString)
+    with pytest.raises(grpc.RpcError) as caught:
+        list(call(iter([pb.ModelInferRequest(model_name="digits")]), timeout=30))
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
 def test_an_unknown_model_is_not_found(stack: Stack) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         status_of(stack, "no-such-model")
