@@ -3,11 +3,15 @@ the `timeout` parameter as the peek reads it (the same rule as the HTTP transpor
 
 from __future__ import annotations
 
+import asyncio
+
+import grpc
 import pytest
 
-from common.errors import TensorgateError
+from common import memory
+from common.errors import TensorgateError, invalid_argument
 from common.proto import grpc_service_pb2 as pb
-from gateway.grpc_stream import answered, deadline, failed
+from gateway.grpc_stream import WINDOW, Stream, answered, deadline, failed
 from gateway.http_server import _timeout_s
 from gateway.peek import infer_fields
 
@@ -64,3 +68,55 @@ def test_a_timeout_that_is_no_positive_whole_number_is_refused(
         infer_fields(message.SerializeToString())
     with pytest.raises(TensorgateError, match="parameter 'timeout'"):
         _timeout_s(message)
+
+
+class FakeContext:
+    """A stream's context: `read` hands out the messages then EOF, `write` keeps the answers."""
+
+    def __init__(self, messages: list[bytes]) -> None:
+        self.messages = list(messages)
+        self.written: list[bytes] = []
+
+    async def read(self) -> object:
+        return self.messages.pop(0) if self.messages else grpc.aio.EOF
+
+    async def write(self, answer: bytes) -> None:
+        self.written.append(answer)
+
+    def time_remaining(self) -> float | None:
+        return None
+
+
+class FakePipeline:
+    """Answers later messages sooner, fails one, and records how many ran at once."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.running = self.most = 0
+
+    async def infer(self, request: bytes, model: str, version: str, timeout: float | None,
+                    protocol: str, headers: object, request_id: str) -> bytes:
+        self.running += 1
+        self.most = max(self.most, self.running)
+        try:
+            number = int(request_id)
+            await asyncio.sleep(0.001 * (self.count - number))
+            if number == 5:
+                raise invalid_argument("input 'NOPE': expected INPUT0")
+            return pb.ModelInferResponse(model_name=model, id=request_id).SerializeToString()
+        finally:
+            self.running -= 1
+
+
+def test_answers_keep_the_order_asked_while_a_window_of_them_runs_at_once() -> None:
+    count = WINDOW * 3
+    messages = [pb.ModelInferRequest(model_name="m", id=str(i)).SerializeToString()
+                for i in range(count)]
+    context, pipeline = FakeContext(messages), FakePipeline(count)
+    stream = Stream(pipeline, memory.Trimmer(), context, {})  # type: ignore[arg-type]
+    asyncio.run(asyncio.wait_for(stream.run(), 60))
+    answers = [pb.ModelStreamInferResponse.FromString(a) for a in context.written]
+    assert [a.infer_response.id for a in answers] == [str(i) for i in range(count)]
+    assert [i for i, a in enumerate(answers) if a.error_message] == [5]
+    assert "NOPE" in answers[5].error_message
+    assert 1 < pipeline.most <= WINDOW
