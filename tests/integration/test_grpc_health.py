@@ -94,6 +94,13 @@ def test_the_server_and_its_models_are_serving_without_credentials(stack: Stack)
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
+def test_a_runtime_worker_serves_grpc_health_too(stack: Stack) -> None:
+    with grpc.insecure_channel(stack.runtime.grpc_address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        answer = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+    assert answer.status == SERVING
+
+
 def test_a_stream_without_a_key_is_refused_when_it_opens(stack: Stack) -> None:
     call = stack.channel.stream_stream(
         "/inference.GRPCInferenceService/ModelStreamInfer",

@@ -161,6 +161,10 @@ def test_probes_point_at_real_paths_and_ports() -> None:
     assert gateway["readinessProbe"]["grpc"] == {"port": 8001}
     assert gateway["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert {p["containerPort"] for p in gateway["ports"]} == exposed()
+    runtimes = [d for d in by_kind("Deployment") if d["metadata"]["name"] == "tensorgate-runtime"]
+    assert len(runtimes) == 2  # CPU and GPU: both ready by gRPC health checking
+    for runtime in runtimes:
+        assert containers(runtime)[0]["readinessProbe"]["grpc"] == {"port": 8011}
 
 
 def test_images_agree_and_the_gpu_variant_asks_for_a_gpu() -> None:
