@@ -41,8 +41,14 @@ def client(servers: Servers) -> Any:
     client.close()
 
 
+def counted(servers: Servers, code: str) -> float:
+    return servers.metrics.get_sample_value(
+        "tensorgate_requests_total", {"model": "digits", "protocol": "grpc", "code": code}) or 0.0
+
+
 def test_every_message_is_answered_in_order_and_a_bad_one_keeps_the_stream_open(
-        client: Any) -> None:
+        servers: Servers, client: Any) -> None:
+    before = counted(servers, "OK"), counted(servers, "INVALID_ARGUMENT")
     answers: queue.Queue = queue.Queue()
     client.start_stream(callback=lambda result, error: answers.put((result, error)))
     try:
@@ -60,6 +66,9 @@ def test_every_message_is_answered_in_order_and_a_bad_one_keeps_the_stream_open(
         assert error is None, (i, error)
         assert result.get_response().id == f"m-{i}"  # ids kept, in the order sent
         assert result.as_numpy("OUTPUT0").shape == (1, 10)
+    # each message is a request of its own to the metrics, as a ModelInfer call would be
+    assert counted(servers, "OK") - before[0] == MESSAGES - 1
+    assert counted(servers, "INVALID_ARGUMENT") - before[1] == 1
 
 
 def test_the_error_carries_the_id_of_the_message_it_answers(servers: Servers) -> None:
