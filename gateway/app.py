@@ -27,6 +27,7 @@ from gateway.answer_store import answers_path
 from gateway.answers import AnswerLog
 from gateway.discover import Discovery
 from gateway.edge import EdgeBuilder
+from gateway.grpc_health import GrpcHealth
 from gateway.grpc_server import GrpcTransport
 from gateway.health import Health
 from gateway.http_protocol import HttpLimits, protocol_class
@@ -96,6 +97,7 @@ class Gateway:
                                  lambda: self.registry.snapshot, Quotas(settings.quota_path),
                                  self.audit, self.answers, refresh=self.registry.refresh_if_due)
         self._registry_task: asyncio.Task | None = None
+        self.grpc_health = GrpcHealth(self.pipeline, settings.health_interval_s)
         self.grpc_server: grpc.aio.Server | None = None
         self.http_server: _Uvicorn | None = None
         self._http_task: asyncio.Task | None = None
@@ -134,6 +136,10 @@ class Gateway:
         grpc_transport = GrpcTransport(self.pipeline)
         self.grpc_server.add_generic_rpc_handlers((grpc_transport.handlers(),
                                                    grpc_transport.feedback_handlers()))
+        # NOTE: registered as services of their own, outside the transport's handlers, so they
+        # ask for no credentials: Kubernetes' grpc probes send none.
+        self.grpc_health.add_to(self.grpc_server)
+        await self.grpc_health.start()
         address = f"{s.host}:{s.grpc_port}"
         if s.tls.cert and s.tls.key:
             credentials = tls.grpc_server_credentials(s.tls.cert, s.tls.key, s.tls.client_ca)
@@ -181,6 +187,7 @@ class Gateway:
         finish, for up to `drain_timeout_s`."""
         s = self.settings
         self.pipeline.admission.drain()
+        await self.grpc_health.drain()
         log.info("gateway draining: not ready; listeners close in %.1fs, requests in flight "
                  "get up to %.1fs", s.drain_grace_s, s.drain_timeout_s)
         # NOTE: a plain sleep is right here: nothing but time tells a load balancer to move.
@@ -202,6 +209,7 @@ class Gateway:
         if self.grpc_server is not None:
             stopping.append(self.grpc_server.stop(grace))
         await asyncio.gather(*stopping)
+        await self.grpc_health.stop()
         await self.router.health.stop()
         if self._registry_task is not None:
             self._registry_task.cancel()

@@ -21,7 +21,8 @@ from common.proto import grpc_service_pb2 as pb
 from common.uploads import check_upload
 from gateway import trace_log, trace_share
 from gateway.feedback import encode_result, handle_feedback
-from gateway.peek import model_and_version, routing_fields
+from gateway.grpc_stream import Stream, deadline
+from gateway.peek import infer_fields, model_and_version
 from gateway.pipeline import Access, Headers, Pipeline
 
 SERVICE = "inference.GRPCInferenceService"
@@ -46,9 +47,23 @@ class GrpcTransport:
         self.trimmer = memory.Trimmer()
 
     async def model_infer(self, request: bytes, context: Any) -> bytes:
-        model, version, request_id = routing_fields(request)
-        return await self.pipeline.infer(request, model, version, context.time_remaining(), "grpc",
+        model, version, request_id, timeout = infer_fields(request)
+        return await self.pipeline.infer(request, model, version,
+                                         deadline(timeout, context.time_remaining()), "grpc",
                                          _headers(context), request_id)
+
+    async def model_stream_infer(self, requests: AsyncIterator[bytes], context: Any) -> None:
+        """Admitted once on the stream's metadata; each message is then a ModelInfer of its own,
+        answered in order, its failure in `error_message` with the stream left open."""
+        headers = _headers(context)
+        try:
+            self.pipeline.admit(headers, None)
+        except TensorgateError as exc:
+            failure = exc
+        else:
+            await Stream(self.pipeline, self.trimmer, context, headers).run()
+            return
+        await context.abort(failure.code, failure.message)
 
     async def feedback(self, request: bytes, context: Any) -> bytes:
         """The HTTP body, naming its model: `{"model": "digits", "id": ..., "truth": ...}`."""
@@ -141,9 +156,11 @@ class GrpcTransport:
         table.update({name: self.forward(name) for name in _FORWARDED})
         table.update({name: self.repository_change(name)
                       for name in ("RepositoryModelLoad", "RepositoryModelUnload")})
-        return grpc.method_handlers_generic_handler(
-            SERVICE, {name: self._method(fn, None if name in _OPEN else self.pipeline.admit)
-                      for name, fn in table.items()})
+        methods = {name: self._method(fn, None if name in _OPEN else self.pipeline.admit)
+                   for name, fn in table.items()}
+        methods["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
+            self.model_stream_infer)
+        return grpc.method_handlers_generic_handler(SERVICE, methods)
 
     def feedback_handlers(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
+import os
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +18,8 @@ import grpc
 
 from common import lane
 from common.errors import TensorgateError, unavailable
+
+log = logging.getLogger("tensorgate.gateway")
 
 
 class _Connection(asyncio.Protocol):
@@ -37,8 +41,11 @@ class _Connection(asyncio.Protocol):
         if self.on_lost is not None:
             # NOTE: before the calls fail, so their retries already avoid this worker.
             self.on_lost()
-        error = unavailable(f"runtime worker {self.address} closed the connection"
-                            + (f": {exc}" if exc else ""))
+        # NOTE: the address (a socket path, a host) goes to the log only, never to a caller.
+        if self.pending:
+            log.warning("runtime worker %s closed the connection with %d calls in flight%s",
+                        self.address, len(self.pending), f": {exc}" if exc else "")
+        error = unavailable("a runtime worker closed the connection")
         pending, self.pending = self.pending, {}
         for future in pending.values():
             if not future.done():
@@ -62,7 +69,7 @@ class _Connection(asyncio.Protocol):
 
     def send(self, kind: int, payload: bytes, timeout: float | None) -> asyncio.Future:
         if self.transport is None:
-            raise unavailable(f"runtime worker {self.address} is not connected")
+            raise unavailable("a runtime worker is not connected")
         call_id = next(self.ids)
         future = self.loop.create_future()
         self.pending[call_id] = future
@@ -83,7 +90,7 @@ class _Connection(asyncio.Protocol):
             return
         future.set_exception(TensorgateError(
             grpc.StatusCode.DEADLINE_EXCEEDED,
-            f"runtime worker {self.address} did not answer within {timeout:.3f}s"))
+            f"the runtime worker did not answer within {timeout:.3f}s"))
         for call_id, pending in self.pending.items():
             if pending is future:
                 del self.pending[call_id]
@@ -125,7 +132,10 @@ class LaneUpstream:
                 _, protocol = await loop.create_connection(factory, host, int(port),
                                                            ssl=self.ssl_context)
         except OSError as exc:
-            raise unavailable(f"runtime worker {self.address} is unavailable: {exc}") from None
+            log.warning("runtime worker %s is unavailable: %s", self.address, exc)
+            # NOTE: the errno's own text only: asyncio's and str(exc) name the path or address.
+            why = os.strerror(exc.errno) if exc.errno else "cannot connect"
+            raise unavailable(f"a runtime worker is unavailable: {why}") from None
         self._connection = protocol
         return protocol
 
@@ -137,8 +147,7 @@ class LaneUpstream:
             return await asyncio.wait_for(self._connect(), timeout)
         except asyncio.TimeoutError:
             raise TensorgateError(grpc.StatusCode.DEADLINE_EXCEEDED, (
-                f"runtime worker {self.address} did not accept a connection within "
-                f"{timeout:.3f}s")) from None
+                f"a runtime worker did not accept a connection within {timeout:.3f}s")) from None
 
     def _opened(self, opening: asyncio.Future) -> None:
         if not opening.cancelled() and opening.exception() is None:

@@ -1,14 +1,17 @@
-"""Parse only what routing needs from a serialized ModelInferRequest: model, version, request id.
-
-Skips every other field by its length, so tensor bytes are never touched or copied.
+"""Parse only what routing needs from a serialized ModelInferRequest: model, version, request id
+and Triton's `timeout` parameter. Skips every other field by its length, so tensor bytes are never
+touched or copied.
 """
 
 from __future__ import annotations
 
 from common.errors import invalid_argument
-from common.wire import LENGTH_DELIMITED, WireError, fields
+from common.wire import LENGTH_DELIMITED, VARINT, WireError, fields, varint
 
 _WANTED = (1, 2, 3)
+_PARAMETERS = 4  # map<string, InferParameter>: one entry per occurrence
+_TIMEOUT = b"timeout"
+BAD_TIMEOUT = "parameter 'timeout': expected a positive whole number of microseconds"
 
 
 def model_and_version(buf: bytes) -> tuple[str, str]:
@@ -19,14 +22,47 @@ def model_and_version(buf: bytes) -> tuple[str, str]:
 
 def routing_fields(buf: bytes) -> tuple[str, str, str]:
     """Fields 1, 2 and 3 (model, version, request id); the last occurrence of each wins."""
+    model, version, request_id, _ = infer_fields(buf)
+    return model, version, request_id
+
+
+def infer_fields(buf: bytes) -> tuple[str, str, str, float | None]:
+    """Model, version, request id and the `timeout` parameter in seconds (None: not given)."""
     found = {1: b"", 2: b"", 3: b""}
+    timeout: float | None = None
     try:
         for number, wire, _, value, end in fields(buf):
-            if number in _WANTED and wire == LENGTH_DELIMITED:
+            if wire != LENGTH_DELIMITED:
+                continue
+            if number in _WANTED:
                 found[number] = buf[value:end]
+            elif number == _PARAMETERS and buf[value:end].find(_TIMEOUT) >= 0:
+                timeout = _timeout_entry(buf[value:end], timeout)
     except WireError as exc:
         raise invalid_argument(f"malformed request: {exc}") from None
     try:
-        return found[1].decode(), found[2].decode(), found[3].decode()
+        return found[1].decode(), found[2].decode(), found[3].decode(), timeout
     except UnicodeDecodeError:
         raise invalid_argument("malformed request: a name or id is not UTF-8") from None
+
+
+def _timeout_entry(entry: bytes, before: float | None) -> float | None:
+    """A parameters map entry: its value in seconds if its key is `timeout`, else `before`."""
+    key, value = b"", b""
+    for number, wire, _, start, end in fields(entry):
+        if number == 1 and wire == LENGTH_DELIMITED:
+            key = entry[start:end]
+        elif number == 2 and wire == LENGTH_DELIMITED:
+            value = entry[start:end]
+    if key != _TIMEOUT:
+        return before
+    micros = 0
+    # InferParameter: int64_param = 2, uint64_param = 5 (varints); any other kind is refused.
+    for number, wire, _, start, _end in fields(value):
+        if number in (2, 5) and wire == VARINT:
+            micros = varint(value, start)[0]
+        else:
+            raise invalid_argument(BAD_TIMEOUT)
+    if micros <= 0 or micros >= 1 << 63:  # a negative int64 arrives as a huge varint
+        raise invalid_argument(BAD_TIMEOUT)
+    return micros / 1e6

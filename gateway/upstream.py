@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -14,6 +16,11 @@ from common import tls as common_tls
 from common.errors import TensorgateError
 from common.settings import TlsSettings
 from gateway.lane_client import LaneUpstream
+
+log = logging.getLogger("tensorgate.gateway")
+
+#: What names an address in grpc's connection errors.
+_ADDRESS = re.compile(r"\b(?:ipv4|ipv6|unix|unix-abstract|dns):|addresses")
 
 SERVICE = "/inference.GRPCInferenceService/"
 
@@ -81,5 +88,11 @@ class GrpcUpstream:
 def _error(exc: grpc.aio.AioRpcError, address: str) -> TensorgateError:
     code = exc.code()
     if code == grpc.StatusCode.UNAVAILABLE:
-        return TensorgateError(code, f"runtime worker {address} is unavailable: {exc.details()}")
+        # NOTE: grpc's own details name the address ("failed to connect to all addresses;
+        # ipv4:..."): the log has them, the caller does not.
+        details = exc.details() or ""
+        log.warning("runtime worker %s is unavailable: %s", address, details)
+        if _ADDRESS.search(details) or address in details:
+            return TensorgateError(code, "a runtime worker is unavailable")
+        return TensorgateError(code, f"a runtime worker is unavailable: {details}")
     return TensorgateError(code, exc.details() or code.name)

@@ -10,6 +10,8 @@ import weakref
 from collections.abc import Awaitable
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
 
 from common import tls
 from common.errors import TensorgateError
@@ -92,6 +94,8 @@ class Runtime:
         self._lanes: weakref.WeakSet[LaneServer] = weakref.WeakSet()
         self.grpc_address = ""
         self.lane_address = ""
+        #: gRPC health checking's "" service, on the gRPC port: SERVING while ready.
+        self.health: health_aio.HealthServicer | None = None
 
     async def start(self) -> None:
         for model in self.store.all():
@@ -105,6 +109,8 @@ class Runtime:
         if self.settings.metrics_port >= 0:
             self._start_metrics(self.settings.metrics_port)
         self.core.ready = True
+        if self.health is not None:
+            await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         models = ", ".join(f"{m.name}:{m.version}" for m in self.store.all())
         log.info("runtime serving gRPC on %s and the lane on %s; models ready: %s",
                  self.grpc_address or "-", self.lane_address or "-", models or "none")
@@ -167,6 +173,10 @@ class Runtime:
         limit = self.settings.max_message_bytes
         self.server = grpc.aio.server(options=server_options(self.settings.grpc, limit))
         self.server.add_generic_rpc_handlers((grpc_handlers(self.core),))
+        # NOTE: gRPC health checking for grpc: probes: NOT_SERVING until start() is done.
+        self.health = health_aio.HealthServicer()
+        await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         s = self.settings
         if s.tls_cert and s.tls_key:
             credentials = tls.grpc_server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca)
@@ -202,6 +212,8 @@ class Runtime:
         for the grace period; then stop() lets requests in flight and queued finish."""
         s = self.settings
         self.core.ready = False
+        if self.health is not None:
+            await self.health.enter_graceful_shutdown()
         log.info("runtime draining: not ready; stops taking requests in %.1fs, requests in "
                  "flight get up to %.1fs", s.drain_grace_s, s.drain_timeout_s)
         # NOTE: a plain sleep is right here: only time lets the gateways' probes notice.

@@ -52,7 +52,9 @@ def test_a_worker_that_is_gone_answers_unavailable_at_once() -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         asyncio.run(call_through(f"127.0.0.1:{port}"))
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert f"runtime worker 127.0.0.1:{port} is unavailable" in (caught.value.details() or "")
+    details = caught.value.details() or ""
+    # NOTE: the caller learns that a worker is unavailable, never where it listens.
+    assert "runtime worker is unavailable" in details and str(port) not in details, details
 
 
 def test_lane_upstream_reports_unavailable_as_the_error_type() -> None:

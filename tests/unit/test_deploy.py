@@ -148,16 +148,23 @@ def test_probes_point_at_real_paths_and_ports() -> None:
             assert set(ports.values()) <= exposed() | RUNTIME_PORTS, c["name"]
             for probe in ("readinessProbe", "livenessProbe"):
                 spec = c[probe]
-                action = spec.get("httpGet") or spec.get("tcpSocket")
+                action = spec.get("httpGet") or spec.get("tcpSocket") or spec.get("grpc")
                 assert action["port"] in ports or action["port"] in ports.values()
+                if "grpc" in spec:  # Kubernetes takes only a number here, not a port's name
+                    assert action["port"] == ports["grpc"], c["name"]
                 if "httpGet" in spec:
                     assert spec["httpGet"]["path"] in HEALTH
             assert c["resources"]["requests"] and c["resources"]["limits"]
             assert c["securityContext"]["allowPrivilegeEscalation"] is False
     gateway = containers(_named("Deployment", "tensorgate-gateway"))[0]
-    assert gateway["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    # readiness over gRPC health checking; its "" service follows /v2/health/ready's rule
+    assert gateway["readinessProbe"]["grpc"] == {"port": 8001}
     assert gateway["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert {p["containerPort"] for p in gateway["ports"]} == exposed()
+    runtimes = [d for d in by_kind("Deployment") if d["metadata"]["name"] == "tensorgate-runtime"]
+    assert len(runtimes) == 2  # CPU and GPU: both ready by gRPC health checking
+    for runtime in runtimes:
+        assert containers(runtime)[0]["readinessProbe"]["grpc"] == {"port": 8011}
 
 
 def test_images_agree_and_the_gpu_variant_asks_for_a_gpu() -> None:
