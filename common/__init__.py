@@ -3,4 +3,5 @@
 __version__ = "0.1.0"
 
 #: The OIP extensions that the gateway and the runtime implement (Server Metadata lists them).
-EXTENSIONS = ("model_configuration", "statistics", "model_repository")
+EXTENSIONS = ("binary_tensor_data", "model_configuration", "model_repository", "schedule_policy",
+              "statistics")

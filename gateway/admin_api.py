@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from common.errors import TensorgateError, invalid_argument, not_found, unavailable
-from common.names import check_name, check_version, shown
-from common.policy import KeyRecord, TrafficPolicy
+from common.names import NAME_PATTERN, check_name, check_version, shown
+from common.policy import ROLES, KeyRecord, TrafficPolicy
 from common.registry import AuditEntry, Registry, RegistryError
 from common.registry.retire import VersionHeld, retire_version
 from common.registry.versions import PRODUCTION, Lifecycle, VersionRecord
@@ -38,6 +39,76 @@ class Call:
     params: Mapping[str, str] = field(default_factory=dict)
     query: Mapping[str, str] = field(default_factory=dict)
     body: Any = None
+
+
+class _Body(BaseModel):
+    """A request body: a JSON object with only the fields its call knows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class PromoteBody(_Body):
+    to: str = Field(default=PRODUCTION, description="the alias to point", pattern=NAME_PATTERN)
+
+    @field_validator("to", mode="before")
+    @classmethod
+    def _name(cls, value: Any) -> str:
+        return check_name(value, '"to" (an alias name)')
+
+
+class RollbackBody(_Body):
+    alias: str = Field(default=PRODUCTION, description="the alias to move back",
+                       pattern=NAME_PATTERN)
+
+    @field_validator("alias", mode="before")
+    @classmethod
+    def _name(cls, value: Any) -> str:
+        return check_name(value, '"alias" (an alias name)')
+
+
+class TrafficBody(_Body):
+    """Weights, stickiness and shadow; their values are checked as the CLI's are (registry)."""
+
+    weights: dict[str, Any] = Field(description='version to integer weight, like {"1": 90, '
+                                                '"2": 10}', json_schema_extra={
+        "minProperties": 1, "additionalProperties": {"type": "integer", "minimum": 1}})
+    sticky: str = Field("key", description="key, sub or header:<name>")
+    shadow: dict[str, Any] | None = Field(None, json_schema_extra={
+        "properties": {"version": {"type": "string"}, "percent": {
+            "type": "number", "exclusiveMinimum": 0, "maximum": 100}},
+        "required": ["version", "percent"], "additionalProperties": False})
+
+    @field_validator("shadow", mode="before")
+    @classmethod
+    def _shadow(cls, value: Any) -> Any:
+        if value is not None and (not isinstance(value, dict)
+                                  or set(value) != {"version", "percent"}):
+            raise invalid_argument('"shadow" must be null or {"version": "<version>", '
+                                   f'"percent": <0-100>}}, got {value!r}')
+        return value
+
+
+class KeyBody(_Body):
+    name: str = Field(pattern=NAME_PATTERN)
+    role: str = Field(json_schema_extra={"enum": list(ROLES)})
+    models: list[str] = Field(["*"], description="globs of the models it may use",
+                              json_schema_extra={"minItems": 1})
+    rate: float = Field(0.0, ge=0, description="requests per second; 0: no limit")
+    burst: int = Field(0, description="0: no limit", ge=0, le=MAX_COUNT)
+    concurrency: int = Field(0, description="0: no limit", ge=0, le=MAX_COUNT)
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name(cls, value: Any) -> str:
+        return check_name(value, "key name")
+
+    @field_validator("burst", "concurrency", mode="before")
+    @classmethod
+    def _count(cls, value: Any, info: ValidationInfo) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+            raise invalid_argument(f'"{info.field_name}" must be a whole number from 0 (no '
+                                   f"limit) to {MAX_COUNT}, got {value!r}")
+        return value
 
 
 def failed_precondition(message: str) -> TensorgateError:
@@ -130,7 +201,7 @@ class AdminApi:
     async def promote(self, call: Call) -> dict[str, Any]:
         """Point an alias (`to`, production by default) at a ready version."""
         model, version = _model_version(call)
-        alias = _alias(_document(call.body, "promote", {"to"}), "to")
+        alias = (call.body or PromoteBody()).to
 
         def work(registry: Registry) -> dict[str, Any]:
             lifecycle = Lifecycle(registry)
@@ -146,7 +217,7 @@ class AdminApi:
     async def rollback(self, call: Call) -> dict[str, Any]:
         """Point an alias back at the ready version it held before the current one."""
         model = check_name(call.params["model"])
-        alias = _alias(_document(call.body, "rollback", {"alias"}), "alias")
+        alias = (call.body or RollbackBody()).alias
 
         def work(registry: Registry) -> dict[str, Any]:
             lifecycle = Lifecycle(registry)
@@ -188,13 +259,10 @@ class AdminApi:
         """Set a model's weights, stickiness and shadow, validated as the CLI's are; every
         version named must be registered and ready."""
         model = check_name(call.params["model"])
-        document = _document(call.body, "traffic", {"weights", "sticky", "shadow"})
-        weights = document.get("weights")
-        if not isinstance(weights, dict):
-            raise invalid_argument('the traffic body needs "weights": an object of version to '
-                                   'integer weight, like {"1": 90, "2": 10}')
-        shadow = _shadow(document.get("shadow"))
-        sticky = document.get("sticky", "key")
+        body: TrafficBody = call.body
+        weights, sticky = body.weights, body.sticky
+        shadow = None if body.shadow is None else (body.shadow["version"],
+                                                   body.shadow["percent"])
         named = [*weights, *([] if shadow is None else [shadow[0]])]
 
         def work(registry: Registry) -> TrafficPolicy:
@@ -223,22 +291,17 @@ class AdminApi:
 
     async def create_key(self, call: Call) -> dict[str, Any]:
         """Create a key; the answer carries its secret, which is never shown again."""
-        fields = {"name", "role", "models", "rate", "burst", "concurrency"}
-        document = _document(call.body, "key", fields)
-        for required in ("name", "role"):
-            if required not in document:
-                raise invalid_argument(f'the key body needs "{required}"')
-        burst, concurrency = _count(document, "burst"), _count(document, "concurrency")
-        name = check_name(document["name"], "key name")
+        body: KeyBody = call.body
+        name = body.name
 
         def work(registry: Registry) -> tuple[KeyRecord, str]:
             if any(r.name == name for r in registry.list_keys(include_revoked=True)):
                 raise TensorgateError(grpc.StatusCode.ALREADY_EXISTS,
                                       f"a key named {name!r} already exists (names stay taken "
                                       "after a key is revoked); choose another name")
-            return registry.create_key(name, document["role"], document.get("models", ("*",)),
-                                       rate=document.get("rate", 0.0), burst=burst,
-                                       concurrency=concurrency, actor=call.actor)
+            return registry.create_key(name, body.role, body.models, rate=body.rate,
+                                       burst=body.burst, concurrency=body.concurrency,
+                                       actor=call.actor)
 
         record, secret = await self._run(work, write=True)
         return {"key": key_json(record), "secret": secret}
@@ -301,43 +364,8 @@ def flag(query: Mapping[str, str], name: str) -> bool:
     return value in ("true", "1")
 
 
-def _document(body: Any, what: str, allowed: Collection[str]) -> dict[str, Any]:
-    """A JSON object body (absent: empty) with only the fields this call knows."""
-    if body is None:
-        return {}
-    if not isinstance(body, dict):
-        raise invalid_argument(f"the {what} body must be a JSON object with "
-                               f"{', '.join(sorted(allowed))}")
-    unknown = sorted(set(body) - set(allowed))
-    if unknown:
-        raise invalid_argument(f"unknown field(s) {', '.join(map(repr, unknown))} in the {what} "
-                               f"body; expected {', '.join(sorted(allowed))}")
-    return body
-
-
-def _alias(document: dict[str, Any], key: str) -> str:
-    return check_name(document.get(key, PRODUCTION), f'"{key}" (an alias name)')
-
-
 def _model_version(call: Call) -> tuple[str, str]:
     return check_name(call.params["model"]), check_version(call.params["version"])
-
-
-def _shadow(value: Any) -> tuple[Any, Any] | None:
-    if value is None:
-        return None
-    if not isinstance(value, dict) or set(value) != {"version", "percent"}:
-        raise invalid_argument('"shadow" must be null or {"version": "<version>", "percent": '
-                               f'<0-100>}}, got {value!r}')
-    return value["version"], value["percent"]
-
-
-def _count(document: dict[str, Any], key: str) -> int:
-    value = document.get(key, 0)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
-        raise invalid_argument(f'"{key}" must be a whole number from 0 (no limit) to '
-                               f"{MAX_COUNT}, got {value!r}")
-    return value
 
 
 def _shares(policy: TrafficPolicy | None, production: str | None) -> dict[str, float]:
