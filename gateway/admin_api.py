@@ -22,8 +22,10 @@ from common.policy import ROLES, KeyRecord, TrafficPolicy
 from common.registry import AuditEntry, Registry, RegistryError
 from common.registry.retire import VersionHeld, retire_version
 from common.registry.versions import PRODUCTION, Lifecycle, VersionRecord
+from gateway.bodies import validated
 
 T = TypeVar("T")
+B = TypeVar("B", bound=BaseModel)
 #: The largest burst or concurrency a key may have: SQLite holds 64 bits, and more is a typo.
 MAX_COUNT = 2**31 - 1
 MAX_AUDIT_LIMIT = 1000
@@ -33,7 +35,8 @@ HISTORY = 20
 
 @dataclass(frozen=True)
 class Call:
-    """One admin request: who asks, the path's parameters, the query and the decoded JSON body."""
+    """One admin request: who asks, the path's parameters, the query and the body (a JSON
+    document, or the pydantic model below that validated it)."""
 
     actor: str
     params: Mapping[str, str] = field(default_factory=dict)
@@ -109,6 +112,12 @@ class KeyBody(_Body):
             raise invalid_argument(f'"{info.field_name}" must be a whole number from 0 (no '
                                    f"limit) to {MAX_COUNT}, got {value!r}")
         return value
+
+
+def _body(call: Call, model: type[B], what: str) -> B:
+    """The call's body as `model`: validated already by the transport, or a document (None:
+    empty) validated here."""
+    return validated(model, {} if call.body is None else call.body, what)
 
 
 def failed_precondition(message: str) -> TensorgateError:
@@ -201,7 +210,7 @@ class AdminApi:
     async def promote(self, call: Call) -> dict[str, Any]:
         """Point an alias (`to`, production by default) at a ready version."""
         model, version = _model_version(call)
-        alias = (call.body or PromoteBody()).to
+        alias = _body(call, PromoteBody, "promote").to
 
         def work(registry: Registry) -> dict[str, Any]:
             lifecycle = Lifecycle(registry)
@@ -217,7 +226,7 @@ class AdminApi:
     async def rollback(self, call: Call) -> dict[str, Any]:
         """Point an alias back at the ready version it held before the current one."""
         model = check_name(call.params["model"])
-        alias = (call.body or RollbackBody()).alias
+        alias = _body(call, RollbackBody, "rollback").alias
 
         def work(registry: Registry) -> dict[str, Any]:
             lifecycle = Lifecycle(registry)
@@ -259,7 +268,7 @@ class AdminApi:
         """Set a model's weights, stickiness and shadow, validated as the CLI's are; every
         version named must be registered and ready."""
         model = check_name(call.params["model"])
-        body: TrafficBody = call.body
+        body = _body(call, TrafficBody, "traffic")
         weights, sticky = body.weights, body.sticky
         shadow = None if body.shadow is None else (body.shadow["version"],
                                                    body.shadow["percent"])
@@ -291,7 +300,7 @@ class AdminApi:
 
     async def create_key(self, call: Call) -> dict[str, Any]:
         """Create a key; the answer carries its secret, which is never shown again."""
-        body: KeyBody = call.body
+        body = _body(call, KeyBody, "key")
         name = body.name
 
         def work(registry: Registry) -> tuple[KeyRecord, str]:

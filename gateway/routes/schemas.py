@@ -6,11 +6,12 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from common.datatypes import ALL_DATATYPES
 from common.errors import invalid_argument
 from common.registry.versions import STATES
+from gateway.bodies import validated
 
 #: Schemas of request bodies' nested models, merged into the document's components.
 BODY_SCHEMAS: dict[str, Any] = {}
@@ -47,31 +48,7 @@ def parse_body(model: type[BaseModel], data: bytes, what: str) -> Any:
         document = orjson.loads(data) if data.strip() else {}
     except orjson.JSONDecodeError as exc:
         raise invalid_argument(f"{what} body is not valid JSON: {exc}") from None
-    fields = ", ".join(model.model_fields)
-    if not isinstance(document, dict):
-        raise invalid_argument(f"the {what} body must be a JSON object with {fields}")
-    try:
-        return model.model_validate(document)
-    except ValidationError as exc:
-        raise invalid_argument(explain(exc, what, fields)) from None
-
-
-def explain(exc: ValidationError, what: str, fields: str) -> str:
-    """One message for a body's problems: unknown fields, missing ones, then the first other."""
-    errors = exc.errors()
-    unknown = [str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden"
-               and len(e["loc"]) == 1]
-    if unknown:
-        return (f"unknown field(s) {', '.join(map(repr, unknown))} in the {what} body; "
-                f"expected {fields}")
-    missing = [str(e["loc"][0]) for e in errors if e["type"] == "missing" and len(e["loc"]) == 1]
-    if missing:
-        return f'the {what} body needs "{missing[0]}"'
-    first = errors[0]
-    where = ".".join(str(p) for p in first["loc"])
-    if first["type"] == "value_error":
-        return str(first["ctx"]["error"])
-    return f'"{where}" in the {what} body: {first["msg"]}, got {first.get("input")!r}'
+    return validated(model, document, what)
 
 
 # -- the Open Inference Protocol ---------------------------------------------------------------
