@@ -41,14 +41,15 @@ def _whole(text: str) -> bool:
 
 
 def infer_target(method: str, path: str) -> tuple[str, str] | None:
-    """(model, version) when this is an infer call, else None: a few string comparisons."""
+    """(model, version or "" for the policy's) when this is an infer call, else None: a few
+    string comparisons."""
     if method != "POST" or not path.startswith("/v2/models/"):
         return None
     parts = path.strip("/").split("/")
     if len(parts) == 4 and parts[3] == "infer":
         return parts[2], ""
     if len(parts) == 6 and parts[3] == "versions" and parts[5] == "infer":
-        return parts[2], parts[4]
+        return parts[2], check_version(parts[4])  # NOTE: an empty version is refused, not latest
     return None
 
 
@@ -75,9 +76,8 @@ class HttpTransport:
                 return
             # NOTE: read only after auth: a refused caller costs its headers.
             body = Body(receive, headers, self.max_body)
-            status, payload, extra = await self.infer(check_name(target[0]),
-                                                      check_version(target[1]) if target[1]
-                                                      else "", headers, body)
+            status, payload, extra = await self.infer(check_name(target[0]), target[1],
+                                                      headers, body)
         except TensorgateError as exc:
             status, payload, extra = _json(exc.http_status, {"error": exc.message})
             if exc.retry_after is not None:

@@ -72,6 +72,13 @@ def test_the_control_plane_answers_beside_the_infer_path(servers: Servers) -> No
     assert status == 200 and "/v2/models/{model_name}/infer" in body["paths"]
 
 
+def test_the_infer_path_checks_the_name_and_version_it_routes_by(servers: Servers) -> None:
+    status, body, _ = _ask(servers, "POST", "/v2/models/digits/versions//infer")
+    assert status == 400 and "version must be a whole number" in body["error"]
+    status, body, _ = _ask(servers, "POST", "/v2/models/no%20such/infer")
+    assert status == 400 and "model name must be" in body["error"]
+
+
 def test_a_declared_route_answers_405_with_allow_for_another_method() -> None:
     router = APIRouter()
 
