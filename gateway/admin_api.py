@@ -14,20 +14,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel
 
 from common.errors import TensorgateError, invalid_argument, not_found, unavailable
-from common.names import NAME_PATTERN, check_name, check_version, shown
-from common.policy import ROLES, KeyRecord, TrafficPolicy
+from common.names import check_name, check_version, shown
+from common.policy import KeyRecord, TrafficPolicy
 from common.registry import AuditEntry, Registry, RegistryError
 from common.registry.retire import VersionHeld, retire_version
 from common.registry.versions import PRODUCTION, Lifecycle, VersionRecord
-from gateway.bodies import validated
+from gateway.bodies import KeyBody, PromoteBody, RollbackBody, TrafficBody, validated
 
 T = TypeVar("T")
 B = TypeVar("B", bound=BaseModel)
-#: The largest burst or concurrency a key may have: SQLite holds 64 bits, and more is a typo.
-MAX_COUNT = 2**31 - 1
 MAX_AUDIT_LIMIT = 1000
 #: How many audit entries `describe` shows.
 HISTORY = 20
@@ -42,76 +40,6 @@ class Call:
     params: Mapping[str, str] = field(default_factory=dict)
     query: Mapping[str, str] = field(default_factory=dict)
     body: Any = None
-
-
-class _Body(BaseModel):
-    """A request body: a JSON object with only the fields its call knows."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-class PromoteBody(_Body):
-    to: str = Field(default=PRODUCTION, description="the alias to point", pattern=NAME_PATTERN)
-
-    @field_validator("to", mode="before")
-    @classmethod
-    def _name(cls, value: Any) -> str:
-        return check_name(value, '"to" (an alias name)')
-
-
-class RollbackBody(_Body):
-    alias: str = Field(default=PRODUCTION, description="the alias to move back",
-                       pattern=NAME_PATTERN)
-
-    @field_validator("alias", mode="before")
-    @classmethod
-    def _name(cls, value: Any) -> str:
-        return check_name(value, '"alias" (an alias name)')
-
-
-class TrafficBody(_Body):
-    """Weights, stickiness and shadow; their values are checked as the CLI's are (registry)."""
-
-    weights: dict[str, Any] = Field(description='version to integer weight, like {"1": 90, '
-                                                '"2": 10}', json_schema_extra={
-        "minProperties": 1, "additionalProperties": {"type": "integer", "minimum": 1}})
-    sticky: str = Field("key", description="key, sub or header:<name>")
-    shadow: dict[str, Any] | None = Field(None, json_schema_extra={
-        "properties": {"version": {"type": "string"}, "percent": {
-            "type": "number", "exclusiveMinimum": 0, "maximum": 100}},
-        "required": ["version", "percent"], "additionalProperties": False})
-
-    @field_validator("shadow", mode="before")
-    @classmethod
-    def _shadow(cls, value: Any) -> Any:
-        if value is not None and (not isinstance(value, dict)
-                                  or set(value) != {"version", "percent"}):
-            raise invalid_argument('"shadow" must be null or {"version": "<version>", '
-                                   f'"percent": <0-100>}}, got {value!r}')
-        return value
-
-
-class KeyBody(_Body):
-    name: str = Field(pattern=NAME_PATTERN)
-    role: str = Field(json_schema_extra={"enum": list(ROLES)})
-    models: list[str] = Field(["*"], description="globs of the models it may use",
-                              json_schema_extra={"minItems": 1})
-    rate: float = Field(0.0, ge=0, description="requests per second; 0: no limit")
-    burst: int = Field(0, description="0: no limit", ge=0, le=MAX_COUNT)
-    concurrency: int = Field(0, description="0: no limit", ge=0, le=MAX_COUNT)
-
-    @field_validator("name", mode="before")
-    @classmethod
-    def _name(cls, value: Any) -> str:
-        return check_name(value, "key name")
-
-    @field_validator("burst", "concurrency", mode="before")
-    @classmethod
-    def _count(cls, value: Any, info: ValidationInfo) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
-            raise invalid_argument(f'"{info.field_name}" must be a whole number from 0 (no '
-                                   f"limit) to {MAX_COUNT}, got {value!r}")
-        return value
 
 
 def _body(call: Call, model: type[B], what: str) -> B:
