@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+from pydantic import BaseModel
 
 from common.errors import TensorgateError, invalid_argument, not_found, unavailable
 from common.names import check_name, check_version, shown
@@ -21,10 +22,10 @@ from common.policy import KeyRecord, TrafficPolicy
 from common.registry import AuditEntry, Registry, RegistryError
 from common.registry.retire import VersionHeld, retire_version
 from common.registry.versions import PRODUCTION, Lifecycle, VersionRecord
+from gateway.bodies import KeyBody, PromoteBody, RollbackBody, TrafficBody, validated
 
 T = TypeVar("T")
-#: The largest burst or concurrency a key may have: SQLite holds 64 bits, and more is a typo.
-MAX_COUNT = 2**31 - 1
+B = TypeVar("B", bound=BaseModel)
 MAX_AUDIT_LIMIT = 1000
 #: How many audit entries `describe` shows.
 HISTORY = 20
@@ -32,12 +33,19 @@ HISTORY = 20
 
 @dataclass(frozen=True)
 class Call:
-    """One admin request: who asks, the path's parameters, the query and the decoded JSON body."""
+    """One admin request: who asks, the path's parameters, the query and the body (a JSON
+    document, or the pydantic model below that validated it)."""
 
     actor: str
     params: Mapping[str, str] = field(default_factory=dict)
     query: Mapping[str, str] = field(default_factory=dict)
     body: Any = None
+
+
+def _body(call: Call, model: type[B], what: str) -> B:
+    """The call's body as `model`: validated already by the transport, or a document (None:
+    empty) validated here."""
+    return validated(model, {} if call.body is None else call.body, what)
 
 
 def failed_precondition(message: str) -> TensorgateError:
@@ -130,7 +138,7 @@ class AdminApi:
     async def promote(self, call: Call) -> dict[str, Any]:
         """Point an alias (`to`, production by default) at a ready version."""
         model, version = _model_version(call)
-        alias = _alias(_document(call.body, "promote", {"to"}), "to")
+        alias = _body(call, PromoteBody, "promote").to
 
         def work(registry: Registry) -> dict[str, Any]:
             lifecycle = Lifecycle(registry)
@@ -146,7 +154,7 @@ class AdminApi:
     async def rollback(self, call: Call) -> dict[str, Any]:
         """Point an alias back at the ready version it held before the current one."""
         model = check_name(call.params["model"])
-        alias = _alias(_document(call.body, "rollback", {"alias"}), "alias")
+        alias = _body(call, RollbackBody, "rollback").alias
 
         def work(registry: Registry) -> dict[str, Any]:
             lifecycle = Lifecycle(registry)
@@ -188,13 +196,10 @@ class AdminApi:
         """Set a model's weights, stickiness and shadow, validated as the CLI's are; every
         version named must be registered and ready."""
         model = check_name(call.params["model"])
-        document = _document(call.body, "traffic", {"weights", "sticky", "shadow"})
-        weights = document.get("weights")
-        if not isinstance(weights, dict):
-            raise invalid_argument('the traffic body needs "weights": an object of version to '
-                                   'integer weight, like {"1": 90, "2": 10}')
-        shadow = _shadow(document.get("shadow"))
-        sticky = document.get("sticky", "key")
+        body = _body(call, TrafficBody, "traffic")
+        weights, sticky = body.weights, body.sticky
+        shadow = None if body.shadow is None else (body.shadow["version"],
+                                                   body.shadow["percent"])
         named = [*weights, *([] if shadow is None else [shadow[0]])]
 
         def work(registry: Registry) -> TrafficPolicy:
@@ -223,22 +228,17 @@ class AdminApi:
 
     async def create_key(self, call: Call) -> dict[str, Any]:
         """Create a key; the answer carries its secret, which is never shown again."""
-        fields = {"name", "role", "models", "rate", "burst", "concurrency"}
-        document = _document(call.body, "key", fields)
-        for required in ("name", "role"):
-            if required not in document:
-                raise invalid_argument(f'the key body needs "{required}"')
-        burst, concurrency = _count(document, "burst"), _count(document, "concurrency")
-        name = check_name(document["name"], "key name")
+        body = _body(call, KeyBody, "key")
+        name = body.name
 
         def work(registry: Registry) -> tuple[KeyRecord, str]:
             if any(r.name == name for r in registry.list_keys(include_revoked=True)):
                 raise TensorgateError(grpc.StatusCode.ALREADY_EXISTS,
                                       f"a key named {name!r} already exists (names stay taken "
                                       "after a key is revoked); choose another name")
-            return registry.create_key(name, document["role"], document.get("models", ("*",)),
-                                       rate=document.get("rate", 0.0), burst=burst,
-                                       concurrency=concurrency, actor=call.actor)
+            return registry.create_key(name, body.role, body.models, rate=body.rate,
+                                       burst=body.burst, concurrency=body.concurrency,
+                                       actor=call.actor)
 
         record, secret = await self._run(work, write=True)
         return {"key": key_json(record), "secret": secret}
@@ -301,43 +301,8 @@ def flag(query: Mapping[str, str], name: str) -> bool:
     return value in ("true", "1")
 
 
-def _document(body: Any, what: str, allowed: Collection[str]) -> dict[str, Any]:
-    """A JSON object body (absent: empty) with only the fields this call knows."""
-    if body is None:
-        return {}
-    if not isinstance(body, dict):
-        raise invalid_argument(f"the {what} body must be a JSON object with "
-                               f"{', '.join(sorted(allowed))}")
-    unknown = sorted(set(body) - set(allowed))
-    if unknown:
-        raise invalid_argument(f"unknown field(s) {', '.join(map(repr, unknown))} in the {what} "
-                               f"body; expected {', '.join(sorted(allowed))}")
-    return body
-
-
-def _alias(document: dict[str, Any], key: str) -> str:
-    return check_name(document.get(key, PRODUCTION), f'"{key}" (an alias name)')
-
-
 def _model_version(call: Call) -> tuple[str, str]:
     return check_name(call.params["model"]), check_version(call.params["version"])
-
-
-def _shadow(value: Any) -> tuple[Any, Any] | None:
-    if value is None:
-        return None
-    if not isinstance(value, dict) or set(value) != {"version", "percent"}:
-        raise invalid_argument('"shadow" must be null or {"version": "<version>", "percent": '
-                               f'<0-100>}}, got {value!r}')
-    return value["version"], value["percent"]
-
-
-def _count(document: dict[str, Any], key: str) -> int:
-    value = document.get(key, 0)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
-        raise invalid_argument(f'"{key}" must be a whole number from 0 (no limit) to '
-                               f"{MAX_COUNT}, got {value!r}")
-    return value
 
 
 def _shares(policy: TrafficPolicy | None, production: str | None) -> dict[str, float]:

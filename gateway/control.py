@@ -15,6 +15,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from common.errors import TensorgateError
 from common.names import shown
@@ -23,11 +24,10 @@ from gateway.admin_api import AdminApi
 from gateway.edge import EdgeBuilder
 from gateway.http_body import Body
 from gateway.pipeline import Headers, Pipeline
-from gateway.routes_trace import router as trace_router
-from gateway.routes_v1 import router as v1_router
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 #: The route groups, in the order they are matched. A group is an APIRouter in its own module.
-ROUTERS: list[APIRouter] = [v1_router, trace_router]
+ROUTERS: list[APIRouter] = []
 
 
 @dataclass
@@ -79,9 +79,23 @@ async def _tensorgate_error(_: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    detail = (exc.detail if exc.status_code != 404
-              else f"no such path: {request.method} {shown(request.url.path, 200)[1:-1]}")
-    return json_response({"error": detail}, exc.status_code, dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    detail = exc.detail
+    if exc.status_code == 404:
+        detail = f"no such path: {request.method} {shown(request.url.path, 200)[1:-1]}"
+    elif exc.status_code == 405:
+        headers["Allow"] = _allowed(request)
+        detail = (f"{request.method} {request.url.path}: method not allowed; this path takes "
+                  f"{headers['Allow']}")
+    return json_response({"error": detail}, exc.status_code, headers)
+
+
+def _allowed(request: Request) -> str:
+    """Every method some route takes on this path: Starlette names only the first route's, and
+    a path's methods are often declared as separate routes."""
+    routes = request.app.router.routes
+    return ", ".join(method for method in _METHODS if any(
+        route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes))
 
 
 async def _invalid(_: Request, exc: Exception) -> Response:
@@ -101,4 +115,17 @@ def build_control(control: Control, routers: list[APIRouter] | None = None) -> F
         app.add_exception_handler(kind, handler)
     for router in ROUTERS if routers is None else routers:
         app.include_router(router)
+    app.state.openapi = None
     return app
+
+
+# NOTE: imported last: the route modules use the helpers above.
+from gateway import (  # noqa: E402
+    openapi,
+    routes_trace,
+    routes_v1,
+)
+from gateway.routes import admin, models, oip  # noqa: E402
+
+ROUTERS += [oip.router, models.router, admin.router, openapi.router, routes_v1.router,
+            routes_trace.router]

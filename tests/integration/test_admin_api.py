@@ -21,7 +21,7 @@ from common.registry import Registry
 from common.registry.versions import Lifecycle
 from common.settings import AuthSettings
 from gateway.admin_api import AdminApi, Call
-from gateway.http_server import ADMIN_ROUTES
+from gateway.routes import admin as admin_routes
 from tensorgate.lifecycle import sync_repository
 from tests.integration.conftest import ROOT, Background, Servers
 
@@ -65,23 +65,32 @@ def admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Admin]:
         yield Admin(servers, repository, tmp / "registry.db", keys)
 
 
-def concrete(path: list[str]) -> str:
+#: Every admin route, as (method, path) from its declaration.
+ADMIN_ROUTES = [(method, route.path) for route in admin_routes.router.routes
+                for method in getattr(route, "methods", ())]
+
+
+def concrete(path: str) -> str:
     names = {"{model}": "digits", "{version}": "1", "{name}": "user"}
-    return "/v2/admin/" + "/".join(names.get(part, part) for part in path)
+    return "/".join(names.get(part, part) for part in path.split("/"))
 
 
-@pytest.mark.parametrize(("method", "path"), [(m, p) for m, p, _, _ in ADMIN_ROUTES])
-def test_every_route_needs_an_admin_key(admin: Admin, method: str, path: list[str]) -> None:
+def test_the_admin_routes_are_all_declared() -> None:
+    assert len(ADMIN_ROUTES) == 12 and ("PUT", "/v2/admin/models/{model}/traffic") in ADMIN_ROUTES
+
+
+@pytest.mark.parametrize(("method", "path"), ADMIN_ROUTES)
+def test_every_route_needs_an_admin_key(admin: Admin, method: str, path: str) -> None:
     status, body = admin.call(method, concrete(path), key=None)
     assert (status, "missing credential" in body["error"]) == (401, True)
     status, body = admin.call(method, concrete(path), key="user")
     assert status == 403 and "admin role" in body["error"]
 
 
-def test_unknown_admin_paths_and_methods_are_404(admin: Admin) -> None:
+def test_unknown_admin_paths_are_404_and_wrong_methods_405(admin: Admin) -> None:
     assert admin.call("GET", "/v2/admin/nothing")[0] == 404
     status, body = admin.call("PATCH", "/v2/admin/keys")
-    assert status == 404 and "PATCH /v2/admin/keys" in body["error"]
+    assert status == 405 and "PATCH /v2/admin/keys" in body["error"]
 
 
 def test_list_models_shows_versions_states_and_aliases(admin: Admin) -> None:

@@ -17,7 +17,6 @@ from typing import Any, cast
 
 import pytest
 
-from common.errors import TensorgateError
 from common.policy import ANONYMOUS, Principal
 from common.registry import Registry
 from common.settings import AuthSettings, GatewaySettings
@@ -117,11 +116,26 @@ def _transport(builder: Any = None) -> HttpTransport:
 
 
 def test_a_gateway_without_a_builder_answers_404() -> None:
-    with pytest.raises(TensorgateError) as caught:
-        asyncio.run(_transport().route("GET", "/v2/models/digits/versions/1/edge", {}, b"",
-                                       b"target=onnx"))
-    assert caught.value.http_status == 404
-    assert "no local model repository" in caught.value.message
+    status, body = asyncio.run(_get(_transport(), "/v2/models/digits/versions/1/edge",
+                                    b"target=onnx"))
+    assert status == 404
+    assert "no local model repository" in json.loads(body)["error"]
+
+
+async def _get(transport: HttpTransport, path: str, query: bytes) -> tuple[int, bytes]:
+    """One GET straight through the transport's ASGI app."""
+    messages: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        messages.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": path, "query_string": query,
+             "headers": []}
+    await transport(scope, receive, send)
+    return messages[0]["status"], b"".join(m.get("body", b"") for m in messages[1:])
 
 
 def test_a_large_bundle_streams_in_chunks_with_its_length(tmp_path: Path) -> None:
