@@ -17,11 +17,12 @@ from common.errors import invalid_argument
 from common.names import shown
 from gateway import trace_log, trace_share
 from gateway.pipeline import Headers
+from gateway.routes.schemas import ERRORS
 
 if TYPE_CHECKING:
     from gateway.control import Control
 
-router = APIRouter(tags=["trace and logging"])
+router = APIRouter(tags=["trace and logging"], responses=ERRORS)
 
 
 def _control(request: Request) -> Control:

@@ -19,6 +19,7 @@ from common.errors import TensorgateError, not_found
 from common.names import check_name, check_version, is_version, shown
 from common.proto import grpc_service_pb2 as pb
 from gateway.pipeline import Headers, Pipeline
+from gateway.routes.schemas import ERRORS
 from gateway.tfserving import (
     DEFAULT_SIGNATURE,
     Predict,
@@ -35,7 +36,7 @@ if TYPE_CHECKING:  # NOTE: gateway.control lists this router, so it cannot be im
     from gateway.control import Control
 
 log = logging.getLogger("tensorgate.gateway")
-router = APIRouter(tags=["TensorFlow Serving / KServe v1"])
+router = APIRouter(tags=["TensorFlow Serving / KServe v1"], responses=ERRORS)
 #: The metrics' protocol label of v1 predicts (a constant: the label set stays bounded).
 PROTOCOL = "http_v1"
 #: Signatures kept, of served models only; a cached one is re-read after SIGNATURE_TTL_S.
