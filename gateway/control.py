@@ -84,7 +84,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         detail = f"no such path: {request.method} {shown(request.url.path, 200)[1:-1]}"
     elif exc.status_code == 405:
-        headers["Allow"] = _allowed(request)
+        headers = {k: v for k, v in headers.items() if k.lower() != "allow"}
+        headers["Allow"] = (exc.headers or {}).get("allow") or _allowed(request)
         detail = (f"{request.method} {request.url.path}: method not allowed; this path takes "
                   f"{headers['Allow']}")
     return json_response({"error": detail}, exc.status_code, headers)
