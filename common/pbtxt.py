@@ -184,6 +184,10 @@ def to_model_config(message: mc.ModelConfig, path: Path, name: str,
         _fail(path, "name", f"the model's folder name {name!r}", message.name)
     if message.max_batch_size < 0:
         _fail(path, "max_batch_size", "an integer >= 0", message.max_batch_size)
+    if message.model_transaction_policy.decoupled:
+        _fail(path, "model_transaction_policy.decoupled",
+              "false: tensorgate answers each request once (decoupled models are not supported)",
+              True)
     filename = message.default_model_filename
     if filename and (Path(filename).name != filename or filename in (".", "..")):
         _fail(path, "default_model_filename", "a file name inside the version folder", filename)

@@ -177,6 +177,13 @@ ensemble_scheduling: { step [ ] };
 """
 
 
+def test_a_decoupled_model_is_refused_by_name() -> None:
+    with pytest.raises(ConfigError, match=r"model_transaction_policy.decoupled.*not supported"):
+        parse('backend: "onnxruntime"\nmodel_transaction_policy { decoupled: true }\n')
+    config, _ = parse('backend: "onnxruntime"\nmodel_transaction_policy { decoupled: false }\n')
+    assert config.name == "m"
+
+
 def test_unsupported_fields_are_listed_once_each() -> None:
     config, unsupported = parse(UNSUPPORTED)
     assert unsupported == [
