@@ -26,8 +26,6 @@ from gateway.http_body import Body
 from gateway.pipeline import Headers, Pipeline
 
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
-#: The route groups, in the order they are matched. A group is an APIRouter in its own module.
-ROUTERS: list[APIRouter] = []
 
 
 @dataclass
@@ -106,27 +104,25 @@ async def _invalid(_: Request, exc: Exception) -> Response:
     return json_response({"error": f"invalid request: {problems}"}, 400)
 
 
-def build_control(control: Control, routers: list[APIRouter] | None = None) -> FastAPI:
-    """The control-plane app over `routers` (default: ROUTERS)."""
+def routers() -> list[APIRouter]:
+    """The route groups, in the order they are matched; each is an APIRouter in its own module.
+    Imported here, not at the top: the route modules use this module's helpers."""
+    from gateway import openapi, routes_trace, routes_v1
+    from gateway.routes import admin, models, oip
+
+    return [oip.router, models.router, admin.router, openapi.router, routes_v1.router,
+            routes_trace.router]
+
+
+def build_control(control: Control, groups: list[APIRouter] | None = None) -> FastAPI:
+    """The control-plane app over `groups` (default: every group, `routers()`)."""
     app = FastAPI(title="tensorgate", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.control = control
     handlers: dict[Any, Any] = {TensorgateError: _tensorgate_error, HTTPException: _http_error,
                                 RequestValidationError: _invalid}
     for kind, handler in handlers.items():
         app.add_exception_handler(kind, handler)
-    for router in ROUTERS if routers is None else routers:
+    for router in routers() if groups is None else groups:
         app.include_router(router)
     app.state.openapi = None
     return app
-
-
-# NOTE: imported last: the route modules use the helpers above.
-from gateway import (  # noqa: E402
-    openapi,
-    routes_trace,
-    routes_v1,
-)
-from gateway.routes import admin, models, oip  # noqa: E402
-
-ROUTERS += [oip.router, models.router, admin.router, openapi.router, routes_v1.router,
-            routes_trace.router]

@@ -1,12 +1,10 @@
 """HTTP routes of the trace and logging extensions: `/v2/trace/setting`, its per-model form and
 `/v2/logging`; an admin key reads and changes them (they are operator settings).
-
-`gateway.control` imports this module to list its router, so this one does not import it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
@@ -16,23 +14,10 @@ from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, Va
 from common.errors import invalid_argument
 from common.names import shown
 from gateway import trace_log, trace_share
-from gateway.pipeline import Headers
+from gateway.control import control_of, headers_of
 from gateway.routes.schemas import ERRORS
 
-if TYPE_CHECKING:
-    from gateway.control import Control
-
-router = APIRouter(tags=["trace and logging"], responses=ERRORS)
-
-
-def _control(request: Request) -> Control:
-    control: Control = request.app.state.control
-    return control
-
-
-def _headers(request: Request) -> Headers:
-    headers: Headers = request.scope["tensorgate.headers"]
-    return headers
+router: APIRouter = APIRouter(tags=["trace and logging"], responses=ERRORS)
 
 
 def _json(payload: Any) -> Response:
@@ -72,7 +57,7 @@ def _documented(body: type[BaseModel]) -> dict[str, Any]:
 
 async def _changes(request: Request, body: type[BaseModel]) -> dict[str, Any]:
     """The POSTed settings, read only once the caller was admitted: those it names, null kept."""
-    raw = await _control(request).body(request)
+    raw = await control_of(request).body(request)
     try:
         settings = body.model_validate_json(raw)
     except ValidationError as exc:
@@ -85,44 +70,44 @@ async def _changes(request: Request, body: type[BaseModel]) -> dict[str, Any]:
 
 @router.get("/v2/trace/setting", summary="The global trace settings")
 async def get_trace(request: Request) -> Response:
-    _control(request).admit(request, admin=True)
+    control_of(request).admit(request, admin=True)
     return _json(trace_log.TRACE.shown())
 
 
 @router.post("/v2/trace/setting", summary="Change the global trace settings",
              openapi_extra=_documented(TraceBody))
 async def post_trace(request: Request) -> Response:
-    principal = _control(request).admit(request, admin=True)
+    principal = control_of(request).admit(request, admin=True)
     changes = await _changes(request, TraceBody)
     return _json(await trace_share.change_trace(changes, None, principal))
 
 
 @router.get("/v2/models/{model}/trace/setting", summary="A served model's trace settings")
 async def get_model_trace(request: Request, model: str) -> Response:
-    control = _control(request)
+    control = control_of(request)
     control.admit(request, admin=True)
-    await trace_share.check_served(control.pipeline, model, _headers(request))
+    await trace_share.check_served(control.pipeline, model, headers_of(request))
     return _json(trace_log.TRACE.shown(model))
 
 
 @router.post("/v2/models/{model}/trace/setting", summary="Change a served model's trace settings",
              openapi_extra=_documented(TraceBody))
 async def post_model_trace(request: Request, model: str) -> Response:
-    control = _control(request)
+    control = control_of(request)
     principal = control.admit(request, admin=True)
-    await trace_share.check_served(control.pipeline, model, _headers(request))
+    await trace_share.check_served(control.pipeline, model, headers_of(request))
     changes = await _changes(request, TraceBody)
     return _json(await trace_share.change_trace(changes, model, principal))
 
 
 @router.get("/v2/logging", summary="The log settings")
 async def get_logging(request: Request) -> Response:
-    _control(request).admit(request, admin=True)
+    control_of(request).admit(request, admin=True)
     return _json(trace_log.log_settings())
 
 
 @router.post("/v2/logging", summary="Change the log settings", openapi_extra=_documented(LogBody))
 async def post_logging(request: Request) -> Response:
-    principal = _control(request).admit(request, admin=True)
+    principal = control_of(request).admit(request, admin=True)
     changes = await _changes(request, LogBody)
     return _json(await trace_share.change_log(changes, principal))

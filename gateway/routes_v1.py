@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import orjson
@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException
 from common.errors import TensorgateError, not_found
 from common.names import check_name, check_version, is_version, shown
 from common.proto import grpc_service_pb2 as pb
+from gateway.control import control_of, headers_of
 from gateway.pipeline import Headers, Pipeline
 from gateway.routes.schemas import ERRORS
 from gateway.tfserving import (
@@ -32,11 +33,8 @@ from gateway.tfserving import (
     status_body,
 )
 
-if TYPE_CHECKING:  # NOTE: gateway.control lists this router, so it cannot be imported here
-    from gateway.control import Control
-
 log = logging.getLogger("tensorgate.gateway")
-router = APIRouter(tags=["TensorFlow Serving / KServe v1"], responses=ERRORS)
+router: APIRouter = APIRouter(tags=["TensorFlow Serving / KServe v1"], responses=ERRORS)
 #: The metrics' protocol label of v1 predicts (a constant: the label set stays bounded).
 PROTOCOL = "http_v1"
 #: Signatures kept, of served models only; a cached one is re-read after SIGNATURE_TTL_S.
@@ -45,16 +43,6 @@ SIGNATURE_TTL_S = 10.0
 _PREDICT_DOC: dict[str, Any] = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": PredictBody.model_json_schema()}}}}
 _UNSUPPORTED = {"classify": "Classify", "regress": "Regress"}
-
-
-def _control(request: Request) -> Control:
-    control: Control = request.app.state.control
-    return control
-
-
-def _headers(request: Request) -> Headers:
-    headers: Headers = request.scope["tensorgate.headers"]
-    return headers
 
 
 class Signatures:
@@ -127,7 +115,7 @@ async def other_method_version(model: str, version: str, method: str,
 @router.api_route("/v1/models/{model}/labels/{rest:path}", methods=["GET", "POST"],
                   include_in_schema=False)
 async def labels(model: str, rest: str, request: Request) -> Response:
-    _control(request).admit(request, check_name(model))
+    control_of(request).admit(request, check_name(model))
     raise TensorgateError(grpc.StatusCode.UNIMPLEMENTED, "version labels are not supported "
                           "here: name a version (/versions/N) or none (the default)")
 
@@ -155,9 +143,9 @@ async def status_version(model: str, version: str, request: Request) -> Response
 
 
 async def _predict(request: Request, model: str, version: str) -> Response:
-    control = _control(request)
+    control = control_of(request)
     check_name(model)
-    headers = _headers(request)
+    headers = headers_of(request)
     decoded: list[Predict] = []
 
     async def load() -> tuple[bytes, str, float | None]:
@@ -179,7 +167,7 @@ async def _predict(request: Request, model: str, version: str) -> Response:
 
 
 def _unsupported(request: Request, model: str, method: str) -> Response:
-    _control(request).admit(request, check_name(model))
+    control_of(request).admit(request, check_name(model))
     if method in _UNSUPPORTED:
         raise TensorgateError(grpc.StatusCode.UNIMPLEMENTED,
                               f"TF Serving's {_UNSUPPORTED[method]} API is not supported here: "
@@ -188,9 +176,9 @@ def _unsupported(request: Request, model: str, method: str) -> Response:
 
 
 async def _signature_metadata(request: Request, model: str, version: str) -> Response:
-    pipeline = _control(request).pipeline
+    pipeline = control_of(request).pipeline
     version = version or _production(pipeline, check_name(model))
-    meta = await _metadata(pipeline, model, version, _headers(request))
+    meta = await _metadata(pipeline, model, version, headers_of(request))
     # NOTE: the runtime describes its newest version when asked for none
     newest = max((v for v in meta.versions if is_version(v)), key=int, default="")
     return _json(metadata_body(model, version or newest, signature_of(meta)))
@@ -204,8 +192,8 @@ def _production(pipeline: Pipeline, model: str) -> str:
 async def _status(request: Request, model: str, version: str) -> Response:
     if ":" in model:
         raise HTTPException(405, "use POST for :predict", {"allow": "POST"})
-    pipeline = _control(request).pipeline
-    headers = _headers(request)
+    pipeline = control_of(request).pipeline
+    headers = headers_of(request)
     meta = await _metadata(pipeline, check_name(model), "", headers)
     if version and version not in meta.versions:
         raise not_found(f"model '{model}' has no version {version}; it has "
