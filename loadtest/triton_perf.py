@@ -51,7 +51,7 @@ def measure(opts: argparse.Namespace, ports: dict[str, int], mode: tuple[str, ..
         argv = [opts.perf_analyzer, "-m", opts.model, "-u", f"127.0.0.1:{port}", *mode,
                 "--concurrency-range", str(concurrency), "--measurement-interval",
                 str(opts.interval_ms), "--max-trials", "10", "--stability-percentage", "50",
-                *extra]
+                *(part.format(concurrency=concurrency) for part in extra)]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
         found = _LINE.findall(done.stdout)
         if done.returncode != 0 or not found:
@@ -72,13 +72,13 @@ def main(argv: list[str] | None = None) -> int:
             for name, mode in MODES.items():
                 for concurrency, rate, latency in measure(opts, ports, mode):
                     print(f"| {name} | {concurrency} | {rate:,.0f} | {latency:,} |", flush=True)
-            csv = folder / "metrics.csv"
             collect = ("--collect-metrics", "--metrics-url",
-                       f"http://127.0.0.1:{ports['metrics']}/metrics", "-f", str(csv))
+                       f"http://127.0.0.1:{ports['metrics']}/metrics", "-f",
+                       str(folder / "metrics-{concurrency}.csv"))
             for concurrency, rate, latency in measure(opts, ports, MODES["gRPC"], collect):
                 print(f"| gRPC --collect-metrics -f | {concurrency} | {rate:,.0f} | {latency:,} |")
-            print(f"\n-f wrote {len(csv.read_text().splitlines())} lines; its header:\n"
-                  f"{csv.read_text().splitlines()[0]}")
+            for csv in sorted(folder.glob("metrics-*.csv")):
+                print(f"\n{csv.name}:\n{csv.read_text().strip()}")
         finally:
             children.close()
     return 0
