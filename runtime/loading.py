@@ -27,8 +27,8 @@ def intra_op_threads(threads: int, instances: int) -> int:
     """Compute threads per model instance: the worker's threads shared between its instances.
 
     No core is held back for the event loop: while a batch computes, the loop has little to do
-    (with spinning off, idle compute threads sleep), and holding a core back halved the
-    throughput of compute-heavy models on two cores (loadtest/RESULTS.md, resnet50).
+    (with spinning off, idle compute threads sleep), while on a machine of few cores a core
+    held back is a large share of the compute a compute-heavy model could use.
     """
     return max(1, threads // instances)
 
