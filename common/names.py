@@ -25,10 +25,15 @@ def is_name(text: object) -> bool:
     return isinstance(text, str) and _NAME.fullmatch(text) is not None
 
 
+def is_whole(text: object) -> bool:
+    """True for a whole number in ASCII digits (str.isdigit() alone takes "²", int() refuses it)."""
+    return isinstance(text, str) and text.isascii() and text.isdigit()
+
+
 def is_version(text: object) -> bool:
-    """True for a version number: ASCII digits only ('²'.isdigit() is True), 1 to MAX_VERSION."""
-    return (isinstance(text, str) and 0 < len(text) <= 19 and text.isascii() and text.isdigit()
-            and 0 < int(text) <= MAX_VERSION)
+    """True for a version number: a whole number from 1 to MAX_VERSION."""
+    return isinstance(text, str) and 0 < len(text) <= 19 and is_whole(text) \
+        and 0 < int(text) <= MAX_VERSION
 
 
 def shown(text: object, limit: int = 64) -> str:

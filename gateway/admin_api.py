@@ -17,7 +17,7 @@ import grpc
 from pydantic import BaseModel
 
 from common.errors import TensorgateError, invalid_argument, not_found, unavailable
-from common.names import check_name, check_version, shown
+from common.names import check_name, check_version, is_whole, shown
 from common.policy import KeyRecord, TrafficPolicy
 from common.registry import AuditEntry, Registry, RegistryError
 from common.registry.retire import VersionHeld, retire_version
@@ -262,7 +262,7 @@ class AdminApi:
         if model is not None:
             check_name(model)
         limit = call.query.get("limit", "100")
-        if not (limit.isascii() and limit.isdigit() and 1 <= int(limit) <= MAX_AUDIT_LIMIT):
+        if not (is_whole(limit) and len(limit) <= 4 and 1 <= int(limit) <= MAX_AUDIT_LIMIT):
             raise invalid_argument(f"limit must be a whole number from 1 to {MAX_AUDIT_LIMIT}, "
                                    f"got {limit!r}")
         entries = await self._run(lambda registry: registry.audit_log(model, int(limit)))

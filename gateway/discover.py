@@ -14,6 +14,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from common.names import is_whole
 from common.settings import GatewaySettings
 from gateway.health import Endpoint
 from gateway.route import Router
@@ -51,7 +52,7 @@ def dns_name(address: str) -> Name | None:
     host = host.strip("[]")
     # NOTE: localhost names this machine, not a set of workers: resolved, it would give one
     # worker twice (127.0.0.1 and ::1).
-    if not colon or not port.isdigit() or not host or host == "localhost":
+    if not colon or not is_whole(port) or not host or host == "localhost":
         return None
     try:
         ipaddress.ip_address(host)

@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 
 from common.errors import TensorgateError, invalid_argument
-from common.names import shown
+from common.names import is_whole, shown
 
 #: The zlib window of each accepted Content-Encoding (None: taken as it comes).
 ENCODINGS: dict[str, int | None] = {"identity": None, "gzip": 31, "deflate": 15}
@@ -33,8 +33,7 @@ class Body:
             raise invalid_argument(f"Content-Encoding {shown(self.encoding)} is not supported: "
                                    "send identity, gzip or deflate")
         declared = self.declared
-        if declared is not None and declared.isascii() and declared.isdigit() \
-                and int(declared) > self.limit:
+        if declared is not None and is_whole(declared) and int(declared) > self.limit:
             raise invalid_argument(f"request body of {int(declared)} bytes exceeds the limit of "
                                    f"{self.limit}")
 

@@ -11,7 +11,7 @@ import grpc
 import orjson
 
 from common.errors import TensorgateError, invalid_argument
-from common.names import check_name, check_version
+from common.names import check_name, check_version, is_whole
 from common.proto import grpc_service_pb2 as pb
 from gateway.admin_api import AdminApi
 from gateway.control import Control, build_control
@@ -33,11 +33,6 @@ SINGLE_HEADERS = frozenset({"authorization", "content-length", "content-encoding
 
 def _json(status: int, payload: Any) -> Reply:
     return status, orjson.dumps(payload), _JSON
-
-
-def _whole(text: str) -> bool:
-    """A whole number in ASCII digits (str.isdigit also takes '²', which int() refuses)."""
-    return text.isascii() and text.isdigit()
 
 
 def infer_target(method: str, path: str) -> tuple[str, str] | None:
@@ -92,7 +87,7 @@ class HttpTransport:
             """Called by the pipeline once the caller is admitted on its headers alone."""
             nonlocal prefs
             length = headers.get(_HEADER_LENGTH)
-            if length is not None and not _whole(length):
+            if length is not None and not is_whole(length):
                 raise invalid_argument("Inference-Header-Content-Length must be a whole number")
             request, prefs = decode_infer_request(await body.read(),
                                                   int(length) if length else None, model, version)

@@ -13,7 +13,7 @@ import grpc
 
 from common import logs, tracing
 from common.errors import TensorgateError, invalid_argument
-from common.names import check_name, shown
+from common.names import check_name, is_whole, shown
 
 TRACE_KEYS = ("trace_level", "trace_rate", "trace_count", "log_frequency", "trace_file",
               "trace_mode")
@@ -196,7 +196,7 @@ def _single(key: str, value: Any) -> Any:
 def _whole(key: str, value: Any, least: int) -> int:
     text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
     body = text[1:] if isinstance(text, str) and text.startswith("-") else text
-    if not isinstance(text, str) or not body.isascii() or not body.isdigit() or len(body) > 10 \
+    if not isinstance(text, str) or not is_whole(body) or len(body) > 10 \
             or not least <= int(text) <= MAX_COUNT:
         raise invalid_argument(f"{key} must be a whole number from {least} to {MAX_COUNT} "
                                f"(as a string); got {shown(value)}")

@@ -24,6 +24,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from common.buckets import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS
 from common.errors import TensorgateError
+from common.names import is_whole
 from runtime import metrics_http, triton_metrics
 from runtime.stats import ModelStats
 from runtime.triton_metrics import TritonMetrics, TritonModel, TritonNames
@@ -189,7 +190,7 @@ def visible_gpus(count: int, env: Mapping[str, str]) -> list[int]:
     listed = env.get("CUDA_VISIBLE_DEVICES")
     if listed is None:
         return list(range(count))
-    indices = [int(part) for part in listed.split(",") if part.strip().isdigit()]
+    indices = [int(part) for part in listed.split(",") if is_whole(part.strip())]
     return [i for i in indices if i < count]
 
 

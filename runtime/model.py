@@ -87,7 +87,7 @@ class ModelStore:
         versions = self.versions(name)
         if not version:
             return versions[max(versions)]
-        if not is_version(version):  # not isdigit(): '²' is a digit, and int() refuses it
+        if not is_version(version):
             raise invalid_argument(f"model '{name}': version must be a positive integer "
                                    f"(1 to {MAX_VERSION}), got {shown(version)}")
         model = versions.get(int(version))

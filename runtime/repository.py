@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.model_config import ConfigError, ModelConfig, VersionPolicy, load_model_config
-from common.names import is_name, rule
+from common.names import MAX_VERSION, is_name, is_version, is_whole, rule
 from runtime.backends import detect_backend
 
 log = logging.getLogger("tensorgate.config")
@@ -59,11 +59,24 @@ def scan_each(repo: Path) -> Iterator[tuple[str, list[VersionSource] | ConfigErr
             yield model_dir.name, exc
 
 
+def version_folders(model_dir: Path) -> list[int]:
+    """The version numbers of a model folder's numbered subfolders, sorted.
+
+    Other subfolders are not versions (as in Triton); a number that is no version ('0', '01', the
+    two '1' and '01' naming one version) is refused by name rather than loaded unreachable.
+    """
+    numbered = sorted(p.name for p in model_dir.iterdir() if p.is_dir() and is_whole(p.name))
+    for name in numbered:
+        if not is_version(name) or name.startswith("0"):
+            raise ConfigError(f"{model_dir}: version folder {name!r} is not a version: name it "
+                              f"with a whole number from 1 to {MAX_VERSION}, no leading zero")
+    return sorted(int(name) for name in numbered)
+
+
 def scan_model(model_dir: Path) -> list[VersionSource]:
     """The selected versions of one model folder; raises ConfigError at the first fault."""
     config = model_config(model_dir)
-    versions = sorted(
-        int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    versions = version_folders(model_dir)
     if not versions:
         raise ConfigError(f"{model_dir}: no version folders (expected e.g. {model_dir}/1/)")
     found = []

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.names import is_version
 from common.registry import Registry, RegistryError, default_registry_path
 from common.registry.versions import PRODUCTION, Lifecycle
 from gateway.answer_store import VALUE, AnswerStore, answers_path
@@ -149,7 +150,7 @@ def build_report(model: str, outcomes: Sequence[tuple[str, str, float]],
 
 
 def _version_key(version: str) -> tuple[int, int | str]:
-    return (0, int(version)) if version.isdigit() else (1, version)
+    return (0, int(version)) if is_version(version) else (1, version)
 
 
 def _pct(value: float | None) -> str:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from common.names import is_whole
 from common.policy import ROLES, KeyRecord, TrafficPolicy
 from common.registry import AuditEntry, Registry, RegistryError, default_registry_path
 
@@ -31,7 +32,7 @@ def registry_options() -> argparse.ArgumentParser:
 
 def _weight(text: str) -> tuple[str, int]:
     version, sep, weight = text.partition("=")
-    if not sep or not version or not weight.strip().isdigit():
+    if not sep or not version or not is_whole(weight.strip()):
         raise argparse.ArgumentTypeError(f"expected VERSION=WEIGHT with an integer weight, "
                                          f"like 1=90, got {text!r}")
     return version, int(weight)

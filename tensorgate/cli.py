@@ -26,45 +26,70 @@ LOG_FORMATS = ("text", "json")
 log = logging.getLogger("tensorgate")
 
 
-def _triton_metrics_arg(parser: argparse.ArgumentParser) -> None:
+def _triton_metrics_arg(parser: argparse.ArgumentParser, default: bool) -> None:
     parser.add_argument("--triton-metrics", action=argparse.BooleanOptionalAction,
-                        default=True,
+                        default=default,
                         help="also export Triton's metric names, nv_inference_* and nv_gpu_* "
-                             "(on; --no-triton-metrics turns them off)")
+                             + ("(on; --no-triton-metrics turns them off)" if default
+                                else "(off; --triton-metrics turns them on)"))
+
+
+def _default(value: float, special: float | None = None, meaning: str = "") -> str:
+    """A default for a help text: '(5)'; with what a special value means, '(5; 0: off)'."""
+    shown = f"{value:g}" if isinstance(value, float) else str(value)
+    if special is None:
+        return f"({shown})"
+    return f"({shown}: {meaning})" if value == special else f"({shown}; {special:g}: {meaning})"
 
 
 def _gateway_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (0.0.0.0)")
-    parser.add_argument("--http-port", type=int, default=8000, help="HTTP port (8000)")
-    parser.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (8001)")
-    parser.add_argument("--metrics-port", type=int, default=8002,
-                        help="Prometheus /metrics port (8002; -1 turns it off)")
-    _triton_metrics_arg(parser)
+    # NOTE: every default comes from the settings dataclasses, so each is written once.
+    d = GatewaySettings()
+    parser.add_argument("--host", default=d.host, help=f"address to listen on ({d.host})")
+    parser.add_argument("--http-port", type=int, default=d.http_port,
+                        help=f"HTTP port ({d.http_port})")
+    parser.add_argument("--grpc-port", type=int, default=d.grpc_port,
+                        help=f"gRPC port ({d.grpc_port})")
+    parser.add_argument("--metrics-port", type=int, default=d.metrics_port,
+                        help=f"Prometheus /metrics port {_default(d.metrics_port, -1, 'off')}")
+    _triton_metrics_arg(parser, d.triton_metrics)
     parser.add_argument("--registry", type=Path, metavar="PATH",
                         help="the registry database: keys, traffic policies, audit log "
                              "(tensorgate.db beside the model repository)")
     parser.add_argument("--trace-exporter", choices=tracing.EXPORTERS,
                         help="turn OpenTelemetry tracing on, exporting to the console or OTLP "
                              "(OTEL_EXPORTER_OTLP_ENDPOINT); off by default")
-    parser.add_argument("--record-answers", choices=("ab", "all", "off"), default="ab",
+    parser.add_argument("--record-answers", choices=("ab", "all", "off"),
+                        default=d.record_answers,
                         help="answers kept for `tensorgate ab report`: of models with a traffic "
-                             "policy (ab), of every model (all), or none (off)")
-    parser.add_argument("--feedback-per-caller", type=int, default=100_000, metavar="ROWS",
-                        help="feedback rows kept per key and model; its oldest go first (100000)")
-    parser.add_argument("--feedback-max-rows", type=int, default=500_000, metavar="ROWS",
-                        help="feedback rows kept in all; past it feedback is refused (500000)")
-    parser.add_argument("--answers-max-rows", type=int, default=2_000_000, metavar="ROWS",
-                        help="answers kept in all; the oldest go first (2000000)")
-    parser.add_argument("--log-sample", type=float, default=0.0, metavar="SHARE",
-                        help="log one JSON line for this share of requests (0)")
-    parser.add_argument("--log-slow-ms", type=float, default=0.0, metavar="MS",
-                        help="log one JSON line for each request slower than this (0: off)")
-    parser.add_argument("--max-in-flight", type=_positive, default=512, metavar="N",
+                             f"policy (ab), of every model (all), or none (off); "
+                             f"{d.record_answers} by default")
+    parser.add_argument("--feedback-per-caller", type=int, default=d.feedback_per_caller,
+                        metavar="ROWS", help="feedback rows kept per key and model; its oldest "
+                        f"go first ({d.feedback_per_caller})")
+    parser.add_argument("--feedback-max-rows", type=int, default=d.feedback_max_rows,
+                        metavar="ROWS", help="feedback rows kept in all; past it feedback is "
+                        f"refused ({d.feedback_max_rows})")
+    parser.add_argument("--answers-max-rows", type=int, default=d.answers_max_rows,
+                        metavar="ROWS",
+                        help=f"answers kept in all; the oldest go first ({d.answers_max_rows})")
+    parser.add_argument("--log-sample", type=float, default=d.log_sample, metavar="SHARE",
+                        help=f"log one JSON line for this share of requests ({d.log_sample:g})")
+    parser.add_argument("--log-slow-ms", type=float, default=d.log_slow_ms, metavar="MS",
+                        help="log one JSON line for each request slower than this "
+                             + _default(d.log_slow_ms, 0, "off"))
+    parser.add_argument("--max-in-flight", type=_positive, default=d.max_in_flight, metavar="N",
                         help="inference requests one gateway process handles at once; more are "
-                             "refused at once with 429 / RESOURCE_EXHAUSTED (512)")
-    _drain_arg(parser)
+                             f"refused at once with 429 / RESOURCE_EXHAUSTED ({d.max_in_flight})")
+    _drain_arg(parser, d.drain_timeout_s)
     _http_args(parser)
     _grpc_args(parser)
+    _auth_args(parser)
+    _tls_args(parser)
+
+
+def _auth_args(parser: argparse.ArgumentParser) -> None:
+    d = AuthSettings()
     auth = parser.add_argument_group("authentication")
     auth.add_argument("--no-auth", action="store_true",
                       help="serve every caller without a key (logs a warning)")
@@ -76,14 +101,21 @@ def _gateway_args(parser: argparse.ArgumentParser) -> None:
                       help="accept JWTs signed by the keys of this JWKS file (re-read on change)")
     auth.add_argument("--jwt-issuer", help="the `iss` JWTs must carry")
     auth.add_argument("--jwt-audience", help="the `aud` JWTs must carry")
-    auth.add_argument("--jwt-leeway", type=float, default=30.0,
-                      help="clock skew allowed on `exp` and `nbf`, in seconds (30)")
-    auth.add_argument("--jwt-rate", type=float, default=0.0,
-                      help="requests per second allowed to each JWT subject (0: no limit)")
-    auth.add_argument("--jwt-burst", type=int, default=0,
-                      help="bucket size of each JWT subject (0: max(1, rate))")
-    auth.add_argument("--jwt-concurrency", type=int, default=0,
-                      help="requests in flight allowed to each JWT subject (0: no limit)")
+    auth.add_argument("--jwt-leeway", type=float, default=d.jwt_leeway_s,
+                      help="clock skew allowed on `exp` and `nbf`, in seconds "
+                           f"({d.jwt_leeway_s:g})")
+    auth.add_argument("--jwt-rate", type=float, default=d.jwt_rate,
+                      help="requests per second allowed to each JWT subject "
+                           + _default(d.jwt_rate, 0, "no limit"))
+    auth.add_argument("--jwt-burst", type=int, default=d.jwt_burst,
+                      help="bucket size of each JWT subject "
+                           + _default(d.jwt_burst, 0, "max(1, rate)"))
+    auth.add_argument("--jwt-concurrency", type=int, default=d.jwt_concurrency,
+                      help="requests in flight allowed to each JWT subject "
+                           + _default(d.jwt_concurrency, 0, "no limit"))
+
+
+def _tls_args(parser: argparse.ArgumentParser) -> None:
     secure = parser.add_argument_group("TLS")
     secure.add_argument("--tls-cert", type=Path, help="serve HTTPS and gRPC over TLS")
     secure.add_argument("--tls-key", type=Path, help="the private key of --tls-cert")
@@ -97,19 +129,24 @@ def _gateway_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _http_args(parser: argparse.ArgumentParser) -> None:
+    d = GatewaySettings()
     http = parser.add_argument_group("HTTP clients (per gateway process)")
-    http.add_argument("--http-header-timeout", type=_seconds, default=10.0, metavar="SECONDS",
-                      help="a request's line and headers must arrive within this of its first "
-                           "byte, else 408 and the connection closed (10)")
-    http.add_argument("--http-body-timeout", type=_seconds, default=60.0, metavar="SECONDS",
-                      help="a request's body must arrive within this of its headers (60)")
-    http.add_argument("--http-keep-alive", type=_seconds, default=5.0, metavar="SECONDS",
-                      help="close a connection silent this long, before or between requests (5)")
-    http.add_argument("--http-max-header-bytes", type=_positive, default=64 * 1024,
+    http.add_argument("--http-header-timeout", type=_seconds, default=d.http_header_timeout_s,
+                      metavar="SECONDS", help="a request's line and headers must arrive within "
+                      "this of its first byte, else 408 and the connection closed "
+                      f"({d.http_header_timeout_s:g})")
+    http.add_argument("--http-body-timeout", type=_seconds, default=d.http_body_timeout_s,
+                      metavar="SECONDS", help="a request's body must arrive within this of its "
+                      f"headers ({d.http_body_timeout_s:g})")
+    http.add_argument("--http-keep-alive", type=_seconds, default=d.http_keep_alive_s,
+                      metavar="SECONDS", help="close a connection silent this long, before or "
+                      f"between requests ({d.http_keep_alive_s:g})")
+    http.add_argument("--http-max-header-bytes", type=_positive, default=d.http_max_header_bytes,
                       metavar="BYTES", help="largest request line plus headers; beyond it 431 "
-                                            "(65536)")
-    http.add_argument("--http-max-connections", type=_positive, default=4096, metavar="N",
-                      help="open HTTP connections; one more is answered 503 and closed (4096)")
+                      f"({d.http_max_header_bytes})")
+    http.add_argument("--http-max-connections", type=_positive, default=d.http_max_connections,
+                      metavar="N", help="open HTTP connections; one more is answered 503 and "
+                      f"closed ({d.http_max_connections})")
 
 
 def _seconds(text: str) -> float:
@@ -143,10 +180,10 @@ def _positive(text: str) -> int:
     return value
 
 
-def _drain_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
+def _drain_arg(parser: argparse.ArgumentParser, default: float) -> None:
+    parser.add_argument("--drain-timeout", type=float, default=default, metavar="SECONDS",
                         help="on SIGTERM, how long requests in flight and queued may take to "
-                             "finish before the process exits (30)")
+                             f"finish before the process exits ({default:g})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,9 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="text, or one JSON object per line (text); before or after the "
                              "command")
     commands = parser.add_subparsers(dest="command", required=True)
+    repository = RuntimeSettings.model_repository
     serve = commands.add_parser("serve", help="serve a model repository (gateway + runtime)")
-    serve.add_argument("--model-repository", type=Path, default=Path("models"),
-                       help="the model repository (./models)")
+    serve.add_argument("--model-repository", type=Path, default=repository,
+                       help=f"the model repository (./{repository})")
     serve.add_argument("--threads", type=int, default=default_threads(),
                        help="compute threads, shared by the runtime workers (all cores)")
     serve.add_argument("--runtime-workers", type=int, default=1,
@@ -170,40 +208,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="gateway processes sharing the ports (one per core)")
     _gateway_args(serve)
     gateway = commands.add_parser("gateway", help="run only the gateway")
-    gateway.add_argument("--model-repository", type=Path, default=Path("models"),
+    gateway.add_argument("--model-repository", type=Path, default=repository,
                          help="the model repository on this host: edge bundles are built from "
-                              "it, and the default registry is beside it (./models)")
+                              f"it, and the default registry is beside it (./{repository})")
     gateway.add_argument("--runtime", action="append", default=[], metavar="ADDRESS",
                          help="a runtime worker's lane (HOST:PORT or unix:PATH), or "
-                         "grpc://HOST:PORT for any OIP gRPC server; repeat for several")
+                         "grpc://HOST:PORT for any OIP gRPC server; repeat for several "
+                         f"({' '.join(GatewaySettings.runtime_endpoints)})")
     gateway.add_argument("--processes", type=int, default=1,
                          help="gateway processes sharing the ports (1)")
     gateway.add_argument("--reuse-port", action="store_true",
                          help="let sibling processes share the ports (SO_REUSEPORT)")
     gateway.add_argument("--settings-file", type=Path, help=argparse.SUPPRESS)
     _gateway_args(gateway)
-    runtime = commands.add_parser("runtime", help="run only a runtime worker")
-    runtime.add_argument("--model-repository", type=Path, default=Path("models"))
-    runtime.add_argument("--listen", default="127.0.0.1:8011",
-                         help="gRPC address: HOST:PORT or unix:PATH (127.0.0.1:8011)")
-    runtime.add_argument("--lane", default="127.0.0.1:8012",
-                         help="the gateway's lane: HOST:PORT or unix:PATH (127.0.0.1:8012)")
-    runtime.add_argument("--threads", type=int, default=default_threads())
-    runtime.add_argument("--inline-compute-us", type=int, default=200,
-                         help="models whose batches take less than this run on the event loop "
-                              "thread instead of an executor thread (200; 0: never)")
-    runtime.add_argument("--metrics-port", type=int, default=-1,
-                         help="Prometheus /metrics port, on --listen's host (-1: off)")
-    _triton_metrics_arg(runtime)
-    runtime.add_argument("--trace-exporter", choices=tracing.EXPORTERS,
-                         help="turn OpenTelemetry tracing on (console or otlp)")
-    runtime.add_argument("--registry", type=Path, metavar="PATH",
-                         help="reload a model when its ready versions change in this registry")
-    _drain_arg(runtime)
-    runtime.add_argument("--tls-cert", type=Path, help="serve the lane and gRPC over TLS")
-    runtime.add_argument("--tls-key", type=Path, help="the private key of --tls-cert")
-    runtime.add_argument("--tls-client-ca", type=Path,
-                         help="require client certificates signed by this CA (mTLS)")
+    _runtime_args(commands.add_parser("runtime", help="run only a runtime worker"))
     admin.add_commands(commands)
     edge.add_commands(commands)
     models_cli.add_commands(commands)
@@ -212,6 +230,35 @@ def build_parser() -> argparse.ArgumentParser:
     for command in commands.choices.values():
         _log_args(command)
     return parser
+
+
+def _runtime_args(runtime: argparse.ArgumentParser) -> None:
+    d = RuntimeSettings()
+    runtime.add_argument("--model-repository", type=Path, default=d.model_repository,
+                         help=f"the model repository (./{d.model_repository})")
+    runtime.add_argument("--listen", default=d.listen,
+                         help=f"gRPC address: HOST:PORT or unix:PATH ({d.listen})")
+    runtime.add_argument("--lane", default=d.lane,
+                         help=f"the gateway's lane: HOST:PORT or unix:PATH ({d.lane})")
+    runtime.add_argument("--threads", type=int, default=d.threads,
+                         help="compute threads (all cores)")
+    runtime.add_argument("--inline-compute-us", type=int, default=d.inline_compute_us,
+                         help="models whose batches take less than this run on the event loop "
+                              f"thread instead of an executor thread ({d.inline_compute_us}; "
+                              "0: never)")
+    runtime.add_argument("--metrics-port", type=int, default=d.metrics_port,
+                         help="Prometheus /metrics port, on --listen's host "
+                              + _default(d.metrics_port, -1, "off"))
+    _triton_metrics_arg(runtime, d.triton_metrics)
+    runtime.add_argument("--trace-exporter", choices=tracing.EXPORTERS,
+                         help="turn OpenTelemetry tracing on (console or otlp)")
+    runtime.add_argument("--registry", type=Path, metavar="PATH",
+                         help="reload a model when its ready versions change in this registry")
+    _drain_arg(runtime, d.drain_timeout_s)
+    runtime.add_argument("--tls-cert", type=Path, help="serve the lane and gRPC over TLS")
+    runtime.add_argument("--tls-key", type=Path, help="the private key of --tls-cert")
+    runtime.add_argument("--tls-client-ca", type=Path,
+                         help="require client certificates signed by this CA (mTLS)")
 
 
 def _log_args(parser: argparse.ArgumentParser) -> None:
@@ -294,7 +341,7 @@ def run(args: argparse.Namespace) -> int:
         if args.settings_file:
             settings = from_json(GatewaySettings, args.settings_file.read_text())
             return roles.run_gateway(settings)
-        endpoints = tuple(args.runtime) or ("127.0.0.1:8012",)
+        endpoints = tuple(args.runtime) or GatewaySettings.runtime_endpoints
         settings = gateway_settings(args, endpoints, args.reuse_port)
         if args.reuse_port:  # sharing with processes started elsewhere was asked for
             bootstrap.announce_auth(settings)

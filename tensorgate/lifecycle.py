@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from common.errors import TensorgateError
 from common.model_config import ConfigError, ModelConfig, load_model_config
-from common.names import check_name, check_version
+from common.names import check_name, check_version, is_version
 from common.registry import Registry, RegistryError
 from common.registry.retire import retire_version
 from common.registry.versions import Lifecycle, VersionRecord
@@ -202,7 +202,7 @@ def _checked(check: Callable[[object, str], str], text: str, what: str) -> str:
 
 
 def _next_version(lifecycle: Lifecycle, model_dir: Path) -> str:
-    on_disk = [int(p.name) for p in model_dir.glob("*") if p.name.isdigit()]
+    on_disk = [int(p.name) for p in model_dir.glob("*") if is_version(p.name)]
     return str(max(int(lifecycle.next_version(model_dir.name)), max(on_disk, default=0) + 1))
 
 

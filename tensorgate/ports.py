@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from common.model_config import ConfigError
+from common.names import is_whole
 from common.settings import GatewaySettings
 
 #: Overrides where the lock files live (default: $XDG_RUNTIME_DIR/tensorgate, else a private
@@ -168,7 +169,7 @@ def holder(port: int) -> int | None:
 
 def _pid_in(fd: int) -> int | None:
     text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-    return int(text) if text.isdigit() else None
+    return int(text) if is_whole(text) else None
 
 
 def run_dir() -> Path:

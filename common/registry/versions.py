@@ -104,7 +104,7 @@ class Lifecycle:
 
     def next_version(self, model: str) -> str:
         numbers = [int(r.version) for r in self.versions(model)
-                   if r.version.isdigit() and r.state != "failed"]
+                   if is_version(r.version) and r.state != "failed"]
         return str(max(numbers, default=0) + 1)
 
     def aliases(self, model: str) -> dict[str, str]:

@@ -78,6 +78,8 @@ def _multiply(scalar: int, point: Point) -> Point:
 
 
 def _decompress(data: bytes) -> Point | None:
+    # RFC 8032 §5.1.3: y >= p and "x = 0 with the sign bit set" are refused, so each point has one
+    # encoding and a signature cannot be re-encoded into a second valid one.
     y = int.from_bytes(data, "little")
     sign, y = y >> 255, y & ((1 << 255) - 1)
     if y >= _P:
@@ -104,6 +106,7 @@ def ed25519_verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
         return False
     a, r = _decompress(public_key), _decompress(signature[:32])
     s = int.from_bytes(signature[32:], "little")
+    # S < L (§5.1.7): S + L would satisfy the same equation, a second signature of one message.
     if a is None or r is None or s >= _L:
         return False
     digest = hashlib.sha512(signature[:32] + public_key + message).digest()

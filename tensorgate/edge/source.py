@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,11 +11,12 @@ import grpc
 
 from common.errors import TensorgateError
 from common.model_config import ConfigError, ModelConfig, load_model_config
+from common.names import is_name, is_version, rule, shown
 from runtime.backends import detect_backend, load_backend
 from runtime.backends.base import Backend
+from runtime.repository import version_folders
 
 TARGETS = ("onnx", "onnx-fp16", "onnx-int8", "ort")
-_REF = re.compile(r"^([^:/\\]+)(?::(\d+))?$")
 
 
 class EdgeError(TensorgateError):
@@ -46,11 +46,11 @@ class Source:
 
 def parse_ref(text: str) -> tuple[str, int | None]:
     """`MODEL` or `MODEL:VERSION` → (model, version or None for the newest)."""
-    match = _REF.match(text)
-    if not match:
-        raise EdgeError(f"expected MODEL or MODEL:VERSION with an integer version, like "
-                        f"digits:2, got {text!r}")
-    return match.group(1), None if match.group(2) is None else int(match.group(2))
+    model, colon, version = text.partition(":")
+    if not is_name(model) or (colon and not is_version(version)):
+        raise EdgeError(f"expected MODEL or MODEL:VERSION, like digits:2 (MODEL {rule()}; "
+                        f"VERSION a whole number from 1); got {shown(text)}")
+    return model, int(version) if colon else None
 
 
 def sha256_file(path: Path) -> str:
@@ -81,7 +81,10 @@ def find_source(repository: Path, model: str, version: int | None) -> Source:
             if Path(repository).is_dir() else []
         raise EdgeError(f"model {model!r} not found in the repository {repository} "
                         f"(it has {known or 'no models'})", grpc.StatusCode.NOT_FOUND)
-    versions = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    try:
+        versions = version_folders(model_dir)
+    except ConfigError as exc:
+        raise EdgeError(str(exc)) from None
     if version is None and versions:
         version = versions[-1]
     if version not in versions:

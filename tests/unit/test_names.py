@@ -4,7 +4,7 @@ import grpc
 import pytest
 
 from common.errors import TensorgateError
-from common.names import MAX_NAME, check_name, check_version, is_name, is_version
+from common.names import MAX_NAME, check_name, check_version, is_name, is_version, is_whole
 
 
 @pytest.mark.parametrize("name", ["digits", "resnet50", "a", "_x", "m.v2", "my-model_3",
@@ -42,3 +42,12 @@ def test_versions_refused(version: object) -> None:
     assert not is_version(version)
     with pytest.raises(TensorgateError, match="whole number from 1"):
         check_version(version)
+
+
+@pytest.mark.parametrize(("text", "whole"), [("0", True), ("007", True), ("123", True), ("", False),
+                                             ("²", False), ("\u0661", False), ("-1", False),
+                                             ("1 ", False), (None, False), (3, False)])
+def test_whole_numbers_are_ascii_digits_int_reads(text: object, whole: bool) -> None:
+    assert is_whole(text) is whole
+    if whole:
+        assert int(str(text)) >= 0

@@ -1,9 +1,15 @@
-"""The runtime scheduler with a fake backend: deadlines, queue bounds, failures, batch splitting."""
+"""The runtime scheduler with a fake backend: deadlines, queue bounds, failures, batch splitting.
+
+No test sleeps a fixed time: each waits for a state (a batch running, requests queued) with a
+generous ceiling, and time itself moves on a fake clock where a test needs it to.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -16,6 +22,26 @@ from common.proto import grpc_service_pb2 as pb
 from runtime.decode import InferCall, decode_infer
 from runtime.model import ServedModel
 from runtime.scheduler import Scheduler
+
+CEILING_S = 30.0
+
+
+async def until(state: Callable[[], bool], what: str) -> None:
+    """Wait for `state()` to hold, up to CEILING_S; fail naming `what` past it."""
+    deadline = time.monotonic() + CEILING_S
+    while not state():
+        assert time.monotonic() < deadline, f"{what}: not reached in {CEILING_S} s"
+        await asyncio.sleep(0.001)
+
+
+class FakeClock:
+    """The scheduler's clock, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 class FakeBackend:
@@ -31,10 +57,12 @@ class FakeBackend:
         self.gate = threading.Event()
         self.gate.set()
         self.batches: list[int] = []
+        self.running = 0  # batches that entered run(), held at the gate or not
         self.fail = False
 
     def run(self, feeds: list[np.ndarray]) -> list[np.ndarray]:
-        self.gate.wait(5)
+        self.running += 1
+        self.gate.wait(CEILING_S)
         self.batches.append(feeds[0].shape[0])
         if self.fail:
             raise RuntimeError("the model broke")
@@ -59,8 +87,9 @@ def values(response: pb.ModelInferResponse) -> list[float]:
     return np.frombuffer(response.raw_output_contents[0], "<f4").tolist()
 
 
-async def started(backend: FakeBackend, **kwargs: int) -> Scheduler:
-    scheduler = Scheduler(served(backend, **kwargs))
+async def started(backend: FakeBackend, clock: Callable[[], float] = time.monotonic,
+                  **kwargs: int) -> Scheduler:
+    scheduler = Scheduler(served(backend, **kwargs), clock)
     scheduler.start()
     return scheduler
 
@@ -70,10 +99,10 @@ async def test_concurrent_requests_share_a_batch_and_get_their_own_rows() -> Non
     backend.gate.clear()
     scheduler = await started(backend)
     first = asyncio.ensure_future(scheduler.infer(request(1, 1.0), None))
-    await asyncio.sleep(0.05)  # the first batch is now running, held at the gate
+    await until(lambda: backend.running == 1, "the first batch running, held at the gate")
     rest = [asyncio.ensure_future(scheduler.infer(request(r, float(r)), None))
             for r in (1, 2, 3)]
-    await asyncio.sleep(0.05)
+    await until(lambda: len(scheduler.batcher) == 3, "three requests queued")
     backend.gate.set()
     answers = await asyncio.gather(first, *rest)
     assert backend.batches == [1, 6]
@@ -87,11 +116,13 @@ async def test_concurrent_requests_share_a_batch_and_get_their_own_rows() -> Non
 async def test_a_request_past_its_deadline_is_answered_and_never_runs() -> None:
     backend = FakeBackend()
     backend.gate.clear()
-    scheduler = await started(backend)
+    clock = FakeClock()
+    scheduler = await started(backend, clock)
     blocker = asyncio.ensure_future(scheduler.infer(request(1, 1.0), None))
-    await asyncio.sleep(0.05)
+    await until(lambda: backend.running == 1, "the blocker running, held at the gate")
     late = asyncio.ensure_future(scheduler.infer(request(1, 2.0), timeout=0.05))
-    await asyncio.sleep(0.15)
+    await until(lambda: len(scheduler.batcher) == 1, "the late request queued")
+    clock.now += 0.15  # past its deadline while it waits behind the blocker
     backend.gate.set()
     await blocker
     with pytest.raises(TensorgateError) as caught:
@@ -108,9 +139,9 @@ async def test_a_full_queue_answers_resource_exhausted_at_once() -> None:
     backend.gate.clear()
     scheduler = await started(backend, queue=2)
     running = asyncio.ensure_future(scheduler.infer(request(8, 1.0), None))
-    await asyncio.sleep(0.05)
+    await until(lambda: backend.running == 1, "the first batch running, held at the gate")
     queued = [asyncio.ensure_future(scheduler.infer(request(8, 1.0), None)) for _ in range(2)]
-    await asyncio.sleep(0)
+    await until(lambda: len(scheduler.batcher) == 2, "the queue full")
     with pytest.raises(TensorgateError) as caught:
         await scheduler.infer(request(1, 1.0), None)
     assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -134,11 +165,16 @@ async def test_a_failing_batch_fails_its_requests_and_the_next_batch_still_runs(
 
 async def test_a_short_batch_waits_for_the_queue_delay() -> None:
     backend = FakeBackend()
-    scheduler = await started(backend, delay_us=200_000)
+    clock = FakeClock()
+    scheduler = await started(backend, clock, delay_us=200_000)
     first = asyncio.ensure_future(scheduler.infer(request(1, 1.0), None))
-    await asyncio.sleep(0.02)
+    # Its look found a short batch and set a timer for the end of the queue delay.
+    await until(lambda: scheduler._timer is not None, "the queue-delay timer armed")
+    clock.now += 0.1  # half the delay: the second comes in a later look, not the same turn
     second = asyncio.ensure_future(scheduler.infer(request(1, 1.0), None))
-    await asyncio.gather(first, second)
+    await until(lambda: len(scheduler.batcher) == 2, "the second request queued")
+    assert backend.batches == []
+    await asyncio.wait_for(asyncio.gather(first, second), CEILING_S)
     assert backend.batches == [2]
     await scheduler.stop()
 
@@ -194,7 +230,7 @@ async def test_a_look_at_the_queue_that_fails_does_not_stop_the_scheduler(
 
     monkeypatch.setattr(scheduler.batcher, "take", take_once_broken)
     first = asyncio.ensure_future(scheduler.infer(request(1, 1.0), None))
-    await asyncio.sleep(0.02)
+    await until(lambda: not broken, "the broken look")
     assert not first.done()  # its look failed; it waits for the next one
     second = await asyncio.wait_for(scheduler.infer(request(1, 2.0), None), 60)
     assert values(second) == [4.0, 4.0]
