@@ -1,6 +1,7 @@
 """The gateway's data path, in order: auth → quota → route → split → balance → forward → shadow.
 
-Knows nothing of HTTP or gRPC. Status and latency are recorded once per request, in one `finally`.
+Knows nothing of HTTP or gRPC. Each inference is one `RequestContext` that the stages fill in, in
+the order `Pipeline.infer` writes; status and latency are recorded once, in its `finally`.
 """
 
 from __future__ import annotations
