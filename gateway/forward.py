@@ -13,6 +13,7 @@ import grpc
 
 from common.errors import TensorgateError
 from gateway import balance
+from gateway.context import RequestContext
 from gateway.health import Endpoint, Health
 from gateway.metrics import GatewayMetrics
 
@@ -31,10 +32,15 @@ class Forward:
         self.clock = clock
 
     async def __call__(self, pool: Sequence[Endpoint], model: str, method: str, request: bytes,
-                       timeout: float) -> bytes:
-        """The answer's bytes, untouched; `timeout` is the caller's whole remaining deadline."""
+                       timeout: float, call: RequestContext | None = None) -> bytes:
+        """The answer's bytes, untouched; `timeout` is the caller's whole remaining deadline.
+
+        An inference's `call` learns the worker it went to (`endpoint`).
+        """
         deadline = self.clock() + timeout
         endpoint = balance.pick(pool, model)
+        if call is not None:
+            call.endpoint = endpoint.address
         try:
             answer = await endpoint.upstream.call(method, request, timeout)
         except TensorgateError as exc:
@@ -44,10 +50,11 @@ class Forward:
         else:
             self.health.succeeded(endpoint)
             return answer
-        return await self._retry(pool, model, method, request, deadline, endpoint, first)
+        return await self._retry(pool, model, method, request, deadline, endpoint, first, call)
 
     async def _retry(self, pool: Sequence[Endpoint], model: str, method: str, request: bytes,
-                     deadline: float, failed: Endpoint, first: TensorgateError) -> bytes:
+                     deadline: float, failed: Endpoint, first: TensorgateError,
+                     call: RequestContext | None) -> bytes:
         remaining = deadline - self.clock()
         if remaining <= 0:
             raise first
@@ -56,6 +63,8 @@ class Forward:
         except TensorgateError:
             raise first from None
         self.metrics.retries.labels(model).inc()
+        if call is not None:
+            call.endpoint = other.address
         try:
             answer = await other.upstream.call(method, request, remaining)
         except TensorgateError as exc:

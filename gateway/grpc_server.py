@@ -20,10 +20,11 @@ from common.names import check_name
 from common.proto import grpc_service_pb2 as pb
 from common.uploads import check_upload
 from gateway import trace_log, trace_share
+from gateway.context import Headers, RequestContext
 from gateway.feedback import encode_result, handle_feedback
 from gateway.grpc_stream import Stream, deadline
 from gateway.peek import infer_fields, model_and_version
-from gateway.pipeline import Access, Headers, Pipeline
+from gateway.pipeline import Access, Pipeline
 
 SERVICE = "inference.GRPCInferenceService"
 #: tensorgate's own RPC, JSON bytes in and out (no .proto): `/tensorgate.Feedback/Post`.
@@ -48,9 +49,9 @@ class GrpcTransport:
 
     async def model_infer(self, request: bytes, context: Any) -> bytes:
         model, version, request_id, timeout = infer_fields(request)
-        return await self.pipeline.infer(request, model, version,
-                                         deadline(timeout, context.time_remaining()), "grpc",
-                                         _headers(context), request_id)
+        call = RequestContext(model, version, "grpc", _headers(context), request_id,
+                              deadline(timeout, context.time_remaining()))
+        return await self.pipeline.infer(call, request)
 
     async def model_stream_infer(self, requests: AsyncIterator[bytes], context: Any) -> None:
         """Admitted once on the stream's metadata; each message is then a ModelInfer of its own,

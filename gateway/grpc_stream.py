@@ -14,8 +14,9 @@ import grpc
 
 from common import memory
 from common.errors import TensorgateError
+from gateway.context import Headers, RequestContext
 from gateway.peek import infer_fields
-from gateway.pipeline import Headers, Pipeline
+from gateway.pipeline import Pipeline
 
 log = logging.getLogger("tensorgate.gateway")
 
@@ -102,9 +103,9 @@ class Stream:
         model = version = request_id = ""
         try:
             model, version, request_id, timeout = infer_fields(request)
-            return answered(await self.pipeline.infer(
-                request, model, version, deadline(timeout, self.context.time_remaining()),
-                "grpc", self.headers, request_id))
+            call = RequestContext(model, version, "grpc", self.headers, request_id,
+                                  deadline(timeout, self.context.time_remaining()))
+            return answered(await self.pipeline.infer(call, request))
         except TensorgateError as exc:
             return failed(exc.message, model, version, request_id)
         except Exception:  # NOTE: one message's fault ends neither the stream nor its others

@@ -14,11 +14,12 @@ from common.errors import TensorgateError, invalid_argument
 from common.names import check_name, check_version, is_whole
 from common.proto import grpc_service_pb2 as pb
 from gateway.admin_api import AdminApi
+from gateway.context import Headers, RequestContext
 from gateway.control import Control, build_control
 from gateway.edge import EdgeBuilder
 from gateway.http_body import Body
 from gateway.http_codec import OutputPrefs, decode_infer_request, encode_infer_response
-from gateway.pipeline import Headers, Pipeline
+from gateway.pipeline import Pipeline
 
 Reply = tuple[int, bytes, list[tuple[bytes, bytes]]]
 _JSON = [(b"content-type", b"application/json")]
@@ -83,7 +84,7 @@ class HttpTransport:
     async def infer(self, model: str, version: str, headers: Headers, body: Body) -> Reply:
         prefs = OutputPrefs()
 
-        async def load() -> tuple[bytes, str, float | None]:
+        async def load(call: RequestContext) -> bytes:
             """Called by the pipeline once the caller is admitted on its headers alone."""
             nonlocal prefs
             length = headers.get(_HEADER_LENGTH)
@@ -91,9 +92,10 @@ class HttpTransport:
                 raise invalid_argument("Inference-Header-Content-Length must be a whole number")
             request, prefs = decode_infer_request(await body.read(),
                                                   int(length) if length else None, model, version)
-            return request.SerializeToString(), request.id, _timeout_s(request)
+            call.id, call.timeout_s = request.id, _timeout_s(request)
+            return request.SerializeToString()
 
-        answer = await self.pipeline.infer(load, model, version, None, "http", headers)
+        answer = await self.pipeline.infer(RequestContext(model, version, "http", headers), load)
         response = pb.ModelInferResponse.FromString(answer)
         payload, json_length = encode_infer_response(response, prefs)
         served = (VERSION_HEADER, response.model_version.encode())

@@ -1,6 +1,7 @@
 """The gateway's data path, in order: auth → quota → route → split → balance → forward → shadow.
 
-Knows nothing of HTTP or gRPC. Status and latency are recorded once per request, in one `finally`.
+Knows nothing of HTTP or gRPC. Each inference is one `RequestContext` that the stages fill in, in
+the order `Pipeline.infer` writes; status and latency are recorded once, in its `finally`.
 """
 
 from __future__ import annotations
@@ -10,11 +11,10 @@ import itertools
 import random
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 import grpc
-from opentelemetry.trace import Span
 
 from common import tracing
 from common.errors import TensorgateError, unavailable
@@ -25,6 +25,7 @@ from gateway import repository_index, rewrite, split
 from gateway.admission import Admission
 from gateway.answers import AnswerLog
 from gateway.auth import Authenticator
+from gateway.context import Headers, RequestContext
 from gateway.forward import Forward
 from gateway.metrics import GatewayMetrics
 from gateway.quota import QuotaExceeded, Quotas, Ticket
@@ -32,19 +33,18 @@ from gateway.request_log import request_log
 from gateway.route import Router
 from gateway.shadow import Shadow, should_shadow
 
-Headers = Mapping[str, str]  # HTTP headers or gRPC metadata, names in lower case
 #: The model label of a request whose caller was refused, or whose model is not a served one.
 OTHER = "_other"
 #: Models labelled by name after answering OK without the registry naming them (no registry).
 MAX_ANSWERED = 256
-_NO_HEADERS: Headers = {}
+NO_HEADERS: Headers = {}
 #: audit(actor, action, target, after): record an administrative change.
 Audit = Callable[[str, str, str, Any], Awaitable[None]]
 #: Who may make a control-plane call: anyone (health), any key, or an admin key.
 Access = Literal["open", "key", "admin"]
-#: A request still to be read (HTTP): called once the caller is admitted, it returns the
-#: serialized ModelInferRequest, its id ("" for none) and its deadline in seconds (None: default).
-Loader = Callable[[], Awaitable[tuple[bytes, str, float | None]]]
+#: A request still to be read (HTTP): called once the caller is admitted, it fills in the
+#: context's id and deadline, if the request carries them, and returns the serialized request.
+Loader = Callable[[RequestContext], Awaitable[bytes]]
 
 
 class Pipeline:
@@ -99,86 +99,120 @@ class Pipeline:
             return model
         return model if self.served(model) else OTHER
 
-    async def infer(self, request: bytes | Loader, model: str, version: str,
-                    timeout: float | None, protocol: str, headers: Headers = _NO_HEADERS,
-                    request_id: str = "") -> bytes:
+    async def infer(self, call: RequestContext, request: bytes | Loader) -> bytes:
         """Forward a serialized ModelInferRequest; the answer's bytes come back untouched.
 
-        A request without an id gets one, which the runtime echoes in the answer's `id`.
-        A Loader is called only after admission, auth and quota passed on the headers.
+        The stages run in the order written here, each filling in `call`. A request without an
+        id gets one, which the runtime echoes in the answer's `id`. A Loader is called only
+        once admission, auth and quota passed on the headers alone.
         """
-        started = time.perf_counter()
-        code = grpc.StatusCode.OK
+        call.started = time.perf_counter()
         answer: bytes | None = None
-        served: list[str] = []  # the version routed to, once routing happened
-        admitted = False
         self.metrics.in_flight.inc()
-        span: Span | None = None
         if isinstance(request, bytes):
-            request, request_id, span = self._begin(request, model, version, protocol, headers,
-                                                    request_id)
+            request = self._begin(call, request)
         try:
-            # NOTE: sheds past max_in_flight, counted even then; that is before auth, so only a
-            # served model's name may label the count (looked up only when it will be shed).
-            shed = self.admission.in_flight >= self.admission.limit
-            self.admission.enter(model if not shed or self.served(model) else OTHER)
-            principal = self.admit(headers, model)
-            admitted = True
-            ticket = self.quota(principal, model)
-            try:
-                if not isinstance(request, bytes):
-                    # NOTE: read, inflate and parse only now: a caller refused on its headers
-                    # costs no more than its headers.
-                    request, request_id, timeout = await request()
-                    request, request_id, span = self._begin(request, model, version, protocol,
-                                                            headers, request_id)
-                answer = await self.serve(request, model, version, principal, headers,
-                                          timeout or self.default_timeout, served)
-                return answer
-            finally:
-                self.quotas.release(ticket)
+            self._admission(call)
+            self._auth(call)
+            self._quota(call)
+            if not isinstance(request, bytes):
+                # NOTE: read, inflate and parse only now: a caller refused on its headers
+                # costs no more than its headers.
+                request = self._begin(call, await request(call))
+            request = self._route(call, request)
+            answer = await self._forward(call, request)
+            return answer
         except TensorgateError as exc:
-            code = exc.code
+            call.code = exc.code
             raise
         except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
+            call.code = grpc.StatusCode.CANCELLED
             raise
         finally:
-            self.admission.leave()
-            self.metrics.in_flight.dec()
-            label = self.label(model, admitted, code)
-            elapsed = time.perf_counter() - started
-            self.metrics.observe(label, protocol, code.name, elapsed)
-            # NOTE: routed requests only: auth, quota and admission failures are no version's.
-            if self.answers is not None and served:
-                self.answers.record(request_id, model, served[0], code.name, elapsed, answer)
-            if span is not None:
-                tracing.end(span, code.name)
-            if self.request_log is not None:
-                self.request_log.observe(request_id, model, version, protocol, code.name,
-                                         elapsed)
+            self._finish(call, answer)
 
-    def _begin(self, request: bytes, model: str, version: str, protocol: str, headers: Headers,
-               request_id: str) -> tuple[bytes, str, Span | None]:
+    def _begin(self, call: RequestContext, request: bytes) -> bytes:
         """The request with its id (a fresh one if it has none) and, when tracing, its span."""
-        if not request_id:
-            request_id = f"{self._id_prefix}-{next(self._ids)}"
-            request = rewrite.with_id(request, request_id)
-        span, request = self._trace(request, model, version, protocol, headers, request_id)
-        return request, request_id, span
-
-    @staticmethod
-    def _trace(request: bytes, model: str, version: str, protocol: str, headers: Headers,
-               request_id: str) -> tuple[Span | None, bytes]:
-        """With tracing on, the request's span, and the request carrying its traceparent."""
+        if not call.id:
+            call.id = f"{self._id_prefix}-{next(self._ids)}"
+            request = rewrite.with_id(request, call.id)
         tracer = tracing.tracer()
         if tracer is None:
-            return None, request
-        span, traceparent = tracing.start_request(
-            tracer, f"infer {model}", headers,
-            {"model": model, "model.version": version, "protocol": protocol,
-             "request.id": request_id})
-        return span, rewrite.with_parameter(request, tracing.TRACEPARENT, traceparent)
+            return request
+        call.span, traceparent = tracing.start_request(
+            tracer, f"infer {call.model}", call.headers,
+            {"model": call.model, "model.version": call.version, "protocol": call.protocol,
+             "request.id": call.id})
+        return rewrite.with_parameter(request, tracing.TRACEPARENT, traceparent)
+
+    def _admission(self, call: RequestContext) -> None:
+        """Sheds past max_in_flight, counted even then."""
+        # NOTE: that is before auth, so only a served model's name may label the count (looked
+        # up only when it will be shed).
+        shed = self.admission.in_flight >= self.admission.limit
+        self.admission.enter(call.model if not shed or self.served(call.model) else OTHER)
+
+    def _auth(self, call: RequestContext) -> None:
+        call.principal = self.admit(call.headers, call.model)
+
+    def _quota(self, call: RequestContext) -> None:
+        assert call.principal is not None  # NOTE: auth runs first
+        call.ticket = self.quota(call.principal, call.model)
+
+    def _route(self, call: RequestContext, request: bytes) -> bytes:
+        """Route and split: the version to serve, written into the request when none was asked.
+
+        Without a traffic policy that is the production alias's version, if any, else the
+        runtime's default ("" left as it is); with one, the split's choice for this caller.
+        """
+        snapshot = self.snapshot()
+        policy = call.policy = snapshot.traffic.get(call.model)
+        version = call.version
+        if policy is None:
+            if not version and call.model in snapshot.production:
+                version = snapshot.production[call.model]
+                request = rewrite.with_version(request, version)
+        elif not version:
+            assert call.principal is not None  # NOTE: auth runs first
+            version = self.splitter.choose(
+                policy, split.subject_of(policy, call.principal, call.headers))
+            request = rewrite.with_version(request, version)
+        call.routed = version
+        return request
+
+    async def _forward(self, call: RequestContext, request: bytes) -> bytes:
+        """Balance and forward; a shadow copy watches the answer when the policy asks for one."""
+        pool = self.router.pool()
+        timeout = call.timeout_s or self.default_timeout
+        policy = call.policy
+        if policy is None or not should_shadow(policy, self.rng, call.routed or ""):
+            return await self.forward(pool, call.model, "ModelInfer", request, timeout, call)
+        primary = asyncio.ensure_future(
+            self.forward(pool, call.model, "ModelInfer", request, timeout, call))
+        target = policy.shadow_version or ""
+        self.shadow.send(call.model, target, rewrite.with_version(request, target), primary)
+        return await primary
+
+    def _finish(self, call: RequestContext, answer: bytes | None) -> None:
+        """Give back what the request held; count, record, trace and log it, once each."""
+        self.quotas.release(call.ticket)
+        self.admission.leave()
+        self.metrics.in_flight.dec()
+        label = self.label(call.model, call.principal is not None, call.code)
+        call.elapsed = time.perf_counter() - call.started
+        code = call.code.name
+        self.metrics.observe(label, call.protocol, code, call.elapsed)
+        # NOTE: routed requests only: auth, quota and admission failures are no version's.
+        if self.answers is not None and call.routed is not None and (
+                call.policy is not None or self.record_all):
+            self.answers.record(call.id, call.model, call.routed, code, call.elapsed, answer)
+        if call.span is not None:
+            if call.endpoint:
+                call.span.set_attribute("upstream.address", call.endpoint)
+            tracing.end(call.span, code)
+        if self.request_log is not None:
+            self.request_log.observe(call.id, call.model, call.version, call.protocol, code,
+                                     call.elapsed)
 
     def admit(self, headers: Headers, model: str | None, admin: bool = False) -> Principal:
         """The auth stage: the caller, if it may make this call."""
@@ -199,41 +233,13 @@ class Pipeline:
                                                  exc.limit).inc()
             raise
 
-    async def serve(self, request: bytes, model: str, version: str, principal: Principal,
-                    headers: Headers, timeout: float, served: list[str]) -> bytes:
-        """Route and split, then balance and forward; a shadow copy watches the answer.
-
-        Appends the version routed to onto `served` ("": the runtime's default).
-        """
-        snapshot = self.snapshot()
-        policy = snapshot.traffic.get(model)
-        if policy is None:
-            if not version and model in snapshot.production:
-                version = snapshot.production[model]
-                request = rewrite.with_version(request, version)
-            if self.record_all:
-                served.append(version)
-            pool = self.router.pool(model, version)
-            return await self.forward(pool, model, "ModelInfer", request, timeout)
-        if not version:
-            version = self.splitter.choose(policy, split.subject_of(policy, principal, headers))
-            request = rewrite.with_version(request, version)
-        served.append(version)
-        pool = self.router.pool(model, version)
-        if not should_shadow(policy, self.rng, version):
-            return await self.forward(pool, model, "ModelInfer", request, timeout)
-        primary = asyncio.ensure_future(self.forward(pool, model, "ModelInfer", request, timeout))
-        target = policy.shadow_version or ""
-        self.shadow.send(model, target, rewrite.with_version(request, target), primary)
-        return await primary
-
     async def _shadow_call(self, model: str, version: str, request: bytes,
                            timeout: float) -> bytes:
-        return await self.forward(self.router.pool(model, version), model, "ModelInfer", request,
+        return await self.forward(self.router.pool(), model, "ModelInfer", request,
                                   timeout)
 
     async def ask(self, method: str, request: bytes, model: str = "", version: str = "",
-                  headers: Headers = _NO_HEADERS, access: Access = "key") -> bytes:
+                  headers: Headers = NO_HEADERS, access: Access = "key") -> bytes:
         """A control-plane call (metadata, config, statistics, index) to a worker of the model.
 
         Without a model (statistics of all models), the caller must be allowed every model.
@@ -248,11 +254,11 @@ class Pipeline:
             admitted = [e for e in self.router.endpoints if e.admitted]
             if len(admitted) > 1:
                 return await repository_index.gather(admitted, request, self.default_timeout)
-        pool = self.router.pool(model, version)
+        pool = self.router.pool()
         return await self.forward(pool, model, method, request, self.default_timeout)
 
     async def broadcast(self, method: str, request: bytes, model: str,
-                        headers: Headers = _NO_HEADERS) -> bytes:
+                        headers: Headers = NO_HEADERS) -> bytes:
         """A repository change (load, unload) that every admitted worker must make; admin only.
 
         The change is recorded in the registry's audit log, with its outcome, as the caller.

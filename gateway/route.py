@@ -1,6 +1,7 @@
-"""The route stage: which runtime workers may serve a model version; owns the endpoint set.
+"""The endpoint set: the runtime workers a request may be sent to.
 
-Every worker serves the whole repository for now; traffic policies (A/B, shadow) hang here.
+Every worker serves the whole repository for now, so every request's pool is the whole set; the
+version is chosen before (production alias, A/B split: `Pipeline._route`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from gateway.upstream import Upstream
 
 
 class Router:
-    """The endpoint set, and the pool each model version may use."""
+    """The endpoint set, and the pool a request may use."""
 
     def __init__(self, health: Health, upstreams: Sequence[Upstream] = ()) -> None:
         self.health = health
@@ -22,8 +23,8 @@ class Router:
         for upstream in upstreams:
             self.add(upstream)
 
-    def pool(self, model: str, version: str) -> Sequence[Endpoint]:
-        """The endpoints for (model, version); an explicit version passes through unchanged."""
+    def pool(self) -> Sequence[Endpoint]:
+        """The endpoints a request may use: every worker serves the whole repository, so all."""
         return self.endpoints
 
     def addresses(self) -> set[str]:

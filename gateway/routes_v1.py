@@ -18,8 +18,9 @@ from starlette.exceptions import HTTPException
 from common.errors import TensorgateError, not_found
 from common.names import check_name, check_version, is_version, shown
 from common.proto import grpc_service_pb2 as pb
+from gateway.context import Headers, RequestContext
 from gateway.control import control_of, headers_of
-from gateway.pipeline import Headers, Pipeline
+from gateway.pipeline import Pipeline
 from gateway.routes.schemas import ERRORS
 from gateway.tfserving import (
     DEFAULT_SIGNATURE,
@@ -148,7 +149,7 @@ async def _predict(request: Request, model: str, version: str) -> Response:
     headers = headers_of(request)
     decoded: list[Predict] = []
 
-    async def load() -> tuple[bytes, str, float | None]:
+    async def load(call: RequestContext) -> bytes:
         """Called by the pipeline once the caller is admitted on its headers alone."""
         described = version or _production(control.pipeline, model)
         signature = await _signatures(request).get(control.pipeline, model, described, headers)
@@ -157,9 +158,9 @@ async def _predict(request: Request, model: str, version: str) -> Response:
             log.debug("v1 predict of %s: signature_name %s ignored, every model here has only "
                       "'%s'", model, shown(predict.signature_name), DEFAULT_SIGNATURE)
         decoded.append(predict)
-        return predict.request.SerializeToString(), "", None
+        return predict.request.SerializeToString()
 
-    answer = await control.pipeline.infer(load, model, version, None, PROTOCOL, headers)
+    answer = await control.pipeline.infer(RequestContext(model, version, PROTOCOL, headers), load)
     response = pb.ModelInferResponse.FromString(answer)
     return _json(encode_predict(response, decoded[0]), 200,
                  {"x-tensorgate-model-version": response.model_version,

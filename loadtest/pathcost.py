@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from common.proto import grpc_service_pb2 as pb
 from common.settings import AuthSettings, GatewaySettings, RuntimeSettings
 from gateway.app import Gateway
+from gateway.context import RequestContext
 from gateway.http_server import HttpTransport
 from gateway.peek import routing_fields
 from loadtest.cases import Case, prepare_repo
@@ -122,7 +123,8 @@ async def measure(requests: int) -> list[tuple[str, int, float]]:
 
     async def grpc_path() -> None:
         model, version, request_id = routing_fields(case.grpc_body)
-        await pipeline.infer(case.grpc_body, model, version, 10.0, "grpc", {}, request_id)
+        call = RequestContext(model, version, "grpc", {}, request_id, 10.0)
+        await pipeline.infer(call, case.grpc_body)
 
     transport = HttpTransport(pipeline, gateway.settings.max_message_bytes)
     for name, call in (("gateway pipeline (gRPC: bytes in, bytes out)", grpc_path),

@@ -64,6 +64,7 @@ def test_one_request_makes_one_tree_under_the_callers_trace(
     assert named["batch"].attributes["batch.rows"] >= 1
     assert gateway.attributes["protocol"] == protocol
     assert gateway.attributes["rpc.grpc.status_code"] == "OK"
+    assert str(gateway.attributes["upstream.address"]).startswith("127.0.0.1:")  # the lane
     for span in named.values():
         assert span.start_time <= span.end_time
 

@@ -11,6 +11,7 @@ import pytest
 from common import memory
 from common.errors import TensorgateError, invalid_argument
 from common.proto import grpc_service_pb2 as pb
+from gateway.context import RequestContext
 from gateway.grpc_stream import WINDOW, Stream, answered, deadline, failed
 from gateway.http_server import _timeout_s
 from gateway.peek import infer_fields
@@ -94,16 +95,15 @@ class FakePipeline:
         self.count = count
         self.running = self.most = 0
 
-    async def infer(self, request: bytes, model: str, version: str, timeout: float | None,
-                    protocol: str, headers: object, request_id: str) -> bytes:
+    async def infer(self, call: RequestContext, request: bytes) -> bytes:
         self.running += 1
         self.most = max(self.most, self.running)
         try:
-            number = int(request_id)
+            number = int(call.id)
             await asyncio.sleep(0.001 * (self.count - number))
             if number == 5:
                 raise invalid_argument("input 'NOPE': expected INPUT0")
-            return pb.ModelInferResponse(model_name=model, id=request_id).SerializeToString()
+            return pb.ModelInferResponse(model_name=call.model, id=call.id).SerializeToString()
         finally:
             self.running -= 1
 

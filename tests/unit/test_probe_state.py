@@ -21,6 +21,7 @@ from common.registry.watch import RegistryWatcher
 from common.settings import AuthSettings, GatewaySettings
 from gateway.admin_api import AdminApi, Call
 from gateway.auth import UNKNOWN_KEY, Authenticator
+from gateway.context import RequestContext
 from gateway.health import Health
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import OTHER, Pipeline
@@ -42,7 +43,8 @@ async def _send_many(pipeline: Pipeline, secret: str | None, prefix: str) -> set
     codes = set()
     for i in range(NAMES):
         try:
-            await pipeline.infer(b"", f"{prefix}-{i}", "", 1.0, "http", headers)
+            call = RequestContext(f"{prefix}-{i}", "", "http", headers, timeout_s=1.0)
+            await pipeline.infer(call, b"")
         except TensorgateError as exc:
             codes.add(exc.code.name)
     return codes
@@ -203,8 +205,9 @@ def test_probe_03_a_served_model_is_still_labelled_by_its_name(tmp_path: Path) -
                             lambda: watcher.snapshot, Quotas(None))
         for model in ("digits", "nothing"):
             with pytest.raises(TensorgateError):
-                await pipeline.infer(b"", model, "", 1.0, "grpc",
-                                     {"authorization": f"Bearer {admin}"})
+                await pipeline.infer(RequestContext(model, "", "grpc",
+                                                    {"authorization": f"Bearer {admin}"},
+                                                    timeout_s=1.0), b"")
         await pipeline.close()
 
     try:
@@ -264,7 +267,7 @@ def test_probe_03_a_shed_request_labels_its_model_only_when_served(tmp_path: Pat
         for model in ("digits", *(f"zz-{i}" for i in range(100))):
             pipeline.admission.in_flight = pipeline.admission.limit  # the bound is reached
             with pytest.raises(TensorgateError) as shed:
-                await pipeline.infer(b"", model, "", 1.0, "http", {})
+                await pipeline.infer(RequestContext(model, "", "http", {}, timeout_s=1.0), b"")
             codes.add(shed.value.code.name)
         await pipeline.close()
         return codes
