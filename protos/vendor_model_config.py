@@ -11,11 +11,12 @@ from __future__ import annotations
 import importlib.metadata
 import sys
 from pathlib import Path
+from typing import TypeAlias
 
 from google.protobuf import descriptor_pb2 as dpb
 
 TARGET = Path(__file__).resolve().parent / "model_config.proto"
-Field = dpb.FieldDescriptorProto
+Field: TypeAlias = dpb.FieldDescriptorProto
 
 _SCALARS = {
     Field.TYPE_DOUBLE: "double", Field.TYPE_FLOAT: "float", Field.TYPE_INT64: "int64",
@@ -90,7 +91,8 @@ class Printer:
     """proto3 text for one FileDescriptorProto; nested types print before fields."""
 
     def __init__(self, package: str) -> None:
-        self.package, self.lines = package, []
+        self.package = package
+        self.lines: list[str] = []
 
     def emit(self, depth: int, text: str) -> None:
         self.lines.append("  " * depth + text if text else "")
