@@ -1,24 +1,37 @@
 """A model's configuration: `config.yaml` parsed and checked key by key into a typed ModelConfig.
 
-Triton's `config.pbtxt` is read by common.pbtxt into the same types.
+Triton's `config.pbtxt` is read by common.pbtxt into the same types (common.model_spec).
 """
 
 from __future__ import annotations
 
 import re
-import reprlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
 
 from common.datatypes import ALL_DATATYPES
+from common.model_spec import (
+    DEFAULT_MAX_QUEUE_SIZE,
+    SERVE_ALL,
+    TRITON_DEFAULT_POLICY,
+    ConfigError,
+    DynamicBatching,
+    ModelConfig,
+    TensorSpec,
+    VersionPolicy,
+    key_error,
+    read_labels,
+)
+from common.pbtxt import load_pbtxt
 
-DEFAULT_MAX_QUEUE_SIZE = 4096
-# A bad value is echoed in its error, but never whole: a YAML alias bomb expands to millions.
-_SHORT = reprlib.Repr()
-_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring = 3, 8, 8, 80
+# The types are imported from here across the code base; they live in common.model_spec.
+__all__ = [
+    "DEFAULT_MAX_QUEUE_SIZE", "SERVE_ALL", "TRITON_DEFAULT_POLICY", "ConfigError",
+    "DynamicBatching", "ModelConfig", "TensorSpec", "VersionPolicy", "load_model_config",
+    "read_labels",
+]
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 _TOP_KEYS = {
     "name": "the model's name (must match its folder)",
@@ -40,68 +53,12 @@ _BATCHING_KEYS = {
 }
 
 
-class ConfigError(ValueError):
-    """A model configuration that cannot be served, naming the file, the key and what is allowed."""
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One input or output; `shape` excludes the batch dimension when the model batches."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class DynamicBatching:
-    max_queue_delay_microseconds: int = 0
-    preferred_batch_size: tuple[int, ...] = ()
-    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
-    default_timeout_microseconds: int = 0
-
-
-@dataclass(frozen=True)
-class VersionPolicy:
-    """Which version folders are served: Triton's `all`, `latest` N or `specific` versions."""
-
-    kind: str = "all"  # all | latest | specific
-    num_versions: int = 0
-    versions: tuple[int, ...] = ()
-
-
-SERVE_ALL = VersionPolicy()
-TRITON_DEFAULT_POLICY = VersionPolicy("latest", num_versions=1)
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    name: str
-    source: Path
-    max_batch_size: int = 0
-    dynamic_batching: DynamicBatching | None = None
-    instance_count: int = 1
-    device: str = "auto"
-    backend: str | None = None
-    inputs: tuple[TensorSpec, ...] | None = None
-    outputs: tuple[TensorSpec, ...] | None = None
-    #: config.yaml serves every version unless it says otherwise; config.pbtxt follows Triton.
-    version_policy: VersionPolicy = SERVE_ALL
-    #: The artifact's file name in each version folder (Triton's `default_model_filename`).
-    model_filename: str | None = None
-    #: Class labels by output name, for the classification extension (index → label).
-    labels: tuple[tuple[str, tuple[str, ...]], ...] = ()
-
-
 def load_model_config(path: Path, name: str) -> ModelConfig:
     """Read `path` (which may be absent: every key has a default) for the model `name`.
 
     A `.pbtxt` path is read as Triton's model configuration, anything else as YAML.
     """
     if path.suffix == ".pbtxt":
-        # NOTE: deferred because common.pbtxt builds on this module's types.
-        from common.pbtxt import load_pbtxt
-
         return load_pbtxt(path, name)
     raw: Any = {}
     if path.exists():
@@ -162,22 +119,6 @@ def _labels(raw: Any, path: Path) -> tuple[tuple[str, tuple[str, ...]], ...]:
         else:
             _fail(path, key, "a file name or a non-empty list of strings", value)
     return tuple(found)
-
-
-def read_labels(folder: Path, filename: str, path: Path, key: str) -> tuple[str, ...]:
-    """The labels of a file in the model's folder, one a line; the name is a plain file name."""
-    if Path(filename).name != filename or filename in (".", ".."):
-        _fail(path, key, "a file name in the model's folder", filename)
-    target = folder / filename
-    if target.is_symlink() or not target.is_file():
-        raise ConfigError(f"{path}: {key}: no labels file {filename!r} beside the config")
-    try:
-        labels = tuple(target.read_text(encoding="utf-8").splitlines())
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: {key}: {filename} is not UTF-8 text ({exc.reason})") from None
-    if not labels:
-        raise ConfigError(f"{path}: {key}: {filename} is empty (expected one label a line)")
-    return labels
 
 
 def _version_policy(raw: Any, path: Path) -> VersionPolicy:
@@ -271,4 +212,4 @@ def _check_keys(raw: dict, allowed: dict[str, str], path: Path, prefix: str) -> 
 
 
 def _fail(path: Path, key: str, allowed: str, got: Any) -> NoReturn:
-    raise ConfigError(f"{path}: key '{key}': expected {allowed}, got {_SHORT.repr(got)}")
+    raise key_error(path, key, allowed, got)

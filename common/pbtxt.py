@@ -1,6 +1,6 @@
-"""Triton's `config.pbtxt`: protobuf text parsed against model_config.proto into a ModelConfig.
+"""Triton's `config.pbtxt`: protobuf text parsed against Triton's model_config.proto.
 
-Fields tensorgate cannot honour are listed, and logged once per load, rather than dropped silently.
+Fields tensorgate cannot honour are found by walking the parsed message, and logged once per load.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import NoReturn
 from google.protobuf import text_format
 from google.protobuf.message import Message
 
-from common.model_config import (
+from common.model_spec import (
     DEFAULT_MAX_QUEUE_SIZE,
     TRITON_DEFAULT_POLICY,
     ConfigError,
@@ -33,13 +33,6 @@ BACKENDS = {"onnxruntime": "onnx", "pytorch": "torch"}
 _KINDS = {mc.ModelInstanceGroup.KIND_AUTO: "auto", mc.ModelInstanceGroup.KIND_CPU: "cpu",
           mc.ModelInstanceGroup.KIND_GPU: "cuda:0"}
 
-# Parts of Triton's ModelConfig that our model_config.proto reserves instead of defining; they
-# are cut out of the text before parsing so that they can be reported instead of failing it.
-TRITON_ONLY = frozenset({
-    "optimization", "sequence_batching", "ensemble_scheduling", "model_operations",
-    "batch_input", "batch_output", "model_repository_agents", "model_metrics",
-})
-
 # Every field path (repeated fields without an index) that changes what tensorgate does.
 # `instance_group.name` is only a label and `allow_timeout_override` is what tensorgate always
 # does (a request's own deadline is honoured), so neither is worth a warning.
@@ -55,12 +48,7 @@ SUPPORTED = frozenset({
     "version_policy.latest.num_versions", "version_policy.all",
     "version_policy.specific.versions",
 })
-
-_TOKEN = re.compile(r"""(?P<space>\s+|\#[^\n]*)
-    | (?P<string>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
-    | (?P<word>[\w.+-]+)
-    | (?P<punct>[{}<>\[\]:,;])""", re.VERBOSE)
-_OPEN, _CLOSE = "{<[", "}>]"
+# text_format prefixes its messages with "line:column : "; ours names them in words instead.
 _LOCATION = re.compile(r"^\d+:\d+ : ")
 
 
@@ -79,85 +67,15 @@ def load_pbtxt(path: Path, name: str) -> ModelConfig:
 
 def parse_pbtxt(text: str, path: Path, name: str) -> tuple[ModelConfig, list[str]]:
     """The ModelConfig `text` describes, and the sorted paths of the fields it ignores."""
-    kept, cut = cut_triton_only(text)
     message = mc.ModelConfig()
     try:
-        text_format.Parse(kept, message)
+        text_format.Parse(text, message)
     except text_format.ParseError as exc:
-        raise _syntax_error(path, text, exc) from None
-    unsupported = set(cut) | set(unsupported_fields(message))
+        detail = _LOCATION.sub("", str(exc))
+        raise ConfigError(f"{path}: line {exc.GetLine()}, column {exc.GetColumn()}: {detail} "
+                          "(expected Triton's ModelConfig in protobuf text format)") from None
+    unsupported = set(unsupported_fields(message))
     return to_model_config(message, path, name, unsupported), sorted(unsupported)
-
-
-def _syntax_error(path: Path, text: str, exc: text_format.ParseError) -> ConfigError:
-    """The ConfigError for a parse failure, naming the line and what the parser expected."""
-    if any(f'no field named "{field}"' in str(exc) for field in TRITON_ONLY):
-        # NOTE: a Triton-only field is left in only when the text around it is broken; the
-        # lenient parse, which skips unknown fields, finds that real fault.
-        try:
-            text_format.Parse(text, mc.ModelConfig(), allow_unknown_field=True)
-        except text_format.ParseError as syntax:
-            exc = syntax
-    detail = _LOCATION.sub("", str(exc))
-    return ConfigError(f"{path}: line {exc.GetLine()}, column {exc.GetColumn()}: {detail} "
-                       "(expected Triton's ModelConfig in protobuf text format)")
-
-
-def cut_triton_only(text: str) -> tuple[str, list[str]]:
-    """`text` with its top-level TRITON_ONLY fields blanked out, and their names.
-
-    Blanks keep every newline, so the line numbers of later parse errors stay right. Text this
-    scan does not understand is returned as it is: the protobuf parser then reports the fault.
-    """
-    tokens, position = [], 0
-    for match in _TOKEN.finditer(text):
-        if match.start() != position:
-            return text, []  # characters no token matches: leave the error to the parser
-        position = match.end()
-        if match.lastgroup != "space":
-            tokens.append((match.lastgroup, match.group(), match.start(), match.end()))
-    if position != len(text):
-        return text, []
-    chars, cut, i = list(text), [], 0
-    while i < len(tokens):
-        kind, field, start, _ = tokens[i]
-        end = _skip_field(tokens, i)
-        if kind != "word" or end is None:
-            return text, []
-        if field in TRITON_ONLY:
-            cut.append(field)
-            for k in range(start, tokens[end - 1][3]):
-                chars[k] = chars[k] if chars[k] == "\n" else " "
-        i = end
-    return "".join(chars), sorted(set(cut))
-
-
-def _skip_field(tokens: list[tuple[str | None, str, int, int]], i: int) -> int | None:
-    """Index after the field whose name is tokens[i]; None when the text is not well formed."""
-    j = i + 1
-    if j < len(tokens) and tokens[j][1] == ":":
-        j += 1
-    if j >= len(tokens):
-        return None
-    if tokens[j][1] in _OPEN:
-        depth = 0
-        while j < len(tokens):
-            depth += (tokens[j][1] in _OPEN) - (tokens[j][1] in _CLOSE)
-            j += 1
-            if depth == 0:
-                break
-        if depth != 0:
-            return None
-    elif tokens[j][0] == "string":
-        while j < len(tokens) and tokens[j][0] == "string":  # "a" "b" concatenates
-            j += 1
-    elif tokens[j][0] == "word":
-        j += 1
-    else:
-        return None
-    if j < len(tokens) and tokens[j][1] in ",;":
-        j += 1
-    return j
 
 
 def unsupported_fields(message: Message, prefix: str = "") -> list[str]:

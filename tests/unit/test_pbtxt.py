@@ -9,6 +9,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from google.protobuf import text_format
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
 from common.datatypes import ALL_DATATYPES
 from common.model_config import (
@@ -20,7 +23,7 @@ from common.model_config import (
     VersionPolicy,
     load_model_config,
 )
-from common.pbtxt import datatype, parse_pbtxt
+from common.pbtxt import SUPPORTED, datatype, parse_pbtxt
 from common.proto import model_config_pb2 as mc
 from runtime.repository import scan
 
@@ -164,16 +167,13 @@ input [
   { name: "a", data_type: TYPE_FP32, dims: [ 3 ], reshape { shape: [ 1, 3 ] } },
   { name: "b", data_type: TYPE_FP32, dims: [ 3 ], reshape: { shape: [ 3, 1 ] }, optional: true }
 ]
-sequence_batching {
-  max_sequence_idle_microseconds: 5000000
-  control_input [ { name: "START", control [ { kind: CONTROL_SEQUENCE_START } ] } ]
-}
 optimization < execution_accelerators { gpu_execution_accelerator: [ { name: "tensorrt" } ] } >
 dynamic_batching { priority_levels: 2, default_queue_policy { timeout_action: DELAY } }
 instance_group [ { count: 1, kind: KIND_CPU, host_policy: "numa0" } ]
 parameters { key: "intra_op_thread_count" value: { string_value: "4" } }
 model_warmup [ { name: "zeros", batch_size: 1 } ]
-ensemble_scheduling: { step [ ] };
+batch_input [ { kind: BATCH_ELEMENT_COUNT, target_name: "N" } ];
+model_metrics { metric_control [ { histogram_options { buckets: [ 0.5, 1 ] } } ] }
 """
 
 
@@ -187,10 +187,10 @@ def test_a_decoupled_model_is_refused_by_name() -> None:
 def test_unsupported_fields_are_listed_once_each() -> None:
     config, unsupported = parse(UNSUPPORTED)
     assert unsupported == [
-        "dynamic_batching.default_queue_policy.timeout_action",
-        "dynamic_batching.priority_levels", "ensemble_scheduling", "input.optional",
-        "input.reshape", "instance_group.host_policy", "model_warmup", "optimization",
-        "parameters", "sequence_batching",
+        "batch_input", "dynamic_batching.default_queue_policy.timeout_action",
+        "dynamic_batching.priority_levels", "input.optional", "input.reshape",
+        "instance_group.host_policy", "model_metrics", "model_warmup", "optimization",
+        "parameters",
     ]
     # What is supported around them still applies.
     assert config.max_batch_size == 8 and config.instance_count == 1 and config.device == "cpu"
@@ -210,10 +210,78 @@ def test_instance_groups_beyond_one_device_are_reported(group: str, reported: st
     assert config.instance_count == 1
 
 
-def test_triton_only_names_are_cut_only_at_the_top_level() -> None:
-    # "optimization" here is a string value, not a field: nothing is cut or reported.
-    config = config_of('input [ { name: "optimization", data_type: TYPE_FP32, dims: [ 1 ] } ]')
-    assert config.inputs == (TensorSpec("optimization", "FP32", (1,)),)
+def test_a_field_name_as_a_value_is_only_a_value() -> None:
+    # "optimization" here is a string value, not a field: nothing is reported.
+    config, unsupported = parse(
+        'input [ { name: "optimization", data_type: TYPE_FP32, dims: [ 1 ] } ]')
+    assert config.inputs == (TensorSpec("optimization", "FP32", (1,)),) and unsupported == []
+
+
+def _set(message: Message, field: FieldDescriptor) -> None:
+    """Give `field` of `message` a value other than its default."""
+    value_type = field.message_type
+    if value_type is not None and value_type.GetOptions().map_entry:
+        key = value_type.fields_by_name["key"]
+        container = getattr(message, field.name)
+        if value_type.fields_by_name["value"].message_type is not None:
+            container[key.default_value].SetInParent()
+        else:
+            container["k"] = "v"
+    elif value_type is not None:
+        child = getattr(message, field.name).add() if field.is_repeated \
+            else getattr(message, field.name)
+        child.SetInParent()
+    elif field.type == FieldDescriptor.TYPE_ENUM:
+        value = field.enum_type.values[-1].number
+        getattr(message, field.name).append(value) if field.is_repeated \
+            else setattr(message, field.name, value)
+    else:
+        value = {FieldDescriptor.CPPTYPE_STRING: "x", FieldDescriptor.CPPTYPE_BOOL: True,
+                 FieldDescriptor.CPPTYPE_DOUBLE: 0.5, FieldDescriptor.CPPTYPE_FLOAT: 0.5,
+                 }.get(field.cpp_type, 3)
+        getattr(message, field.name).append(value) if field.is_repeated \
+            else setattr(message, field.name, value)
+
+
+@pytest.mark.parametrize("field", [
+    f for f in mc.ModelConfig.DESCRIPTOR.fields if f.name not in SUPPORTED
+    and not any(s.startswith(f.name + ".") for s in SUPPORTED)], ids=lambda f: f.name)
+def test_every_field_of_tritons_schema_that_is_not_read_is_reported(
+        field: FieldDescriptor) -> None:
+    message = mc.ModelConfig()
+    _set(message, field)
+    _, unsupported = parse(text_format.MessageToString(message))
+    assert unsupported == [field.name]
+
+
+@pytest.mark.parametrize("parent", ["input", "output", "instance_group"])
+def test_every_nested_field_that_is_not_read_is_reported(parent: str) -> None:
+    descriptor = mc.ModelConfig.DESCRIPTOR.fields_by_name[parent].message_type
+    for field in descriptor.fields:
+        if f"{parent}.{field.name}" in SUPPORTED:
+            continue
+        message = mc.ModelConfig()
+        item = getattr(message, parent).add(name="x")
+        _set(item, field)
+        if parent != "instance_group":
+            item.data_type, item.dims[:] = mc.TYPE_FP32, [1]
+        _, unsupported = parse(text_format.MessageToString(message))
+        assert unsupported == [f"{parent}.{field.name}"], field.name
+
+
+def test_default_values_count_as_not_set() -> None:
+    _, unsupported = parse('input [ { name: "a", data_type: TYPE_FP32, dims: [ 1 ], '
+                           'optional: false, format: FORMAT_NONE } ]\nresponse_cache { }\n')
+    assert unsupported == ["response_cache"]  # a message that is present is set, even empty
+
+
+@pytest.mark.parametrize("scheduler", ["sequence_batching", "ensemble_scheduling"])
+def test_another_scheduler_is_reported_and_two_are_an_error(scheduler: str) -> None:
+    _, unsupported = parse(f"{scheduler} {{ }}\n")
+    assert unsupported == [scheduler]
+    with pytest.raises(ConfigError, match=rf'line 2, .*"{scheduler}".*"dynamic_batching"'
+                                          '.*oneof "scheduling_choice"'):
+        parse(f"dynamic_batching {{ }}\n{scheduler} {{ }}\n")
 
 
 def _repo_with(tmp_path: Path, text: str, versions: tuple[int, ...] = (1,)) -> Path:
@@ -233,7 +301,7 @@ def test_a_scan_logs_one_warning_naming_the_file_and_the_fields(
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1, warnings
     assert str(repo / "m" / "config.pbtxt") in warnings[0]
-    for field in ("sequence_batching", "input.reshape", "parameters", "model_warmup"):
+    for field in ("model_metrics", "input.reshape", "parameters", "model_warmup"):
         assert warnings[0].count(field) == 1
 
 
@@ -257,10 +325,10 @@ def test_a_supported_config_logs_nothing(tmp_path: Path,
     ('input [ { name: "a" dims: [ 1 ]\n', 1, 'Expected "}"'),  # at the end of the text
     ('dynamic_batching { max_queue_delay: 5 }\n', 1, 'has no field named "max_queue_delay"'),
     ('name: "m"\nname: "n"\n', 2, 'should not have multiple "name" fields'),
-    # A cut section keeps its lines, so later errors keep their line numbers.
+    # A section tensorgate does not run is parsed all the same: its faults are errors too.
     ('sequence_batching {\n  direct { }\n}\n\nmax_batch_size: -\n', 5, "Couldn't parse"),
-    # A Triton-only section that is itself broken is still an error, not a warning.
-    ('max_batch_size: 1\nsequence_batching {\n  direct { }\n', 4, "Expected identifier"),
+    ('max_batch_size: 1\nsequence_batching {\n  direct { }\n', 3, 'Expected "}"'),
+    ('sequence_batching {\n  direct { max_queue: 1 }\n}\n', 2, 'no field named "max_queue"'),
 ])
 def test_malformed_text_names_file_line_and_what_was_expected(
         tmp_path: Path, text: str, line: int, expected: str) -> None:
