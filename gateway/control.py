@@ -6,11 +6,8 @@ path stays on the bare ASGI transport, which hands every other path to this app.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -19,55 +16,13 @@ from starlette.routing import Match
 
 from common.errors import TensorgateError
 from common.names import shown
-from common.policy import Principal
-from gateway.admin_api import AdminApi
-from gateway.edge import EdgeBuilder
-from gateway.http_body import Body
-from gateway.pipeline import Headers, Pipeline
+from gateway import openapi, routes_trace, routes_v1
+from gateway.routes import admin, models, oip
+from gateway.routes.base import Control, error_response, json_response
+
+__all__ = ["Control", "build_control", "routers"]
 
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
-
-
-@dataclass
-class Control:
-    """What the control plane's handlers share; `request.app.state.control`."""
-
-    pipeline: Pipeline
-    admin_api: AdminApi
-    edge: EdgeBuilder | None
-    max_body: int
-
-    def admit(self, request: Request, model: str | None = None,
-              admin: bool = False) -> Principal:
-        """Authenticate on the headers alone; call it before reading the body."""
-        return self.pipeline.admit(headers_of(request), model, admin=admin)
-
-    async def body(self, request: Request) -> bytes:
-        """The whole body, within the size limit, inflated if it came compressed."""
-        return await Body(request.receive, dict(headers_of(request)), self.max_body).read()
-
-
-def control_of(request: Request) -> Control:
-    control: Control = request.app.state.control
-    return control
-
-
-def headers_of(request: Request) -> Headers:
-    """The request's headers by lower-case name, as the transport checked them."""
-    headers: Headers = request.scope["tensorgate.headers"]
-    return headers
-
-
-def json_response(payload: Any, status: int = 200,
-                  headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(payload), status, headers, media_type="application/json")
-
-
-def error_response(exc: TensorgateError) -> Response:
-    headers = {}
-    if exc.retry_after is not None:
-        headers["retry-after"] = str(max(1, math.ceil(exc.retry_after)))
-    return json_response({"error": exc.message}, exc.http_status, headers)
 
 
 async def _tensorgate_error(_: Request, exc: Exception) -> Response:
@@ -105,11 +60,7 @@ async def _invalid(_: Request, exc: Exception) -> Response:
 
 
 def routers() -> list[APIRouter]:
-    """The route groups, in the order they are matched; each is an APIRouter in its own module.
-    Imported here, not at the top: the route modules use this module's helpers."""
-    from gateway import openapi, routes_trace, routes_v1
-    from gateway.routes import admin, models, oip
-
+    """The route groups, in the order they are matched; each is an APIRouter in its own module."""
     return [oip.router, models.router, admin.router, openapi.router, routes_v1.router,
             routes_trace.router]
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, Va
 from common.errors import invalid_argument
 from common.names import shown
 from gateway import trace_log, trace_share
-from gateway.control import control_of, headers_of
+from gateway.routes.base import control_of, headers_of
 from gateway.routes.schemas import ERRORS
 
 router: APIRouter = APIRouter(tags=["trace and logging"], responses=ERRORS)

@@ -19,8 +19,8 @@ from common.errors import TensorgateError, not_found
 from common.names import check_name, check_version, is_version, shown
 from common.proto import grpc_service_pb2 as pb
 from gateway.context import Headers, RequestContext
-from gateway.control import control_of, headers_of
 from gateway.pipeline import Pipeline
+from gateway.routes.base import control_of, headers_of
 from gateway.routes.schemas import ERRORS
 from gateway.tfserving import (
     DEFAULT_SIGNATURE,

@@ -14,8 +14,8 @@ from pydantic import BaseModel
 
 from common.names import check_name, check_version
 from gateway.admin_api import AdminApi, Call, KeyBody, PromoteBody, RollbackBody, TrafficBody
-from gateway.control import control_of, json_response
 from gateway.routes import schemas as s
+from gateway.routes.base import control_of, json_response
 from gateway.routes.schemas import ERRORS, body_doc, parse_body
 
 router: APIRouter = APIRouter(prefix="/v2/admin", responses=ERRORS)

@@ -15,9 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from common.errors import invalid_argument, not_found
 from common.names import check_name, is_version, shown
-from gateway.control import control_of, headers_of
 from gateway.feedback import encode_result, handle_feedback
 from gateway.openapi import EDGE_TARGETS
+from gateway.routes.base import control_of, headers_of
 from gateway.routes.schemas import ERRORS, body_doc
 
 router: APIRouter = APIRouter(responses=ERRORS)

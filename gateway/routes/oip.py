@@ -16,10 +16,10 @@ from common.errors import invalid_argument, not_found
 from common.names import check_name, check_version
 from common.proto import grpc_service_pb2 as pb
 from common.uploads import check_upload
-from gateway.control import control_of, headers_of, json_response
 from gateway.http_codec import message_to_json
 from gateway.pipeline import Access
 from gateway.routes import schemas as s
+from gateway.routes.base import control_of, headers_of, json_response
 from gateway.routes.schemas import ERRORS, OPEN, body_doc, parse_body
 
 router: APIRouter = APIRouter(responses=ERRORS)
