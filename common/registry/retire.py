@@ -31,13 +31,16 @@ def retire_version(registry: Registry, repository: Path, model: str, version: st
         raise VersionHeld(model, version, held)
     if held:  # forced: nothing may route to a retired version
         lifecycle.release(model, version, actor, f"version {model}:{version} retired (forced)")
+    # NOTE: retired before its folder moves, so a gateway's sweep never takes a ready version
+    # whose folder just left for one removed by hand.
+    record = lifecycle.set_state(model, version, "retired", actor)
     folder = repository / model / version
     if folder.exists():
         graveyard = repository / model / ".retired"
         graveyard.mkdir(exist_ok=True)
         shutil.rmtree(graveyard / version, ignore_errors=True)
         folder.replace(graveyard / version)
-    return lifecycle.set_state(model, version, "retired", actor)
+    return record
 
 
 def folder_gone(repository: Path, model: str, version: str) -> bool:
@@ -58,8 +61,11 @@ def sweep_missing(registry: Registry, repository: Path, actor: str = "gateway") 
             continue
         folder = repository / record.model / record.version
         why = f"its folder {folder} is gone"
+        # NOTE: only if still ready: a version retired meanwhile moved its own folder.
+        if lifecycle.set_state(record.model, record.version, "failed", actor, why,
+                               only_from="ready").state != "failed":
+            continue
         lifecycle.release(record.model, record.version, actor, why)
-        lifecycle.set_state(record.model, record.version, "failed", actor, why)
         swept.append(record.label)
     return swept
 

@@ -79,11 +79,15 @@ class Lifecycle:
         return record
 
     def set_state(self, model: str, version: str, state: str, actor: str,
-                  reason: str | None = None) -> VersionRecord:
+                  reason: str | None = None, only_from: str | None = None) -> VersionRecord:
+        """Move a version to `state`, audited. With `only_from`, only a version in that state
+        moves (checked in the same transaction); any other is returned unchanged."""
         if state not in STATES:
             raise RegistryError(f"state must be one of {', '.join(STATES)}, got {state!r}")
         with self.registry.transaction() as conn:
             before = self._require(conn, model, version)
+            if only_from is not None and before.state != only_from:
+                return before
             conn.execute("UPDATE versions SET state = ?, reason = ? WHERE model = ? AND "
                          "version = ?", (state, reason, model, version))
             after = self._require(conn, model, version)

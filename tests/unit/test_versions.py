@@ -36,6 +36,18 @@ def test_a_version_moves_from_validating_to_failed_with_its_reason(lifecycle: Li
     assert actions == ["version.failed", "version.register"]
 
 
+def test_a_state_change_only_from_a_state_leaves_any_other_alone(lifecycle: Lifecycle) -> None:
+    ready(lifecycle, "1")
+    lifecycle.set_state("digits", "1", "retired", "alice")
+    kept = lifecycle.set_state("digits", "1", "failed", "gateway", "gone", only_from="ready")
+    assert kept.state == "retired"
+    actions = [e.action for e in lifecycle.registry.audit_log(model="digits")]
+    assert actions[0] == "version.retired"
+    ready(lifecycle, "2")
+    moved = lifecycle.set_state("digits", "2", "failed", "gateway", "gone", only_from="ready")
+    assert (moved.state, moved.reason) == ("failed", "gone")
+
+
 def test_a_version_number_is_registered_once(lifecycle: Lifecycle) -> None:
     lifecycle.add(record("1"), "alice")
     with pytest.raises(RegistryError, match="already registered"):
