@@ -18,7 +18,10 @@ from common.errors import TensorgateError
 HEADER = struct.Struct("<IQBI")
 METHODS = ("ModelInfer", "ServerLive", "ServerReady", "ServerMetadata", "ModelReady",
            "ModelMetadata", "ModelConfig", "ModelStatistics", "RepositoryIndex",
-           "RepositoryModelLoad", "RepositoryModelUnload")
+           "RepositoryModelLoad", "RepositoryModelUnload",
+           "SystemSharedMemoryStatus", "SystemSharedMemoryRegister",
+           "SystemSharedMemoryUnregister", "CudaSharedMemoryStatus", "CudaSharedMemoryRegister",
+           "CudaSharedMemoryUnregister")
 METHOD_KIND = {name: kind for kind, name in enumerate(METHODS)}
 OK = 0
 ERROR = 1

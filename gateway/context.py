@@ -41,6 +41,8 @@ class RequestContext:
     policy: TrafficPolicy | None = None
     #: Route and split: the version routed to ("": the runtime's default); None: not routed.
     routed: str | None = None
+    #: Some tensor is in a shared-memory region (its name now scoped by the caller's owner id).
+    regions: bool = False
     #: Balance: the address of the worker called last (a retry moves it).
     endpoint: str = ""
     #: Tracing: the request's span when tracing is on.

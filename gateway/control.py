@@ -17,7 +17,7 @@ from starlette.routing import Match
 from common.errors import TensorgateError
 from common.names import shown
 from gateway import openapi, routes_trace, routes_v1
-from gateway.routes import admin, models, oip
+from gateway.routes import admin, models, oip, shm
 from gateway.routes.base import Control, error_response, json_response
 
 __all__ = ["Control", "build_control", "routers"]
@@ -62,7 +62,7 @@ async def _invalid(_: Request, exc: Exception) -> Response:
 def routers() -> list[APIRouter]:
     """The route groups, in the order they are matched; each is an APIRouter in its own module."""
     return [oip.router, models.router, admin.router, openapi.router, routes_v1.router,
-            routes_trace.router]
+            routes_trace.router, shm.router]
 
 
 def build_control(control: Control, groups: list[APIRouter] | None = None) -> FastAPI:

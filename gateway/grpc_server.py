@@ -25,6 +25,7 @@ from gateway.feedback import encode_result, handle_feedback
 from gateway.grpc_stream import Stream, deadline
 from gateway.peek import infer_fields, model_and_version
 from gateway.pipeline import Access, Pipeline
+from gateway.shm import Kind
 
 SERVICE = "inference.GRPCInferenceService"
 #: tensorgate's own RPC, JSON bytes in and out (no .proto): `/tensorgate.Feedback/Post`.
@@ -133,6 +134,26 @@ class GrpcTransport:
 
         return handler
 
+    def shared_memory(self, kind: Kind, action: str) -> Handler:
+        """{System,Cuda}SharedMemory{Status,Register,Unregister}: the caller's regions only."""
+        kind_of = getattr(pb, f"{kind}SharedMemory{action}Request")
+        answer_of = getattr(pb, f"{kind}SharedMemory{action}Response")
+
+        async def handler(request: bytes, context: Any) -> bytes:
+            message = kind_of.FromString(request)
+            regions = self.pipeline.shared_memory
+            headers = _headers(context)
+            name = check_name(message.name, "shared memory region name") if message.name else ""
+            if action == "Status":
+                return bytes((await regions.status(kind, name, headers)).SerializeToString())
+            if action == "Register":
+                await regions.register(kind, message, headers)
+            else:
+                await regions.unregister(kind, name, headers)
+            return bytes(answer_of().SerializeToString())
+
+        return handler
+
     def forward(self, method: str) -> Handler:
         """A control-plane RPC whose request names the model in fields 1 and 2."""
         access: Access = "open" if method == "ModelReady" else "key"
@@ -157,6 +178,9 @@ class GrpcTransport:
         table.update({name: self.forward(name) for name in _FORWARDED})
         table.update({name: self.repository_change(name)
                       for name in ("RepositoryModelLoad", "RepositoryModelUnload")})
+        table.update({f"{kind}SharedMemory{action}": self.shared_memory(kind, action)
+                      for kind in ("System", "Cuda")
+                      for action in ("Status", "Register", "Unregister")})
         methods = {name: self._method(fn, None if name in _OPEN else self.pipeline.admit)
                    for name, fn in table.items()}
         methods["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(

@@ -11,6 +11,7 @@ import numpy as np
 import orjson
 from google.protobuf.message import Message
 
+from common import regions
 from common.datatypes import ALL_DATATYPES
 from common.errors import TensorgateError, invalid_argument
 from common.names import shown
@@ -19,6 +20,7 @@ from common.tensors import element_count, expected_byte_size, json_to_raw, raw_t
 
 # Parameters that steer this codec and mean nothing to the model.
 _CODEC_PARAMETERS = {"binary_data_output", "binary_data_size", "binary_data"}
+_SHM = (regions.REGION, regions.BYTE_SIZE, regions.OFFSET)
 # What an InferParameter can hold: JSON integers outside both ranges are refused.
 _INT64 = range(-(1 << 63), 1 << 63)
 _UINT64 = range(1 << 64)
@@ -39,6 +41,8 @@ class OutputPrefs:
 
     default_binary: bool = False
     per_output: dict[str, bool] = field(default_factory=dict)
+    #: Outputs written into a shared-memory region: their parameters, answered without data.
+    shm: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def decode_infer_request(
@@ -122,6 +126,8 @@ def _add_outputs(request: pb.ModelInferRequest, outputs: Any, prefs: OutputPrefs
             _set_parameters(output.parameters, params)
         if binary is not None:
             prefs.per_output[item["name"]] = bool(binary)
+        if regions.REGION in params:
+            prefs.shm[item["name"]] = {k: params[k] for k in _SHM if k in params}
     _unique([item["name"] for item in outputs], "output")
 
 
@@ -148,7 +154,12 @@ def _add_input(request: pb.ModelInferRequest, item: Any, i: int, body: memoryvie
     count = element_count(shape, _what(request, name))
     params = _dict(item.get("parameters"), f"inputs[{i}].parameters")
     size = params.get("binary_data_size")
-    if size is not None:
+    raw: bytes | None = None
+    if regions.REGION in params:
+        if size is not None or "data" in item:
+            raise _bad(request, name, "data in a shared memory region takes neither 'data' "
+                                      "nor a binary_data_size parameter")
+    elif size is not None:
         if type(size) is not int or size < 0 or offset + size > len(body):
             raise _bad(request, name, f"binary_data_size {size} runs past the end of the body "
                                       f"({len(body) - offset} bytes left)")
@@ -164,7 +175,8 @@ def _add_input(request: pb.ModelInferRequest, item: Any, i: int, body: memoryvie
         raise _bad(request, name, "needs 'data' or a binary_data_size parameter")
     tensor = request.inputs.add(name=name, datatype=datatype, shape=shape)
     _set_parameters(tensor.parameters, params)
-    request.raw_input_contents.append(raw)
+    if raw is not None:
+        request.raw_input_contents.append(raw)
     return offset
 
 
@@ -210,10 +222,12 @@ def encode_infer_response(
     outputs = []
     blobs = []
     finite = True
-    for out, raw in zip(response.outputs, response.raw_output_contents):
+    for out, raw in _pairs(response, prefs):
         entry: dict[str, Any] = {"name": out.name, "datatype": out.datatype,
                                  "shape": list(out.shape)}
-        if prefs.per_output.get(out.name, prefs.default_binary):
+        if out.name in prefs.shm:
+            entry["parameters"] = prefs.shm[out.name]  # NOTE: its bytes are in the region
+        elif prefs.per_output.get(out.name, prefs.default_binary):
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         else:
@@ -230,6 +244,15 @@ def encode_infer_response(
     if not blobs:
         return header, None
     return header + b"".join(blobs), len(header)
+
+
+def _pairs(response: pb.ModelInferResponse, prefs: OutputPrefs) -> Any:
+    """Each output with its bytes; an output written into a region has none (the runtime
+    leaves out the entries of such outputs at the end)."""
+    raws = response.raw_output_contents
+    if not prefs.shm:
+        return zip(response.outputs, raws)
+    return ((out, raws[i] if i < len(raws) else b"") for i, out in enumerate(response.outputs))
 
 
 def _finite(datatype: str, raw: bytes) -> bool:

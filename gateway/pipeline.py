@@ -32,6 +32,7 @@ from gateway.quota import QuotaExceeded, Quotas, Ticket
 from gateway.request_log import request_log
 from gateway.route import Router
 from gateway.shadow import Shadow, should_shadow
+from gateway.shm import SharedMemory, mentions, scope_request
 
 #: The model label of a request whose caller was refused, or whose model is not a served one.
 OTHER = "_other"
@@ -76,6 +77,8 @@ class Pipeline:
         self.request_log = request_log(settings.log_sample, settings.log_slow_ms)
         #: Models that answered OK: served ones, so their names may label metrics.
         self._answered: set[str] = set()
+        #: Triton's shared-memory extensions: each caller's regions, on every worker.
+        self.shared_memory = SharedMemory(self)
 
     def served(self, model: str) -> bool:
         """True for a model that answered OK here, or one the registry has ready or splits."""
@@ -119,6 +122,8 @@ class Pipeline:
                 # NOTE: read, inflate and parse only now: a caller refused on its headers
                 # costs no more than its headers.
                 request = self._begin(call, await request(call))
+            if mentions(request):
+                request = self._regions(call, request)
             request = self._route(call, request)
             answer = await self._forward(call, request)
             return answer
@@ -159,6 +164,12 @@ class Pipeline:
         assert call.principal is not None  # NOTE: auth runs first
         call.ticket = self.quota(call.principal, call.model)
 
+    def _regions(self, call: RequestContext, request: bytes) -> bytes:
+        """The shared-memory regions the request names, as the caller's own (scoped names)."""
+        assert call.principal is not None  # NOTE: auth runs first
+        call.regions = True
+        return scope_request(request, call.principal.subject)
+
     def _route(self, call: RequestContext, request: bytes) -> bytes:
         """Route and split: the version to serve, written into the request when none was asked.
 
@@ -185,7 +196,9 @@ class Pipeline:
         pool = self.router.pool()
         timeout = call.timeout_s or self.default_timeout
         policy = call.policy
-        if policy is None or not should_shadow(policy, self.rng, call.routed or ""):
+        # NOTE: a shadow copy would write its outputs into the caller's regions too.
+        if policy is None or call.regions or not should_shadow(policy, self.rng,
+                                                                call.routed or ""):
             return await self.forward(pool, call.model, "ModelInfer", request, timeout, call)
         primary = asyncio.ensure_future(
             self.forward(pool, call.model, "ModelInfer", request, timeout, call))

@@ -242,6 +242,7 @@ class Runtime:
         await asyncio.gather(*waits)
         for scheduler in self.schedulers.values():
             await scheduler.stop()
+        self.core.regions.close()
         for model in self.store.all():
             self.metrics.set_state(model.name, str(model.version), "UNAVAILABLE")
         self.reloader.close()

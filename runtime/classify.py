@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from common import regions
 from common.datatypes import NUMPY_DTYPES
 from common.errors import invalid_argument
 from common.model_config import ConfigError, TensorSpec
@@ -15,7 +16,8 @@ from runtime.executor import Output
 
 PARAMETER = "classification"
 #: The output parameters a request may set; any other is refused by name, not ignored.
-OUTPUT_PARAMETERS = frozenset({PARAMETER, "binary_data"})
+OUTPUT_PARAMETERS = frozenset({PARAMETER, "binary_data", regions.REGION, regions.BYTE_SIZE,
+                               regions.OFFSET})
 _UNSORTABLE = frozenset({"BYTES", "BOOL"})
 
 

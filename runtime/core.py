@@ -24,6 +24,9 @@ from runtime.decode import InferCall, decode_infer
 from runtime.model import ModelStore
 from runtime.reload import Reloader
 from runtime.scheduler import Scheduler
+from runtime.shm import Regions
+from runtime.shm_api import shared_memory_methods
+from runtime.shm_infer import Lease
 from runtime.staging import Upload
 
 Handler = Callable[[Any, float | None], Awaitable[Message]]
@@ -33,8 +36,10 @@ Decoder = Callable[[Any], Any]
 
 class RuntimeCore:
     def __init__(self, store: ModelStore, schedulers: dict[int, Scheduler],
-                 reloader: Reloader | None = None) -> None:
+                 reloader: Reloader | None = None, regions: Regions | None = None) -> None:
         self.store = store
+        #: Triton's system shared memory: the regions this worker maps.
+        self.regions = regions or Regions()
         self.reloader = reloader
         # Keyed by id(ServedModel): the hot path does one dict lookup after the store's.
         self.schedulers = schedulers
@@ -53,9 +58,12 @@ class RuntimeCore:
                                     self.repository_load),
             "RepositoryModelUnload": (pb.RepositoryModelUnloadRequest.FromString,
                                       self.repository_unload),
+            **shared_memory_methods(self.regions),
         }
 
     async def infer(self, call: InferCall, timeout: float | None) -> Message:
+        if call.shm:
+            return await self._infer_shared(call, timeout)
         request = call.message
         model = self.store.get(request.model_name, request.model_version)
         scheduler = self.schedulers[id(model)]
@@ -70,6 +78,17 @@ class RuntimeCore:
             model.in_flight -= 1
             if not model.in_flight and model.drained is not None:
                 model.drained.set()
+
+    async def _infer_shared(self, call: InferCall, timeout: float | None) -> Message:
+        """A request naming shared-memory regions: inputs read from them in place, outputs
+        written into them; the regions stay in use until the answer is built."""
+        lease = Lease(self.regions, call)
+        try:
+            answer = await self.infer(lease.call, timeout)
+            lease.write(answer)
+            return answer
+        finally:
+            lease.release()
 
     async def _traced(self, tracer: Tracer, scheduler: Scheduler, call: InferCall,
                       timeout: float | None) -> Message:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 
 from common.proto import grpc_service_pb2 as pb
+from common.regions import MARK
 from common.wire import LENGTH_DELIMITED, Buffer, WireError, fields
 
 #: Below this many bytes the message is parsed whole: scanning its fields in Python costs more
@@ -26,22 +27,28 @@ class InferCall:
     those (views into the received buffer when it was large)."""
 
     message: pb.ModelInferRequest
-    raw: Sequence[Buffer]
+    #: One entry per raw_input_contents; once shared-memory regions are resolved, one per
+    #: input (None for an input given as contents).
+    raw: Sequence[Buffer | None]
+    #: Some tensor names a shared-memory region (a cheap look at the bytes: may be a false
+    #: positive, never a false negative).
+    shm: bool = False
 
     @classmethod
-    def of(cls, message: pb.ModelInferRequest) -> InferCall:
-        return cls(message, message.raw_input_contents)
+    def of(cls, message: pb.ModelInferRequest, shm: bool = False) -> InferCall:
+        return cls(message, message.raw_input_contents, shm)
 
 
 def decode_infer(payload: Buffer) -> InferCall:
     """Raise DecodeError for bytes that are not a ModelInferRequest."""
     if len(payload) < SCAN_FROM_BYTES:
-        return InferCall.of(pb.ModelInferRequest.FromString(payload))
+        shm = MARK in (payload if isinstance(payload, bytes) else bytes(payload))
+        return InferCall.of(pb.ModelInferRequest.FromString(payload), shm)
     view = memoryview(payload)
     kept, raw = _split(view)
-    rest = view[kept[0][0]:kept[0][1]] if len(kept) == 1 else b"".join(
+    rest = bytes(view[kept[0][0]:kept[0][1]]) if len(kept) == 1 else b"".join(
         view[start:end] for start, end in kept)
-    return InferCall(pb.ModelInferRequest.FromString(rest), raw)
+    return InferCall(pb.ModelInferRequest.FromString(rest), raw, MARK in rest)
 
 
 def _split(view: memoryview) -> tuple[list[tuple[int, int]], list[memoryview]]:
