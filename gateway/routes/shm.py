@@ -25,8 +25,8 @@ _WHAT = "shared memory region name"
 
 class SystemRegister(BaseModel):
     key: str = Field(description="the POSIX shared memory object: '/' and its name")
-    offset: int = Field(default=0, ge=0, lt=2**64)
-    byte_size: int = Field(gt=0, lt=2**64)
+    offset: int = Field(default=0, ge=0, le=2**63 - 1)
+    byte_size: int = Field(gt=0, le=2**63 - 1)
 
 
 class RawHandle(BaseModel):
@@ -35,8 +35,8 @@ class RawHandle(BaseModel):
 
 class CudaRegister(BaseModel):
     raw_handle: RawHandle
-    device_id: int = Field(default=0, ge=0, lt=2**63)
-    byte_size: int = Field(gt=0, lt=2**64)
+    device_id: int = Field(default=0, ge=0, le=2**31 - 1)
+    byte_size: int = Field(gt=0, le=2**63 - 1)
 
 
 class SystemRegion(BaseModel):
@@ -77,13 +77,13 @@ def _declare(kind: Kind) -> None:
         params = parse_body(body, await control.body(request), f"{shown} shared memory register")
         message = _register_message(kind, name, params)
         await control.pipeline.shared_memory.register(kind, message, headers_of(request))
-        return Response(b"", 200, media_type="application/json")
+        return json_response({})
 
     async def unregister(request: Request, region_name: str = "") -> Response:
         name = check_name(region_name, _WHAT) if region_name else ""
         await control_of(request).pipeline.shared_memory.unregister(kind, name,
                                                                     headers_of(request))
-        return Response(b"", 200, media_type="application/json")
+        return json_response({})
 
     for path, summary in ((prefix + "/status", f"every {shown} shared memory region of yours"),
                           (region + "/status", f"one {shown} shared memory region of yours")):

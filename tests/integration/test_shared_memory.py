@@ -86,7 +86,8 @@ def test_server_metadata_lists_system_shared_memory_only(setup: Setup) -> None:
     assert "system_shared_memory" in extensions
     assert "cuda_shared_memory" not in extensions  # NOTE: not built yet, GPU or not
     rpc = tgrpc.InferenceServerClient(setup.servers.gateway_grpc)
-    assert "system_shared_memory" in rpc.get_server_metadata(headers=auth(setup, "alice")).extensions
+    metadata = rpc.get_server_metadata(headers=auth(setup, "alice"))
+    assert "system_shared_memory" in metadata.extensions
 
 
 def test_http_register_infer_status_unregister(setup: Setup, region: Any) -> None:
