@@ -20,7 +20,6 @@ from common.tensors import element_count, expected_byte_size, json_to_raw, raw_t
 
 # Parameters that steer this codec and mean nothing to the model.
 _CODEC_PARAMETERS = {"binary_data_output", "binary_data_size", "binary_data"}
-_SHM = (regions.REGION, regions.BYTE_SIZE, regions.OFFSET)
 # What an InferParameter can hold: JSON integers outside both ranges are refused.
 _INT64 = range(-(1 << 63), 1 << 63)
 _UINT64 = range(1 << 64)
@@ -41,8 +40,8 @@ class OutputPrefs:
 
     default_binary: bool = False
     per_output: dict[str, bool] = field(default_factory=dict)
-    #: Outputs written into a shared-memory region: their parameters, answered without data.
-    shm: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Outputs written into a shared-memory region: answered without data.
+    shm: set[str] = field(default_factory=set)
 
 
 def decode_infer_request(
@@ -127,7 +126,7 @@ def _add_outputs(request: pb.ModelInferRequest, outputs: Any, prefs: OutputPrefs
         if binary is not None:
             prefs.per_output[item["name"]] = bool(binary)
         if regions.REGION in params:
-            prefs.shm[item["name"]] = {k: params[k] for k in _SHM if k in params}
+            prefs.shm.add(item["name"])
     _unique([item["name"] for item in outputs], "output")
 
 
@@ -222,12 +221,15 @@ def encode_infer_response(
     outputs = []
     blobs = []
     finite = True
-    for out, raw in _pairs(response, prefs):
+    for out, raw in zip(response.outputs, response.raw_output_contents):
         entry: dict[str, Any] = {"name": out.name, "datatype": out.datatype,
                                  "shape": list(out.shape)}
         if out.name in prefs.shm:
-            entry["parameters"] = prefs.shm[out.name]  # NOTE: its bytes are in the region
-        elif prefs.per_output.get(out.name, prefs.default_binary):
+            # NOTE: its bytes are in the region. No `parameters` either: Triton's C++ client
+            # (perf_analyzer) takes an output's parameters to describe binary data.
+            outputs.append(entry)
+            continue
+        if prefs.per_output.get(out.name, prefs.default_binary):
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         else:
@@ -244,15 +246,6 @@ def encode_infer_response(
     if not blobs:
         return header, None
     return header + b"".join(blobs), len(header)
-
-
-def _pairs(response: pb.ModelInferResponse, prefs: OutputPrefs) -> Any:
-    """Each output with its bytes; an output written into a region has none (the runtime
-    leaves out the entries of such outputs at the end)."""
-    raws = response.raw_output_contents
-    if not prefs.shm:
-        return zip(response.outputs, raws)
-    return ((out, raws[i] if i < len(raws) else b"") for i, out in enumerate(response.outputs))
 
 
 def _finite(datatype: str, raw: bytes) -> bool:

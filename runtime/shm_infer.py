@@ -67,7 +67,7 @@ class Lease:
 
     def write(self, response: Any) -> None:
         """Each output that names a region is written there, and answered without its bytes
-        (an empty raw_output_contents entry where a later output needs its place kept)."""
+        (an empty raw_output_contents entry, as Triton answers)."""
         if not self.outputs:
             return
         raws = list(response.raw_output_contents)
@@ -83,10 +83,8 @@ class Lease:
             if into:
                 region, start, _ = self.outputs[out.name]
                 region.view[start : start + len(data)] = data
+        # NOTE: an empty entry, not none: clients find an output's bytes by its index.
         kept = [b"" if into else data for data, into in zip(raws, placed)]
-        while placed and placed[-1]:
-            placed.pop()
-            kept.pop()
         del response.raw_output_contents[:]
         response.raw_output_contents.extend(kept)
 

@@ -74,9 +74,7 @@ def test_http_inputs_in_regions_carry_no_data_and_outputs_answer_without_it() ->
     payload, length = encode_infer_response(answer, prefs)
     assert length is not None
     header = orjson.loads(payload[:length])
-    assert header["outputs"][0] == {"name": "Y", "datatype": "FP32", "shape": [1, 10],
-                                    "parameters": {"shared_memory_region": "out",
-                                                   "shared_memory_byte_size": 40}}
+    assert header["outputs"][0] == {"name": "Y", "datatype": "FP32", "shape": [1, 10]}
     assert payload[length:] == b"\1\2"
 
 
