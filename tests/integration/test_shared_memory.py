@@ -5,6 +5,9 @@ what another key, a bad key or a span past the end gets."""
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +32,13 @@ ROW = np.linspace(0.0, 1.0, 64, dtype=np.float32).reshape(1, 64)
 class Setup:
     servers: Servers
     keys: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def open_servers() -> Iterator[Servers]:
+    """Without auth: perf_analyzer sends no credential."""
+    with Background(ROOT / "models") as servers:
+        yield servers
 
 
 @pytest.fixture(scope="module")
@@ -231,3 +241,23 @@ def test_cuda_shared_memory_without_a_gpu(setup: Setup) -> None:
         "gpu", b"\0" * 64, 0, 64, headers=auth(setup, "alice")))
     assert refusal.status() == "StatusCode.FAILED_PRECONDITION"
     assert NO_GPU in str(refusal.message())
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_perf_analyzer_with_system_shared_memory(open_servers: Servers, protocol: str) -> None:
+    tool = os.environ.get("PERF_ANALYZER") or shutil.which("perf_analyzer")
+    if not tool:
+        pytest.skip("perf_analyzer not found: put it on PATH or name it in PERF_ANALYZER")
+    url = open_servers.gateway_grpc if protocol == "grpc" else open_servers.gateway_http
+    run = subprocess.run(
+        [tool, "-m", "digits", "-u", url, "-i", protocol, "--shared-memory", "system",
+         "--measurement-mode", "count_windows", "--measurement-request-count", "100",
+         "--stability-percentage", "999", "--max-trials", "3", "--concurrency-range", "2"],
+        capture_output=True, text=True, timeout=300, check=False)
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output
+    found = re.search(r"Concurrency: 2, throughput: ([0-9.]+) infer/sec", output)
+    assert found is not None and float(found.group(1)) > 0, output
+    # perf_analyzer unregisters its regions when done: none is left behind.
+    client = thttp.InferenceServerClient(open_servers.gateway_http)
+    assert client.get_system_shared_memory_status() == []
