@@ -42,8 +42,10 @@ class InferCall:
 def decode_infer(payload: Buffer) -> InferCall:
     """Raise DecodeError for bytes that are not a ModelInferRequest."""
     if len(payload) < SCAN_FROM_BYTES:
-        shm = MARK in (payload if isinstance(payload, bytes) else bytes(payload))
-        return InferCall.of(pb.ModelInferRequest.FromString(payload), shm)
+        message = pb.ModelInferRequest.FromString(payload)
+        # NOTE: a memoryview's `in` compares items, not bytes: one that small is copied first.
+        shm = MARK in (payload if type(payload) is bytes else bytes(payload))
+        return InferCall(message, message.raw_input_contents, shm)
     view = memoryview(payload)
     kept, raw = _split(view)
     rest = bytes(view[kept[0][0]:kept[0][1]]) if len(kept) == 1 else b"".join(
