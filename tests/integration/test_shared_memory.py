@@ -7,9 +7,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,7 @@ from common.settings import AuthSettings
 from runtime.shm_api import NO_GPU, gpu_visible
 from tests.integration.conftest import ROOT, Background, Servers
 from tests.integration.shm_client import shm
+from tests.integration.test_cli import READY, start, wait_for
 
 IN_BYTES, OUT_BYTES = 64 * 4, 10 * 4
 ROW = np.linspace(0.0, 1.0, 64, dtype=np.float32).reshape(1, 64)
@@ -261,3 +264,54 @@ def test_perf_analyzer_with_system_shared_memory(open_servers: Servers, protocol
     # perf_analyzer unregisters its regions when done: none is left behind.
     client = thttp.InferenceServerClient(open_servers.gateway_http)
     assert client.get_system_shared_memory_status() == []
+
+
+def test_under_serve_every_gateway_process_and_worker_shares_the_registrations(
+        tmp_path: Path, region: Any) -> None:
+    """Two gateway processes, two runtime workers: a region registered through one connection
+    serves inferences and status through fresh connections (any process, either worker), and
+    its unregister reaches them all."""
+    process, lines = start("serve", "--host", "127.0.0.1", "--http-port", "0", "--grpc-port",
+                           "0", "--metrics-port", "-1", "--threads", "2", "--runtime-workers",
+                           "2", "--gateway-processes", "2", "--no-auth", "--registry",
+                           str(tmp_path / "registry.db"))
+    seen: list[str] = []
+    try:
+        ready = wait_for(lines, READY, seen)
+        assert ready, "".join(seen)
+        http = f"127.0.0.1:{ready.group(1)}"
+        shm.set_shared_memory_region(region("sin", IN_BYTES), [ROW])
+        outputs = region("sout", OUT_BYTES)
+        thttp.InferenceServerClient(http).register_system_shared_memory(
+            "sin", key_of("sin"), IN_BYTES)
+        thttp.InferenceServerClient(http).register_system_shared_memory(
+            "sout", key_of("sout"), OUT_BYTES)
+        tensor = thttp.InferInput("INPUT0", [1, 64], "FP32")
+        tensor.set_data_from_numpy(ROW)
+        expected = thttp.InferenceServerClient(http).infer("digits", [tensor]).as_numpy(
+            "OUTPUT0")
+        tensor.set_shared_memory("sin", IN_BYTES)
+        wanted = thttp.InferRequestedOutput("OUTPUT0")
+        wanted.set_shared_memory("sout", OUT_BYTES)
+        for _ in range(12):  # NOTE: a new connection each time: either process, either worker
+            client = thttp.InferenceServerClient(http)
+            assert [r["name"] for r in client.get_system_shared_memory_status()] == [
+                "sin", "sout"]
+            shm.set_shared_memory_region(outputs, [np.zeros((1, 10), np.float32)])
+            client.infer("digits", [tensor], outputs=[wanted])
+            np.testing.assert_allclose(
+                shm.get_contents_as_numpy(outputs, np.float32, [1, 10]), expected, rtol=1e-6)
+            client.close()
+        thttp.InferenceServerClient(http).unregister_system_shared_memory()
+        for _ in range(4):
+            client = thttp.InferenceServerClient(http)
+            assert client.get_system_shared_memory_status() == []
+            gone = refused(lambda: client.infer("digits", [tensor]))  # noqa: B023
+            assert gone.status() == "404"
+            client.close()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
