@@ -64,7 +64,10 @@ def _declare(kind: Kind) -> None:
     listed = list[SystemRegion] if kind == "System" else list[CudaRegion]
     body = SystemRegister if kind == "System" else CudaRegister
 
-    async def status(request: Request, region_name: str = "") -> Response:
+    async def status_all(request: Request) -> Response:
+        return await status(request, "")
+
+    async def status(request: Request, region_name: str) -> Response:
         name = check_name(region_name, _WHAT) if region_name else ""
         answer = await control_of(request).pipeline.shared_memory.status(
             kind, name, headers_of(request))
@@ -79,22 +82,27 @@ def _declare(kind: Kind) -> None:
         await control.pipeline.shared_memory.register(kind, message, headers_of(request))
         return json_response({})
 
-    async def unregister(request: Request, region_name: str = "") -> Response:
+    async def unregister_all(request: Request) -> Response:
+        return await unregister(request, "")
+
+    async def unregister(request: Request, region_name: str) -> Response:
         name = check_name(region_name, _WHAT) if region_name else ""
         await control_of(request).pipeline.shared_memory.unregister(kind, name,
                                                                     headers_of(request))
         return json_response({})
 
-    for path, summary in ((prefix + "/status", f"every {shown} shared memory region of yours"),
-                          (region + "/status", f"one {shown} shared memory region of yours")):
-        router.add_api_route(path, status, methods=["GET"], summary=summary,
+    for path, endpoint, summary in (
+            (prefix + "/status", status_all, f"every {shown} shared memory region of yours"),
+            (region + "/status", status, f"one {shown} shared memory region of yours")):
+        router.add_api_route(path, endpoint, methods=["GET"], summary=summary,
                              responses={200: {"model": listed}})
     router.add_api_route(region + "/register", register, methods=["POST"],
                          summary=f"register a {shown} shared memory region",
                          openapi_extra=body_doc(body, required=True))
-    for path, summary in ((prefix + "/unregister", f"unregister all your {shown} regions"),
-                          (region + "/unregister", f"unregister one {shown} region")):
-        router.add_api_route(path, unregister, methods=["POST"], summary=summary)
+    for path, endpoint, summary in (
+            (prefix + "/unregister", unregister_all, f"unregister all your {shown} regions"),
+            (region + "/unregister", unregister, f"unregister one {shown} region")):
+        router.add_api_route(path, endpoint, methods=["POST"], summary=summary)
 
 
 def _register_message(kind: Kind, name: str, params: Any) -> Any:
