@@ -6,17 +6,24 @@ BYTES tensors are TorchScript's `List[str]`, flat in row-major order, as Triton'
 from __future__ import annotations
 
 import contextlib
+import logging
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from common.model_config import ConfigError, ModelConfig
+from common.model_config import ConfigError, ModelConfig, TensorSpec
 from runtime.backends.base import resolve_device
 
+log = logging.getLogger("tensorgate.runtime")
 _threads_set = False
+AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
+#: Floating outputs are cast back to their declared type when a model runs in half precision.
+FLOATS = {"FP16": torch.float16, "BF16": torch.bfloat16, "FP32": torch.float32,
+          "FP64": torch.float64}
 
 
 def configure_threads(threads: int) -> None:
@@ -35,12 +42,17 @@ class TorchBackend:
     platform = "pytorch_libtorch"
     backend_name = "pytorch"
 
-    def __init__(self, path: Path, config: ModelConfig, threads: int) -> None:
+    def __init__(self, path: Path, config: ModelConfig, threads: int, quiet: bool = False
+                 ) -> None:
         if config.inputs is None or config.outputs is None:
             raise ConfigError(f"{config.source}: keys 'inputs' and 'outputs' are required for "
                               "a TorchScript model (it does not describe its own signature)")
+        if config.optimization.gpu_accelerators:
+            raise ConfigError(f"{config.source}: key 'optimization.execution_accelerators': "
+                              "TensorRT runs ONNX models only; remove it for a TorchScript model")
         configure_threads(threads)
         self.device = resolve_device(config.device)
+        self.autocast = autocast_dtype(config, self.device)
         with warnings.catch_warnings():
             # NOTE: TorchScript is deprecated upstream but remains the format Triton users ship.
             warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -49,16 +61,85 @@ class TorchBackend:
         self.inputs = config.inputs
         self.outputs = config.outputs
         self.batched = config.max_batch_size > 0
+        self.cuda = self._cuda_runner(config, quiet)
+
+    def _cuda_runner(self, config: ModelConfig, quiet: bool) -> Any:
+        """The GPU path (pinned copies on their own stream, CUDA graphs) for numeric tensors."""
+        numeric = all(s.datatype != "BYTES" for s in (*self.inputs, *self.outputs))
+        if self.device.startswith("cuda") and numeric:
+            from runtime.backends.torch_cuda import CudaRunner
+
+            return CudaRunner(self.module, config, self.device, self.autocast)
+        if config.optimization.cuda_graphs and not quiet:
+            where = f"device {self.device}" if numeric else "a BYTES tensor"
+            log.warning("model %s: optimization.cuda.graphs is set but the model has %s; it "
+                        "runs without CUDA graphs", config.name, where)
+        return None
 
     def run(self, feeds: list[np.ndarray]) -> list[np.ndarray]:
-        with torch.inference_mode():
+        if self.cuda is not None:
+            result: list[np.ndarray] = self.cuda.run(feeds)
+            return result
+        with torch.inference_mode(), self._autocast():
             args = [_argument(a, self.device) for a in feeds]
-            result = self.module(*args)
-        if isinstance(result, torch.Tensor) or _is_strings(result):
-            result = (result,)
-        elif isinstance(result, dict):
-            result = tuple(result[s.name] for s in self.outputs)
-        return [_array(r, spec.shape, self.batched) for r, spec in zip(result, self.outputs)]
+            outputs = as_outputs(self.module(*args), self.outputs)
+        return [_array(declared_type(r, spec), spec.shape, self.batched)
+                for r, spec in zip(outputs, self.outputs)]
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.partition(":")[0], dtype=self.autocast)
+
+
+def autocast_dtype(config: ModelConfig, device: str) -> torch.dtype | None:
+    """The autocast type `precision` asks for, refused at load where this torch and device
+    cannot run it (autocast would otherwise turn itself off with a mere warning)."""
+    dtype = AUTOCAST.get(config.precision)
+    if dtype is None:
+        return None
+    kind = device.partition(":")[0]
+    problem = _autocast_problem(kind, dtype)
+    if problem is None and dtype == torch.bfloat16 and kind == "cuda" \
+            and not torch.cuda.is_bf16_supported():
+        problem = "this GPU has no bfloat16 support"
+    if problem is not None:
+        raise ConfigError(f"{config.source}: key 'precision': model {config.name} cannot run "
+                          f"in {config.precision} on device {device}: {problem}; use "
+                          f"precision: fp32 or another device")
+    return dtype
+
+
+def _autocast_problem(kind: str, dtype: torch.dtype) -> str | None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with torch.autocast(kind, dtype=dtype):
+                enabled = torch.is_autocast_enabled(kind)
+        except (RuntimeError, ValueError) as exc:
+            return f"torch.autocast refused it ({exc})"
+    if not enabled:
+        said = "; ".join(str(w.message) for w in caught)
+        return f"torch {torch.__version__} turns autocast off for it ({said or 'no reason'})"
+    return None
+
+
+def as_outputs(result: Any, specs: Sequence[TensorSpec]) -> tuple[Any, ...]:
+    """A module's result as one value per declared output, in their order."""
+    if isinstance(result, torch.Tensor) or _is_strings(result):
+        return (result,)
+    if isinstance(result, dict):
+        return tuple(result[s.name] for s in specs)
+    return tuple(result)
+
+
+def declared_type(result: Any, spec: TensorSpec) -> Any:
+    """A floating output in its declared type (autocast computes fp16/bf16 ones)."""
+    wanted = FLOATS.get(spec.datatype)
+    if wanted is None or not isinstance(result, torch.Tensor) or result.dtype == wanted \
+            or not result.is_floating_point():
+        return result
+    return result.to(wanted)
 
 
 def _argument(array: np.ndarray, device: str) -> torch.Tensor | list[str]:

@@ -1,0 +1,169 @@
+"""PyTorch on a GPU: page-locked staging, host-to-device copies on their own stream, outputs
+copied back asynchronously, CUDA graphs captured at load per batch size, channels_last.
+
+Each model instance has its own streams, so one instance's copies overlap another's compute;
+the pure parts (staging, sizes, the channels_last choice) run on the CPU as well.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from common.datatypes import NUMPY_DTYPES
+from common.model_config import ModelConfig, TensorSpec
+from runtime.backends.batch_sizes import capture_sizes, check_fixed_shapes, padded_size
+from runtime.backends.torch import FLOATS, as_outputs, declared_type
+
+
+class PinnedStaging:
+    """Host buffers, one per tensor, sized for the largest batch seen and viewed per batch
+    size: page-locked (`pin`) so copies run asynchronously, and never allocated per batch."""
+
+    def __init__(self, pin: bool) -> None:
+        self.pin = pin
+        self.buffers: dict[int, torch.Tensor] = {}
+
+    def take(self, key: int, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+        count = int(np.prod(shape))
+        found = self.buffers.get(key)
+        if found is None or found.numel() < count or found.dtype != dtype:
+            found = torch.empty(count, dtype=dtype, pin_memory=self.pin)
+            self.buffers[key] = found
+        return found[:count].view(tuple(shape))
+
+
+def wants_channels_last(config: ModelConfig, module: torch.nn.Module) -> bool:
+    """The config's choice, else on where an input (with its batch dimension) or a weight is
+    4-D: cuDNN's NHWC convolutions are the fast ones on tensor cores."""
+    if config.optimization.channels_last is not None:
+        return config.optimization.channels_last
+    batch = 1 if config.max_batch_size > 0 else 0
+    if any(len(spec.shape) + batch == 4 for spec in config.inputs or ()):
+        return True
+    return any(p.dim() == 4 for p in module.parameters())
+
+
+@dataclass
+class Captured:
+    graph: torch.cuda.CUDAGraph
+    inputs: list[torch.Tensor]
+    outputs: tuple[torch.Tensor, ...]
+
+
+class CudaRunner:
+    """One instance's GPU path; `run` is called from the instance's one executor thread."""
+
+    def __init__(self, module: torch.nn.Module, config: ModelConfig, device: str,
+                 autocast: torch.dtype | None) -> None:
+        assert config.inputs is not None and config.outputs is not None
+        self.module, self.device, self.autocast = module, torch.device(device), autocast
+        self.inputs, self.outputs = config.inputs, config.outputs
+        self.batched = config.max_batch_size > 0
+        self.copy_stream = torch.cuda.Stream(self.device)
+        self.compute_stream = torch.cuda.Stream(self.device)
+        self.staged_in, self.staged_out = PinnedStaging(True), PinnedStaging(True)
+        self.channels_last = wants_channels_last(config, module)
+        if self.channels_last:
+            # NOTE: process-wide; cuDNN tunes each new shape once, which the captured sizes
+            # (or the warm-up's full batch) pay at load.
+            torch.backends.cudnn.benchmark = True
+            # NOTE: nn.Module.to takes memory_format (4-D parameters only); its stubs do not say so.
+            module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.graphs: dict[int, Captured] = {}
+        sizes = capture_sizes(config)
+        if sizes:
+            check_fixed_shapes(config, (*self.inputs, *self.outputs))
+            pool = None
+            for size in sizes:
+                self.graphs[size] = self._capture(size, pool)
+                pool = self.graphs[size].graph.pool()
+        self.sizes = tuple(sorted(self.graphs))
+
+    @contextlib.contextmanager
+    def _context(self) -> Iterator[None]:
+        with torch.inference_mode():
+            if self.autocast is None:
+                yield
+                return
+            with torch.autocast(self.device.type, dtype=self.autocast):
+                yield
+
+    def _call(self, args: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        if self.channels_last:
+            args = [a.contiguous(memory_format=torch.channels_last) if a.dim() == 4 else a
+                    for a in args]
+        result = as_outputs(self.module(*args), self.outputs)
+        return tuple(declared_type(r, spec) for r, spec in zip(result, self.outputs))
+
+    def _capture(self, size: int, pool: Any) -> Captured:
+        """A graph of one batch size, after warm-up runs on a side stream (cuDNN's tuning and
+        lazy allocations must not be captured)."""
+        static = [torch.zeros((size, *spec.shape), dtype=_dtype(spec), device=self.device)
+                  for spec in self.inputs]
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side), self._context():
+            for _ in range(3):
+                self._call(static)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool), self._context():
+            outputs = self._call(static)
+        return Captured(graph, static, outputs)
+
+    def run(self, feeds: list[np.ndarray]) -> list[np.ndarray]:
+        rows = feeds[0].shape[0] if self.batched else 0
+        size = padded_size(rows, self.sizes) if self.sizes else None
+        copied = torch.cuda.Event()
+        with torch.cuda.stream(self.copy_stream):
+            if size is not None:
+                args = self.graphs[size].inputs
+                for j, feed in enumerate(feeds):
+                    args[j][:rows].copy_(self._stage(j, feed), non_blocking=True)
+            else:
+                args = [self._stage(j, feed).to(self.device, non_blocking=True)
+                        for j, feed in enumerate(feeds)]
+            copied.record()
+        with torch.cuda.stream(self.compute_stream):
+            self.compute_stream.wait_event(copied)
+            if size is not None:
+                self.graphs[size].graph.replay()
+                outputs = self.graphs[size].outputs
+            else:
+                with self._context():
+                    outputs = self._call(args)
+            return self._download(outputs, rows if self.batched else None)
+
+    def _stage(self, j: int, feed: np.ndarray) -> torch.Tensor:
+        """The feed in page-locked memory: the one copy on the host, so the device copy is
+        asynchronous (from pageable memory it would be a staged, synchronous one)."""
+        host = self.staged_in.take(j, feed.shape, _dtype(self.inputs[j]))
+        host.copy_(torch.from_numpy(feed if feed.flags.writeable else feed.copy()))
+        return host
+
+    def _download(self, outputs: Sequence[torch.Tensor], rows: int | None) -> list[np.ndarray]:
+        """Outputs into page-locked memory on the compute stream, read once its event fired."""
+        hosts = []
+        for k, value in enumerate(outputs):
+            value = value[:rows] if rows is not None else value
+            host = self.staged_out.take(k, value.shape, value.dtype)
+            host.copy_(value, non_blocking=True)
+            hosts.append(host)
+        done = torch.cuda.Event()
+        done.record()
+        done.synchronize()
+        # NOTE: copied out of the staging buffers, which the instance's next batch reuses.
+        return [host.numpy().copy() for host in hosts]
+
+
+def _dtype(spec: TensorSpec) -> torch.dtype:
+    found = FLOATS.get(spec.datatype)
+    if found is not None:
+        return found
+    return torch.from_numpy(np.empty(0, NUMPY_DTYPES[spec.datatype])).dtype
