@@ -8,22 +8,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from common.model_config import ConfigError, ModelConfig, TensorSpec
+from common.model_config import ConfigError, ModelConfig
 from runtime.backends.base import resolve_device
+from runtime.backends.torch_common import as_outputs, declared_type, is_strings
 
 log = logging.getLogger("tensorgate.runtime")
 _threads_set = False
 AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
-#: Floating outputs are cast back to their declared type when a model runs in half precision.
-FLOATS = {"FP16": torch.float16, "BF16": torch.bfloat16, "FP32": torch.float32,
-          "FP64": torch.float64}
 
 
 def configure_threads(threads: int) -> None:
@@ -124,24 +121,6 @@ def _autocast_problem(kind: str, dtype: torch.dtype) -> str | None:
     return None
 
 
-def as_outputs(result: Any, specs: Sequence[TensorSpec]) -> tuple[Any, ...]:
-    """A module's result as one value per declared output, in their order."""
-    if isinstance(result, torch.Tensor) or _is_strings(result):
-        return (result,)
-    if isinstance(result, dict):
-        return tuple(result[s.name] for s in specs)
-    return tuple(result)
-
-
-def declared_type(result: Any, spec: TensorSpec) -> Any:
-    """A floating output in its declared type (autocast computes fp16/bf16 ones)."""
-    wanted = FLOATS.get(spec.datatype)
-    if wanted is None or not isinstance(result, torch.Tensor) or result.dtype == wanted \
-            or not result.is_floating_point():
-        return result
-    return result.to(wanted)
-
-
 def _argument(array: np.ndarray, device: str) -> torch.Tensor | list[str]:
     if array.dtype == object:
         # NOTE: TorchScript has no bytes type; the executor decoded the elements as UTF-8.
@@ -149,12 +128,8 @@ def _argument(array: np.ndarray, device: str) -> torch.Tensor | list[str]:
     return _tensor(array).to(device)
 
 
-def _is_strings(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(v, str) for v in value)
-
-
 def _array(result: Any, dims: tuple[int, ...], batched: bool) -> np.ndarray:
-    if not _is_strings(result):
+    if not is_strings(result):
         return result.detach().cpu().numpy()
     array = np.empty(len(result), dtype=object)
     array[:] = result

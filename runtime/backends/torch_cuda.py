@@ -18,7 +18,7 @@ import torch
 from common.datatypes import NUMPY_DTYPES
 from common.model_config import ModelConfig, TensorSpec
 from runtime.backends.batch_sizes import capture_sizes, check_fixed_shapes, padded_size
-from runtime.backends.torch import FLOATS, as_outputs, declared_type
+from runtime.backends.torch_common import FLOATS, as_outputs, declared_type
 
 
 class PinnedStaging:
