@@ -30,12 +30,21 @@ class Bound:
 
 class BoundRunner:
     def __init__(self, session: ort.InferenceSession, inputs: Sequence[TensorSpec],
-                 outputs: Sequence[TensorSpec], sizes: Sequence[int], device_id: int) -> None:
+                 outputs: Sequence[TensorSpec], sizes: Sequence[int], device_id: int,
+                 device_type: str = "cuda") -> None:
         self.session = session
         self.sizes = tuple(sizes)
-        self.device_id = device_id
+        self.device_type, self.device_id = device_type, device_id
         self.bound = {size: self._bind(inputs, outputs, size, graph_id)
                       for graph_id, size in enumerate(self.sizes or (0,))}
+        self._warm()
+
+    def _warm(self) -> None:
+        """ONNX Runtime captures a size's graph after its first plain runs: at load, not on
+        the first requests of that size."""
+        for bound in self.bound.values():
+            for _ in range(3):
+                self.session.run_with_iobinding(bound.binding, bound.options)
 
     def _bind(self, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], size: int,
               graph_id: int) -> Bound:
@@ -55,7 +64,8 @@ class BoundRunner:
 
     def _buffer(self, spec: TensorSpec, size: int) -> ort.OrtValue:
         return ort.OrtValue.ortvalue_from_shape_and_type(
-            self._shape(spec, size), NUMPY_DTYPES[spec.datatype], "cuda", self.device_id)
+            self._shape(spec, size), NUMPY_DTYPES[spec.datatype], self.device_type,
+            self.device_id)
 
     @staticmethod
     def _shape(spec: TensorSpec, size: int) -> tuple[int, ...]:
@@ -76,4 +86,4 @@ class BoundRunner:
                 feed = pad
             value.update_inplace(np.ascontiguousarray(feed))
         self.session.run_with_iobinding(bound.binding, bound.options)
-        return [value.numpy()[:rows] if size else value.numpy() for value in bound.outputs]
+        return [out[:rows] if size else out for out in bound.binding.copy_outputs_to_cpu()]

@@ -91,7 +91,9 @@ class CudaRunner:
             if self.autocast is None:
                 yield
                 return
-            with torch.autocast(self.device.type, dtype=self.autocast):
+            # NOTE: autocast's cache of cast weights would be freed under a captured graph that
+            # reads it; uncached, the casts are part of the graph.
+            with torch.autocast(self.device.type, dtype=self.autocast, cache_enabled=False):
                 yield
 
     def _call(self, args: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:

@@ -18,6 +18,7 @@ from common.model_spec import Accelerator, DynamicBatching, ModelConfig, Optimiz
 from runtime.backends import onnx_options
 from runtime.backends.batch_sizes import capture_sizes, check_fixed_shapes, padded_size
 from runtime.backends.onnx import OnnxBackend
+from runtime.backends.onnx_cuda import BoundRunner
 from runtime.backends.torch import TorchBackend
 from runtime.backends.torch_cuda import PinnedStaging, wants_channels_last
 
@@ -198,3 +199,20 @@ def test_onnx_on_cuda_with_graphs_answers_as_the_cpu() -> None:
     for rows in (5, 32, 33, 64, 5):
         x = rng.random((rows, 64), dtype=np.float32)
         np.testing.assert_allclose(gpu.run([x])[0], cpu.run([x])[0], atol=1e-4)
+
+
+def test_bound_buffers_pad_a_batch_and_slice_the_answer_off() -> None:
+    # The CUDA graph path's binding and padding, with buffers in host memory: ONNX Runtime's
+    # CPU provider runs the same IOBinding calls (the graph ids mean nothing to it).
+    digits = dataclasses.replace(load_model_config(DIGITS / "config.yaml", "digits"),
+                                 device="cpu")
+    plain = OnnxBackend(ONNX, digits, 1)
+    bound = BoundRunner(plain.session, plain.inputs, plain.outputs, (8, 64), 0, "cpu")
+    rng = np.random.default_rng(4)
+    for rows in (3, 8, 9, 64, 2):
+        x = rng.random((rows, 64), dtype=np.float32)
+        got = bound.run([x])[0]
+        assert got.shape == (rows, 10)
+        np.testing.assert_allclose(got, plain.run([x])[0], rtol=1e-6)
+    with pytest.raises(ValueError, match="65 rows is larger than the largest captured size 64"):
+        bound.run([np.zeros((65, 64), np.float32)])
