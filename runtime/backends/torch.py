@@ -67,10 +67,12 @@ class TorchBackend:
             from runtime.backends.torch_cuda import CudaRunner
 
             return CudaRunner(self.module, config, self.device, self.autocast)
-        if config.optimization.cuda_graphs and not quiet:
-            where = f"device {self.device}" if numeric else "a BYTES tensor"
-            log.warning("model %s: optimization.cuda.graphs is set but the model has %s; it "
-                        "runs without CUDA graphs", config.name, where)
+        where = f"device {self.device}" if numeric else "a BYTES tensor"
+        asked = {"graphs": config.optimization.cuda_graphs,
+                 "channels_last": config.optimization.channels_last}
+        for key in [k for k, on in asked.items() if on and not quiet]:
+            log.warning("model %s: optimization.cuda.%s is set but the model has %s; it runs "
+                        "without it", config.name, key, where)
         return None
 
     def run(self, feeds: list[np.ndarray]) -> list[np.ndarray]:

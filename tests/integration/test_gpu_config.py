@@ -128,3 +128,4 @@ def test_each_fallback_is_warned_once_naming_the_model(
     assert "model trt" in tensorrt[0] and "runs on the CPU" in tensorrt[0]
     assert len(graphs) == 1, graphs
     assert "model trt" in graphs[0] and "without CUDA graphs" in graphs[0]
+    assert not [m for m in messages if "model half" in m], "nothing of half's falls back"

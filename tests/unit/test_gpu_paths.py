@@ -149,6 +149,20 @@ def test_a_torchscript_model_asking_for_tensorrt_is_refused() -> None:
         TorchBackend(DIGITS / "2" / "model.pt", digits, 1)
 
 
+def test_cuda_keys_on_the_cpu_are_each_named_once(caplog: pytest.LogCaptureFixture) -> None:
+    digits = dataclasses.replace(
+        load_model_config(DIGITS / "config.yaml", "digits"), device="cpu",
+        optimization=Optimization(cuda_graphs=True, channels_last=True))
+    with caplog.at_level(logging.WARNING, logger="tensorgate.runtime"):
+        backend = TorchBackend(DIGITS / "2" / "model.pt", digits, 1)
+        TorchBackend(DIGITS / "2" / "model.pt", digits, 1, quiet=True)
+    assert backend.cuda is None
+    assert [r.getMessage().split(" is set")[0] for r in caplog.records] == [
+        "model digits: optimization.cuda.graphs", "model digits: optimization.cuda.channels_last"]
+    assert all("device cpu" in r.getMessage() for r in caplog.records)
+    assert backend.run([np.zeros((2, 64), np.float32)])[0].shape == (2, 10)
+
+
 # ---- CUDA only -------------------------------------------------------------------------------
 
 class TinyNet(torch.nn.Module):
