@@ -129,3 +129,17 @@ def test_each_fallback_is_warned_once_naming_the_model(
     assert len(graphs) == 1, graphs
     assert "model trt" in graphs[0] and "without CUDA graphs" in graphs[0]
     assert not [m for m in messages if "model half" in m], "nothing of half's falls back"
+
+
+def test_the_model_config_shows_the_accelerator_in_tritons_names(
+        served: tuple[Servers, list[str]]) -> None:
+    servers, _ = served
+    client = httpclient.InferenceServerClient(servers.gateway_http)
+    try:
+        config = client.get_model_config("trt")
+    finally:
+        client.close()
+    optimization = config["optimization"]
+    assert optimization["execution_accelerators"]["gpu_execution_accelerator"] == [
+        {"name": "tensorrt", "parameters": {"precision_mode": "FP16"}}]
+    assert optimization["cuda"]["graphs"] is True
