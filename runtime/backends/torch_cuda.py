@@ -67,7 +67,8 @@ class CudaRunner:
         self.batched = config.max_batch_size > 0
         self.copy_stream = torch.cuda.Stream(self.device)
         self.compute_stream = torch.cuda.Stream(self.device)
-        self.staged_in, self.staged_out = PinnedStaging(True), PinnedStaging(True)
+        pin = self.device.type == "cuda"  # page-locking needs a GPU (tests run on the CPU)
+        self.staged_in, self.staged_out = PinnedStaging(pin), PinnedStaging(pin)
         self.channels_last = wants_channels_last(config, module)
         if self.channels_last:
             # NOTE: process-wide; cuDNN tunes each new shape once, which the captured sizes

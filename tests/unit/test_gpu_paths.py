@@ -230,3 +230,54 @@ def test_bound_buffers_pad_a_batch_and_slice_the_answer_off() -> None:
         np.testing.assert_allclose(got, plain.run([x])[0], rtol=1e-6)
     with pytest.raises(ValueError, match="65 rows is larger than the largest captured size 64"):
         bound.run([np.zeros((65, 64), np.float32)])
+
+
+class FakeStream:
+    """CUDA's stream and event calls as no-ops: the runner's CPU-side logic runs in order."""
+
+    def __init__(self, *args: object) -> None:
+        pass
+
+    def wait_event(self, event: object) -> None:
+        pass
+
+    def wait_stream(self, stream: object) -> None:
+        pass
+
+    def record(self) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_cuda_runners_eager_path_stages_runs_and_casts_back(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, precision: str) -> None:
+    import contextlib
+
+    from runtime.backends.torch_cuda import CudaRunner
+
+    for name in ("Stream", "Event", "current_stream"):
+        monkeypatch.setattr(torch.cuda, name, FakeStream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)  # TorchScript's own
+        module = torch.jit.script(TinyNet())
+    reference = TinyNet()
+    reference.load_state_dict(module.state_dict())
+    cfg = config(inputs=IMAGE, outputs=SCORES, precision=precision)
+    autocast = torch.bfloat16 if precision == "bf16" else None
+    runner = CudaRunner(module, cfg, "cpu", autocast)
+    assert runner.channels_last and runner.sizes == ()
+    rng = np.random.default_rng(3)
+    for rows in (5, 2, 5):
+        x = rng.random((rows, 3, 16, 16), dtype=np.float32)
+        got = runner.run([x])[0]
+        with torch.inference_mode():
+            want = reference(torch.from_numpy(x)).numpy()
+        assert got.dtype == np.float32 and got.shape == (rows, 4)
+        np.testing.assert_allclose(got, want, atol=5e-2 if autocast else 1e-5)
+    # One staging buffer per tensor, reused by every batch size.
+    assert list(runner.staged_in.buffers) == [0] and list(runner.staged_out.buffers) == [0]
