@@ -53,11 +53,15 @@ def session(source: str | bytes, options: ort.SessionOptions, providers: list[Pr
     try:
         return ort.InferenceSession(source, options, providers=providers)
     except (ort_state.Fail, ort_state.NotImplemented, ort_state.InvalidGraph) as exc:
-        if config.precision == "fp32":
-            raise
-        raise ConfigError(f"{config.source}: key 'precision': model {config.name} does not "
-                          f"run in {config.precision} on device {device}: {exc}; use "
-                          "precision: fp32") from None
+        if config.precision != "fp32":
+            raise ConfigError(f"{config.source}: key 'precision': model {config.name} does not "
+                              f"run in {config.precision} on device {device}: {exc}; use "
+                              "precision: fp32") from None
+        if config.optimization.cuda_graphs and device.startswith("cuda"):
+            raise ConfigError(f"{config.source}: key 'optimization.cuda.graphs': ONNX Runtime "
+                              f"cannot capture model {config.name} in CUDA graphs (every node "
+                              f"must run on its CUDA provider): {exc}; turn graphs off") from None
+        raise
 
 
 def tensorrt_options(config: ModelConfig, artifact: Path, device_id: int) -> dict[str, object]:

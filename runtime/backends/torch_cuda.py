@@ -116,7 +116,10 @@ class CudaRunner:
                 self._call(static)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=pool), self._context():
+        # NOTE: thread_local: other instances' threads keep running batches on their own
+        # streams while a reloaded version captures.
+        with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"), \
+                self._context():
             outputs = self._call(static)
         return Captured(graph, static, outputs)
 

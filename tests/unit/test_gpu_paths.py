@@ -281,3 +281,23 @@ def test_the_cuda_runners_eager_path_stages_runs_and_casts_back(
         np.testing.assert_allclose(got, want, atol=5e-2 if autocast else 1e-5)
     # One staging buffer per tensor, reused by every batch size.
     assert list(runner.staged_in.buffers) == [0] and list(runner.staged_out.buffers) == [0]
+
+
+@pytest.mark.parametrize(("changes", "key"), [
+    ({"precision": "fp16"}, "key 'precision': model m does not run in fp16 on device cuda:0"),
+    ({"optimization": GRAPHS}, "key 'optimization.cuda.graphs': ONNX Runtime cannot capture"),
+])
+def test_a_session_the_options_break_is_a_load_error_naming_the_key(
+        monkeypatch: pytest.MonkeyPatch, changes: dict, key: str) -> None:
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise ort_state.Fail("no kernel for Conv(float16)")
+
+    monkeypatch.setattr(onnx_options.ort, "InferenceSession", refuse)
+    with pytest.raises(ConfigError) as caught:
+        onnx_options.session("model.onnx", ort.SessionOptions(), [], config(**changes),
+                             "cuda:0")
+    assert key in str(caught.value) and "no kernel for Conv(float16)" in str(caught.value)
+    with pytest.raises(ort_state.Fail):  # nothing of ours to blame: ONNX Runtime's own error
+        onnx_options.session("model.onnx", ort.SessionOptions(), [], config(), "cuda:0")
