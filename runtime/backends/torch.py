@@ -59,6 +59,8 @@ class TorchBackend:
         self.outputs = config.outputs
         self.batched = config.max_batch_size > 0
         self.cuda = self._cuda_runner(config, quiet)
+        #: Batches the scheduler may run at once on this instance: one per CUDA lane.
+        self.pipeline_depth = self.cuda.DEPTH if self.cuda is not None else 1
 
     def _cuda_runner(self, config: ModelConfig, quiet: bool) -> Any:
         """The GPU path (pinned copies on their own stream, CUDA graphs) for numeric tensors."""

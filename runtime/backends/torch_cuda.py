@@ -1,15 +1,16 @@
 """PyTorch on a GPU: page-locked staging, host-to-device copies on their own stream, outputs
 copied back asynchronously, CUDA graphs captured at load per batch size, channels_last.
 
-Each model instance has its own streams, so one instance's copies overlap another's compute;
-the pure parts (staging, sizes, the channels_last choice) run on the CPU as well.
+Each instance keeps two batches in flight (the scheduler gives it a thread per lane), so one
+batch's copies overlap the other's compute; the logic around CUDA's calls runs on the CPU too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import queue
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -56,8 +57,23 @@ class Captured:
     outputs: tuple[torch.Tensor, ...]
 
 
+@dataclass
+class Lane:
+    """What one batch in flight owns: its streams, staging buffers and captured graphs (a
+    graph replays fixed buffers, so two batches at once need two of each)."""
+
+    copy_stream: torch.cuda.Stream
+    compute_stream: torch.cuda.Stream
+    staged_in: PinnedStaging
+    staged_out: PinnedStaging
+    graphs: dict[int, Captured] = field(default_factory=dict)
+
+
 class CudaRunner:
-    """One instance's GPU path; `run` is called from the instance's one executor thread."""
+    """One instance's GPU path. Up to DEPTH batches run at once, each in a lane of its own:
+    while one batch computes, the next one's inputs are already copying."""
+
+    DEPTH = 2
 
     def __init__(self, module: torch.nn.Module, config: ModelConfig, device: str,
                  autocast: torch.dtype | None) -> None:
@@ -65,10 +81,6 @@ class CudaRunner:
         self.module, self.device, self.autocast = module, torch.device(device), autocast
         self.inputs, self.outputs = config.inputs, config.outputs
         self.batched = config.max_batch_size > 0
-        self.copy_stream = torch.cuda.Stream(self.device)
-        self.compute_stream = torch.cuda.Stream(self.device)
-        pin = self.device.type == "cuda"  # page-locking needs a GPU (tests run on the CPU)
-        self.staged_in, self.staged_out = PinnedStaging(pin), PinnedStaging(pin)
         self.channels_last = wants_channels_last(config, module)
         if self.channels_last:
             # NOTE: process-wide; cuDNN tunes each new shape once, which the captured sizes
@@ -76,15 +88,23 @@ class CudaRunner:
             torch.backends.cudnn.benchmark = True
             # NOTE: nn.Module.to takes memory_format (4-D parameters only); its stubs do not say so.
             module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        self.graphs: dict[int, Captured] = {}
         sizes = capture_sizes(config)
         if sizes:
             check_fixed_shapes(config, (*self.inputs, *self.outputs))
-            pool = None
-            for size in sizes:
-                self.graphs[size] = self._capture(size, pool)
-                pool = self.graphs[size].graph.pool()
-        self.sizes = tuple(sorted(self.graphs))
+        self.sizes = sizes
+        self.lanes: queue.SimpleQueue[Lane] = queue.SimpleQueue()
+        for _ in range(self.DEPTH):
+            self.lanes.put(self._lane(sizes))
+
+    def _lane(self, sizes: tuple[int, ...]) -> Lane:
+        pin = self.device.type == "cuda"  # page-locking needs a GPU (tests run on the CPU)
+        lane = Lane(torch.cuda.Stream(self.device), torch.cuda.Stream(self.device),
+                    PinnedStaging(pin), PinnedStaging(pin))
+        pool = None
+        for size in sizes:
+            lane.graphs[size] = self._capture(size, pool)
+            pool = lane.graphs[size].graph.pool()
+        return lane
 
     @contextlib.contextmanager
     def _context(self) -> Iterator[None]:
@@ -124,47 +144,57 @@ class CudaRunner:
         return Captured(graph, static, outputs)
 
     def run(self, feeds: list[np.ndarray]) -> list[np.ndarray]:
+        """One batch in a free lane; waits for one when DEPTH batches are in flight."""
+        lane = self.lanes.get()
+        try:
+            return self._run(lane, feeds)
+        finally:
+            self.lanes.put(lane)
+
+    def _run(self, lane: Lane, feeds: list[np.ndarray]) -> list[np.ndarray]:
         rows = feeds[0].shape[0] if self.batched else 0
         size = padded_size(rows, self.sizes) if self.sizes else None
         copied = torch.cuda.Event()
-        with torch.cuda.stream(self.copy_stream):
+        with torch.cuda.stream(lane.copy_stream):
             if size is not None:
-                args = self.graphs[size].inputs
+                args = lane.graphs[size].inputs
                 for j, feed in enumerate(feeds):
-                    args[j][:rows].copy_(self._stage(j, feed), non_blocking=True)
+                    args[j][:rows].copy_(self._stage(lane, j, feed), non_blocking=True)
             else:
-                args = [self._stage(j, feed).to(self.device, non_blocking=True)
+                args = [self._stage(lane, j, feed).to(self.device, non_blocking=True)
                         for j, feed in enumerate(feeds)]
             copied.record()
-        with torch.cuda.stream(self.compute_stream):
-            self.compute_stream.wait_event(copied)
+        with torch.cuda.stream(lane.compute_stream):
+            lane.compute_stream.wait_event(copied)
             if size is not None:
-                self.graphs[size].graph.replay()
-                outputs = self.graphs[size].outputs
+                lane.graphs[size].graph.replay()
+                outputs = lane.graphs[size].outputs
             else:
                 with self._context():
                     outputs = self._call(args)
-            return self._download(outputs, rows if self.batched else None)
+            return self._download(lane, outputs, rows if self.batched else None)
 
-    def _stage(self, j: int, feed: np.ndarray) -> torch.Tensor:
+    def _stage(self, lane: Lane, j: int, feed: np.ndarray) -> torch.Tensor:
         """The feed in page-locked memory: the one copy on the host, so the device copy is
         asynchronous (from pageable memory it would be a staged, synchronous one)."""
-        host = self.staged_in.take(j, feed.shape, _dtype(self.inputs[j]))
+        host = lane.staged_in.take(j, feed.shape, _dtype(self.inputs[j]))
         host.copy_(torch.from_numpy(feed if feed.flags.writeable else feed.copy()))
         return host
 
-    def _download(self, outputs: Sequence[torch.Tensor], rows: int | None) -> list[np.ndarray]:
+    @staticmethod
+    def _download(lane: Lane, outputs: Sequence[torch.Tensor], rows: int | None
+                  ) -> list[np.ndarray]:
         """Outputs into page-locked memory on the compute stream, read once its event fired."""
         hosts = []
         for k, value in enumerate(outputs):
             value = value[:rows] if rows is not None else value
-            host = self.staged_out.take(k, value.shape, value.dtype)
+            host = lane.staged_out.take(k, value.shape, value.dtype)
             host.copy_(value, non_blocking=True)
             hosts.append(host)
         done = torch.cuda.Event()
         done.record()
         done.synchronize()
-        # NOTE: copied out of the staging buffers, which the instance's next batch reuses.
+        # NOTE: copied out of the staging buffers, which the lane's next batch reuses.
         return [host.numpy().copy() for host in hosts]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -279,8 +280,22 @@ def test_the_cuda_runners_eager_path_stages_runs_and_casts_back(
             want = reference(torch.from_numpy(x)).numpy()
         assert got.dtype == np.float32 and got.shape == (rows, 4)
         np.testing.assert_allclose(got, want, atol=5e-2 if autocast else 1e-5)
-    # One staging buffer per tensor, reused by every batch size.
-    assert list(runner.staged_in.buffers) == [0] and list(runner.staged_out.buffers) == [0]
+    # Two lanes; one staging buffer per tensor in a lane, reused by every batch size.
+    lanes = [runner.lanes.get() for _ in range(CudaRunner.DEPTH)]
+    assert len({id(lane) for lane in lanes}) == 2 and runner.lanes.empty()
+    # Runs take the lanes in turn: three batches used both.
+    assert all(list(lane.staged_in.buffers) == list(lane.staged_out.buffers) == [0]
+               for lane in lanes)
+    for lane in lanes:
+        runner.lanes.put(lane)
+    # Two batches at once each take a lane of their own and get their own answers.
+    batches = [rng.random((rows, 3, 16, 16), dtype=np.float32) for rows in (4, 7, 4, 7)]
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda x: runner.run([x])[0], batches))
+    for x, got in zip(batches, answers):
+        with torch.inference_mode():
+            want = reference(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(got, want, atol=5e-2 if autocast else 1e-5)
 
 
 @pytest.mark.parametrize(("changes", "key"), [
