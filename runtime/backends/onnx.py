@@ -44,11 +44,12 @@ class OnnxBackend:
         # NOTE: spinning threads would steal the cores the event loop needs between batches.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         source = model_source(path, config)
-        self.session = session(source, options, self._providers(config, path, quiet), config,
-                               self.device)
+        providers = self._providers(config, path, quiet)
+        self.session = session(source, options, providers, config, self.device)
         if self.device.startswith("cuda") and CUDA not in self.session.get_providers():
             self.device = _without_cuda(config)
-        self._check_tensorrt(config, quiet)
+        if providers[0][0] == TENSORRT and not quiet:
+            self._check_tensorrt(config)
         batched = config.max_batch_size > 0
         found_in = _specs(self.session.get_inputs(), batched, path)
         found_out = _specs(self.session.get_outputs(), batched, path)
@@ -79,11 +80,9 @@ class OnnxBackend:
                 warn_fallback(config, problem, "ONNX Runtime's CUDA provider")
         return providers
 
-    def _check_tensorrt(self, config: ModelConfig, quiet: bool) -> None:
-        """The provider list says what loaded; TensorRT asked for and not there is said once."""
-        asked = self.device.startswith("cuda") and wants_tensorrt(config) \
-            and tensorrt_loads() is None
-        if asked and TENSORRT not in self.session.get_providers() and not quiet:
+    def _check_tensorrt(self, config: ModelConfig) -> None:
+        """TensorRT was asked of the session: its provider list says whether it took it."""
+        if TENSORRT not in self.session.get_providers():
             runs_on = "ONNX Runtime's CUDA provider" if self.device != "cpu" else "the CPU"
             warn_fallback(config, "the session did not take it", runs_on)
 

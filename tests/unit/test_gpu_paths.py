@@ -316,3 +316,27 @@ def test_a_session_the_options_break_is_a_load_error_naming_the_key(
     assert key in str(caught.value) and "no kernel for Conv(float16)" in str(caught.value)
     with pytest.raises(ort_state.Fail):  # nothing of ours to blame: ONNX Runtime's own error
         onnx_options.session("model.onnx", ort.SessionOptions(), [], config(), "cuda:0")
+
+
+def test_tensorrt_the_session_did_not_take_is_warned_once(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    # As on a GPU machine whose TensorRT libraries load but whose session still ends up without
+    # TensorRT: here the session falls back to the CPU (no GPU), which `auto` allows.
+    if "CUDAExecutionProvider" in ort.InferenceSession(
+            str(ONNX), providers=["CUDAExecutionProvider"]).get_providers():
+        pytest.skip("the CUDA provider loads here: the session would take the GPU")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr("runtime.backends.onnx.resolve_device", lambda device: "cuda:0")
+    monkeypatch.setattr("runtime.backends.onnx._load_cuda_libraries", lambda: None)
+    monkeypatch.setattr("runtime.backends.onnx.tensorrt_loads", lambda: None)
+    digits = dataclasses.replace(load_model_config(DIGITS / "config.yaml", "digits"),
+                                 device="auto", optimization=TRT)
+    with caplog.at_level(logging.WARNING, logger="tensorgate.runtime"):
+        backend = OnnxBackend(ONNX, digits, 1)
+        OnnxBackend(ONNX, digits, 1, quiet=True)
+    tensorrt = [r.getMessage() for r in caplog.records if "TensorRT" in r.getMessage()]
+    assert tensorrt == ["model digits: optimization.execution_accelerators asks for TensorRT, "
+                        "which is not used: the session did not take it; it runs on the CPU"]
+    assert backend.device == "cpu"
+    assert backend.run([np.zeros((2, 64), np.float32)])[0].shape == (2, 10)
