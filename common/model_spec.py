@@ -66,8 +66,8 @@ class Optimization:
     gpu_accelerators: tuple[Accelerator, ...] = ()
     #: CUDA graphs captured at load for each preferred batch size (Triton's `cuda.graphs`).
     cuda_graphs: bool = False
-    #: PyTorch on CUDA: NHWC weights and inputs with cuDNN's autotuner; None: on where the
-    #: model has 4-D inputs or weights.
+    #: PyTorch on CUDA: NHWC weights and inputs with cuDNN's autotuner; None: where the model
+    #: has 4-D inputs or weights, the format measured faster at load.
     channels_last: bool | None = None
 
 

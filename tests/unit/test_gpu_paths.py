@@ -252,26 +252,44 @@ class FakeStream:
         pass
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_the_cuda_runners_eager_path_stages_runs_and_casts_back(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, precision: str) -> None:
+@pytest.fixture()
+def no_streams(monkeypatch: pytest.MonkeyPatch) -> None:
     import contextlib
-
-    from runtime.backends.torch_cuda import CudaRunner
 
     for name in ("Stream", "Event", "current_stream"):
         monkeypatch.setattr(torch.cuda, name, FakeStream)
     monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+
+
+def tiny_net() -> tuple[torch.jit.ScriptModule, TinyNet]:
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)  # TorchScript's own
         module = torch.jit.script(TinyNet())
     reference = TinyNet()
     reference.load_state_dict(module.state_dict())
-    cfg = config(inputs=IMAGE, outputs=SCORES, precision=precision)
+    return module, reference
+
+
+@pytest.mark.parametrize(("precision", "channels_last"), [("fp32", None), ("bf16", True)])
+def test_the_cuda_runners_eager_path_stages_runs_and_casts_back(
+        no_streams: None, precision: str, channels_last: bool | None) -> None:
+    from runtime.backends.torch_cuda import CudaRunner
+
+    module, reference = tiny_net()
+    cfg = config(inputs=IMAGE, outputs=SCORES, precision=precision,
+                 optimization=Optimization(channels_last=channels_last))
     autocast = torch.bfloat16 if precision == "bf16" else None
     runner = CudaRunner(module, cfg, "cpu", autocast)
-    assert runner.channels_last and runner.sizes == ()
+    assert runner.sizes == ()
+    if channels_last is None:  # measured: the faster format here won
+        assert sorted(runner.format_ms) == [False, True]
+        assert all(ms > 0 for ms in runner.format_ms.values())
+        assert runner.channels_last == (runner.format_ms[True] <= runner.format_ms[False])
+    else:
+        assert runner.channels_last and runner.format_ms == {}
+    weight = dict(module.named_parameters())["conv.weight"]
+    assert weight.is_contiguous(memory_format=torch.channels_last) == runner.channels_last
     rng = np.random.default_rng(3)
     for rows in (5, 2, 5):
         x = rng.random((rows, 3, 16, 16), dtype=np.float32)
@@ -340,3 +358,17 @@ def test_tensorrt_the_session_did_not_take_is_warned_once(
                         "which is not used: the session did not take it; it runs on the CPU"]
     assert backend.device == "cpu"
     assert backend.run([np.zeros((2, 64), np.float32)])[0].shape == (2, 10)
+
+
+@pytest.mark.parametrize(("fast", "chosen"), [(True, True), (False, False)])
+def test_the_faster_memory_format_is_kept(no_streams: None, monkeypatch: pytest.MonkeyPatch,
+                                         fast: bool, chosen: bool) -> None:
+    from runtime.backends.torch_cuda import CudaRunner
+
+    monkeypatch.setattr(CudaRunner, "_time",
+                        lambda self, fmt, sample: 3.0 if fmt == fast else 5.0)
+    module, _ = tiny_net()
+    runner = CudaRunner(module, config(inputs=IMAGE, outputs=SCORES), "cpu", None)
+    assert runner.channels_last is chosen and runner.format_ms == {fast: 3.0, not fast: 5.0}
+    weight = dict(module.named_parameters())["conv.weight"]
+    assert weight.is_contiguous(memory_format=torch.channels_last) is chosen
