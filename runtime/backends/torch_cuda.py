@@ -88,7 +88,9 @@ class CudaRunner:
         #: Milliseconds per full batch in each memory format, where measured at load.
         self.format_ms: dict[bool, float] = {}
         self.channels_last = self._memory_format(config)
-        sizes = capture_sizes(config)
+        # A model without a batch dimension replays one graph of its fixed shapes ("size" 0).
+        unbatched = config.optimization.cuda_graphs and not self.batched
+        sizes = capture_sizes(config) or ((0,) if unbatched else ())
         if sizes:
             check_fixed_shapes(config, (*self.inputs, *self.outputs))
         self.sizes = sizes
@@ -176,7 +178,8 @@ class CudaRunner:
     def _capture(self, size: int, pool: Any) -> Captured:
         """A graph of one batch size, after warm-up runs on a side stream (cuDNN's tuning and
         lazy allocations must not be captured)."""
-        static = [torch.zeros((size, *spec.shape), dtype=_dtype(spec), device=self.device)
+        rows = (size,) if self.batched else ()
+        static = [torch.zeros((*rows, *spec.shape), dtype=_dtype(spec), device=self.device)
                   for spec in self.inputs]
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
@@ -208,7 +211,8 @@ class CudaRunner:
             if size is not None:
                 args = lane.graphs[size].inputs
                 for j, feed in enumerate(feeds):
-                    args[j][:rows].copy_(self._stage(lane, j, feed), non_blocking=True)
+                    target = args[j][:rows] if self.batched else args[j]
+                    target.copy_(self._stage(lane, j, feed), non_blocking=True)
             else:
                 args = [self._stage(lane, j, feed).to(self.device, non_blocking=True)
                         for j, feed in enumerate(feeds)]

@@ -202,6 +202,22 @@ def test_torch_on_cuda_with_graphs_answers_as_the_cpu(tmp_path: Path, precision:
         np.testing.assert_allclose(got, want, atol=1e-2 if precision == "fp16" else 1e-4)
 
 
+def test_torch_on_cuda_replays_one_graph_for_a_model_without_batching(tmp_path: Path) -> None:
+    needs_cuda()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        torch.jit.script(TinyNet()).save(str(tmp_path / "model.pt"))
+    fixed = dict(inputs=(TensorSpec("IMAGE", "FP32", (2, 3, 16, 16)),),
+                 outputs=(TensorSpec("SCORES", "FP32", (2, 4)),), max_batch_size=0,
+                 dynamic_batching=None)
+    cpu = TorchBackend(tmp_path / "model.pt", config(device="cpu", **fixed), 1)
+    gpu = TorchBackend(tmp_path / "model.pt", config(device="cuda:0", optimization=GRAPHS,
+                                                     **fixed), 1)
+    assert gpu.cuda is not None and gpu.cuda.sizes == (0,)
+    x = np.random.default_rng(5).random((2, 3, 16, 16), dtype=np.float32)
+    np.testing.assert_allclose(gpu.run([x])[0], cpu.run([x])[0], atol=1e-4)
+
+
 def test_onnx_on_cuda_with_graphs_answers_as_the_cpu() -> None:
     if "CUDAExecutionProvider" not in ort.InferenceSession(
             str(ONNX), providers=["CUDAExecutionProvider"]).get_providers():
