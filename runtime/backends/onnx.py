@@ -47,7 +47,7 @@ class OnnxBackend:
         providers = self._providers(config, path, quiet)
         self.session = session(source, options, providers, config, self.device)
         if self.device.startswith("cuda") and CUDA not in self.session.get_providers():
-            self.device = _without_cuda(config)
+            self.device = _without_cuda(config, quiet)
         if providers[0][0] == TENSORRT and not quiet:
             self._check_tensorrt(config)
         batched = config.max_batch_size > 0
@@ -115,7 +115,7 @@ def _load_cuda_libraries() -> None:
         preload()
 
 
-def _without_cuda(config: ModelConfig) -> str:
+def _without_cuda(config: ModelConfig, quiet: bool = False) -> str:
     """The CUDA provider did not load: an error where the config names a GPU; with ``auto``,
     a warning and the CPU."""
     found = ", ".join(ort.get_available_providers())
@@ -124,8 +124,9 @@ def _without_cuda(config: ModelConfig) -> str:
                           f"CUDA execution provider, which did not load (this onnxruntime has "
                           f"{found}); install onnxruntime-gpu with CUDA and cuDNN, or set "
                           "device: cpu")
-    log.warning("model %s: a GPU is visible but ONNX Runtime's CUDA execution provider did not "
-                "load (providers: %s); running on the CPU", config.name, found)
+    if not quiet:
+        log.warning("model %s: a GPU is visible but ONNX Runtime's CUDA execution provider did "
+                    "not load (providers: %s); running on the CPU", config.name, found)
     return "cpu"
 
 
