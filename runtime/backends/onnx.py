@@ -36,6 +36,10 @@ class OnnxBackend:
 
     def __init__(self, path: Path, config: ModelConfig, threads: int, quiet: bool = False
                  ) -> None:
+        if config.optimization.channels_last is not None:
+            raise ConfigError(f"{config.source}: key 'optimization.cuda.channels_last': PyTorch "
+                              "models only (ONNX Runtime picks its own layouts); remove it for "
+                              "an ONNX model")
         self.device = resolve_device(config.device)
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(1, threads)

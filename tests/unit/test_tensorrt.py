@@ -12,6 +12,7 @@ import onnxruntime as ort
 import pytest
 
 from common.model_config import ConfigError, load_model_config
+from common.model_spec import Optimization
 from runtime.backends import onnx_options
 from runtime.backends.onnx import OnnxBackend
 from runtime.backends.torch import TorchBackend
@@ -131,3 +132,11 @@ def test_a_torchscript_model_asking_for_tensorrt_is_refused() -> None:
                                  device="cpu", optimization=TRT)
     with pytest.raises(ConfigError, match="TensorRT runs ONNX models only"):
         TorchBackend(DIGITS / "2" / "model.pt", digits, 1)
+
+
+def test_an_onnx_model_setting_channels_last_is_refused() -> None:
+    digits = dataclasses.replace(load_model_config(DIGITS / "config.yaml", "digits"),
+                                 device="cpu", optimization=Optimization(channels_last=True))
+    with pytest.raises(ConfigError) as caught:
+        OnnxBackend(ONNX, digits, 1)
+    assert "key 'optimization.cuda.channels_last': PyTorch models only" in str(caught.value)
