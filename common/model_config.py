@@ -19,11 +19,13 @@ from common.model_spec import (
     ConfigError,
     DynamicBatching,
     ModelConfig,
+    Optimization,
     TensorSpec,
     VersionPolicy,
     key_error,
     read_labels,
 )
+from common.optimization import PRECISIONS, accelerator, check_precision
 from common.pbtxt import load_pbtxt
 
 # The types are imported from here across the code base; they live in common.model_spec.
@@ -44,7 +46,14 @@ _TOP_KEYS = {
     "outputs": "a list of {name, datatype, shape}",
     "version_policy": "{all: {}} | {latest: {num_versions: N}} | {specific: {versions: [...]}}",
     "labels": "a mapping of output name to a labels file beside the config or a list of labels",
+    "precision": " | ".join(PRECISIONS),
+    "optimization": "a mapping: execution_accelerators, cuda",
 }
+_OPTIMIZATION_KEYS = {
+    "execution_accelerators": "{gpu: [{name: tensorrt, parameters: {...}}]}",
+    "cuda": "{graphs: true | false, channels_last: true | false}",
+}
+_CUDA_KEYS = {"graphs": "true | false", "channels_last": "true | false"}
 _BATCHING_KEYS = {
     "max_queue_delay_microseconds": "an integer >= 0",
     "preferred_batch_size": "a list of integers >= 1",
@@ -98,7 +107,45 @@ def _parse(raw: dict[str, Any], path: Path, name: str) -> ModelConfig:
         outputs=_tensors(raw.get("outputs"), path, "outputs"),
         version_policy=_version_policy(raw.get("version_policy"), path),
         labels=_labels(raw.get("labels"), path),
+        precision=check_precision(raw.get("precision", "fp32"), path),
+        optimization=_optimization(raw.get("optimization"), path),
     )
+
+
+def _optimization(raw: Any, path: Path) -> Optimization:
+    """Triton's `optimization` in YAML: `execution_accelerators.gpu` and `cuda`."""
+    if raw is None:
+        return Optimization()
+    _mapping(raw, path, "optimization", _TOP_KEYS["optimization"])
+    _check_keys(raw, _OPTIMIZATION_KEYS, path, "optimization.")
+    accelerators = _mapping(raw.get("execution_accelerators", {}), path,
+                            "optimization.execution_accelerators",
+                            _OPTIMIZATION_KEYS["execution_accelerators"])
+    _check_keys(accelerators, {"gpu": "a list of accelerators"}, path,
+                "optimization.execution_accelerators.")
+    gpu = accelerators.get("gpu", [])
+    if not isinstance(gpu, list):
+        _fail(path, "optimization.execution_accelerators.gpu", "a list of accelerators", gpu)
+    found = []
+    for i, item in enumerate(gpu):
+        key = f"optimization.execution_accelerators.gpu[{i}]"
+        _mapping(item, path, key, "a mapping with keys name, parameters")
+        _check_keys(item, {"name": "", "parameters": ""}, path, key + ".")
+        parameters = _mapping(item.get("parameters", {}), path, key + ".parameters",
+                              "a mapping of parameter names to values")
+        found.append(accelerator(item.get("name"), parameters, path, key))
+    cuda = _mapping(raw.get("cuda", {}), path, "optimization.cuda", _OPTIMIZATION_KEYS["cuda"])
+    _check_keys(cuda, _CUDA_KEYS, path, "optimization.cuda.")
+    for key in ("graphs", "channels_last"):
+        if key in cuda and not isinstance(cuda[key], bool):
+            _fail(path, f"optimization.cuda.{key}", _CUDA_KEYS[key], cuda[key])
+    return Optimization(tuple(found), cuda.get("graphs", False), cuda.get("channels_last"))
+
+
+def _mapping(raw: Any, path: Path, key: str, allowed: str) -> dict:
+    if not isinstance(raw, dict):
+        _fail(path, key, allowed, raw)
+    return raw
 
 
 def _labels(raw: Any, path: Path) -> tuple[tuple[str, tuple[str, ...]], ...]:

@@ -47,6 +47,30 @@ class VersionPolicy:
     versions: tuple[int, ...] = ()
 
 
+@dataclass(frozen=True)
+class Accelerator:
+    """A GPU execution accelerator (Triton's `gpu_execution_accelerator`): its name and its
+    checked parameters, values as text as in Triton's config."""
+
+    name: str
+    parameters: tuple[tuple[str, str], ...] = ()
+
+    def get(self, key: str, default: str) -> str:
+        return dict(self.parameters).get(key, default)
+
+
+@dataclass(frozen=True)
+class Optimization:
+    """How a model runs on its device (Triton's `optimization`, and tensorgate's own keys)."""
+
+    gpu_accelerators: tuple[Accelerator, ...] = ()
+    #: CUDA graphs captured at load for each preferred batch size (Triton's `cuda.graphs`).
+    cuda_graphs: bool = False
+    #: PyTorch on CUDA: NHWC weights and inputs with cuDNN's autotuner; None: where the model
+    #: has 4-D inputs or weights, the format measured faster at load.
+    channels_last: bool | None = None
+
+
 SERVE_ALL = VersionPolicy()
 TRITON_DEFAULT_POLICY = VersionPolicy("latest", num_versions=1)
 
@@ -68,6 +92,9 @@ class ModelConfig:
     model_filename: str | None = None
     #: Class labels by output name, for the classification extension (index → label).
     labels: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    #: fp32 (as the model is), or fp16 / bf16 compute with the declared datatypes unchanged.
+    precision: str = "fp32"
+    optimization: Optimization = Optimization()
 
 
 def key_error(path: Path, key: str, allowed: str, got: Any) -> ConfigError:

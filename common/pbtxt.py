@@ -20,10 +20,12 @@ from common.model_spec import (
     ConfigError,
     DynamicBatching,
     ModelConfig,
+    Optimization,
     TensorSpec,
     VersionPolicy,
     read_labels,
 )
+from common.optimization import accelerator
 from common.proto import model_config_pb2 as mc
 
 log = logging.getLogger("tensorgate.config")
@@ -47,6 +49,9 @@ SUPPORTED = frozenset({
     "instance_group.name", "instance_group.count", "instance_group.kind", "instance_group.gpus",
     "version_policy.latest.num_versions", "version_policy.all",
     "version_policy.specific.versions",
+    "optimization.execution_accelerators.gpu_execution_accelerator.name",
+    "optimization.execution_accelerators.gpu_execution_accelerator.parameters",
+    "optimization.cuda.graphs",
 })
 # text_format prefixes its messages with "line:column : "; ours names them in words instead.
 _LOCATION = re.compile(r"^\d+:\d+ : ")
@@ -126,7 +131,18 @@ def to_model_config(message: mc.ModelConfig, path: Path, name: str,
         labels=tuple((item.name, read_labels(path.parent, item.label_filename, path,
                                              f"output[{i}].label_filename"))
                      for i, item in enumerate(message.output) if item.label_filename),
+        optimization=_optimization(message, path),
     )
+
+
+def _optimization(message: mc.ModelConfig, path: Path) -> Optimization:
+    """TensorRT through `execution_accelerators` and `cuda.graphs`; the rest is reported."""
+    policy = message.optimization
+    found = tuple(
+        accelerator(item.name, dict(item.parameters), path,
+                    f"optimization.execution_accelerators.gpu_execution_accelerator[{i}]")
+        for i, item in enumerate(policy.execution_accelerators.gpu_execution_accelerator))
+    return Optimization(found, policy.cuda.graphs)
 
 
 def _backend(message: mc.ModelConfig, path: Path) -> str | None:

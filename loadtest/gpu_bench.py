@@ -1,8 +1,8 @@
-"""The GPU benchmark (issue 3, target 6): ResNet-50 on 224x224 images with fixed random weights,
-in half precision on ONNX Runtime's CUDA execution provider; the in-process ceiling against the
-runtime and the gateway path, in one run:
+"""The GPU benchmark (issue 3, target 6; issue 23): ResNet-50 on 224x224 images with fixed random
+weights, in half precision on ONNX Runtime's CUDA provider or PyTorch (TorchScript); the same model
+alone on the device and in-process against the runtime and the gateway path, in one run:
 
-    python -m loadtest.gpu_bench [--precision fp16] [--workers 1x2,2x1] [--out FILE]
+    python -m loadtest.gpu_bench [--backend onnx|torch] [--precision fp16] [--workers 1x2,2x1]
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from loadtest.cases import (
     fill_requests,
     time_batch,
 )
+from loadtest.device_alone import device_alone
 from loadtest.loadgen import Load, Outcome, Target, closed_loop
 from loadtest.machine import machine
 from loadtest.report import GW_BINARY, GW_GRPC, RUNTIME
@@ -45,8 +46,11 @@ from loadtest.servers import (
 REPOS = ROOT / "loadtest" / ".models-gpu"
 LOGS = REPOS / ".logs"
 MODELS = {"resnet50": make_model, "passthrough": make_passthrough}
+ARTIFACTS = {"onnx": "model.onnx", "torch": "model.pt"}
 CONFIG = """\
 # {model} on {size}x{size} images, {precision} (python -m loadtest.gpu_bench --model {model}).
+backend: {backend}
+optimization: {{cuda: {{graphs: {graphs}}}}}
 max_batch_size: {max_batch}
 dynamic_batching:
   max_queue_delay_microseconds: {delay_us}
@@ -66,24 +70,28 @@ outputs:
 """
 
 
-def build(opts: argparse.Namespace) -> Case:
-    """``loadtest/.models-gpu/MODEL/MODEL``: the model in the precision asked for, and its
-    config."""
-    from tensorgate.edge.convert import to_fp16
+def model_folder(opts: argparse.Namespace) -> Path:
+    """``loadtest/.models-gpu/MODEL/MODEL`` (ONNX) or ``.../MODEL-torch/MODEL``: a repository
+    per backend, so a runtime loads only the model measured."""
+    suffix = "" if opts.backend == "onnx" else f"-{opts.backend}"
+    return REPOS / f"{opts.model}{suffix}" / opts.model
 
-    folder = REPOS / opts.model / opts.model
+
+def artifact(opts: argparse.Namespace) -> Path:
+    return model_folder(opts) / "1" / ARTIFACTS[opts.backend]
+
+
+def build(opts: argparse.Namespace) -> Case:
+    """The model in the precision asked for (inputs and outputs too), and its config."""
+    folder = model_folder(opts)
     (folder / "1").mkdir(parents=True, exist_ok=True)
     LOGS.mkdir(exist_ok=True)
-    artifact = folder / "1" / "model.onnx"
     marker = folder / "1" / f".built-{opts.size}-{opts.precision}"
     if not marker.exists():
-        with tempfile.TemporaryDirectory() as tmp:
-            fp32 = Path(tmp) / "model.onnx"
-            fp32.write_bytes(MODELS[opts.model](opts.size).SerializeToString())
-            if opts.precision == "fp16":
-                to_fp16(fp32, artifact, keep_io_types=False)
-            else:
-                shutil.copyfile(fp32, artifact)
+        if opts.backend == "onnx":
+            build_onnx(opts, artifact(opts))
+        else:
+            build_torch(opts, artifact(opts))
         for old in (folder / "1").glob(".built-*"):
             old.unlink()
         marker.touch()
@@ -93,8 +101,33 @@ def build(opts: argparse.Namespace) -> Case:
     return case
 
 
+def build_onnx(opts: argparse.Namespace, target: Path) -> None:
+    from tensorgate.edge.convert import to_fp16
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / "model.onnx"
+        fp32.write_bytes(MODELS[opts.model](opts.size).SerializeToString())
+        if opts.precision == "fp16":
+            to_fp16(fp32, target, keep_io_types=False)
+        else:
+            shutil.copyfile(fp32, target)
+
+
+def build_torch(opts: argparse.Namespace, target: Path) -> None:
+    """TorchScript with the ONNX graph's very weights (build_resnet_torch), in the precision
+    asked for: the same model on either backend."""
+    import warnings
+
+    from loadtest.build_resnet_torch import make_torch_model
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)  # TorchScript's own
+        make_torch_model(opts.model, opts.size, opts.precision == "fp16").save(str(target))
+
+
 def write_config(case: Case, opts: argparse.Namespace, instances: int) -> None:
     case.config_path.write_text(CONFIG.format(
+        backend=opts.backend, graphs=str(opts.cuda_graphs).lower(),
         model=opts.model, size=opts.size, precision=opts.precision, max_batch=opts.max_batch,
         delay_us=opts.delay_us, instances=instances, device=opts.device,
         datatype="FP16" if opts.precision == "fp16" else "FP32", width=3 * opts.size ** 2,
@@ -103,33 +136,46 @@ def write_config(case: Case, opts: argparse.Namespace, instances: int) -> None:
 
 def ceiling(case: Case, opts: argparse.Namespace) -> tuple[list[BatchPoint], list[str]]:
     """The backend as the runtime builds it, in this process: one session, then as many
-    sessions side by side as the served layouts run, at each batch size; and the providers."""
-    from runtime.backends.onnx import OnnxBackend
+    sessions side by side as the served layouts run, at each batch size; and what runs it."""
+    from runtime.backends import load_backend
 
     config = load_model_config(case.config_path, case.name)
     sessions = max(workers * instances for workers, instances in opts.workers)
-    layouts = [[OnnxBackend(case.artifact, config, opts.threads)]]
+    path = artifact(opts)
+    layouts = [[load_backend(opts.backend, path, config, opts.threads)]]
     if sessions > 1:
-        layouts.append([OnnxBackend(case.artifact, config, opts.threads)
+        layouts.append([load_backend(opts.backend, path, config, opts.threads, quiet=True)
                         for _ in range(sessions)])
-    providers = layouts[0][0].session.get_providers()
+    first = layouts[0][0]
+    session = getattr(first, "session", None)
+    providers = (session.get_providers() if session is not None
+                 else [f"PyTorch {torch_version()} on {first.device}"])
     case.expected = np.tile(layouts[0][0].run([case.row.reshape(1, -1)])[0], (opts.rows, 1))
     rng = np.random.default_rng(11)
     points = []
     for backends in layouts:
         for size in [b for b in (1, 8, 16, 32, 64, 128, 256) if b <= opts.max_batch]:
             x = rng.random((size, case.row.size), dtype=np.float32).astype(case.row.dtype)
-            points.append(time_batch(backends, x, opts.ceiling_s))
+            # As the runtime's scheduler: a thread per batch an instance keeps in flight.
+            callers = [b for b in backends for _ in range(getattr(b, "pipeline_depth", 1))]
+            points.append(time_batch(callers, x, opts.ceiling_s))
             print(f"  in-process {points[-1].layout}: {points[-1].rows_per_s:9.0f} rows/s, "
                   f"p50 {points[-1].p50_ms:.2f} ms", flush=True)
     return points, providers
+
+
+def torch_version() -> str:
+    import torch
+
+    return str(torch.__version__)
 
 
 def start_servers(children: Children, opts: argparse.Namespace, workers: int
                   ) -> tuple[list[str], str, str]:
     """Runtime workers over ``loadtest/.models-gpu/MODEL`` and a gateway in front of them; the
     workers' gRPC addresses and the gateway's gRPC and HTTP addresses."""
-    started = [start_runtime(children, f"runtime{index}", REPOS / opts.model, opts.threads)
+    started = [start_runtime(children, f"runtime{index}", model_folder(opts).parent,
+                             opts.threads)
                for index in range(workers)]
     gateway_grpc, gateway_http = start_gateway(
         children, [lane for _, lane in started],
@@ -218,29 +264,36 @@ def gpu_name() -> str:
 
 
 def render(opts: argparse.Namespace, facts: dict[str, str], points: list[BatchPoint],
-           rows: list[Row]) -> str:
+           alone: BatchPoint, rows: list[Row]) -> str:
     best = max(points, key=lambda p: p.rows_per_s)
+    backend = {"onnx": "OnnxBackend", "torch": "TorchBackend"}[opts.backend]
     lines = [f"# GPU: {opts.model} through the gateway against its in-process ceiling "
              "(issue 3, target 6)", "", f"Command: `python -m loadtest.gpu_bench "
              f"{' '.join(opts.argv)}`", ""] + [f"- {k}: {v}" for k, v in facts.items()]
-    lines += ["", "In-process (`OnnxBackend`, as the runtime builds it, back-to-back calls):", "",
+    lines += ["", f"Alone on the device (the same weights in PyTorch, input already there, "
+              f"channels_last and cuDNN's autotuner on a GPU): {alone.rows_per_s:.0f} rows/s "
+              f"(batch {alone.batch}, {alone.p50_ms:.2f} ms per batch)."]
+    lines += ["", f"In-process (`{backend}`, as the runtime builds it, back-to-back calls):", "",
               "| layout | rows/s | p50 ms | p99 ms |", "|---|---|---|---|"]
     lines += [f"| {p.layout} | {p.rows_per_s:.0f} | {p.p50_ms:.2f} | {p.p99_ms:.2f} |"
               for p in points]
     lines += ["", f"Ceiling: {best.rows_per_s:.0f} rows/s ({best.layout}, {best.p50_ms:.2f} ms "
-              "per batch).", "", f"Served, {opts.rows} image{'s' if opts.rows > 1 else ''} per "
+              f"per batch), {best.rows_per_s / alone.rows_per_s:.2f} times the device alone.", "",
+              f"Served, {opts.rows} image{'s' if opts.rows > 1 else ''} per "
               f"request, {opts.concurrency} closed-loop callers:", "",
-              "| workers x instances | path | generator | rows/s | ÷ ceiling | p50 ms | p99 ms | "
+              "| workers x instances | path | generator | rows/s | ÷ ceiling | ÷ device alone | "
+              "p50 ms | p99 ms | "
               "p99 ÷ batch time | mean batch | batch: inputs gathered ms | run ms | "
               "cores busy: gateways | busiest gateway | "
               "runtimes | first runtime's event loop | its busiest other thread | errors |",
-              "|---" * 17 + "|"]
+              "|---" * 18 + "|"]
     for layout, name, o, stats, (loop, other, gateway) in rows:
         batches = (f"{stats[1]:.1f} | {stats[5] / 1e3:.2f} | {stats[3] / 1e3:.2f}" if stats
                    else "- | - | -")
         rate = o.rate * opts.rows
         lines.append(f"| {layout} | {name} | {o.generator} | {rate:.0f} | "
-                     f"{rate / best.rows_per_s:.2f} | {o.p('50'):.1f} | {o.p('99'):.1f} | "
+                     f"{rate / best.rows_per_s:.2f} | {rate / alone.rows_per_s:.2f} | "
+                     f"{o.p('50'):.1f} | {o.p('99'):.1f} | "
                      f"{o.p('99') / best.p50_ms:.1f} | {batches} | {o.cores('gateway'):.1f} | "
                      f"{gateway:.2f} | {o.cores('runtime'):.1f} | "
                      f"{loop:.2f} | {other:.2f} | {o.errors} |")
@@ -253,6 +306,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--model", choices=sorted(MODELS), default="resnet50",
         help="resnet50 (the default), or passthrough: its inputs and outputs with next to no "
              "compute, what the serving path alone carries for requests of this size")
+    add("--backend", choices=sorted(ARTIFACTS), default="onnx",
+        help="onnx (ONNX Runtime, the default) or torch (TorchScript, the same weights)")
+    add("--cuda-graphs", choices=("on", "off"), default=None,
+        help="optimization.cuda.graphs in the served config (on for a cuda device, else off)")
     add("--size", type=int, default=224, help="image side (224)")
     add("--rows", type=int, default=1, help="images per request (1)")
     add("--precision", choices=("fp16", "fp32"), default="fp16")
@@ -286,6 +343,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"--paths: a comma-separated list of {', '.join(PATHS)}")
     if not 1 <= opts.rows <= opts.max_batch:
         parser.error(f"--rows: 1 to --max-batch ({opts.max_batch}) images per request")
+    if opts.cuda_graphs is None:
+        opts.cuda_graphs = opts.device.startswith("cuda")
+    else:
+        opts.cuda_graphs = opts.cuda_graphs == "on"
     opts.argv = argv
     return opts
 
@@ -299,6 +360,11 @@ def main(argv: list[str] | None = None) -> int:
     print("ceiling (in-process backend):", flush=True)
     points, providers = ceiling(case, opts)
     facts["providers of the in-process session"] = ", ".join(providers)
+    print("alone on the device:", flush=True)
+    alone = device_alone(opts.model, opts.size, opts.precision, opts.device, opts.max_batch,
+                         opts.threads, opts.ceiling_s)
+    print(f"  batch {alone.batch}: {alone.rows_per_s:9.0f} rows/s, p50 {alone.p50_ms:.2f} ms",
+          flush=True)
     children = Children(LOGS)
     try:
         print("served:", flush=True)
@@ -307,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         children.close()
     facts["took"] = f"{time.time() - started:.0f} s"
-    text = render(opts, facts, points, rows)
+    text = render(opts, facts, points, alone, rows)
     print(text)
     if opts.out is not None:
         opts.out.write_text(text)

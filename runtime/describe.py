@@ -45,6 +45,11 @@ def model_config(model: ServedModel) -> mc.ModelConfig:
         kind=mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU,
         gpus=[int(backend.device.partition(":")[2] or 0)] if gpu else [],
     )
+    for accelerator in config.optimization.gpu_accelerators:
+        result.optimization.execution_accelerators.gpu_execution_accelerator.add(
+            name=accelerator.name, parameters=dict(accelerator.parameters))
+    if config.optimization.cuda_graphs:
+        result.optimization.cuda.graphs = True
     batching = config.dynamic_batching
     if batching is not None:
         result.dynamic_batching.preferred_batch_size.extend(batching.preferred_batch_size)

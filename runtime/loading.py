@@ -68,8 +68,8 @@ def load_version(source: VersionSource, threads: int, metrics: runtime_metrics.R
     count = source.config.instance_count
     share = intra_op_threads(threads, count)
     try:
-        backends = [load_backend(source.backend, source.artifact, source.config, share)
-                    for _ in range(count)]
+        backends = [load_backend(source.backend, source.artifact, source.config, share,
+                                 quiet=index > 0) for index in range(count)]
         check_labels(name, backends[0].outputs, source.config.labels)
         if check:
             validate(backends[0], source.config)

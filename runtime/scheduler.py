@@ -50,10 +50,13 @@ class Scheduler:
             batching=batching is not None,
         )
         self.default_timeout = batching.default_timeout_microseconds / 1e6 if batching else 0.0
+        # A backend that keeps several batches in flight (a GPU's copies overlapping its
+        # compute) gets a slot, with its own thread and buffers, for each.
         self.free = [
             (backend, ThreadPoolExecutor(1, thread_name_prefix=f"{model.name}-{model.version}"),
              Staging(config.max_batch_size))
             for backend in model.backends
+            for _ in range(getattr(backend, "pipeline_depth", 1))
         ]
         self._pool = list(self.free)
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -22,12 +22,16 @@ def detect_backend(version_dir: Path, config: ModelConfig) -> tuple[str, Path]:
     return found[0]
 
 
-def load_backend(kind: str, path: Path, config: ModelConfig, threads: int) -> Backend:
-    """Load one model instance's backend; the import is deferred so each backend is optional."""
+def load_backend(kind: str, path: Path, config: ModelConfig, threads: int,
+                 quiet: bool = False) -> Backend:
+    """Load one model instance's backend; the import is deferred so each backend is optional.
+
+    `quiet`: the model's other instances said it already, so fallbacks are not warned again.
+    """
     if kind == "onnx":
         from runtime.backends.onnx import OnnxBackend
 
-        return OnnxBackend(path, config, threads)
+        return OnnxBackend(path, config, threads, quiet)
     from runtime.backends.torch import TorchBackend
 
-    return TorchBackend(path, config, threads)
+    return TorchBackend(path, config, threads, quiet)

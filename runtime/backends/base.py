@@ -12,7 +12,8 @@ from common.model_config import TensorSpec
 
 
 class Backend(Protocol):
-    """One loaded model instance. `run` is called from one executor thread at a time."""
+    """One loaded model instance. `run` is called from one executor thread at a time, or from
+    as many at once as an optional `pipeline_depth` attribute says (default 1)."""
 
     platform: str
     backend_name: str

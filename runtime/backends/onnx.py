@@ -1,4 +1,4 @@
-"""The ONNX Runtime backend: CUDA provider on a GPU, the CPU provider otherwise."""
+"""The ONNX Runtime backend: TensorRT or CUDA provider on a GPU, the CPU provider otherwise."""
 
 from __future__ import annotations
 
@@ -12,16 +12,34 @@ import onnxruntime as ort
 from common.datatypes import ONNX_TO_OIP
 from common.model_config import ConfigError, ModelConfig, TensorSpec
 from runtime.backends.base import resolve_device
+from runtime.backends.batch_sizes import capture_sizes, check_fixed_shapes
+from runtime.backends.onnx_cuda import BoundRunner
+from runtime.backends.onnx_options import (
+    CPU,
+    CUDA,
+    TENSORRT,
+    Provider,
+    model_source,
+    session,
+    tensorrt_loads,
+    tensorrt_options,
+    wants_tensorrt,
+    warn_fallback,
+)
 
 log = logging.getLogger("tensorgate.runtime")
-CUDA = "CUDAExecutionProvider"
 
 
 class OnnxBackend:
     platform = "onnxruntime_onnx"
     backend_name = "onnxruntime"
 
-    def __init__(self, path: Path, config: ModelConfig, threads: int) -> None:
+    def __init__(self, path: Path, config: ModelConfig, threads: int, quiet: bool = False
+                 ) -> None:
+        if config.optimization.channels_last is not None:
+            raise ConfigError(f"{config.source}: key 'optimization.cuda.channels_last': PyTorch "
+                              "models only (ONNX Runtime picks its own layouts); remove it for "
+                              "an ONNX model")
         self.device = resolve_device(config.device)
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(1, threads)
@@ -29,9 +47,13 @@ class OnnxBackend:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         # NOTE: spinning threads would steal the cores the event loop needs between batches.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), options, providers=self._providers())
+        source = model_source(path, config)
+        providers = self._providers(config, path, quiet)
+        self.session = session(source, options, providers, config, self.device)
         if self.device.startswith("cuda") and CUDA not in self.session.get_providers():
-            self.device = _without_cuda(config)
+            self.device = _without_cuda(config, quiet)
+        if providers[0][0] == TENSORRT and not quiet:
+            self._check_tensorrt(config)
         batched = config.max_batch_size > 0
         found_in = _specs(self.session.get_inputs(), batched, path)
         found_out = _specs(self.session.get_outputs(), batched, path)
@@ -39,18 +61,51 @@ class OnnxBackend:
         self.outputs = _reconcile(config.outputs, found_out, config.source, "outputs")
         self._input_names = [s.name for s in self.inputs]
         self._output_names = [s.name for s in self.outputs]
+        self.bound = self._bound_runner(config, quiet)
 
-    def _providers(self) -> list[str | tuple[str, dict]]:
-        if self.device.startswith("cuda"):
-            _load_cuda_libraries()
-            index = int(self.device.partition(":")[2] or 0)
-            # NOTE: dynamic batching runs every batch size up to the maximum; EXHAUSTIVE (the
-            # default) benchmarks cuDNN's algorithms for each new shape, seconds on the hot path.
-            options = {"device_id": index, "cudnn_conv_algo_search": "HEURISTIC"}
-            return [(CUDA, options), "CPUExecutionProvider"]
-        return ["CPUExecutionProvider"]
+    def _providers(self, config: ModelConfig, path: Path, quiet: bool) -> list[Provider]:
+        if not self.device.startswith("cuda"):
+            if wants_tensorrt(config) and not quiet:
+                warn_fallback(config, f"the model runs on device {self.device}", "the CPU")
+            return [CPU]
+        _load_cuda_libraries()
+        index = int(self.device.partition(":")[2] or 0)
+        # NOTE: dynamic batching runs every batch size up to the maximum; EXHAUSTIVE (the
+        # default) benchmarks cuDNN's algorithms for each new shape, seconds on the hot path.
+        options: dict[str, object] = {"device_id": index, "cudnn_conv_algo_search": "HEURISTIC"}
+        if config.optimization.cuda_graphs:
+            options["enable_cuda_graph"] = "1"
+        providers: list[Provider] = [(CUDA, options), CPU]
+        if wants_tensorrt(config):
+            problem = tensorrt_loads()
+            if problem is None:
+                providers.insert(0, (TENSORRT, tensorrt_options(config, path, index)))
+            elif not quiet:
+                warn_fallback(config, problem, "ONNX Runtime's CUDA provider")
+        return providers
+
+    def _check_tensorrt(self, config: ModelConfig) -> None:
+        """TensorRT was asked of the session: its provider list says whether it took it."""
+        if TENSORRT not in self.session.get_providers():
+            runs_on = "ONNX Runtime's CUDA provider" if self.device != "cpu" else "the CPU"
+            warn_fallback(config, "the session did not take it", runs_on)
+
+    def _bound_runner(self, config: ModelConfig, quiet: bool) -> BoundRunner | None:
+        """CUDA graphs replay device buffers bound once per batch size (IOBinding)."""
+        if not config.optimization.cuda_graphs:
+            return None
+        if not self.device.startswith("cuda"):
+            if not quiet:
+                log.warning("model %s: optimization.cuda.graphs is set but the model runs on "
+                            "device %s; it runs without CUDA graphs", config.name, self.device)
+            return None
+        check_fixed_shapes(config, (*self.inputs, *self.outputs))
+        index = int(self.device.partition(":")[2] or 0)
+        return BoundRunner(self.session, self.inputs, self.outputs, capture_sizes(config), index)
 
     def run(self, feeds: list[np.ndarray]) -> list[np.ndarray]:
+        if self.bound is not None:
+            return self.bound.run(feeds)
         result = self.session.run(self._output_names, dict(zip(self._input_names, feeds)))
         return [np.asarray(r) for r in result]
 
@@ -64,7 +119,7 @@ def _load_cuda_libraries() -> None:
         preload()
 
 
-def _without_cuda(config: ModelConfig) -> str:
+def _without_cuda(config: ModelConfig, quiet: bool = False) -> str:
     """The CUDA provider did not load: an error where the config names a GPU; with ``auto``,
     a warning and the CPU."""
     found = ", ".join(ort.get_available_providers())
@@ -73,8 +128,9 @@ def _without_cuda(config: ModelConfig) -> str:
                           f"CUDA execution provider, which did not load (this onnxruntime has "
                           f"{found}); install onnxruntime-gpu with CUDA and cuDNN, or set "
                           "device: cpu")
-    log.warning("model %s: a GPU is visible but ONNX Runtime's CUDA execution provider did not "
-                "load (providers: %s); running on the CPU", config.name, found)
+    if not quiet:
+        log.warning("model %s: a GPU is visible but ONNX Runtime's CUDA execution provider did "
+                    "not load (providers: %s); running on the CPU", config.name, found)
     return "cpu"
 
 

@@ -6,6 +6,7 @@ BYTES tensors are TorchScript's `List[str]`, flat in row-major order, as Triton'
 from __future__ import annotations
 
 import contextlib
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,11 @@ import torch
 
 from common.model_config import ConfigError, ModelConfig
 from runtime.backends.base import resolve_device
+from runtime.backends.torch_common import as_outputs, declared_type, is_strings
 
+log = logging.getLogger("tensorgate.runtime")
 _threads_set = False
+AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def configure_threads(threads: int) -> None:
@@ -35,12 +39,17 @@ class TorchBackend:
     platform = "pytorch_libtorch"
     backend_name = "pytorch"
 
-    def __init__(self, path: Path, config: ModelConfig, threads: int) -> None:
+    def __init__(self, path: Path, config: ModelConfig, threads: int, quiet: bool = False
+                 ) -> None:
         if config.inputs is None or config.outputs is None:
             raise ConfigError(f"{config.source}: keys 'inputs' and 'outputs' are required for "
                               "a TorchScript model (it does not describe its own signature)")
+        if config.optimization.gpu_accelerators:
+            raise ConfigError(f"{config.source}: key 'optimization.execution_accelerators': "
+                              "TensorRT runs ONNX models only; remove it for a TorchScript model")
         configure_threads(threads)
         self.device = resolve_device(config.device)
+        self.autocast = autocast_dtype(config, self.device)
         with warnings.catch_warnings():
             # NOTE: TorchScript is deprecated upstream but remains the format Triton users ship.
             warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -49,16 +58,71 @@ class TorchBackend:
         self.inputs = config.inputs
         self.outputs = config.outputs
         self.batched = config.max_batch_size > 0
+        self.cuda = self._cuda_runner(config, quiet)
+        #: Batches the scheduler may run at once on this instance: one per CUDA lane.
+        self.pipeline_depth = self.cuda.DEPTH if self.cuda is not None else 1
+
+    def _cuda_runner(self, config: ModelConfig, quiet: bool) -> Any:
+        """The GPU path (pinned copies on their own stream, CUDA graphs) for numeric tensors."""
+        numeric = all(s.datatype != "BYTES" for s in (*self.inputs, *self.outputs))
+        if self.device.startswith("cuda") and numeric:
+            from runtime.backends.torch_cuda import CudaRunner
+
+            return CudaRunner(self.module, config, self.device, self.autocast)
+        where = f"device {self.device}" if numeric else "a BYTES tensor"
+        asked = {"graphs": config.optimization.cuda_graphs,
+                 "channels_last": config.optimization.channels_last}
+        for key in [k for k, on in asked.items() if on and not quiet]:
+            log.warning("model %s: optimization.cuda.%s is set but the model has %s; it runs "
+                        "without it", config.name, key, where)
+        return None
 
     def run(self, feeds: list[np.ndarray]) -> list[np.ndarray]:
-        with torch.inference_mode():
+        if self.cuda is not None:
+            result: list[np.ndarray] = self.cuda.run(feeds)
+            return result
+        with torch.inference_mode(), self._autocast():
             args = [_argument(a, self.device) for a in feeds]
-            result = self.module(*args)
-        if isinstance(result, torch.Tensor) or _is_strings(result):
-            result = (result,)
-        elif isinstance(result, dict):
-            result = tuple(result[s.name] for s in self.outputs)
-        return [_array(r, spec.shape, self.batched) for r, spec in zip(result, self.outputs)]
+            outputs = as_outputs(self.module(*args), self.outputs)
+        return [_array(declared_type(r, spec), spec.shape, self.batched)
+                for r, spec in zip(outputs, self.outputs)]
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.partition(":")[0], dtype=self.autocast)
+
+
+def autocast_dtype(config: ModelConfig, device: str) -> torch.dtype | None:
+    """The autocast type `precision` asks for, refused at load where this torch and device
+    cannot run it (autocast would otherwise turn itself off with a mere warning)."""
+    dtype = AUTOCAST.get(config.precision)
+    if dtype is None:
+        return None
+    kind = device.partition(":")[0]
+    problem = _autocast_problem(kind, dtype)
+    if problem is None and dtype == torch.bfloat16 and kind == "cuda" \
+            and not torch.cuda.is_bf16_supported():
+        problem = "this GPU has no bfloat16 support"
+    if problem is not None:
+        raise ConfigError(f"{config.source}: key 'precision': model {config.name} cannot run "
+                          f"in {config.precision} on device {device}: {problem}; use "
+                          f"precision: fp32 or another device")
+    return dtype
+
+
+def _autocast_problem(kind: str, dtype: torch.dtype) -> str | None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with torch.autocast(kind, dtype=dtype):
+                enabled = torch.is_autocast_enabled(kind)
+        except (RuntimeError, ValueError) as exc:
+            return f"torch.autocast refused it ({exc})"
+    if not enabled:
+        said = "; ".join(str(w.message) for w in caught)
+        return f"torch {torch.__version__} turns autocast off for it ({said or 'no reason'})"
+    return None
 
 
 def _argument(array: np.ndarray, device: str) -> torch.Tensor | list[str]:
@@ -68,12 +132,8 @@ def _argument(array: np.ndarray, device: str) -> torch.Tensor | list[str]:
     return _tensor(array).to(device)
 
 
-def _is_strings(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(v, str) for v in value)
-
-
 def _array(result: Any, dims: tuple[int, ...], batched: bool) -> np.ndarray:
-    if not _is_strings(result):
+    if not is_strings(result):
         return result.detach().cpu().numpy()
     array = np.empty(len(result), dtype=object)
     array[:] = result

@@ -86,4 +86,27 @@ def test_gpu_bench_measures_the_path_alone_with_several_images_per_request(tmp_p
     assert len(served) == 1 and "| gateway → runtime, gRPC |" in served[0]
     cells = [c.strip() for c in served[0].strip("|").split("|")]
     assert float(cells[3]) > 0 and cells[-1] == "0"  # rows/s, errors
-    assert float(cells[8]) <= 4  # mean batch: at most --max-batch rows
+    assert float(cells[9]) <= 4  # mean batch: at most --max-batch rows
+
+
+def test_gpu_bench_serves_the_torchscript_model_beside_the_device_alone(tmp_path: Path
+                                                                       ) -> None:
+    out = tmp_path / "torch.md"
+    code = gpu_bench.main(["--backend", "torch", "--paths", "grpc", "--size", "16",
+                           "--precision", "fp16", "--device", "cpu", "--max-batch", "4",
+                           "--workers", "1x1", "--gateway-processes", "1", "--concurrency", "4",
+                           "--connections", "1", "--generator-threads", "1", "--duration",
+                           "0.5", "--warmup", "0.2", "--ceiling-s", "0.1", "--threads", "1",
+                           "--out", str(out)])
+    assert code == 0
+    report = out.read_text()
+    assert "In-process (`TorchBackend`" in report and "PyTorch" in report
+    assert "Alone on the device" in report and "times the device alone" in report
+    served = [line for line in report.splitlines() if line.startswith("| 1x1 |")]
+    assert len(served) == 1
+    cells = [c.strip() for c in served[0].strip("|").split("|")]
+    assert float(cells[3]) > 0 and float(cells[5]) > 0 and cells[-1] == "0"
+    folder = gpu_bench.REPOS / "resnet50-torch" / "resnet50"
+    assert (folder / "1" / "model.pt").is_file()
+    config = (folder / "config.yaml").read_text()
+    assert "backend: torch" in config and "datatype: FP16" in config

@@ -167,7 +167,7 @@ input [
   { name: "a", data_type: TYPE_FP32, dims: [ 3 ], reshape { shape: [ 1, 3 ] } },
   { name: "b", data_type: TYPE_FP32, dims: [ 3 ], reshape: { shape: [ 3, 1 ] }, optional: true }
 ]
-optimization < execution_accelerators { gpu_execution_accelerator: [ { name: "tensorrt" } ] } >
+optimization < priority: PRIORITY_MAX, cuda { busy_wait_events: true } >
 dynamic_batching { priority_levels: 2, default_queue_policy { timeout_action: DELAY } }
 instance_group [ { count: 1, kind: KIND_CPU, host_policy: "numa0" } ]
 parameters { key: "intra_op_thread_count" value: { string_value: "4" } }
@@ -189,8 +189,8 @@ def test_unsupported_fields_are_listed_once_each() -> None:
     assert unsupported == [
         "batch_input", "dynamic_batching.default_queue_policy.timeout_action",
         "dynamic_batching.priority_levels", "input.optional", "input.reshape",
-        "instance_group.host_policy", "model_metrics", "model_warmup", "optimization",
-        "parameters",
+        "instance_group.host_policy", "model_metrics", "model_warmup",
+        "optimization.cuda.busy_wait_events", "optimization.priority", "parameters",
     ]
     # What is supported around them still applies.
     assert config.max_batch_size == 8 and config.instance_count == 1 and config.device == "cpu"

@@ -113,6 +113,23 @@ async def test_concurrent_requests_share_a_batch_and_get_their_own_rows() -> Non
     await scheduler.stop()
 
 
+async def test_a_backend_with_two_batches_in_flight_runs_two_at_once() -> None:
+    backend = FakeBackend()
+    backend.pipeline_depth = 2  # type: ignore[attr-defined]
+    backend.gate.clear()
+    scheduler = await started(backend)
+    first = [asyncio.ensure_future(scheduler.infer(request(8, float(v)), None)) for v in (1, 2)]
+    await until(lambda: backend.running == 2, "both batches running on the one instance")
+    third = asyncio.ensure_future(scheduler.infer(request(8, 3.0), None))
+    await until(lambda: len(scheduler.batcher) == 1, "a third batch queued: two is the depth")
+    assert backend.running == 2
+    backend.gate.set()
+    answers = await asyncio.gather(*first, third)
+    assert [values(a)[0] for a in answers] == [2.0, 4.0, 6.0]
+    assert sorted(backend.batches) == [8, 8, 8]
+    await scheduler.stop()
+
+
 async def test_a_request_past_its_deadline_is_answered_and_never_runs() -> None:
     backend = FakeBackend()
     backend.gate.clear()

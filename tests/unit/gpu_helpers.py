@@ -1,0 +1,40 @@
+"""What the GPU path tests share: configs, a tiny convolutional model, the CUDA gate."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from common.model_spec import Accelerator, DynamicBatching, ModelConfig, Optimization, TensorSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+DIGITS = ROOT / "models" / "digits"
+ONNX = DIGITS / "1" / "model.onnx"
+GRAPHS = Optimization(cuda_graphs=True)
+TRT = Optimization((Accelerator("tensorrt", (("precision_mode", "FP16"),)),))
+IMAGE = (TensorSpec("IMAGE", "FP32", (3, 16, 16)),)
+SCORES = (TensorSpec("SCORES", "FP32", (4,)),)
+
+
+def config(**changes: object) -> ModelConfig:
+    base = ModelConfig("m", Path("/repo/m/config.yaml"), max_batch_size=64,
+                       dynamic_batching=DynamicBatching(preferred_batch_size=(8, 64, 128)))
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+class TinyNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.head = torch.nn.Linear(8, 4)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.conv(image)).mean(dim=(2, 3)))
+
+
+def needs_cuda() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU: none is visible")

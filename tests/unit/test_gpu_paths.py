@@ -1,0 +1,146 @@
+"""The GPU paths' logic on the CPU (captured sizes, padding, staging reuse, the bound buffers of
+ONNX Runtime's graphs); the CUDA runs themselves where a GPU is visible."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from common.model_config import ConfigError, load_model_config
+from common.model_spec import Optimization, TensorSpec
+from runtime.backends.batch_sizes import capture_sizes, check_fixed_shapes, padded_size
+from runtime.backends.onnx import OnnxBackend
+from runtime.backends.onnx_cuda import BoundRunner
+from runtime.backends.torch import TorchBackend
+from runtime.backends.torch_cuda import PinnedStaging, wants_channels_last
+from tests.unit.gpu_helpers import (
+    DIGITS,
+    GRAPHS,
+    IMAGE,
+    ONNX,
+    SCORES,
+    TinyNet,
+    config,
+    needs_cuda,
+)
+
+
+def test_graphs_are_captured_for_the_preferred_sizes_and_the_largest_batch() -> None:
+    assert capture_sizes(config()) == ()
+    assert capture_sizes(config(optimization=GRAPHS)) == (8, 64)
+    assert capture_sizes(config(optimization=GRAPHS, dynamic_batching=None)) == (64,)
+    assert capture_sizes(config(optimization=GRAPHS, max_batch_size=0)) == ()
+
+
+@pytest.mark.parametrize(("rows", "size"), [(1, 8), (8, 8), (9, 64), (64, 64), (65, None)])
+def test_a_batch_is_padded_up_to_the_next_captured_size(rows: int, size: int | None) -> None:
+    assert padded_size(rows, (8, 64)) == size
+
+
+def test_graphs_need_fixed_numeric_shapes_and_say_which_tensor() -> None:
+    check_fixed_shapes(config(), IMAGE + SCORES)
+    with pytest.raises(ConfigError, match=r"optimization.cuda.graphs.*'TOKENS' is INT64 of "
+                                          r"shape \[-1\]"):
+        check_fixed_shapes(config(), (TensorSpec("TOKENS", "INT64", (-1,)),))
+    with pytest.raises(ConfigError, match="'TEXT' is BYTES"):
+        check_fixed_shapes(config(), (TensorSpec("TEXT", "BYTES", (1,)),))
+
+
+def test_staging_buffers_are_reused_across_batch_sizes_and_grow_once() -> None:
+    staging = PinnedStaging(pin=False)  # page-locking needs a GPU; the reuse does not
+    full = staging.take(0, (8, 3), torch.float32)
+    small = staging.take(0, (2, 3), torch.float32)
+    assert small.shape == (2, 3) and small.data_ptr() == full.data_ptr()
+    other = staging.take(1, (2, 3), torch.float32)
+    assert other.data_ptr() != full.data_ptr()
+    grown = staging.take(0, (16, 3), torch.float32)
+    assert grown.numel() == 48 and staging.take(0, (8, 3), torch.float32).data_ptr() == \
+        grown.data_ptr()
+    half = staging.take(0, (8, 3), torch.float16)
+    assert half.dtype == torch.float16
+
+
+def test_channels_last_follows_the_config_else_4d_inputs_or_weights() -> None:
+    mlp = torch.nn.Linear(4, 4)
+    conv = torch.nn.Conv2d(3, 4, 3)
+    assert wants_channels_last(config(inputs=IMAGE), mlp)
+    assert wants_channels_last(config(inputs=(TensorSpec("ROW", "FP32", (768,)),)), conv)
+    assert not wants_channels_last(config(inputs=(TensorSpec("ROW", "FP32", (4,)),)), mlp)
+    off = Optimization(channels_last=False)
+    assert not wants_channels_last(config(inputs=IMAGE, optimization=off), conv)
+    # Without batching, a 4-D input is 4-D as declared.
+    assert not wants_channels_last(config(inputs=IMAGE, max_batch_size=0), mlp)
+
+
+def test_bound_buffers_pad_a_batch_and_slice_the_answer_off() -> None:
+    # The CUDA graph path's binding and padding, with buffers in host memory: ONNX Runtime's
+    # CPU provider runs the same IOBinding calls (the graph ids mean nothing to it).
+    digits = dataclasses.replace(load_model_config(DIGITS / "config.yaml", "digits"),
+                                 device="cpu")
+    plain = OnnxBackend(ONNX, digits, 1)
+    bound = BoundRunner(plain.session, plain.inputs, plain.outputs, (8, 64), 0, "cpu")
+    rng = np.random.default_rng(4)
+    for rows in (3, 8, 9, 64, 2):
+        x = rng.random((rows, 64), dtype=np.float32)
+        got = bound.run([x])[0]
+        assert got.shape == (rows, 10)
+        np.testing.assert_allclose(got, plain.run([x])[0], rtol=1e-6)
+    with pytest.raises(ValueError, match="65 rows is larger than the largest captured size 64"):
+        bound.run([np.zeros((65, 64), np.float32)])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_torch_on_cuda_with_graphs_answers_as_the_cpu(tmp_path: Path, precision: str) -> None:
+    needs_cuda()
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        torch.jit.script(TinyNet()).save(str(tmp_path / "model.pt"))
+    on_cpu = config(inputs=IMAGE, outputs=SCORES, device="cpu")
+    on_gpu = config(inputs=IMAGE, outputs=SCORES, device="cuda:0", optimization=GRAPHS,
+                    precision=precision)
+    cpu = TorchBackend(tmp_path / "model.pt", on_cpu, 1)
+    gpu = TorchBackend(tmp_path / "model.pt", on_gpu, 1)
+    assert gpu.cuda is not None and gpu.cuda.sizes == (8, 64)
+    rng = np.random.default_rng(1)
+    for rows in (3, 8, 9, 64):  # padded to 8, exact, padded to 64, exact
+        x = rng.random((rows, 3, 16, 16), dtype=np.float32)
+        got, want = gpu.run([x])[0], cpu.run([x])[0]
+        assert got.dtype == np.float32 and got.shape == (rows, 4)
+        np.testing.assert_allclose(got, want, atol=1e-2 if precision == "fp16" else 1e-4)
+
+
+def test_torch_on_cuda_replays_one_graph_for_a_model_without_batching(tmp_path: Path) -> None:
+    needs_cuda()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        torch.jit.script(TinyNet()).save(str(tmp_path / "model.pt"))
+    fixed = dict(inputs=(TensorSpec("IMAGE", "FP32", (2, 3, 16, 16)),),
+                 outputs=(TensorSpec("SCORES", "FP32", (2, 4)),), max_batch_size=0,
+                 dynamic_batching=None)
+    cpu = TorchBackend(tmp_path / "model.pt", config(device="cpu", **fixed), 1)
+    gpu = TorchBackend(tmp_path / "model.pt", config(device="cuda:0", optimization=GRAPHS,
+                                                     **fixed), 1)
+    assert gpu.cuda is not None and gpu.cuda.sizes == (0,)
+    x = np.random.default_rng(5).random((2, 3, 16, 16), dtype=np.float32)
+    np.testing.assert_allclose(gpu.run([x])[0], cpu.run([x])[0], atol=1e-4)
+
+
+def test_onnx_on_cuda_with_graphs_answers_as_the_cpu() -> None:
+    if "CUDAExecutionProvider" not in ort.InferenceSession(
+            str(ONNX), providers=["CUDAExecutionProvider"]).get_providers():
+        pytest.skip("needs a CUDA GPU and ONNX Runtime's CUDA provider: none loads here")
+    digits = load_model_config(DIGITS / "config.yaml", "digits")
+    cpu = OnnxBackend(ONNX, dataclasses.replace(digits, device="cpu"), 1)
+    gpu = OnnxBackend(ONNX, dataclasses.replace(digits, device="cuda:0", optimization=GRAPHS), 1)
+    assert gpu.bound is not None
+    rng = np.random.default_rng(2)
+    for rows in (5, 32, 33, 64, 5):
+        x = rng.random((rows, 64), dtype=np.float32)
+        np.testing.assert_allclose(gpu.run([x])[0], cpu.run([x])[0], atol=1e-4)
