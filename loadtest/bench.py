@@ -352,13 +352,13 @@ def _terminate(signum: int, frame: object) -> NoReturn:
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(sys.argv[1:] if argv is None else argv)
-    signal.signal(signal.SIGTERM, _terminate)
-    os.chdir(ROOT)
     try:
         ensure(*TOOLS.values())
     except MissingTool as exc:
         print(f"loadtest.bench {exc}", file=sys.stderr)
         return 2
+    signal.signal(signal.SIGTERM, _terminate)
+    os.chdir(ROOT)
     try:
         results = run(opts)
     except KeyboardInterrupt:
