@@ -306,8 +306,9 @@ def describe_generators(opts: Options, results: Results) -> list[str]:
         f"seconds), then the measured run ({opts.duration:g} s) on fresh connections; latency "
         "percentiles from h2load's --log-file or wrk's histogram (a Lua `done`).",
         "Open loop: h2load --rps over connections of at most 100 requests/s each (one request "
-        "per tick of its pacing timer), opened 1 ms apart so their sends interleave; a count of "
-        "requests (-n), so each one sent is answered or counted as an error.",
+        "per tick of its pacing timer), opened a few per ms across one tick so their sends "
+        "interleave; a count of requests (-n), so each one sent is answered or counted as an "
+        "error.",
     ]
     return lines
 

@@ -200,12 +200,14 @@ OPEN_STREAMS = 256
 def open_loop(target: Target, rate: float, warmup_s: float, duration_s: float,
               meter: Meter) -> Outcome:
     """``rate`` gRPC requests/s whatever the answers do (h2load --rps): over enough connections
-    that each sends one request per tick of its pacing timer, opened a millisecond apart so
-    their sends interleave, for a count of requests (-n), so every request sent is answered or
-    counted as an error. Latency runs from each request's send, at most a timer tick (1 ms)
-    after it was due."""
-    if target.protocol != "grpc":
-        raise ValueError(f"the open loop sends gRPC (h2load), not {target.protocol!r}")
+    that each sends one request per tick of its pacing timer, opened a few per millisecond
+    across one tick so their sends interleave; a count of requests (-n), so every request sent
+    is answered or counted as an error. Latency runs from the actual send, which the event
+    loop's timers (1 ms resolution) make late by about a millisecond at most, barring a stall
+    of h2load itself."""
+    if target.protocol != "grpc" or rate <= 0:
+        raise ValueError(f"the open loop sends gRPC (h2load) at a rate above 0, not "
+                         f"{target.protocol!r} at {rate}/s")
     ensure("h2load")
     connections = max(1, math.ceil(rate / TICK_RPS))
     per = rate / connections

@@ -238,11 +238,12 @@ OPEN_LOOP = """\
 Requests sent at a fixed rate (a fraction of the gateway's gRPC requests/s at the highest
 concurrency above, measured in this run) whatever the answers do: h2load `--rps` over
 connections of at most 100 requests/s each, so each connection's pacing timer sends one request
-per tick, opened 1 ms apart so their sends interleave. A send never waits for an answer (up to
-256 in flight per connection), so a stalled server shows in the latency instead of lowering the
-load (no coordinated omission); latency runs from the send, at most a timer tick (1 ms) after it
-was due. *sent/s* is from h2load's logged send times; *answered/s* counts from the first send
-to the last answer, so a server that falls behind shows below *asked/s*.
+per tick, the connections opened a few per ms across one tick so their sends interleave. A send
+never waits for an answer (up to 256 in flight per connection), so a stalled server shows in the
+latency instead of lowering the load (no coordinated omission); latency runs from the actual
+send, which h2load's timers (1 ms resolution) make late by about a millisecond at most. *sent/s*
+is from h2load's logged send times; *answered/s* counts from the first send to the last answer,
+so a server that falls behind shows below *asked/s*.
 """
 
 
