@@ -44,9 +44,10 @@ METHOD = "/inference.GRPCInferenceService/ModelInfer"
 HTTP_BODY = json.dumps({"inputs": [{"name": "INPUT0", "shape": [4], "datatype": "FP32",
                                     "data": [0, 1, 2, 3]}]}).encode()
 JSON = (("Content-Type", "application/json"),)
-#: Calls a closed loop sends but does not count, per caller: those in flight when its time is
-#: up, and with h2load one more that a caller may start as it stops.
-UNCOUNTED = 2
+#: Calls a closed loop sends but does not count, at most, per caller: the one in flight when its
+#: time is up (measured here: exactly one per caller against sleepy), with room for a caller
+#: that h2load restarts as it stops, on a busy machine.
+UNCOUNTED = 3
 
 
 def needs(*tools: str) -> None:
