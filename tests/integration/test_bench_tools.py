@@ -225,20 +225,21 @@ def test_the_report_shows_the_numbers_the_generators_returned(sleepy: Sleepy) ->
     results.open_rows = [OpenRow("sleepy", GW_GRPC, 0.5, BOUND,
                                  open_loop(grpc_target, 0.5 * BOUND, 0, 1, meter))]
     text = render(results)
+    # The report prints 3 decimals for ms and CPU and none for rates: equal to that precision.
     shown = [c for c in table(text, "## Throughput") if c["path"] in (GW_GRPC, GW_BINARY)]
     for row, cells in zip(results.rows, shown, strict=True):
         out = row.outcome
         assert cells["generator"] == out.generator and cells["errors"] == str(out.errors)
-        assert float(cells["requests/s"]) == pytest.approx(out.rate, abs=0.5)
-        assert float(cells["p50 ms"]) == pytest.approx(out.p("50"), abs=5e-4)
-        assert float(cells["÷ ceiling"]) == pytest.approx(out.rate / BOUND, rel=5e-3)
+        assert float(cells["requests/s"]) == pytest.approx(out.rate, abs=1)
+        assert float(cells["p50 ms"]) == pytest.approx(out.p("50"), abs=1e-3)
+        assert float(cells["÷ ceiling"]) == pytest.approx(out.rate / BOUND, rel=1e-2)
         assert float(cells["gateway CPU s/1k"]) == pytest.approx(row.cpu_per_1k("gateway"),
-                                                                 abs=5e-4)
+                                                                 abs=1e-3)
     (cells,) = table(text, "## Open loop")
     out = results.open_rows[0].outcome
-    assert float(cells["sent/s"]) == pytest.approx(out.sent_per_s, abs=0.5)
-    assert float(cells["answered/s"]) == pytest.approx(out.rate, abs=0.5)
-    assert float(cells["p99 ms"]) == pytest.approx(out.p("99"), abs=5e-4)
+    assert float(cells["sent/s"]) == pytest.approx(out.sent_per_s, abs=1)
+    assert float(cells["answered/s"]) == pytest.approx(out.rate, abs=1)
+    assert float(cells["p99 ms"]) == pytest.approx(out.p("99"), abs=1e-3)
 
 
 def test_the_bench_measures_floors_and_paths_and_holds_each_path_against_its_floor() -> None:
@@ -270,7 +271,7 @@ def test_the_bench_measures_floors_and_paths_and_holds_each_path_against_its_flo
     for row in results.rows:
         cells = next(c for c in shown if (c["model"], c["path"], c["concurrency"])
                      == (row.model, row.path, str(row.concurrency)))
-        assert float(cells["requests/s"]) == pytest.approx(row.outcome.rate, abs=0.5)
+        assert float(cells["requests/s"]) == pytest.approx(row.outcome.rate, abs=1)
 
 
 def test_pathcost_times_each_stage_one_caller_and_many(capsys: pytest.CaptureFixture[str]
