@@ -1,7 +1,7 @@
 """End-to-end benchmark: the in-process ceiling; do-nothing gRPC and HTTP floors; the runtime
 over gRPC; the gateway over gRPC, HTTP JSON and HTTP binary; the floors, a compute-heavy
 model's ceiling and the runtime at one caller, each in turn with the gateway path; an open-loop
-run.
+run. h2load drives gRPC and wrk HTTP; missing, they are installed where this process may.
 
 Run ``python -m loadtest.bench`` (``make bench``); it rewrites ``loadtest/RESULTS.md``.
 """
@@ -36,9 +36,8 @@ from loadtest.cases import (
 )
 from loadtest.floors import floor_target
 from loadtest.inturn import Check, Run, ceiling_run, load_run, take_turns
-from loadtest.loadgen import Load, Target, closed_loop, generator_for, tool_version
+from loadtest.loadgen import TOOLS, Load, Target, closed_loop, open_loop, tool_version
 from loadtest.machine import machine
-from loadtest.openloop import CLIENTS, Schedule, open_loop
 from loadtest.report import (
     FLOORS,
     GW_BINARY,
@@ -59,6 +58,7 @@ from loadtest.servers import (
     start_servers,
     stop_servers,
 )
+from loadtest.tools import MissingTool, ensure
 
 DEFAULT_OUT = ROOT / "loadtest" / "RESULTS.md"
 OPEN_LOOP_FRACTIONS = (0.5, 0.8)
@@ -79,12 +79,9 @@ class Options:
     connections: int
     threads: int
     gateway_processes: int
-    senders: int
-    open_loop_client: str
     floor: bool
     open_loop: bool
     fill: bool
-    python_clients: bool
     out: Path | None
     argv: tuple[str, ...]
 
@@ -104,16 +101,10 @@ def parse_args(argv: list[str]) -> Options:
         help="compute threads: the runtime's --threads and the ceiling's")
     add("--gateway-processes", type=int, default=1,
         help="gateway processes (1); N > 1 starts `tensorgate gateway --processes N`")
-    add("--open-loop-senders", type=int, default=2,
-        help="processes sending the open-loop load (2)")
-    add("--open-loop-client", choices=CLIENTS, default=CLIENTS[0],
-        help="the open-loop senders' client: raw HTTP/2 frames (h2) or grpc.aio (grpcio)")
     add("--no-floor", action="store_true", help="skip the do-nothing servers")
     add("--no-open-loop", action="store_true", help="skip the open-loop runs")
     add("--no-fill", action="store_true",
         help="skip the runs of compute-heavy models with enough callers to fill their best batch")
-    add("--python-clients", action="store_true",
-        help="use the Python load generators even where h2load and wrk are installed")
     add("--quick", action="store_true",
         help="a smoke run: 1 s per measurement; writes only with --out")
     add("--out", type=Path, default=None, help=f"results file ({DEFAULT_OUT.relative_to(ROOT)})")
@@ -122,17 +113,13 @@ def parse_args(argv: list[str]) -> Options:
     unknown = sorted(set(models) - set(MODELS))
     if unknown or not models:
         parser.error(f"--models: unknown {unknown}; choose from {list(MODELS)}")
-    if min(args.concurrency, args.connections, args.gateway_processes,
-           args.open_loop_senders) < 1:
-        parser.error("--concurrency, --connections, --gateway-processes and "
-                     "--open-loop-senders must be at least 1")
+    if min(args.concurrency, args.connections, args.gateway_processes) < 1:
+        parser.error("--concurrency, --connections and --gateway-processes must be at least 1")
     duration, warmup = (1.0, 0.5) if args.quick else (args.duration, args.warmup)
     out = args.out if args.out is not None or args.quick else DEFAULT_OUT
     return Options(duration, warmup, max(0.3, duration / len(BATCH_SIZES)), models,
                    args.concurrency, args.connections, args.threads, args.gateway_processes,
-                   args.open_loop_senders, args.open_loop_client, not args.no_floor,
-                   not args.no_open_loop, not args.no_fill, args.python_clients, out,
-                   tuple(argv))
+                   not args.no_floor, not args.no_open_loop, not args.no_fill, out, tuple(argv))
 
 
 def concurrencies(opts: Options, best: BatchPoint | None, fill: int) -> tuple[int, ...]:
@@ -155,8 +142,7 @@ def measure(opts: Options, children: Children, model: str, path: str, target: Ta
     rows = []
     for concurrency in levels or (opts.concurrency, 1):
         check()
-        load = Load(concurrency, opts.connections, opts.warmup, opts.duration,
-                    opts.python_clients)
+        load = Load(concurrency, opts.connections, opts.warmup, opts.duration)
         counts = probe() if probe else None
         outcome = closed_loop(target, load, children.cpu_seconds)
         row = Row(model, path, target.protocol, concurrency, outcome, children.rss_mib())
@@ -230,8 +216,7 @@ def _rounds(opts: Options) -> int:
 
 def _turn(opts: Options, children: Children, results: Results, name: str, target: Target,
           check: Check, concurrency: int = 0) -> tuple[str, Run]:
-    load = Load(concurrency or opts.concurrency, opts.connections, opts.warmup, opts.duration,
-                opts.python_clients)
+    load = Load(concurrency or opts.concurrency, opts.connections, opts.warmup, opts.duration)
     return name, load_run(name, target, check, load, children.cpu_seconds, results.problems)
 
 
@@ -287,17 +272,20 @@ def measure_served(opts: Options, cases: list[Case], children: Children,
 
 def measure_open_loop(opts: Options, children: Children, case: Case, address: str,
                       max_rate: float) -> list[OpenRow]:
+    """The gateway over gRPC at fractions of its closed-loop maximum, whatever it answers."""
     rows = []
+    target = Target("grpc", address, METHOD, case.grpc_body,
+                    answer_size=check_grpc(address, case))
     for fraction in OPEN_LOOP_FRACTIONS:
-        schedule = Schedule(address, case.grpc_body, check_grpc(address, case),
-                            fraction * max_rate, opts.senders, opts.warmup, opts.duration,
-                            opts.open_loop_client)
-        outcome = open_loop(schedule, children.cpu_seconds)
+        outcome = open_loop(target, fraction * max_rate, opts.warmup, opts.duration,
+                            children.cpu_seconds)
         children.check_alive()
-        p = outcome.percentiles_ms
-        print(f"  open loop {case.name} {GW_GRPC} at {outcome.rate:.0f} req/s: answered "
-              f"{outcome.achieved:.0f}/s, p50 {p['50']:.3f} ms, p99 {p['99']:.3f} ms, "
-              f"p99.9 {p['99.9']:.3f} ms, errors {outcome.errors}", flush=True)
+        check_grpc(address, case)
+        print(f"  open loop {case.name} {GW_GRPC} at {fraction * max_rate:.0f} req/s: sent "
+              f"{outcome.sent_per_s:.0f}/s, answered {outcome.rate:.0f}/s, p50 "
+              f"{outcome.p('50'):.3f} ms, p99 {outcome.p('99'):.3f} ms, p99.9 "
+              f"{outcome.p('99.9'):.3f} ms, errors {outcome.errors}  [{outcome.generator}]",
+              flush=True)
         rows.append(OpenRow(case.name, GW_GRPC, fraction, max_rate, outcome))
     return rows
 
@@ -307,11 +295,8 @@ def describe_generators(opts: Options, results: Results) -> list[str]:
     lines = []
     for protocol, name in (("grpc", "gRPC"), ("http", "HTTP")):
         used = sorted({r.outcome.generator for r in results.rows if r.protocol == protocol})
-        kind = generator_for(protocol, opts.python_clients)
-        version = tool_version(kind) if kind != "python" else "loadtest/pyload.py"
-        fallback = "" if kind != "python" or opts.python_clients else \
-            f" ({'h2load' if protocol == 'grpc' else 'wrk'} is not installed)"
-        lines.append(f"{name} rows: {version}{fallback}: {', '.join(f'`{u}`' for u in used)}")
+        lines.append(f"{name} rows: {tool_version(TOOLS[protocol])}: "
+                     f"{', '.join(f'`{u}`' for u in used)}")
     lines += [
         "h2load sends the framed ModelInferRequest with `content-type: application/grpc` and "
         "`te: trailers`; it counts HTTP statuses only, so each path's answer and grpc-status "
@@ -319,11 +304,11 @@ def describe_generators(opts: Options, results: Results) -> list[str]:
         "bytes are checked against the good answer's size (a gRPC error carries no message).",
         f"Each run: a warm-up run of the same generator ({opts.warmup:g} s; wrk rounds to whole "
         f"seconds), then the measured run ({opts.duration:g} s) on fresh connections; latency "
-        "percentiles from h2load's --log-file, wrk's histogram (a Lua `done`), or the Python "
-        "generator's per-request clock.",
-        f"Open loop: {opts.senders} Python processes (loadtest/openloop.py), client "
-        f"`{opts.open_loop_client}`" + (" (raw HTTP/2 frames, loadtest/h2wire.py)"
-                                        if opts.open_loop_client == "h2" else " (grpc.aio)"),
+        "percentiles from h2load's --log-file or wrk's histogram (a Lua `done`).",
+        "Open loop: h2load --rps over connections of at most 100 requests/s each (one request "
+        "per tick of its pacing timer), opened a few per ms across one tick so their sends "
+        "interleave; a count of requests (-n), so each one sent is answered or counted as an "
+        "error.",
     ]
     return lines
 
@@ -368,6 +353,11 @@ def _terminate(signum: int, frame: object) -> NoReturn:
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        ensure(*TOOLS.values())
+    except MissingTool as exc:
+        print(f"loadtest.bench {exc}", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, _terminate)
     os.chdir(ROOT)
     try:
@@ -375,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; every server was stopped", file=sys.stderr)
         return 130
-    text = render(results, opts.senders)
+    text = render(results)
     print()
     print(text)
     if opts.out is not None:

@@ -6,6 +6,10 @@ Kills wait for events (answers since the last one, the previous victim re-admitt
 busy machine a run takes longer than --seconds rather than failing on a timetable.
 
 Prints a Markdown table per scenario; tests/integration/test_faults.py runs the same code, shorter.
+
+Its load is the one Python generator kept (grpc.aio): the scenarios act on each answer as it
+comes (kill after N answers, wait for a re-admission) and count failures by gRPC status code,
+which h2load, the benchmarks' generator, does not read.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""Closed-loop load generation: h2load for gRPC, wrk for HTTP, and Python generators
-(``loadtest/pyload.py``) where those are not installed or ``--python-clients`` asks for them.
+"""Load generation with the tools built for it: h2load for gRPC (closed loops, and open loops at
+a fixed rate with ``--rps``), wrk for HTTP/1.1 closed loops; missing ones are installed where
+this process may (``loadtest/tools.py``), never replaced by a Python generator.
 
-Every generator runs as a child process: first a warm-up run of ``warmup_s`` that is not
-measured, then the measured run of ``duration_s``. The servers' CPU time is read right before
-and right after the measured run (the Python generators say when their window opens and closes);
-the generator's own CPU time is reported apart.
+Every run is a child process: first a warm-up run of ``warmup_s`` that is not measured, then the
+measured run of ``duration_s``. The servers' CPU time is read right before and right after the
+measured run; the generator's own CPU time is reported apart.
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ import json
 import math
 import re
 import resource
-import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 from collections.abc import Callable
@@ -25,10 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from loadtest.cases import ROOT
+from loadtest.tools import ensure
 
 Meter = Callable[[], dict[str, float]]
 CALL_TIMEOUT_S = 30.0
-WINDOW_OPEN, WINDOW_CLOSED = "window open", "window closed"
+#: The generator of each protocol's runs.
+TOOLS = {"grpc": "h2load", "http": "wrk"}
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,6 @@ class Load:
     connections: int
     warmup_s: float
     duration_s: float
-    python_only: bool = False
     #: Threads of h2load or wrk (each drives its share of the connections).
     threads: int = 1
 
@@ -77,6 +76,8 @@ class Outcome:
     first_error: str = ""
     client_cpu_s: float = 0.0
     server_cpu_s: dict[str, float] = field(default_factory=dict)
+    #: Open loop only: requests sent per second, from the send times the generator logged.
+    sent_per_s: float = math.nan
 
     @property
     def rate(self) -> float:
@@ -101,12 +102,6 @@ def percentiles_ms(latencies_ns: np.ndarray) -> dict[str, float]:
     return dict(zip(QUANTILES, (float(v) for v in values)))
 
 
-def generator_for(protocol: str, python_only: bool) -> str:
-    """``h2load``/``wrk`` where installed, else ``python``."""
-    tool = "h2load" if protocol == "grpc" else "wrk"
-    return tool if not python_only and shutil.which(tool) else "python"
-
-
 def tool_version(tool: str) -> str:
     try:
         text = subprocess.run([tool, "--version"] if tool == "h2load" else [tool, "-v"],
@@ -117,14 +112,12 @@ def tool_version(tool: str) -> str:
 
 
 def closed_loop(target: Target, load: Load, meter: Meter) -> Outcome:
-    """One warm-up run and one measured run of the generator that fits ``target``."""
-    kind = generator_for(target.protocol, load.python_only)
+    """One warm-up run and one measured run: h2load for gRPC, wrk for HTTP."""
+    ensure(TOOLS[target.protocol])
     with tempfile.TemporaryDirectory(prefix="tg-load-") as tmp:
-        if kind == "h2load":
+        if target.protocol == "grpc":
             return _h2load(target, load, meter, Path(tmp))
-        if kind == "wrk":
-            return _wrk(target, load, meter, Path(tmp))
-        return _python(target, load, meter, Path(tmp))
+        return _wrk(target, load, meter, Path(tmp))
 
 
 @dataclass
@@ -139,34 +132,26 @@ def _delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float
     return {name: after[name] - before[name] for name in after if name in before}
 
 
-def _run(argv: list[str], limit_s: float, meter: Meter | None = None,
-         markers: bool = False) -> _Ran:
+def _run(argv: list[str], limit_s: float, meter: Meter | None = None) -> _Ran:
     """Run a generator to its end (killed after ``limit_s``). With ``meter``, the servers' CPU
-    over its run, or between its window markers; its own CPU from the kernel's accounting."""
+    over its run; its own CPU from the kernel's accounting."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    before = meter() if meter and not markers else {}
-    after: dict[str, float] = {}
+    before = meter() if meter else {}
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, text=True)
     watchdog = threading.Timer(limit_s, proc.kill)
     watchdog.start()
-    lines = []
+    lines: list[str] = []
     try:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if meter and markers and line.startswith(WINDOW_OPEN):
-                before = meter()
-            elif meter and markers and line.startswith(WINDOW_CLOSED):
-                after = meter()
+        lines.extend(proc.stdout)
         code = proc.wait()
     finally:
         watchdog.cancel()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    if meter and not markers:
-        after = meter()
+    after = meter() if meter else {}
     spent = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = spent.ru_utime + spent.ru_stime - usage.ru_utime - usage.ru_stime
     if code == -9:
@@ -178,16 +163,22 @@ def _limit(seconds: float) -> float:
     return seconds + CALL_TIMEOUT_S + 30.0
 
 
-def _h2load(target: Target, load: Load, meter: Meter, tmp: Path) -> Outcome:
+def _h2load_argv(target: Target, tmp: Path, connections: int, streams: int,
+                 threads: int = 1) -> list[str]:
     body = tmp / "request.grpc"
     body.write_bytes(b"\x00" + len(target.body).to_bytes(4, "big") + target.body)
-    connections, streams = load.streams()
-    argv = ["h2load", "-t", str(min(load.threads, connections)), "-c", str(connections),
+    argv = ["h2load", "-t", str(min(threads, connections)), "-c", str(connections),
             "-m", str(streams), "-d", str(body),
             "-H", "content-type: application/grpc", "-H", "te: trailers",
-            "-T", f"{CALL_TIMEOUT_S:.0f}s", f"http://{target.address}{target.path}"]
+            "-T", f"{CALL_TIMEOUT_S:.0f}s"]
     for name, value in target.headers:
-        argv[-1:-1] = ["-H", f"{name.lower()}: {value}"]
+        argv += ["-H", f"{name.lower()}: {value}"]
+    return [*argv, f"http://{target.address}{target.path}"]
+
+
+def _h2load(target: Target, load: Load, meter: Meter, tmp: Path) -> Outcome:
+    connections, streams = load.streams()
+    argv = _h2load_argv(target, tmp, connections, streams, load.threads)
     if load.warmup_s > 0:
         _run([*argv, "-D", f"{round(load.warmup_s * 1000)}ms"], _limit(load.warmup_s))
     log = tmp / "requests.tsv"
@@ -195,7 +186,50 @@ def _h2load(target: Target, load: Load, meter: Meter, tmp: Path) -> Outcome:
                _limit(load.duration_s), meter)
     threads = f"-t {argv[2]} " if argv[2] != "1" else ""
     name = f"h2load {threads}-c {connections} -m {streams}"
-    return _parse_h2load(name, ran, log, target.answer_size, load.duration_s)
+    return _parse_h2load(name, ran, _log(log), target.answer_size, load.duration_s)
+
+
+#: h2load paces a connection's --rps with a timer of at least 10 ms that sends whatever is due
+#: when it fires: at this rate or less, one request per tick.
+TICK_RPS = 100.0
+#: Streams an open-loop connection may have in flight. Only past this many would a send wait
+#: for an answer (coordinated omission): at 100 requests/s, after a 2.5 s stall.
+OPEN_STREAMS = 256
+
+
+def open_loop(target: Target, rate: float, warmup_s: float, duration_s: float,
+              meter: Meter) -> Outcome:
+    """``rate`` gRPC requests/s whatever the answers do (h2load --rps): over enough connections
+    that each sends one request per tick of its pacing timer, opened a few per millisecond
+    across one tick so their sends interleave; a count of requests (-n), so every request sent
+    is answered or counted as an error. Latency runs from the actual send, which the event
+    loop's timers (1 ms resolution) make late by about a millisecond at most, barring a stall
+    of h2load itself."""
+    if target.protocol != "grpc" or rate <= 0:
+        raise ValueError(f"the open loop sends gRPC (h2load) at a rate above 0, not "
+                         f"{target.protocol!r} at {rate}/s")
+    ensure("h2load")
+    connections = max(1, math.ceil(rate / TICK_RPS))
+    per = rate / connections
+    opened = math.ceil(connections / max(1, int(1000 / per)))  # connections opened per ms
+    with tempfile.TemporaryDirectory(prefix="tg-open-") as tmp:
+        argv = _h2load_argv(target, Path(tmp), connections, OPEN_STREAMS)
+        argv[-1:-1] = ["--rps", f"{per:.3f}", "-r", str(opened), "--rate-period", "1ms"]
+        if warmup_s > 0:
+            count = max(connections, round(rate * warmup_s))
+            _run([*argv, "-n", str(count)], _limit(warmup_s))
+        log = Path(tmp) / "requests.tsv"
+        count = max(connections, round(rate * duration_s))
+        ran = _run([*argv, "-n", str(count), "--log-file", str(log)], _limit(duration_s), meter)
+        rows = _log(log)
+    outcome = _parse_h2load(f"h2load -c {connections} --rps {per:.1f}", ran, rows,
+                            target.answer_size, duration_s)
+    first, last = (rows[:, 0].min(), rows[:, 0].max()) if len(rows) else (0, 0)
+    if last > first:
+        outcome.sent_per_s = (len(rows) - 1) / float(last - first) * 1e6
+        # From the first send to the last answer: a server that falls behind stretches it.
+        outcome.window_s = float((rows[:, 0] + rows[:, 2]).max() - first) / 1e6
+    return outcome
 
 
 def _numbers(pattern: str, text: str) -> list[int]:
@@ -203,7 +237,15 @@ def _numbers(pattern: str, text: str) -> list[int]:
     return [int(g) for g in found.groups()] if found else []
 
 
-def _parse_h2load(name: str, ran: _Ran, log: Path, answer_size: int,
+def _log(path: Path) -> np.ndarray:
+    """h2load's --log-file: a row per request, (send time µs since the epoch, HTTP status or
+    -1, latency µs)."""
+    if not path.exists() or not path.stat().st_size:
+        return np.zeros((0, 3), dtype=np.int64)
+    return np.loadtxt(path, dtype=np.int64, ndmin=2)
+
+
+def _parse_h2load(name: str, ran: _Ran, rows: np.ndarray, answer_size: int,
                   window_s: float) -> Outcome:
     counts = _numbers(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
                       r"(\d+) failed, (\d+) errored, (\d+) timeout", ran.stdout)
@@ -211,20 +253,19 @@ def _parse_h2load(name: str, ran: _Ran, log: Path, answer_size: int,
     if ran.returncode != 0 or not counts or not data:
         raise RuntimeError(f"h2load failed (exit {ran.returncode}):\n{ran.stdout[-3000:]}")
     succeeded, failed, errored, timeout = counts[3:]
-    rows = np.loadtxt(log, dtype=np.int64, ndmin=2) if log.stat().st_size else np.zeros((0, 3))
-    ok = rows[(rows[:, 1] >= 200) & (rows[:, 1] < 300)] if len(rows) else rows
+    ok = rows[(rows[:, 1] >= 200) & (rows[:, 1] < 300)]
     # h2load counts HTTP statuses only; a gRPC error is a 200 with grpc-status in trailers and
     # no message. Every good answer carries answer_size bytes of DATA, so the missing bytes
     # count the errors (the first check call verified grpc-status and the answer itself).
     grpc_errors = max(0, succeeded - data[0] // answer_size) if answer_size else 0
-    errors = failed + errored + timeout + grpc_errors
+    errors = failed + grpc_errors  # h2load's failed include those errored and timed out
     first = ""
     if grpc_errors:
         first = f"{grpc_errors} answers without a message (gRPC errors: grpc-status != 0)"
     elif errors:
         first = f"h2load: {failed} failed, {errored} errored, {timeout} timed out"
     return Outcome(name, max(0, succeeded - grpc_errors), window_s,
-                   percentiles_ms(ok[:, 2] * 1000 if len(ok) else np.zeros(0)), errors, first,
+                   percentiles_ms(ok[:, 2] * 1000), errors, first,
                    ran.client_cpu_s, ran.server_cpu_s)
 
 
@@ -276,26 +317,3 @@ def _wrk(target: Target, load: Load, meter: Meter, tmp: Path) -> Outcome:
     lat = {"50": p50 / 1e3, "90": p90 / 1e3, "99": p99 / 1e3, "99.9": p999 / 1e3}
     return Outcome(f"wrk -t {threads} -c {load.concurrency}", max(0, requests - status),
                    duration_us / 1e6, lat, errors, first, ran.client_cpu_s, ran.server_cpu_s)
-
-
-def _python(target: Target, load: Load, meter: Meter, tmp: Path) -> Outcome:
-    body = tmp / "request.body"
-    body.write_bytes(target.body)
-    connections, _ = load.streams()
-    argv = [sys.executable, "-m", "loadtest.pyload", target.protocol, "--address",
-            target.address, "--path", target.path, "--body", str(body),
-            "--concurrency", str(load.concurrency), "--connections", str(connections),
-            "--warmup", str(load.warmup_s), "--duration", str(load.duration_s)]
-    for name, value in target.headers:
-        argv += ["--header", f"{name}: {value}"]
-    ran = _run(argv, _limit(load.warmup_s + load.duration_s), meter, markers=True)
-    result = next((json.loads(line) for line in ran.stdout.splitlines()
-                   if line.startswith("{")), None)
-    if ran.returncode != 0 or result is None:
-        raise RuntimeError(f"python load generator failed (exit {ran.returncode}):\n"
-                           f"{ran.stdout[-3000:]}")
-    shape = (f"{connections} channels" if target.protocol == "grpc"
-             else f"{load.concurrency} connections")
-    return Outcome(f"python {target.protocol} ({shape})", result["answered"],
-                   result["window_s"], result["percentiles_ms"], result["errors"],
-                   result["first_error"], result["cpu_s"], ran.server_cpu_s)

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from loadtest.cases import BatchPoint
 from loadtest.inturn import Turns
 from loadtest.loadgen import Outcome
-from loadtest.openloop import OpenOutcome
 from loadtest.servers import Batching
 
 FLOOR_GRPC = "do-nothing grpc.aio server (gRPC)"
@@ -23,6 +22,13 @@ FLOORS = {"grpc": FLOOR_GRPC, "http": FLOOR_HTTP}
 #: The floor each gateway path is held against: the do-nothing server of its protocol.
 FLOOR_OF = {GW_GRPC: FLOOR_GRPC, GW_JSON: FLOOR_HTTP, GW_BINARY: FLOOR_HTTP}
 SERVERS = ("gateway", "runtime", "floor")
+
+
+def cpu_per_1k(out: Outcome, name: str) -> float:
+    """CPU seconds per 1,000 answered requests of one process ("client" or a server) over the
+    measured run."""
+    cpu = out.client_cpu_s if name == "client" else out.server_cpu_s.get(name, math.nan)
+    return 1000 * cpu / out.answered if out.answered else math.nan
 
 
 @dataclass
@@ -39,10 +45,7 @@ class Row:
     batching: Batching | None = None
 
     def cpu_per_1k(self, name: str) -> float:
-        """CPU seconds per 1,000 answered requests of one process ("client" or a server)."""
-        out = self.outcome
-        cpu = out.client_cpu_s if name == "client" else out.server_cpu_s.get(name, math.nan)
-        return 1000 * cpu / out.answered if out.answered else math.nan
+        return cpu_per_1k(self.outcome, name)
 
 
 @dataclass
@@ -51,7 +54,10 @@ class OpenRow:
     path: str
     fraction: float  # of the maximum rate
     max_rate: float
-    outcome: OpenOutcome
+    outcome: Outcome
+
+    def cpu_per_1k(self, name: str) -> float:
+        return cpu_per_1k(self.outcome, name)
 
 
 @dataclass
@@ -162,24 +168,19 @@ def _main_table(results: Results) -> list[str]:
                    "errors"], rows)
 
 
-def _open_table(results: Results, senders: int) -> list[str]:
+def _open_table(results: Results) -> list[str]:
     rows = []
     for r in results.open_rows:
         out = r.outcome
-        per_1k = [_num(1000 * out.server_cpu_s[n] / out.total_answered, 3)
-                  if n in out.server_cpu_s and out.total_answered else "-"
-                  for n in ("gateway", "runtime")]
-        client = _num(1000 * out.client_cpu_s / out.total_answered, 3) if out.total_answered \
-            else "-"
-        rows.append([r.model, r.path, f"{senders} python {out.client} senders",
+        rows.append([r.model, r.path, out.generator,
                      f"{100 * r.fraction:.0f} % of {r.max_rate:.0f}",
-                     f"{out.rate:.0f}", f"{out.achieved:.0f}",
-                     *(_num(out.percentiles_ms[q]) for q in ("50", "90", "99", "99.9")),
-                     str(out.errors), f"{out.send_lag_ms[0]:.2f} / {out.send_lag_ms[1]:.1f}",
-                     *per_1k, client])
-    return _table(["model", "path", "generator", "rate", "sent/s", "answered/s", "p50 ms",
-                   "p90 ms", "p99 ms", "p99.9 ms", "errors", "send lag p99 / max ms",
-                   "gateway CPU s/1k", "runtime CPU s/1k", "client CPU s/1k"], rows)
+                     f"{r.fraction * r.max_rate:.0f}", _num(out.sent_per_s, 0),
+                     f"{out.rate:.0f}",
+                     *(_num(out.p(q)) for q in ("50", "90", "99", "99.9")), str(out.errors),
+                     *(_num(r.cpu_per_1k(n)) for n in ("gateway", "runtime", "client"))])
+    return _table(["model", "path", "generator", "rate", "asked/s", "sent/s", "answered/s",
+                   "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "errors", "gateway CPU s/1k",
+                   "runtime CPU s/1k", "client CPU s/1k"], rows)
 
 
 def _us(value: float) -> str:
@@ -235,13 +236,14 @@ def _sweep(results: Results) -> list[str]:
 
 OPEN_LOOP = """\
 Requests sent at a fixed rate (a fraction of the gateway's gRPC requests/s at the highest
-concurrency above, measured in this run) whatever the answers do, by {senders} Python processes
-each on an evenly spaced schedule over its own connection; every latency is measured from the
-request's *scheduled* send time, so stalls are not hidden (no coordinated omission). The client
-is `h2` (raw HTTP/2 frames, loadtest/h2wire.py: far cheaper than grpc.aio, whose client CPU on
-these shared cores would itself saturate the machine near 80 %) or `grpcio` (grpc.aio, raw
-bytes). *send lag* is how late the client actually sent (a large one means the client, on the
-same cores, fell behind). CPU per 1k covers the whole run, warm-up included.
+concurrency above, measured in this run) whatever the answers do: h2load `--rps` over
+connections of at most 100 requests/s each, so each connection's pacing timer sends one request
+per tick, the connections opened a few per ms across one tick so their sends interleave. A send
+never waits for an answer (up to 256 in flight per connection), so a stalled server shows in the
+latency instead of lowering the load (no coordinated omission); latency runs from the actual
+send, which h2load's timers (1 ms resolution) make late by about a millisecond at most. *sent/s*
+is from h2load's logged send times; *answered/s* counts from the first send to the last answer,
+so a server that falls behind shows below *asked/s*.
 """
 
 
@@ -296,7 +298,7 @@ def _ceiling_turns(model: str, turns: Turns) -> list[str]:
                    "rows/s")
 
 
-def render(results: Results, senders: int) -> str:
+def render(results: Results) -> str:
     lines = ["# Benchmark results", "", HEADER, f"Command: `{results.command}` "
              f"(took {results.elapsed_s:.0f} s; gateway processes: "
              f"{results.gateway_processes})", ""]
@@ -311,8 +313,7 @@ def render(results: Results, senders: int) -> str:
         lines += [f"## Batching efficiency: {model}'s ceiling and gateway path in turn", "",
                   CEILING_TURNS, "", *_ceiling_turns(model, turns), ""]
     if results.open_rows:
-        lines += ["## Open loop (fixed rate)", "", OPEN_LOOP.format(senders=senders),
-                  *_open_table(results, senders), ""]
+        lines += ["## Open loop (fixed rate)", "", OPEN_LOOP, *_open_table(results), ""]
     lines += ["## Added latency at concurrency 1 (p50 differences, µs)", "",
               "The runtime's dynamic batcher holds a lone request for the model's "
               "`max_queue_delay_microseconds` before running it (Triton's rule), so that delay "

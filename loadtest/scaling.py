@@ -23,9 +23,10 @@ from loadtest.cases import (
     digits_without_delay,
     fill_requests,
 )
-from loadtest.loadgen import Load, Outcome, Target, closed_loop, generator_for, tool_version
+from loadtest.loadgen import TOOLS, Load, Outcome, Target, closed_loop, tool_version
 from loadtest.machine import machine
 from loadtest.servers import Children, start_gateway, start_runtime
+from loadtest.tools import MissingTool, ensure
 
 REPO = ROOT / "loadtest" / ".models-scaling"
 LOGS = REPO / ".logs"
@@ -146,20 +147,30 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return opts
 
 
+def run(opts: argparse.Namespace, children: Children) -> list[Point]:
+    """Every process count of ``opts`` over each of its protocols, in front of the same
+    runtimes."""
+    case = digits_repo()
+    lanes = start_runtimes(children, opts.runtimes)
+    points: list[Point] = []
+    for processes in opts.processes:
+        points += measure(opts, case, children, lanes, processes)
+    return points
+
+
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(sys.argv[1:] if argv is None else argv)
     started = time.time()
-    case = digits_repo()
-    facts = machine()
-    facts["generators"] = ", ".join(tool_version(generator_for(p, False)) if
-                                    generator_for(p, False) != "python" else "loadtest/pyload.py"
-                                    for p in opts.protocols)
-    children = Children(LOGS)
-    points: list[Point] = []
     try:
-        lanes = start_runtimes(children, opts.runtimes)
-        for processes in opts.processes:
-            points += measure(opts, case, children, lanes, processes)
+        ensure(*(TOOLS[p] for p in opts.protocols))
+    except MissingTool as exc:
+        print(f"loadtest.scaling {exc}", file=sys.stderr)
+        return 2
+    facts = machine()
+    facts["generators"] = ", ".join(tool_version(TOOLS[p]) for p in opts.protocols)
+    children = Children(LOGS)
+    try:
+        points = run(opts, children)
     finally:
         children.close()
     facts["took"] = f"{time.time() - started:.0f} s"

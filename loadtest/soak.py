@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from common.proto import grpc_service_pb2 as pb
+from loadtest.tools import MissingTool, ensure
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -176,8 +177,10 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=1_000_000)
     parser.add_argument("--warmup", type=int, default=20_000)
     args = parser.parse_args()
-    if shutil.which("h2load") is None:
-        print("soak needs h2load (apt-get install nghttp2-client)", file=sys.stderr)
+    try:
+        ensure("h2load")
+    except MissingTool as exc:
+        print(f"loadtest.soak {exc}", file=sys.stderr)
         return 2
     result = run(args.requests, args.warmup)
     report(result)

@@ -20,7 +20,8 @@ import pytest
 from common.proto import grpc_service_pb2 as pb
 from common.registry import Registry
 from common.settings import GrpcSettings
-from loadtest.h2wire import (
+from tests.integration.conftest import Background, Servers
+from tests.integration.h2frames import (
     DATA,
     END_HEADERS,
     END_STREAM,
@@ -29,11 +30,10 @@ from loadtest.h2wire import (
     PREFACE,
     RST_STREAM,
     SETTINGS,
-    _string,
     frame,
     header_block,
+    string,
 )
-from tests.integration.conftest import Background, Servers
 
 ROOT = Path(__file__).resolve().parents[2]
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -261,7 +261,7 @@ def test_an_unknown_grpc_encoding_is_refused_by_grpc_core(limited: Servers) -> N
     raw = RawCall(limited.gateway_grpc)
     message = b"\x0a\x06digits"
     try:
-        raw.send(b"\x00" + _string("grpc-encoding") + _string("snappy"),
+        raw.send(b"\x00" + string("grpc-encoding") + string("snappy"),
                  frame(DATA, END_STREAM, 1, b"\x01" + len(message).to_bytes(4, "big") + message))
         code, text = raw.status()
     finally:
