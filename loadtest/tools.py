@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 
 PACKAGES = {"h2load": "nghttp2-client", "wrk": "wrk"}
 APT_TIMEOUT_S = 600.0
@@ -52,3 +53,21 @@ def ensure(*tools: str) -> None:
         where = "" if os.geteuid() == 0 else " as root"
         raise MissingTool("; ".join(hint(tool) for tool in lacking) +
                           f": install it{where} and run again")
+
+
+def main(argv: list[str]) -> int:
+    """``python -m loadtest.tools h2load wrk``: install what is missing, or say how to."""
+    try:
+        ensure(*(argv or sorted(PACKAGES)))
+    except MissingTool as exc:
+        print(f"skipping the tests that drive them: {exc}", file=sys.stderr)
+        return 2
+    except KeyError as exc:
+        print(f"unknown tool {exc}: expected one of {', '.join(sorted(PACKAGES))}",
+              file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -68,3 +68,12 @@ def test_the_bench_stops_at_once_when_a_tool_is_missing(
     monkeypatch.setattr(bench, "run", lambda opts: pytest.fail("the bench ran without wrk"))
     assert bench.main(["--quick"]) == 2
     assert "needs wrk (apt-get install wrk)" in capsys.readouterr().err
+
+def test_the_make_test_step_says_what_it_skips_and_exits_2(
+        monkeypatch: pytest.MonkeyPatch, nothing_installed: list[tuple[str, ...]],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(tools.os, "geteuid", lambda: 1000)
+    assert tools.main(["h2load", "wrk"]) == 2
+    assert "skipping the tests that drive them: needs h2load" in capsys.readouterr().err
+    assert tools.main(["curl"]) == 2
+    assert "unknown tool 'curl': expected one of h2load, wrk" in capsys.readouterr().err
