@@ -27,6 +27,7 @@ OUT_BY_REF_FROM_BYTES = 16 * 1024
 _INFER = lane.METHOD_KIND["ModelInfer"]
 #: Refusals already logged: a gateway that keeps reconnecting is logged once per reason.
 _logged: set[str] = set()
+MAX_LOGGED = 64
 
 
 @dataclass
@@ -50,7 +51,8 @@ class Refused(Exception):
 
     def log(self) -> None:
         if self.message not in _logged:
-            _logged.add(self.message)
+            if len(_logged) < MAX_LOGGED:  # NOTE: a peer's version is its own to invent
+                _logged.add(self.message)
             log.error("lane connection refused: %s", self.message)
 
 
@@ -86,12 +88,22 @@ class LaneServer(asyncio.BufferedProtocol):
         self.greeted = greeting is not None
         self.arena = greeting.arena if greeting else None
         self.out_arena = greeting.out if greeting else None
+        self.hello_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        if not self.greeted:
+            self.hello_timer = self.loop.call_later(lane.HELLO_TIMEOUT_S, self._no_hello)
+
+    def _no_hello(self) -> None:
+        if not self.greeted and self.transport is not None:
+            log.warning("lane connection dropped before its hello: none came in time")
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        if self.hello_timer is not None:
+            self.hello_timer.cancel()
         for task in self.tasks:
             task.cancel()
         # NOTE: a dead gateway's arena goes with its last mapping: the kernel frees the memfd.

@@ -103,10 +103,29 @@ def test_a_gateway_that_sends_no_hello_is_refused(runtimes: Runtimes, which: str
         assert_refused(sock, 5, ("1 (it sent no hello)", str(lane.VERSION)))
 
 
-def test_a_silent_peer_is_dropped(runtimes: Runtimes, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("which", ["unix", "tcp"])
+def test_a_silent_peer_is_dropped(runtimes: Runtimes, monkeypatch: pytest.MonkeyPatch,
+                                  which: str) -> None:
     monkeypatch.setattr(lane, "HELLO_TIMEOUT_S", 0.2)
-    with runtimes.connect("unix") as sock:
+    with runtimes.connect(which) as sock:
         assert sock.recv(1) == b""
+
+
+@pytest.mark.parametrize("which", ["unix", "tcp"])
+def test_a_gateway_of_this_release_is_served_with_or_without_an_arena(
+        runtimes: Runtimes, which: str) -> None:
+    address = runtimes.workers[0 if which == "unix" else 1].lane_address  # type: ignore[attr-defined]
+
+    async def ready() -> bool:
+        upstream = LaneUpstream(address, 1 << 20)  # no arena: everything by value
+        try:
+            answer = await upstream.call("ServerReady", b"", 30.0)
+            assert upstream._connection is not None and upstream._connection.answers is None
+            return pb.ServerReadyResponse.FromString(answer).ready
+        finally:
+            await upstream.close()
+
+    assert asyncio.run(ready())
 
 
 def test_a_reference_past_the_arena_is_refused(runtimes: Runtimes) -> None:
