@@ -69,8 +69,18 @@ class UnixLane:
                         "none came in time" if isinstance(exc, asyncio.TimeoutError) else exc)
             conn.close()
             return
-        await asyncio.get_running_loop().connect_accepted_socket(
-            lambda: self.factory(greeting), conn)
+        except BaseException:  # NOTE: cancelled by close(): the socket goes now, not at GC
+            conn.close()
+            raise
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: self.factory(greeting), conn)
+        except BaseException:
+            conn.close()
+            for held in (greeting.arena, greeting.out):
+                if held is not None:
+                    held.close()
+            raise
 
     async def _hello(self, conn: socket.socket) -> Greeting:
         frame, fds = await lane_socket.recv_frame(conn)
