@@ -266,10 +266,10 @@ class LaneUpstream:
         connection = self._connection
         if connection is None or connection.transport is None:
             connection = await self._connect_within(timeout)
-        slot = None
-        if (connection.answers is not None and self.arena is not None
+        arena, slot = self.arena, None
+        if (arena is not None and connection.answers is not None
                 and len(request) >= lane_refs.BY_REF_FROM_BYTES and name == "ModelInfer"):
-            future, slot = lane_refs.send_infer(connection, self.arena, request, timeout)
+            future, slot = lane_refs.send_infer(connection, arena, request, timeout)
         else:
             future = connection.send(lane.METHOD_KIND[name], request, timeout)
         # NOTE: counted only once sent: send raises when the connection is already gone.
@@ -283,12 +283,12 @@ class LaneUpstream:
             self.outstanding -= 1
             if timer is not None:
                 timer.cancel()
-            if slot is not None:
+            if arena is not None and slot is not None:
                 # NOTE: freed when the call ends however it ends (answer, deadline, cancel, a
                 # lost connection). The runtime only reads inputs, so one still reading an
                 # abandoned call's slot after it is reused can spoil only that call's answer,
                 # which nobody waits for any more.
-                self.arena.release(slot)  # type: ignore[union-attr]
+                arena.release(slot)
 
     def abort(self) -> None:
         """Drop the connection at once: its calls in flight fail with UNAVAILABLE."""
