@@ -200,6 +200,10 @@ class GatewaySettings:
     http_max_header_bytes: int = 64 * 1024
     #: Open HTTP connections per gateway process; one more is answered 503 and closed.
     http_max_connections: int = 4096
+    #: Shared memory for tensors sent by reference to runtime workers on this host (unix
+    #: lanes), per gateway process, in MiB; a request finding it full is refused with
+    #: RESOURCE_EXHAUSTED / 429 and Retry-After. 0: every tensor by value.
+    lane_arena_mb: int = 256
     #: Connection limits and timeouts of the gRPC listener.
     grpc: GrpcSettings = field(default_factory=GrpcSettings)
 

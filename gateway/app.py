@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import socket
 import sqlite3
 import ssl
@@ -17,6 +18,8 @@ import uvicorn
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
 from common import tls
+from common.arena import Arena
+from common.arena import supported as arena_supported
 from common.grpc_options import server_options
 from common.registry import Registry, RegistryError
 from common.registry.watch import RegistryWatcher
@@ -68,6 +71,22 @@ def _uvicorn_tls(s: GatewaySettings) -> dict[str, Any]:
     return options
 
 
+def lane_arena(size_mb: int, metrics: GatewayMetrics) -> Arena | None:
+    """This process's arena for tensors sent by reference on unix lanes; None: off (0 MiB,
+    or no memfds on this platform)."""
+    if size_mb <= 0 or not arena_supported():
+        return None
+    arena = Arena(size_mb << 20, f"tensorgate-lane-in-{os.getpid()}")
+    slots, used = metrics.lane_arena_slots, metrics.lane_arena_bytes
+
+    def show(count: int, size: int) -> None:
+        slots.set(count)
+        used.set(size)
+
+    arena.on_change = show
+    return arena
+
+
 class Gateway:
     """A gateway process: start() binds every listener, stop() closes them in order."""
 
@@ -77,6 +96,7 @@ class Gateway:
         #: Builds edge bundles (blocking; the HTTP transport runs it in a thread); None: none.
         self.edge = edge
         self.metrics = GatewayMetrics(registry)
+        self.arena = lane_arena(settings.lane_arena_mb, self.metrics)
         self.router = Router(Health(settings, self.metrics))
         self.discovery = Discovery(settings, self.router, self.dial)
         self.registry = RegistryWatcher(settings.registry_path, settings.registry_refresh_s,
@@ -121,7 +141,7 @@ class Gateway:
 
     def dial(self, address: str) -> Upstream:
         """The upstream for one runtime address (discovery calls it for each one it finds)."""
-        return connect(address, self.settings.max_message_bytes, self.settings.tls)
+        return connect(address, self.settings.max_message_bytes, self.settings.tls, self.arena)
 
     async def start(self) -> None:
         s = self.settings
@@ -221,3 +241,5 @@ class Gateway:
         await self.pipeline.close()
         await self.discovery.stop()
         await self.router.close()
+        if self.arena is not None:
+            self.arena.close()  # NOTE: the runtimes' mappings keep the memory until they close

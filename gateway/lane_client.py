@@ -1,7 +1,9 @@
 """The gateway's end of the lane: one connection per runtime worker, calls matched by id.
 
 Requests issued in one turn of the event loop leave in one write; a lost connection fails
-every call in flight at once with UNAVAILABLE, and the next call reconnects.
+every call in flight at once with UNAVAILABLE, and the next call reconnects. Each connection
+opens with a HELLO of the lane's version; on a unix lane it carries this process's arena, and
+large tensors then travel by reference (lane_refs.py).
 """
 
 from __future__ import annotations
@@ -10,34 +12,54 @@ import asyncio
 import itertools
 import logging
 import os
+import socket
 import ssl
 from collections.abc import Callable
 from typing import Any
 
 import grpc
 
-from common import lane
+from common import lane, lane_socket
+from common.arena import Arena, Mapping
 from common.errors import TensorgateError, unavailable
+from gateway import lane_refs
 
 log = logging.getLogger("tensorgate.gateway")
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self, address: str, max_payload: int) -> None:
+    def __init__(self, address: str, max_payload: int, out: Mapping | None = None,
+                 greeted: bool = False) -> None:
         self.address = address
         self.reader = lane.FrameReader(max_payload)
         self.pending: dict[int, asyncio.Future] = {}
         self.ids = itertools.count(1)
-        self.out: list[bytes] = []
+        self.out: list[Any] = []
         self.transport: asyncio.Transport | None = None
         self.loop = asyncio.get_running_loop()
         self.on_lost: Callable[[], None] | None = None
+        #: The runtime's arena for large answers (unix lanes), and its slots copied out since
+        #: the last write: they go back in a RELEASE frame with the next one.
+        self.answers = out
+        self.released: list[int] = []
+        #: Done when the runtime's HELLO answer came (a TCP lane's; a unix lane's came before).
+        self.hello: asyncio.Future = self.loop.create_future()
+        if greeted:
+            self.hello.set_result(None)
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        if not self.hello.done():
+            transport.write(lane.hello({"offers": []}))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        if not self.hello.done():
+            self.hello.set_exception(unavailable("a runtime worker closed the connection "
+                                                 "before its lane hello"))
+        if self.answers is not None:
+            self.answers.close()
+            self.answers = None
         if self.on_lost is not None:
             # NOTE: before the calls fail, so their retries already avoid this worker.
             self.on_lost()
@@ -58,7 +80,13 @@ class _Connection(asyncio.Protocol):
             assert self.transport is not None
             self.transport.close()
             return
-        for call_id, kind, _, payload in frames:
+        for frame in frames:
+            if not self.hello.done():
+                self._greeted(frame)
+                continue
+            call_id, kind, _, payload = frame
+            if kind == lane.OK_REF:
+                kind, payload = self._copy_out(payload)
             future = self.pending.pop(call_id, None)
             if future is None or future.done():
                 continue
@@ -67,22 +95,54 @@ class _Connection(asyncio.Protocol):
             else:
                 future.set_exception(lane.parse_error(payload))
 
+    def _greeted(self, frame: lane.Frame) -> None:
+        try:
+            lane_refs.check_answer(frame)
+        except TensorgateError as exc:
+            self.hello.set_exception(exc)
+            assert self.transport is not None
+            self.transport.close()
+            return
+        self.hello.set_result(None)
+
+    def _copy_out(self, payload: lane.Buffer) -> tuple[int, bytes]:
+        """An answer by reference as (OK, the ordinary response bytes); its slot is released
+        at once, also when nobody waits for the answer any more."""
+        try:
+            answer, slot = lane_refs.response_bytes(payload, self.answers)
+        except ValueError as exc:
+            log.error("runtime worker %s answered by reference wrongly: %s", self.address, exc)
+            return lane.ERROR, lane.error_payload(TensorgateError(
+                grpc.StatusCode.INTERNAL, f"a runtime worker's answer is malformed: {exc}"))
+        if slot is not None:
+            if not self.out and not self.released:
+                self.loop.call_soon(self.flush)
+            self.released.append(slot)
+        return lane.OK, answer
+
     def send(self, kind: int, payload: bytes, timeout: float | None) -> asyncio.Future:
+        return self.send_parts(kind, [payload], len(payload), timeout)
+
+    def send_parts(self, kind: int, parts: list[Any], size: int,
+                   timeout: float | None) -> asyncio.Future:
         if self.transport is None:
             raise unavailable("a runtime worker is not connected")
         call_id = next(self.ids)
         future = self.loop.create_future()
         self.pending[call_id] = future
-        if not self.out:
+        if not self.out and not self.released:
             self.loop.call_soon(self.flush)
-        self.out.append(lane.header(call_id, kind, len(payload), lane.timeout_us(timeout)))
-        self.out.append(payload)
+        self.out.append(lane.header(call_id, kind, size, lane.timeout_us(timeout)))
+        self.out += parts
         return future
 
     def flush(self) -> None:
+        if self.transport is not None and self.released:
+            offsets = b"".join(lane.OFFSET.pack(slot) for slot in self.released)
+            self.out += [lane.header(0, lane.RELEASE, len(offsets)), offsets]
         if self.transport is not None and self.out:
             self.transport.writelines(self.out)
-        self.out = []
+        self.out, self.released = [], []
 
     def expire(self, future: asyncio.Future, timeout: float) -> None:
         """A call's deadline passed with no answer: fail it and stop waiting for one."""
@@ -98,18 +158,23 @@ class _Connection(asyncio.Protocol):
 
 
 class LaneUpstream:
-    """Calls to one runtime worker over the lane; same interface as the gRPC upstream."""
+    """Calls to one runtime worker over the lane; same interface as the gRPC upstream.
+    ``arena``: this process's arena, offered on unix lanes; None: everything by value."""
 
     def __init__(self, address: str, max_message_bytes: int,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, arena: Arena | None = None) -> None:
         self.address = address
         self.outstanding = 0
         self.max_payload = max_message_bytes
         self.ssl_context = ssl_context
+        self.arena = arena if address.startswith("unix:") else None
         self._connection: _Connection | None = None
         self._connecting: asyncio.Future | None = None
         #: Called when an open connection is lost (health ejects the worker); None: nothing.
         self.on_lost: Callable[[], None] | None = None
+        self._refused = ""
+        #: A TCP connection waiting for the runtime's hello, so abort() cuts it too.
+        self._dialing: _Connection | None = None
 
     async def _connect(self) -> _Connection:
         if self._connecting is None:
@@ -122,21 +187,61 @@ class LaneUpstream:
                 self._connecting = None
 
     async def _open(self) -> _Connection:
-        loop = asyncio.get_running_loop()
-        factory = lambda: _Connection(self.address, self.max_payload)  # noqa: E731
         try:
-            if self.address.startswith("unix:"):
-                _, protocol = await loop.create_unix_connection(factory, self.address[5:])
-            else:
-                host, _, port = self.address.rpartition(":")
-                _, protocol = await loop.create_connection(factory, host, int(port),
-                                                           ssl=self.ssl_context)
+            protocol = await asyncio.wait_for(self._dial(), lane.HELLO_TIMEOUT_S)
+        except asyncio.TimeoutError:  # NOTE: before OSError, of which it is a kind
+            raise unavailable("a runtime worker did not answer the lane hello within "
+                              f"{lane.HELLO_TIMEOUT_S:g}s") from None
         except OSError as exc:
             log.warning("runtime worker %s is unavailable: %s", self.address, exc)
             # NOTE: the errno's own text only: asyncio's and str(exc) name the path or address.
             why = os.strerror(exc.errno) if exc.errno else "cannot connect"
             raise unavailable(f"a runtime worker is unavailable: {why}") from None
+        except TensorgateError as exc:
+            if exc.message != self._refused:  # NOTE: once, not at every probe's reconnect
+                self._refused = exc.message
+                log.error("runtime worker %s refused: %s", self.address, exc.message)
+            raise
+        finally:
+            self._dialing = None
         self._connection = protocol
+        return protocol
+
+    async def _dial(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        if self.address.startswith("unix:"):
+            return await self._dial_unix(loop, self.address[5:])
+        host, _, port = self.address.rpartition(":")
+        factory = lambda: _Connection(self.address, self.max_payload)  # noqa: E731
+        transport, protocol = await loop.create_connection(factory, host, int(port),
+                                                           ssl=self.ssl_context)
+        self._dialing = protocol
+        try:
+            await protocol.hello
+        except BaseException:
+            transport.close()
+            raise
+        return protocol
+
+    async def _dial_unix(self, loop: asyncio.AbstractEventLoop, path: str) -> _Connection:
+        """The hello on the raw socket: our arena's memfd goes with it, the runtime's comes
+        back with its answer; then asyncio takes the socket over."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, path)
+            offer: dict[str, Any] = {"offers": []}
+            if self.arena is not None:
+                offer = {"offers": ["arena"], "arena_bytes": self.arena.size}
+            await lane_socket.send_frame(sock, lane.hello(offer),
+                                         [self.arena.fd] if self.arena is not None else [])
+            frame, fds = await lane_socket.recv_frame(sock)
+            out = lane_refs.answer_arena(frame, fds)
+            factory = lambda: _Connection(self.address, self.max_payload, out, True)  # noqa: E731
+            _, protocol = await loop.create_unix_connection(factory, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
         return protocol
 
     async def _connect_within(self, timeout: float | None) -> _Connection:
@@ -161,7 +266,12 @@ class LaneUpstream:
         connection = self._connection
         if connection is None or connection.transport is None:
             connection = await self._connect_within(timeout)
-        future = connection.send(lane.METHOD_KIND[name], request, timeout)
+        arena, slot = self.arena, None
+        if (arena is not None and connection.answers is not None
+                and len(request) >= lane_refs.BY_REF_FROM_BYTES and name == "ModelInfer"):
+            future, slot = lane_refs.send_infer(connection, arena, request, timeout)
+        else:
+            future = connection.send(lane.METHOD_KIND[name], request, timeout)
         # NOTE: counted only once sent: send raises when the connection is already gone.
         self.outstanding += 1
         # NOTE: a timer, not asyncio.wait_for: no extra future and task per call.
@@ -173,11 +283,18 @@ class LaneUpstream:
             self.outstanding -= 1
             if timer is not None:
                 timer.cancel()
+            if arena is not None and slot is not None:
+                # NOTE: freed when the call ends however it ends (answer, deadline, cancel, a
+                # lost connection). The runtime only reads inputs, so one still reading an
+                # abandoned call's slot after it is reused can spoil only that call's answer,
+                # which nobody waits for any more.
+                arena.release(slot)
 
     def abort(self) -> None:
         """Drop the connection at once: its calls in flight fail with UNAVAILABLE."""
-        if self._connection is not None and self._connection.transport is not None:
-            self._connection.transport.abort()
+        for connection in (self._connection, self._dialing):
+            if connection is not None and connection.transport is not None:
+                connection.transport.abort()
 
     async def close(self) -> None:
         if self._connection is not None and self._connection.transport is not None:

@@ -54,6 +54,15 @@ class GatewayMetrics:
             "replaced (the last good snapshot is served, admin calls are refused)",
             registry=registry, multiprocess_mode="min")
 
+        self.lane_arena_slots = Gauge(
+            "tensorgate_lane_arena_slots", "Slots of the lane arena holding requests' tensors "
+            "in flight to runtime workers on this host", registry=registry,
+            multiprocess_mode="livesum")
+        self.lane_arena_bytes = Gauge(
+            "tensorgate_lane_arena_bytes", "Bytes of the lane arena holding requests' tensors "
+            "in flight to runtime workers on this host", registry=registry,
+            multiprocess_mode="livesum")
+
         # NOTE: labels() validates and locks on every call; the children are looked up once.
         self._children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
 

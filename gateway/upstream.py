@@ -13,6 +13,7 @@ from typing import Protocol
 import grpc
 
 from common import tls as common_tls
+from common.arena import Arena
 from common.errors import TensorgateError
 from common.settings import TlsSettings
 from gateway.lane_client import LaneUpstream
@@ -38,9 +39,11 @@ class Upstream(Protocol):
     async def close(self) -> None: ...
 
 
-def connect(address: str, max_message_bytes: int, tls: TlsSettings | None = None) -> Upstream:
+def connect(address: str, max_message_bytes: int, tls: TlsSettings | None = None,
+            arena: Arena | None = None) -> Upstream:
     """The upstream for `address`; over TLS to TCP addresses when `tls` names a CA or a client
-    certificate (unix sockets are local and guarded by file permissions)."""
+    certificate (unix sockets are local and guarded by file permissions). `arena`: offered to
+    runtimes on unix lanes, for tensors by reference."""
     secure = tls is not None and bool(tls.upstream_ca or tls.upstream_cert)
     if address.startswith("grpc://"):
         credentials = (common_tls.grpc_channel_credentials(tls.upstream_ca, tls.upstream_cert,
@@ -49,7 +52,7 @@ def connect(address: str, max_message_bytes: int, tls: TlsSettings | None = None
         return GrpcUpstream(address.removeprefix("grpc://"), max_message_bytes, credentials)
     context = (common_tls.client_context(tls.upstream_ca, tls.upstream_cert, tls.upstream_key)
                if secure and tls is not None and not address.startswith("unix:") else None)
-    return LaneUpstream(address, max_message_bytes, context)
+    return LaneUpstream(address, max_message_bytes, context, arena)
 
 
 class GrpcUpstream:

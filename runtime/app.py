@@ -23,7 +23,8 @@ from common.registry.watch import RegistryWatcher
 from common.settings import RuntimeSettings
 from runtime import metrics as runtime_metrics
 from runtime.core import RuntimeCore
-from runtime.lane_server import LaneServer
+from runtime.lane_listen import UnixLane
+from runtime.lane_server import Greeting, LaneServer
 from runtime.loading import load_version
 from runtime.model import ModelStore, ServedModel
 from runtime.reload import Reloader
@@ -89,7 +90,7 @@ class Runtime:
         self._watch: asyncio.Task | None = None
         self._publish: asyncio.Task | None = None
         self.server: grpc.aio.Server | None = None
-        self.lane: asyncio.Server | None = None
+        self.lane: asyncio.Server | UnixLane | None = None
         #: The gateways' lane connections, so a stop can stop reading new calls from them.
         self._lanes: weakref.WeakSet[LaneServer] = weakref.WeakSet()
         self.grpc_address = ""
@@ -190,13 +191,14 @@ class Runtime:
     async def _start_lane(self, listen: str) -> None:
         loop = asyncio.get_running_loop()
         limit = self.settings.max_message_bytes
-        def factory() -> LaneServer:
-            connection = LaneServer(self.core, limit)
+        def factory(greeting: Greeting | None = None) -> LaneServer:
+            connection = LaneServer(self.core, limit, greeting)
             self._lanes.add(connection)
             return connection
 
         if listen.startswith("unix:"):
-            self.lane = await loop.create_unix_server(factory, listen[5:])
+            self.lane = UnixLane(listen[5:], factory)
+            self.lane.start()
             self.lane_address = listen
             return
         host, _, port = listen.rpartition(":")

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
+from common import lane
+from common.arena import Mapping
 from common.proto import grpc_service_pb2 as pb
 from common.regions import MARK
 from common.wire import LENGTH_DELIMITED, Buffer, WireError, fields
@@ -68,3 +70,16 @@ def _split(view: memoryview) -> tuple[list[tuple[int, int]], list[memoryview]]:
     except WireError as exc:
         raise DecodeError(str(exc)) from None
     return kept or [(0, 0)], raw
+
+
+def decode_infer_refs(payload: Buffer, arena: Mapping | None) -> InferCall:
+    """A by-reference ModelInfer (lane.INFER_REF): the message's other fields in the frame, its
+    tensors' bytes read in place from the gateway's arena. ValueError for a reference past the
+    arena, DecodeError for a malformed message."""
+    if arena is None:
+        raise ValueError("a by-reference request on a lane connection with no arena")
+    refs, rest = lane.parse_refs(payload)
+    message = pb.ModelInferRequest.FromString(rest)
+    if message.raw_input_contents:
+        raise ValueError("a by-reference request also carries raw_input_contents")
+    return InferCall(message, [arena.slice(start, length) for start, length in refs])

@@ -1,44 +1,116 @@
 """The runtime's end of the lane: frames in, the core's table of RPCs, frames out.
 
-Answers finished in one turn of the event loop leave in one write.
+Answers finished in one turn of the event loop leave in one write. The first frame must be the
+gateway's HELLO of this lane version; on a unix lane it came on the raw socket (lane_listen.py)
+with the gateway's arena, and requests may then carry their tensors by reference.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 
 from common import lane
-from common.errors import TensorgateError, invalid_argument
+from common.arena import ALIGN, Arena, Mapping
+from common.errors import TensorgateError, invalid_argument, unavailable
 from runtime.core import RuntimeCore
+from runtime.decode import decode_infer_refs
 
 log = logging.getLogger("tensorgate.runtime")
+#: Answers whose tensors total this much go through the output arena; below, by value.
+OUT_BY_REF_FROM_BYTES = 16 * 1024
+_INFER = lane.METHOD_KIND["ModelInfer"]
+#: Refusals already logged: a gateway that keeps reconnecting is logged once per reason.
+_logged: set[str] = set()
+MAX_LOGGED = 64
+
+
+@dataclass
+class Greeting:
+    """What a unix lane's hello brought: the gateway's arena, and ours for answers."""
+
+    arena: Mapping | None = None
+    out: Arena | None = None
+
+
+class Refused(Exception):
+    """A hello refused: the text goes to the log once and to the gateway as an ERROR frame."""
+
+    def __init__(self, call_id: int, message: str) -> None:
+        super().__init__(message)
+        self.call_id, self.message = call_id, message
+
+    def frame(self) -> bytes:
+        payload = lane.error_payload(unavailable(self.message))
+        return lane.header(self.call_id, lane.ERROR, len(payload)) + payload
+
+    def log(self) -> None:
+        if self.message not in _logged:
+            if len(_logged) < MAX_LOGGED:  # NOTE: a peer's version is its own to invent
+                _logged.add(self.message)
+            log.error("lane connection refused: %s", self.message)
+
+
+def check_hello(frame: lane.Frame) -> dict[str, Any]:
+    """The features of a gateway's hello; Refused for any other first frame (a gateway of an
+    older release sends a call first) and for another version."""
+    call_id, kind, _, payload = frame
+    if kind != lane.HELLO:
+        raise Refused(call_id, lane.mismatch("1 (it sent no hello)", lane.VERSION))
+    try:
+        version, features = lane.parse_hello(payload)
+    except ValueError as exc:
+        raise Refused(call_id, f"malformed lane hello: {exc}") from None
+    if version != lane.VERSION:
+        raise Refused(call_id, lane.mismatch(version, lane.VERSION))
+    return features
 
 
 class LaneServer(asyncio.BufferedProtocol):
     """One gateway connection; the kernel writes large requests straight into their own buffer
     (lane.FrameBuffer), which the decode stage reads in place."""
 
-    def __init__(self, core: RuntimeCore, max_payload: int) -> None:
+    def __init__(self, core: RuntimeCore, max_payload: int,
+                 greeting: Greeting | None = None) -> None:
         self.core = core
         self.frames = lane.FrameBuffer(max_payload)
         self.handlers = [core.methods[name] for name in lane.METHODS]
         self.transport: asyncio.Transport | None = None
-        self.out: list[bytes] = []
+        self.out: list[Any] = []
         self.loop = asyncio.get_running_loop()
         self.tasks: set[asyncio.Task] = set()
+        #: A TCP lane's hello comes as its first frame; a unix lane's came before.
+        self.greeted = greeting is not None
+        self.arena = greeting.arena if greeting else None
+        self.out_arena = greeting.out if greeting else None
+        self.hello_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        if not self.greeted:
+            self.hello_timer = self.loop.call_later(lane.HELLO_TIMEOUT_S, self._no_hello)
+
+    def _no_hello(self) -> None:
+        if not self.greeted and self.transport is not None:
+            log.warning("lane connection dropped before its hello: none came in time")
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        if self.hello_timer is not None:
+            self.hello_timer.cancel()
         for task in self.tasks:
             task.cancel()
+        # NOTE: a dead gateway's arena goes with its last mapping: the kernel frees the memfd.
+        for held in (self.arena, self.out_arena):
+            if held is not None:
+                held.close()
+        self.arena = self.out_arena = None
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.frames.get_buffer()
@@ -51,38 +123,97 @@ class LaneServer(asyncio.BufferedProtocol):
             assert self.transport is not None
             self.transport.close()
             return
-        for call_id, kind, timeout, payload in frames:
-            task = self.loop.create_task(self.answer(call_id, kind, timeout, payload))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+        for frame in frames:
+            call_id, kind, timeout, payload = frame
+            if not self.greeted:
+                if not self._greet(frame):
+                    return
+            elif kind == lane.RELEASE:
+                self._release(payload)
+            else:
+                task = self.loop.create_task(self.answer(call_id, kind, timeout, payload))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+
+    def _greet(self, frame: lane.Frame) -> bool:
+        """A TCP lane's first frame; False when it was refused and the connection closed."""
+        assert self.transport is not None
+        try:
+            check_hello(frame)
+        except Refused as refused:
+            refused.log()
+            self.transport.write(refused.frame())
+            self.transport.close()
+            return False
+        self.transport.write(lane.hello({"accepts": []}))
+        self.greeted = True
+        return True
+
+    def _release(self, payload: bytes | bytearray | memoryview) -> None:
+        """The gateway copied these answers out: their output slots are free again."""
+        arena, count = self.out_arena, len(payload) // lane.OFFSET.size
+        freed = 0 if arena is None else sum(
+            arena.release(lane.OFFSET.unpack_from(payload, i * lane.OFFSET.size)[0])
+            for i in range(count))
+        if freed < count:
+            log.warning("the gateway released %d output slots not in use", count - freed)
 
     async def answer(self, call_id: int, kind: int, timeout_us: int,
                      payload: bytes | bytearray | memoryview) -> None:
+        name = lane.METHODS[kind] if kind < len(lane.METHODS) else "ModelInfer"
         try:
-            if kind >= len(self.handlers):
+            if kind == lane.INFER_REF:
+                request: Any = decode_infer_refs(payload, self.arena)
+                handler = self.handlers[_INFER][1]
+            elif kind < len(self.handlers):
+                decode, handler = self.handlers[kind]
+                request = decode(payload)
+            else:
                 raise invalid_argument(f"unknown lane call kind {kind}")
-            decode, handler = self.handlers[kind]
-            request = decode(payload)
             response = await handler(request, timeout_us / 1e6 if timeout_us else None)
-            self.send(call_id, lane.OK, response.SerializeToString())
+            if kind not in (_INFER, lane.INFER_REF) or not self._send_refs(call_id, response):
+                self.send(call_id, lane.OK, response.SerializeToString())
         except TensorgateError as exc:
             self.send(call_id, lane.ERROR, lane.error_payload(exc))
-        except DecodeError as exc:
+        except (DecodeError, ValueError) as exc:
             self.send(call_id, lane.ERROR, lane.error_payload(
-                invalid_argument(f"malformed {lane.METHODS[kind]} request: {exc}")))
+                invalid_argument(f"malformed {name} request: {exc}")))
         except Exception as exc:
             # NOTE: every call gets an answer, so no gateway caller waits for its deadline.
-            log.exception("lane call %s failed", lane.METHODS[kind])
+            log.exception("lane call %s failed", name)
             self.send(call_id, lane.ERROR, lane.error_payload(
                 TensorgateError(grpc.StatusCode.INTERNAL, f"runtime error: {exc}")))
 
+    def _send_refs(self, call_id: int, response: Any) -> bool:
+        """Answer with the outputs' bytes in our arena; False (nothing sent) when they are
+        small or the arena is full: the work is done, so a by-value answer is the fallback."""
+        arena, raw = self.out_arena, response.raw_output_contents
+        if arena is None or self.transport is None:
+            return False
+        pieces = list(raw)
+        sizes = [len(piece) for piece in pieces]
+        if sum(sizes) < OUT_BY_REF_FROM_BYTES:
+            return False
+        start = arena.alloc(sum(-(-size // ALIGN) * ALIGN for size in sizes))
+        if start is None:
+            return False
+        refs, at = [], start
+        for piece, size in zip(pieces, sizes):
+            arena.view[at : at + size] = piece
+            refs.append((at, size))
+            at += -(-size // ALIGN) * ALIGN
+        del raw[:]
+        self._queue(lane.refs_frame(call_id, lane.OK_REF, refs, response.SerializeToString()))
+        return True
+
     def send(self, call_id: int, kind: int, payload: bytes) -> None:
-        if self.transport is None:
-            return
+        if self.transport is not None:
+            self._queue([lane.header(call_id, kind, len(payload)), payload])
+
+    def _queue(self, parts: list[Any]) -> None:
         if not self.out:
             self.loop.call_soon(self.flush)
-        self.out.append(lane.header(call_id, kind, len(payload)))
-        self.out.append(payload)
+        self.out += parts
 
     def flush(self) -> None:
         if self.transport is not None and self.out:

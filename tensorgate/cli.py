@@ -81,6 +81,11 @@ def _gateway_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-in-flight", type=_positive, default=d.max_in_flight, metavar="N",
                         help="inference requests one gateway process handles at once; more are "
                              f"refused at once with 429 / RESOURCE_EXHAUSTED ({d.max_in_flight})")
+    parser.add_argument("--lane-arena-mb", type=_non_negative, default=d.lane_arena_mb,
+                        metavar="MIB",
+                        help="shared memory per gateway process for tensors sent by reference "
+                             "to runtime workers on this host; full: 429 / RESOURCE_EXHAUSTED "
+                             + _default(d.lane_arena_mb, 0, "all by value"))
     _drain_arg(parser, d.drain_timeout_s)
     _http_args(parser)
     _grpc_args(parser)
@@ -177,6 +182,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
     return value
 
 
@@ -301,6 +313,7 @@ def gateway_settings(args: argparse.Namespace, endpoints: tuple[str, ...],
                            reuse_port=reuse_port, registry_path=registry, auth=auth,
                            tls=transport, model_repository=args.model_repository,
                            max_in_flight=args.max_in_flight, drain_timeout_s=args.drain_timeout,
+                           lane_arena_mb=args.lane_arena_mb,
                            log_sample=args.log_sample, log_slow_ms=args.log_slow_ms,
                            trace_exporter=args.trace_exporter,
                            record_answers=args.record_answers,

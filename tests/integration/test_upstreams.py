@@ -71,11 +71,17 @@ def test_lane_upstream_reports_unavailable_as_the_error_type() -> None:
 
 
 def test_a_lane_call_past_its_deadline_fails_and_is_forgotten() -> None:
+    from common import lane
     from gateway.lane_client import LaneUpstream
 
     async def go() -> None:
-        # A listener that accepts and never answers: the gateway's own deadline must fire.
-        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        # A listener that answers the hello, then nothing: the gateway's own deadline must fire.
+        async def greet_only(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            size = lane.HEADER.unpack(await reader.readexactly(lane.HEADER.size))[0]
+            await reader.readexactly(size)
+            writer.write(lane.hello({"accepts": []}))
+
+        server = await asyncio.start_server(greet_only, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         upstream = LaneUpstream(f"127.0.0.1:{port}", 1024)
         with pytest.raises(TensorgateError) as caught:

@@ -8,6 +8,7 @@ import logging
 import pytest
 from prometheus_client import CollectorRegistry
 
+from common import lane
 from common.errors import unavailable
 from gateway.health import Endpoint
 from gateway.lane_client import LaneUpstream
@@ -100,7 +101,15 @@ async def test_the_background_task_probes_until_stopped() -> None:
 async def test_a_lost_lane_connection_ejects_at_once() -> None:
     tracker = health(eject_after=3)
     accepted: asyncio.Future[asyncio.StreamWriter] = asyncio.get_running_loop().create_future()
-    server = await asyncio.start_server(lambda r, w: accepted.set_result(w), "127.0.0.1", 0)
+
+    async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        size = lane.HEADER.unpack(await reader.readexactly(lane.HEADER.size))[0]
+        await reader.readexactly(size)  # the gateway's hello, answered as a runtime would
+        writer.write(lane.hello({"accepts": []}))
+        await reader.readexactly(lane.HEADER.size)  # the call: now it is in flight
+        accepted.set_result(writer)
+
+    server = await asyncio.start_server(greet, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     upstream = LaneUpstream(f"127.0.0.1:{port}", 1024)
     endpoint = Endpoint(upstream)
