@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils._pytree import tree_leaves
 
 from common.model_config import ConfigError, ModelConfig, TensorSpec
 from runtime.backends.torch_formats import AOTI, aoti_device
@@ -41,13 +42,25 @@ def load_pt2(path: Path, kind: str, config: ModelConfig, device: str) -> Loaded:
                                  outputs=reconcile(config.outputs, outputs, config, "outputs"))
     # NOTE: an exported graph has no train/eval switch (it was traced in the mode it was
     # exported in); its module refuses .eval().
-    return Loaded(program.module(), config, device)
+    return Loaded(Flat(program.module()), config, device)
 
 
 def _load_open(path: Path) -> Any:
     # torch.export.load wants a .pt2 name or a buffer: a default_model_filename may be neither.
     with path.open("rb") as handle:
         return torch.export.load(handle)
+
+
+class Flat(torch.nn.Module):
+    """A program's module answering its outputs as a tuple in the program's order, so the
+    config names them by position (a returned dict's keys need not be the config's names)."""
+
+    def __init__(self, program: torch.nn.Module) -> None:
+        super().__init__()
+        self.program = program
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(tree_leaves(self.program(*args)))
 
 
 class AotiModule(torch.nn.Module):
@@ -58,16 +71,13 @@ class AotiModule(torch.nn.Module):
         super().__init__()
         self.runner, self.min_rows = runner, min_rows
 
-    def forward(self, *args: torch.Tensor) -> Any:
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
         rows = args[0].shape[0] if args and args[0].dim() > 0 else self.min_rows
         if rows >= self.min_rows:
-            return self.runner(*args)
+            return tuple(tree_leaves(self.runner(*args)))
         pad = self.min_rows - rows
         padded = [torch.cat([a, a[:1].expand(pad, *a.shape[1:])]) for a in args]
-        result = self.runner(*padded)
-        if isinstance(result, torch.Tensor):
-            return result[:rows]
-        return type(result)(r[:rows] for r in result)
+        return tuple(r[:rows] for r in tree_leaves(self.runner(*padded)))
 
 
 def _load_aoti(path: Path, config: ModelConfig, device: str) -> Loaded:
@@ -139,8 +149,10 @@ def _smallest_batch(runner: Any, config: ModelConfig, device: str, where: str) -
             runner(*[_zeros(spec, rows, device) for spec in config.inputs])
         except RuntimeError as exc:
             tried[rows] = str(exc).strip().splitlines()[0]
-    if tried and set(tried) != {1}:
-        rows, said = next(iter(tried.items()))
+    # NOTE: a batch of one alone refused is torch.export's lower bound, not a fixed batch.
+    refused = {rows: said for rows, said in tried.items() if rows != 1}
+    if refused:
+        rows, said = next(iter(refused.items()))
         raise ConfigError(f"{config.source}: key 'max_batch_size': {where} does not take a "
                           f"batch of {rows} ({said}); compile it from a program exported with "
                           f"a dynamic batch dimension (torch.export.Dim('batch', max="

@@ -94,8 +94,14 @@ def test_a_config_that_disagrees_with_the_program_is_refused(programs: dict[str,
             TorchBackend(programs["dynamic"], config(tmp_path, inputs=inputs, outputs=outputs), 1)
     # Other names, in order, are the caller's names for the program's tensors.
     named = (TensorSpec("INPUT0", "FP32", (4,)), TensorSpec("INPUT1", "FP32", (-1,)))
-    backend = TorchBackend(programs["dynamic"], config(tmp_path, inputs=named, outputs=outputs), 1)
+    renamed = (TensorSpec("OUTPUT0", "FP32", (3,)), TensorSpec("OUTPUT1", "FP32", ()))
+    backend = TorchBackend(programs["dynamic"], config(tmp_path, inputs=named, outputs=renamed),
+                           1)
     assert [s.name for s in backend.inputs] == ["INPUT0", "INPUT1"]
+    features, bias = np.ones((2, 4), np.float32), np.zeros((2, 3), np.float32)
+    scores, total = backend.run([features, bias])
+    np.testing.assert_allclose(scores, reference(features, bias)["scores"], rtol=1e-6)
+    assert total.tolist() == [4.0, 4.0]
 
 
 def test_files_whose_content_is_not_their_name_are_refused(programs: dict[str, Path],
