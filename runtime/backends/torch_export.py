@@ -18,7 +18,10 @@ from torch.utils._pytree import tree_leaves
 
 from common.model_config import ConfigError, ModelConfig, TensorSpec
 from runtime.backends.torch_formats import AOTI, aoti_device
-from runtime.backends.torch_signature import program_specs, reconcile, torch_type
+from runtime.backends.torch_signature import children, program_specs, reconcile, torch_type
+
+#: torch.export's archive format, move_to_device_pass and aoti_load_package(device_index=).
+MIN_TORCH = (2, 7)
 
 
 @dataclass
@@ -31,6 +34,10 @@ class Loaded:
 
 
 def load_pt2(path: Path, kind: str, config: ModelConfig, device: str) -> Loaded:
+    if tuple(int(p) for p in torch.__version__.split(".")[:2]) < MIN_TORCH:
+        raise ConfigError(f"{path}: serving {kind} needs torch "
+                          f"{'.'.join(map(str, MIN_TORCH))} or newer; this is torch "
+                          f"{torch.__version__}")
     if kind == AOTI:
         return _load_aoti(path, config, device)
     program = torch.export.load(str(path)) if path.suffix == ".pt2" else _load_open(path)
@@ -124,7 +131,7 @@ def _check_call_spec(runner: Any, config: ModelConfig, where: str) -> None:
     from torch.utils._pytree import treespec_loads
 
     in_text, out_text = runner.loader.get_call_spec()
-    args, kwargs = treespec_loads(in_text).children()
+    args, kwargs = children(treespec_loads(in_text))
     assert config.inputs is not None and config.outputs is not None
     if kwargs.num_leaves or args.num_children != args.num_leaves:
         raise ConfigError(f"{config.source}: {where} takes keyword or nested arguments; "

@@ -23,6 +23,12 @@ _DIM_FIX = ("export it with a dynamic batch dimension, e.g. torch.export.export(
             "set max_batch_size: 0 to serve it unbatched")
 
 
+def children(spec: Any) -> list[Any]:
+    """A pytree spec's children (`children()` in newer torch, `children_specs` before)."""
+    method = getattr(spec, "children", None)
+    return list(method()) if callable(method) else list(spec.children_specs)
+
+
 def torch_type(spec: TensorSpec) -> torch.dtype:
     return TORCH_TYPES[spec.datatype]
 
@@ -48,7 +54,7 @@ def program_specs(program: Any, config: ModelConfig, path: Path
 
 
 def _argument_names(program: Any, config: ModelConfig, path: Path) -> list[str]:
-    args, kwargs = program.call_spec.in_spec.children()
+    args, kwargs = children(program.call_spec.in_spec)
     if kwargs.num_leaves or args.num_children != args.num_leaves:
         raise ConfigError(f"{config.source}: {path} takes keyword or nested arguments; export "
                           "the model with positional tensor arguments only")
