@@ -102,8 +102,9 @@ def _load_aoti(path: Path, config: ModelConfig, device: str) -> Loaded:
                           "serve the torch.export program instead")
     device = _aoti_device(path, config, device)
     # Inputs are checked against the compiled shapes, else a batch size the package was not
-    # compiled for runs out of bounds. NOTE: read once per process by each package.
-    os.environ["AOTI_RUNTIME_CHECK_INPUTS"] = "1"
+    # compiled for runs out of bounds. NOTE: each package reads it once, at its first call.
+    if os.environ.get("AOTI_RUNTIME_CHECK_INPUTS") != "1":
+        os.environ["AOTI_RUNTIME_CHECK_INPUTS"] = "1"
     index = int(device.partition(":")[2] or 0) if device.startswith("cuda") else -1
     runner = torch._inductor.aoti_load_package(str(path), device_index=index)
     _check_call_spec(runner, config, where)

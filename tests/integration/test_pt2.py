@@ -1,9 +1,11 @@
 """`model.pt2` end to end: a torch.export program served through a real runtime and gateway to
 tritonclient (HTTP binary and JSON, gRPC, callers at once sharing batches), answers equal to
-the eager module's; programs the runtime cannot serve are listed unavailable with the reason."""
+the eager module's; programs the runtime cannot serve are listed unavailable with the reason;
+uploads with a repository load (tritonclient's load_model with files) as well."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +16,7 @@ import pytest
 import torch
 import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
+from tritonclient.utils import InferenceServerException
 
 from tests.integration.conftest import Background, Servers
 from tests.unit.pt2_helpers import eager, export
@@ -115,3 +118,26 @@ def test_programs_it_cannot_serve_are_unavailable_with_the_reason(served: Server
     assert "torch.export.Dim('batch', max=8)" in index["fixed"]["reason"]
     assert "holds a TorchScript model" in index["wrong"]["reason"]
     assert "named model.pt; rename it" in index["wrong"]["reason"]
+
+
+def test_a_program_uploaded_with_a_load_is_served_and_an_impostor_refused(
+        served: Servers, tmp_path: Path) -> None:
+    config = json.dumps({"name": "uploaded", "backend": "pytorch", "max_batch_size": 8})
+    program = export(tmp_path / "model.pt2").read_bytes()
+    client = thttp.InferenceServerClient(served.gateway_http)
+    client.load_model("uploaded", config=config, files={"file:1/model.pt2": program})
+    meta = client.get_model_metadata("uploaded")
+    assert [t["name"] for t in meta["inputs"]] == ["features", "bias"]
+    features, bias = rows(2, 7)
+    tensors = [thttp.InferInput("features", [2, 4], "FP32"),
+               thttp.InferInput("bias", [2, 3], "FP32")]
+    tensors[0].set_data_from_numpy(features)
+    tensors[1].set_data_from_numpy(bias)
+    result = client.infer("uploaded", tensors)
+    check((result.as_numpy("scores"), result.as_numpy("total")), features, bias)
+    impostor = (ROOT / "models" / "digits" / "2" / "model.pt").read_bytes()
+    with pytest.raises(InferenceServerException) as caught:
+        client.load_model("uploaded", config=config, files={"file:2/model.pt2": impostor})
+    assert caught.value.status() == "400"
+    assert "holds a TorchScript model" in (caught.value.message() or "")
+    assert not client.is_model_ready("uploaded", "2") and client.is_model_ready("uploaded", "1")
