@@ -162,9 +162,11 @@ def _smallest_batch(runner: Any, config: ModelConfig, device: str, where: str) -
     if refused:
         rows, said = next(iter(refused.items()))
         raise ConfigError(f"{config.source}: key 'max_batch_size': {where} does not take a "
-                          f"batch of {rows} ({said}); compile it from a program exported with "
-                          f"a dynamic batch dimension (torch.export.Dim('batch', max="
-                          f"{config.max_batch_size})), or set max_batch_size: 0")
+                          f"batch of {rows} ({said}): it must take every size from 1 to "
+                          f"max_batch_size; compile it from a program exported with a dynamic "
+                          f"batch dimension (torch.export.Dim('batch', max="
+                          f"{config.max_batch_size})), lower max_batch_size to what it takes, "
+                          "or set max_batch_size: 0")
     return 2 if tried else 1
 
 
