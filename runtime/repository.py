@@ -18,7 +18,7 @@ log = logging.getLogger("tensorgate.config")
 YAML_CONFIG = "config.yaml"
 TRITON_CONFIG = "config.pbtxt"
 # Backends by artifact suffix, for a `default_model_filename` when the config names no platform.
-SUFFIXES = {".onnx": "onnx", ".pt": "torch"}
+SUFFIXES = {".onnx": "onnx", ".pt": "torch", ".pt2": "torch"}
 
 
 @dataclass(frozen=True)

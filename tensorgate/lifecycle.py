@@ -146,7 +146,8 @@ def artifact_name(source: Path) -> str:
     for name in ARTIFACTS:
         if Path(name).suffix == source.suffix:
             return name
-    raise RegistryError(f"{source}: expected a .onnx (ONNX) or .pt (TorchScript) file")
+    raise RegistryError(f"{source}: expected a .onnx (ONNX), .pt (TorchScript) or .pt2 "
+                        "(torch.export program or AOTInductor package) file")
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     register = sub.add_parser("register", parents=[options],
                               help="copy a model file in, validate it, and make it servable")
     register.add_argument("name")
-    register.add_argument("--file", type=Path, required=True, help="a .onnx or .pt file")
+    register.add_argument("--file", type=Path, required=True, help="a .onnx, .pt or .pt2 file")
     register.add_argument("--version", help="the version number (next free one)")
     register.add_argument("--config", type=Path,
                           help="the model's config (new models): a .yaml/.yml file is placed as "

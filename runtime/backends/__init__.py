@@ -1,4 +1,5 @@
-"""Backends that run a batch: ONNX Runtime and PyTorch (TorchScript)."""
+"""Backends that run a batch: ONNX Runtime and PyTorch (TorchScript, torch.export programs and
+AOTInductor packages)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 from common.model_config import ConfigError, ModelConfig
 from runtime.backends.base import Backend
 
-ARTIFACTS = {"model.onnx": "onnx", "model.pt": "torch"}
+ARTIFACTS = {"model.onnx": "onnx", "model.pt": "torch", "model.pt2": "torch"}
 
 
 def detect_backend(version_dir: Path, config: ModelConfig) -> tuple[str, Path]:
@@ -19,6 +20,11 @@ def detect_backend(version_dir: Path, config: ModelConfig) -> tuple[str, Path]:
     if not found:
         wanted = " or ".join(n for n, k in ARTIFACTS.items() if config.backend in (None, k))
         raise ConfigError(f"{version_dir}: no model file found (expected {wanted})")
+    same = [path.name for kind, path in found if kind == found[0][0]]
+    if len(same) > 1:
+        # NOTE: which of two files of one backend serves is never guessed.
+        raise ConfigError(f"{version_dir}: {' and '.join(same)} are both there; keep one, or "
+                          "name the one to serve with default_model_filename")
     return found[0]
 
 

@@ -1,4 +1,5 @@
-"""The PyTorch backend: TorchScript modules under `torch.inference_mode`, on the config's device.
+"""The PyTorch backend: TorchScript modules, `torch.export` programs and AOTInductor packages
+under `torch.inference_mode`, on the config's device.
 
 BYTES tensors are TorchScript's `List[str]`, flat in row-major order, as Triton's libtorch backend.
 """
@@ -17,6 +18,8 @@ import torch
 from common.model_config import ConfigError, ModelConfig
 from runtime.backends.base import resolve_device
 from runtime.backends.torch_common import as_outputs, declared_type, is_strings
+from runtime.backends.torch_export import load_pt2
+from runtime.backends.torch_formats import TORCHSCRIPT, check_format
 
 log = logging.getLogger("tensorgate.runtime")
 _threads_set = False
@@ -41,20 +44,19 @@ class TorchBackend:
 
     def __init__(self, path: Path, config: ModelConfig, threads: int, quiet: bool = False
                  ) -> None:
-        if config.inputs is None or config.outputs is None:
-            raise ConfigError(f"{config.source}: keys 'inputs' and 'outputs' are required for "
-                              "a TorchScript model (it does not describe its own signature)")
         if config.optimization.gpu_accelerators:
             raise ConfigError(f"{config.source}: key 'optimization.execution_accelerators': "
-                              "TensorRT runs ONNX models only; remove it for a TorchScript model")
+                              "TensorRT runs ONNX models only; remove it for a PyTorch model")
         configure_threads(threads)
         self.device = resolve_device(config.device)
+        kind = check_format(path)
+        if kind == TORCHSCRIPT:
+            self.module = _load_script(path, config, self.device)
+        else:
+            loaded = load_pt2(path, kind, config, self.device)
+            self.module, config, self.device = loaded.module, loaded.config, loaded.device
         self.autocast = autocast_dtype(config, self.device)
-        with warnings.catch_warnings():
-            # NOTE: TorchScript is deprecated upstream but remains the format Triton users ship.
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
-            self.module = torch.jit.load(str(path), map_location=self.device)
-        self.module.eval()
+        assert config.inputs is not None and config.outputs is not None
         self.inputs = config.inputs
         self.outputs = config.outputs
         self.batched = config.max_batch_size > 0
@@ -91,6 +93,18 @@ class TorchBackend:
         if self.autocast is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.partition(":")[0], dtype=self.autocast)
+
+
+def _load_script(path: Path, config: ModelConfig, device: str) -> Any:
+    if config.inputs is None or config.outputs is None:
+        raise ConfigError(f"{config.source}: keys 'inputs' and 'outputs' are required for "
+                          "a TorchScript model (it does not describe its own signature)")
+    with warnings.catch_warnings():
+        # NOTE: TorchScript is deprecated upstream but remains the format Triton users ship.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        module = torch.jit.load(str(path), map_location=device)
+    module.eval()
+    return module
 
 
 def autocast_dtype(config: ModelConfig, device: str) -> torch.dtype | None:

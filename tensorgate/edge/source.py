@@ -14,6 +14,7 @@ from common.model_config import ConfigError, ModelConfig, load_model_config
 from common.names import is_name, is_version, rule, shown
 from runtime.backends import detect_backend, load_backend
 from runtime.backends.base import Backend
+from runtime.backends.torch_formats import AOTI, EXPORTED, sniff
 from runtime.repository import version_folders
 
 TARGETS = ("onnx", "onnx-fp16", "onnx-int8", "ort")
@@ -92,8 +93,19 @@ def find_source(repository: Path, model: str, version: int | None) -> Source:
                         f"(it has {versions or 'none'})", grpc.StatusCode.NOT_FOUND)
     config = load_model_config(model_dir / "config.yaml", model)
     backend, artifact = detect_backend(model_dir / str(version), config)
+    _check_exportable(backend, artifact, f"{model}:{version}")
     return Source(model, version, backend, artifact, config, sha256_file(artifact),
                   config_notes(model_dir / "config.yaml"))
+
+
+def _check_exportable(backend: str, artifact: Path, ref: str) -> None:
+    """Edge bundles are made from ONNX and TorchScript; a .pt2 is refused by name."""
+    kind = sniff(artifact) if backend == "torch" else None
+    if kind in (EXPORTED, AOTI):
+        raise EdgeError(f"{ref} is served from {kind} ({artifact.name}); edge bundles are made "
+                        "from ONNX or TorchScript models: export the model to ONNX with "
+                        "torch.onnx.export and register that as a version to bundle",
+                        grpc.StatusCode.FAILED_PRECONDITION)
 
 
 def load_served(source: Source) -> Backend:

@@ -466,7 +466,8 @@ def test_default_model_filename_picks_the_artifact(tmp_path: Path) -> None:
 
 def test_platform_selects_among_artifacts(tmp_path: Path) -> None:
     repo = _repo_with(tmp_path, 'platform: "pytorch_libtorch"\n')
-    with pytest.raises(ConfigError, match=r"no model file found \(expected model\.pt\)"):
+    with pytest.raises(ConfigError,
+                       match=r"no model file found \(expected model\.pt or model\.pt2\)"):
         scan(repo)
     shutil.copyfile(TORCHSCRIPT, repo / "m" / "1" / "model.pt")
     [source] = scan(repo)
