@@ -81,9 +81,11 @@ class Soak:
     failed: int = 0
     errors: dict[str, int] = field(default_factory=dict)
 
-    def growth_mib(self, role: str) -> float:
-        """RSS gained from the first sample (after warm-up) to the last, MiB."""
-        return (self.samples[-1].memory[role][0] - self.samples[0].memory[role][0]) / 1024
+    def growth_mib(self, role: str, first: int = 0, part: int = 0) -> float:
+        """MiB of RSS (``part`` 0) or of its shared part (1) gained from sample ``first``
+        (0: after warm-up) to the last."""
+        return (self.samples[-1].memory[role][part] - self.samples[first].memory[role][part]
+                ) / 1024
 
 
 def h2load(argv: list[str], count: int, limit_s: float) -> tuple[int, int]:
@@ -162,11 +164,16 @@ def report(result: Soak, opts: argparse.Namespace) -> list[str]:
         mem = [f"{m[0] / 1024:.1f} ({m[1] / 1024:.1f})" for m in sample.memory.values()]
         print(f"| {label} | {sample.seconds:.0f} | {rate} | {mem[0]} | {mem[1]} |")
     problems = []
+    middle = len(result.samples) // 2
+    half = result.samples[-1].sent - result.samples[middle].sent
     for role in ROLES:
         growth = result.growth_mib(role)
         verdict = "over the bound" if growth > opts.max_growth_mib else "within the bound"
+        late = result.growth_mib(role, middle)
         print(f"{role}: {growth:+.1f} MiB after warm-up ({verdict} of "
-              f"{opts.max_growth_mib:g} MiB)")
+              f"{opts.max_growth_mib:g} MiB; shared {result.growth_mib(role, 0, 1):+.1f}); "
+              f"from {result.samples[middle].sent} requests to the end {late:+.1f} MiB, "
+              f"{late * 1024 / max(1, half) * 1000:+.0f} KiB per 1,000 requests")
         if growth > opts.max_growth_mib:
             problems.append(f"{role} RSS grew {growth:.1f} MiB")
     if result.failed or result.errors:
