@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -20,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadtest.gpu_carry import CARRY, install, prepare
+from loadtest.gpu_carry import CARRY, TOOLS, install, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 #: What the device's tests cover: the GPU-gated paths, then shared memory.
@@ -87,6 +88,18 @@ def onnx_on_cuda() -> str | None:
         return (f"onnxruntime {probe.stdout.strip()} has no CUDAExecutionProvider (the "
                 "onnxruntime-gpu wheel is too large to travel in one call)")
     return None
+
+
+def blocked(step: Step, opts: argparse.Namespace, env: dict[str, str]) -> str | None:
+    """Why a bench cannot run here: no h2load or wrk (a machine without a registry would
+    wait on apt-get instead), or no CUDA provider for the ONNX bench; None if it can."""
+    if not step.name.startswith("gpu-"):
+        return None
+    lacking = [tool for tool in TOOLS if shutil.which(tool, path=env.get("PATH")) is None]
+    if lacking:
+        return (f"{' and '.join(lacking)} not found: run `python -m loadtest.gpu_session "
+                "prepare` where they are installed and carry loadtest/.gpu-carry")
+    return onnx_on_cuda() if step.name == "gpu-onnx" and opts.device != "cpu" else None
 
 
 class Log:
@@ -167,7 +180,7 @@ def session(opts: argparse.Namespace) -> int:
         if opts.dry_run:
             log(f"would run {step.name}: {' '.join(step.argv)}")
             continue
-        why = onnx_on_cuda() if step.name == "gpu-onnx" and opts.device != "cpu" else None
+        why = blocked(step, opts, env)
         limit = min(step.timeout_s, log.left(opts.budget_s) - RESERVE_S)
         if why is None and limit < LEAST_S:
             why = f"out of time ({limit:.0f} s left for it)"

@@ -77,3 +77,15 @@ def test_what_travels_is_ignored_by_git_and_pinned_here(tmp_path: Path) -> None:
     assert len(pins) == len(gpu_carry.WHEELS)
     assert all(pin.count("==") == 1 and pin.split("==")[1] for pin in pins)
     assert "grpcio==" + __import__("grpc").__version__ in pins
+
+
+def test_without_h2load_and_wrk_the_benches_are_skipped_not_left_waiting(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    code, out = run_session(capsys, "--device", "cpu", "--only", "gpu-torch", "--out",
+                            str(tmp_path), "--carry", str(tmp_path / "none"))
+    assert code == 0
+    assert ("gpu-torch: skipped: h2load and wrk not found: run `python -m loadtest.gpu_session "
+            "prepare`") in out
+    assert not (tmp_path / "gpu-torch.log").exists()
