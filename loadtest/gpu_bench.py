@@ -1,6 +1,7 @@
 """The GPU benchmark (issue 3, target 6; issue 23): ResNet-50 on 224x224 images with fixed random
 weights, in half precision on ONNX Runtime's CUDA provider or PyTorch (TorchScript); the same model
-alone on the device and in-process against the runtime and the gateway path, in one run:
+alone on the device and in-process against the runtime and the gateway path (bytes in the
+request, or in system or CUDA shared memory), in one run:
 
     python -m loadtest.gpu_bench [--backend onnx|torch] [--precision fp16] [--workers 1x2,2x1]
 """
@@ -18,25 +19,21 @@ from pathlib import Path
 import numpy as np
 
 from common.model_config import load_model_config
+from loadtest import shm_rows, triton_perf
 from loadtest.build_resnet import CLASSES, make_model, make_passthrough
 from loadtest.cases import (
-    HEADER_LENGTH,
-    METHOD,
     ROOT,
     BatchPoint,
     Case,
-    check_grpc,
-    check_http,
     fill_requests,
     time_batch,
 )
 from loadtest.device_alone import device_alone
-from loadtest.loadgen import Load, Outcome, Target, closed_loop
+from loadtest.gpu_report import Row, render
+from loadtest.gpu_rows import PATHS, SHM_PATHS, load_runs, measured, summary
 from loadtest.machine import machine
-from loadtest.report import GW_BINARY, GW_GRPC, RUNTIME
 from loadtest.servers import (
     Children,
-    batching,
     runtime_probe,
     start_gateway,
     start_runtime,
@@ -183,70 +180,30 @@ def start_servers(children: Children, opts: argparse.Namespace, workers: int
     return [address for address, _ in started], gateway_grpc, gateway_http
 
 
-Row = tuple[str, str, Outcome, tuple | None, tuple[float, float, float]]
-#: The served paths, as --paths names them, in the order they run.
-PATHS = ("runtime", "grpc", "http")
-
-
-def thread_busy(before: dict[int, float], after: dict[int, float], main: int,
-                seconds: float) -> tuple[float, float]:
-    """Cores kept busy by a process's main thread and by its busiest other thread."""
-    busy = {tid: (after[tid] - before.get(tid, 0.0)) / seconds for tid in after}
-    return busy.pop(main, 0.0), max(busy.values(), default=0.0)
-
-
-def busiest(before: dict[int, float], after: dict[int, float], seconds: float) -> float:
-    """Cores kept busy by the busiest of a group's processes (the gateways share callers'
-    connections by the kernel's SO_REUSEPORT hash, not evenly)."""
-    return max(((after[pid] - before.get(pid, 0.0)) / seconds for pid in after), default=0.0)
-
-
 def serve(case: Case, opts: argparse.Namespace, children: Children, workers: int,
           instances: int) -> list[Row]:
     """One layout: ``workers`` runtime processes of ``instances`` sessions each; the first
-    worker called directly, then the gateway over gRPC and HTTP."""
+    worker called directly, then the gateway over gRPC and HTTP, then in shared memory."""
     write_config(case, opts, instances)
     runtimes, gateway_grpc, gateway_http = start_servers(children, opts, workers)
-    binary = ((HEADER_LENGTH, str(case.binary_header_length)),
-              ("Content-Type", "application/octet-stream"))
-    first = runtimes[0]
-    every = [
-        (RUNTIME if workers == 1 else f"{RUNTIME}, one of {workers}",
-         Target("grpc", first, METHOD, case.grpc_body, answer_size=check_grpc(first, case)),
-         lambda: check_grpc(first, case)),
-        (GW_GRPC, Target("grpc", gateway_grpc, METHOD, case.grpc_body,
-                         answer_size=check_grpc(gateway_grpc, case)),
-         lambda: check_grpc(gateway_grpc, case)),
-        (GW_BINARY, Target("http", gateway_http, case.http_path, case.binary_body, binary),
-         lambda: check_http(gateway_http, case, binary=True)),
-    ]
-    paths = [path for path, key in zip(every, PATHS) if key in opts.paths]
-    probes = [runtime_probe(runtime, case) for runtime in runtimes]
     layout = f"{workers}x{instances}"
+    probes = [runtime_probe(runtime, case) for runtime in runtimes]
     rows = []
     try:
-        for name, target, check in paths:
-            check()
-            connections = opts.connections if target.protocol == "grpc" else opts.concurrency
-            load = Load(opts.concurrency, connections, opts.warmup, opts.duration,
-                        threads=opts.generator_threads)
-            before = [probe() for probe in probes]
-            threads, gateways = (children.thread_cpu_seconds("runtime0"),
-                                 children.process_cpu_seconds("gateway"))
-            started = time.monotonic()
-            outcome = closed_loop(target, load, children.cpu_seconds)
-            seconds = time.monotonic() - started
-            busy = (*thread_busy(threads, children.thread_cpu_seconds("runtime0"),
-                                 children.procs["runtime0"].pid, seconds),
-                    busiest(gateways, children.process_cpu_seconds("gateway"), seconds))
-            stats = batching(np.sum([p() - b for p, b in zip(probes, before)], axis=0))
-            children.check_alive()
-            check()
-            print(f"  {layout} {name}: {outcome.rate * opts.rows:8.0f} rows/s, "
-                  f"p50 {outcome.p('50'):.1f} "
-                  f"ms, p99 {outcome.p('99'):.1f} ms, errors {outcome.errors}  "
-                  f"[{outcome.generator}]", flush=True)
-            rows.append((layout, name, outcome, stats, busy))
+        for key, (name, run, check) in load_runs(case, opts, children, runtimes,
+                                                 (gateway_grpc, gateway_http)).items():
+            if key not in opts.paths:
+                continue
+            row = Row(layout, name)
+            if key in SHM_PATHS:
+                row.note = shm_rows.unavailable() or ""
+            if not row.note:
+                check()
+                measured(row, run, opts, children, probes, cuda=key.startswith("cuda"))
+                children.check_alive()
+                check()
+            print(f"  {layout} {summary(row, opts.rows)}", flush=True)
+            rows.append(row)
     finally:
         for name in ["gateway", *(f"runtime{i}" for i in range(workers))]:
             code = children.stop(name)
@@ -261,43 +218,6 @@ def gpu_name() -> str:
     found = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
                             "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
     return found.stdout.strip() or found.stderr.strip()
-
-
-def render(opts: argparse.Namespace, facts: dict[str, str], points: list[BatchPoint],
-           alone: BatchPoint, rows: list[Row]) -> str:
-    best = max(points, key=lambda p: p.rows_per_s)
-    backend = {"onnx": "OnnxBackend", "torch": "TorchBackend"}[opts.backend]
-    lines = [f"# GPU: {opts.model} through the gateway against its in-process ceiling "
-             "(issue 3, target 6)", "", f"Command: `python -m loadtest.gpu_bench "
-             f"{' '.join(opts.argv)}`", ""] + [f"- {k}: {v}" for k, v in facts.items()]
-    lines += ["", f"Alone on the device (the same weights in PyTorch, input already there, "
-              f"channels_last and cuDNN's autotuner on a GPU): {alone.rows_per_s:.0f} rows/s "
-              f"(batch {alone.batch}, {alone.p50_ms:.2f} ms per batch)."]
-    lines += ["", f"In-process (`{backend}`, as the runtime builds it, back-to-back calls):", "",
-              "| layout | rows/s | p50 ms | p99 ms |", "|---|---|---|---|"]
-    lines += [f"| {p.layout} | {p.rows_per_s:.0f} | {p.p50_ms:.2f} | {p.p99_ms:.2f} |"
-              for p in points]
-    lines += ["", f"Ceiling: {best.rows_per_s:.0f} rows/s ({best.layout}, {best.p50_ms:.2f} ms "
-              f"per batch), {best.rows_per_s / alone.rows_per_s:.2f} times the device alone.", "",
-              f"Served, {opts.rows} image{'s' if opts.rows > 1 else ''} per "
-              f"request, {opts.concurrency} closed-loop callers:", "",
-              "| workers x instances | path | generator | rows/s | ÷ ceiling | ÷ device alone | "
-              "p50 ms | p99 ms | "
-              "p99 ÷ batch time | mean batch | batch: inputs gathered ms | run ms | "
-              "cores busy: gateways | busiest gateway | "
-              "runtimes | first runtime's event loop | its busiest other thread | errors |",
-              "|---" * 18 + "|"]
-    for layout, name, o, stats, (loop, other, gateway) in rows:
-        batches = (f"{stats[1]:.1f} | {stats[5] / 1e3:.2f} | {stats[3] / 1e3:.2f}" if stats
-                   else "- | - | -")
-        rate = o.rate * opts.rows
-        lines.append(f"| {layout} | {name} | {o.generator} | {rate:.0f} | "
-                     f"{rate / best.rows_per_s:.2f} | {rate / alone.rows_per_s:.2f} | "
-                     f"{o.p('50'):.1f} | {o.p('99'):.1f} | "
-                     f"{o.p('99') / best.p50_ms:.1f} | {batches} | {o.cores('gateway'):.1f} | "
-                     f"{gateway:.2f} | {o.cores('runtime'):.1f} | "
-                     f"{loop:.2f} | {other:.2f} | {o.errors} |")
-    return "\n".join(lines) + "\n"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -327,8 +247,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--warmup", type=float, default=2.0, help="seconds of load before each run (2)")
     add("--ceiling-s", type=float, default=2.0, help="seconds per in-process point (2)")
     add("--paths", default=",".join(PATHS),
-        help="the served paths to measure: runtime (called directly over gRPC), grpc and http "
-             "(the gateway's), comma-separated (all three)")
+        help="the served paths to measure, comma-separated (all): runtime (called directly "
+             "over gRPC), grpc and http (the gateway's, h2load and wrk), shm-grpc, shm-http, "
+             "cuda-grpc and cuda-http (the gateway's with the tensors in system or CUDA shared "
+             "memory: perf_analyzer, from PERF_ANALYZER or PATH)")
     add("--out", type=Path, default=None, help="write the report here too")
     opts = parser.parse_args(argv)
     try:
@@ -360,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     print("ceiling (in-process backend):", flush=True)
     points, providers = ceiling(case, opts)
     facts["providers of the in-process session"] = ", ".join(providers)
+    facts["perf_analyzer (shared-memory rows)"] = triton_perf.find() or "not found"
     print("alone on the device:", flush=True)
     alone = device_alone(opts.model, opts.size, opts.precision, opts.device, opts.max_batch,
                          opts.threads, opts.ceiling_s)
@@ -377,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if opts.out is not None:
         opts.out.write_text(text)
-    errors = sum(row[2].errors for row in rows)
+    errors = sum(row.errors for row in rows)
     if errors or children.problems:
         print(f"FAILED: {errors} errors; {children.problems}", file=sys.stderr)
         return 1

@@ -2,15 +2,22 @@
 streaming and HTTP at a few concurrencies, one run with --collect-metrics and a CSV (-f).
 
     python -m loadtest.triton_perf --perf-analyzer PATH [--model digits] [--concurrency 1 16]
+
+``run_point`` is one bounded perf_analyzer run for other benches (gpu_bench's shared-memory rows).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from loadtest.servers import ROOT, Children, any_of, free_port
@@ -19,6 +26,65 @@ from loadtest.servers import ROOT, Children, any_of, free_port
 _LINE = re.compile(r"Concurrency: (\d+), throughput: ([\d.]+) infer/sec, latency (\d+) usec")
 MODES = {"gRPC": ("-i", "grpc"), "gRPC --streaming": ("-i", "grpc", "--streaming"),
          "HTTP": ("-i", "http")}
+
+
+def find() -> str | None:
+    """perf_analyzer (or a wrapper that runs it): the PERF_ANALYZER variable, else PATH."""
+    return os.environ.get("PERF_ANALYZER") or shutil.which("perf_analyzer")
+
+
+class PerfFailed(RuntimeError):
+    """perf_analyzer exited with an error; the message is what it said (its ``error:`` lines,
+    which carry the server's own message where the server refused)."""
+
+
+@dataclass(frozen=True)
+class Point:
+    """One perf_analyzer run at one concurrency: infer/s, client latency percentiles (µs, from
+    its CSV), and the run's wall time, setup included."""
+
+    concurrency: int
+    rate: float
+    p50_us: int
+    p90_us: int
+    p99_us: int
+    seconds: float
+
+
+def said(output: str) -> str:
+    """perf_analyzer's error lines, joined; else the end of its output."""
+    lines = [line.strip().removeprefix("error: ") for line in output.splitlines()
+             if line.startswith("error:") or "had error" in line or "Failed to" in line]
+    text = "; ".join(dict.fromkeys(line for line in lines if line))
+    return text or output.strip()[-500:] or "no output"
+
+
+def run_point(tool: str, model: str, address: str, protocol: str, concurrency: int,
+              seconds: float, extra: tuple[str, ...] = (), warmup: int = 0) -> Point:
+    """perf_analyzer against ``address`` over ``protocol`` (grpc or http) at ``concurrency``
+    for about ``seconds``: three windows of a third each, merged (stability is not waited
+    for, so the run is bounded), after ``warmup`` requests that are not counted."""
+    interval_ms = max(200, round(seconds * 1000 / 3))
+    with tempfile.TemporaryDirectory(prefix="tensorgate-pa-") as tmp:
+        table = Path(tmp) / "point.csv"
+        argv = [tool, "-m", model, "-u", address, "-i", protocol, "--concurrency-range",
+                str(concurrency), "--measurement-interval", str(interval_ms),
+                "--max-trials", "3", "--stability-percentage", "999", "-f", str(table), *extra]
+        if warmup:
+            argv += ["--warmup-request-count", str(warmup)]
+        started = time.monotonic()
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, check=False,
+                                  timeout=60 + 4 * seconds, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as exc:
+            raise PerfFailed(f"perf_analyzer ran past {exc.timeout:.0f} s") from exc
+        wall = time.monotonic() - started
+        if done.returncode != 0 or not table.exists():
+            raise PerfFailed(said(done.stdout + "\n" + done.stderr))
+        with table.open() as rows:
+            row = next(csv.DictReader(rows))
+    return Point(int(row["Concurrency"]), float(row["Inferences/Second"]),
+                 int(row["p50 latency"]), int(row["p90 latency"]), int(row["p99 latency"]), wall)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
