@@ -13,12 +13,11 @@ import grpc
 from common import lane, lane_socket
 from common.arena import ALIGN, Arena, Mapping
 from common.errors import TensorgateError, unavailable
-from common.wire import LENGTH_DELIMITED, Buffer, WireError, fields
-from gateway.request_parts import Parts, Request, varint
+from common.wire import LENGTH_DELIMITED
+from gateway.request_parts import Parts, Request, parts_of, varint
 
 #: Requests whose tensors total less go by value: copying a small one is cheaper than a slot.
 BY_REF_FROM_BYTES = 16 * 1024
-RAW_INPUT_CONTENTS = 7  # ModelInferRequest's field number
 RAW_OUTPUT_TAG = bytes([6 << 3 | LENGTH_DELIMITED])  # ModelInferResponse.raw_output_contents
 #: Seconds a caller refused for a full arena is asked to wait (Retry-After).
 RETRY_AFTER_S = 1.0
@@ -67,7 +66,10 @@ def send_infer(connection: Any, arena: Arena, request: Request, timeout: float |
     """Send a ModelInfer with its raw inputs in a slot of ``arena``: the call's future and the
     slot, which the caller frees when the call ends (None: sent by value after all).
     RESOURCE_EXHAUSTED when the arena has no room."""
-    rest, tensors = split(request)
+    parts = request if isinstance(request, Parts) else parts_of(request)
+    if not isinstance(parts, Parts):  # NOTE: malformed: the runtime's decoder says how
+        return send_by_value(connection, request, timeout), None
+    rest, tensors = parts.head, parts.tensors
     sizes = [-(-len(tensor) // ALIGN) * ALIGN for tensor in tensors]
     if sum(sizes) < BY_REF_FROM_BYTES:
         return send_by_value(connection, request, timeout), None
@@ -100,26 +102,6 @@ def send_by_value(connection: Any, request: Request, timeout: float | None) -> a
     if isinstance(request, bytes):
         return connection.send(kind, request, timeout)
     return connection.send_parts(kind, request.pieces(), len(request), timeout)
-
-
-def split(request: Request) -> tuple[Buffer, list[Buffer]]:
-    """The request's fields but raw_input_contents, and those; nothing copied but the small
-    fields of a whole request. A malformed one has no tensors: it goes by value, and the
-    runtime's decoder says what is wrong with it."""
-    if isinstance(request, Parts):
-        return request.head, list(request.tensors)
-    view = memoryview(request)
-    kept: list[memoryview] = []
-    tensors: list[Buffer] = []
-    try:
-        for number, wire, start, value, end in fields(view):
-            if number == RAW_INPUT_CONTENTS and wire == LENGTH_DELIMITED:
-                tensors.append(view[value:end])
-            else:
-                kept.append(view[start:end])
-    except WireError:
-        return request, []
-    return kept[0] if len(kept) == 1 else b"".join(kept), tensors
 
 
 def response_bytes(payload: lane.Buffer, arena: Mapping | None) -> tuple[bytes, int | None]:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common.wire import LENGTH_DELIMITED, Buffer
+from common.wire import LENGTH_DELIMITED, Buffer, WireError, fields
 
-#: ModelInferRequest.raw_input_contents (field 7), length-delimited.
-RAW_INPUT_TAG = bytes([7 << 3 | LENGTH_DELIMITED])
+RAW_INPUT_CONTENTS = 7  # ModelInferRequest's field number
+RAW_INPUT_TAG = bytes([RAW_INPUT_CONTENTS << 3 | LENGTH_DELIMITED])
+#: Whole requests this large are worth splitting (gRPC): the rewrites then copy the head alone.
+SPLIT_FROM_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,23 @@ Request = bytes | Parts
 def whole(request: Request) -> bytes:
     """The request as one serialized message."""
     return request if isinstance(request, bytes) else request.join()
+
+
+def parts_of(request: bytes) -> Request:
+    """A whole request as Parts (views of it; only its small fields joined); ``request`` itself
+    when it is not a protobuf message (the runtime's decoder names what is wrong)."""
+    view = memoryview(request)
+    kept: list[memoryview] = []
+    tensors: list[Buffer] = []
+    try:
+        for number, wire, start, value, end in fields(view):
+            if number == RAW_INPUT_CONTENTS and wire == LENGTH_DELIMITED:
+                tensors.append(view[value:end])
+            else:
+                kept.append(view[start:end])
+    except WireError:
+        return request
+    return Parts(kept[0].tobytes() if len(kept) == 1 else b"".join(kept), tuple(tensors))
 
 
 def varint(value: int) -> bytes:

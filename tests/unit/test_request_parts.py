@@ -1,0 +1,116 @@
+"""Requests with their tensors kept apart (gateway/request_parts.py) and HTTP answers built from
+views of the raw outputs: the same messages and bodies as whole bytes give."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+
+from common.proto import grpc_service_pb2 as pb
+from gateway import rewrite
+from gateway.http_codec import (
+    OutputPrefs,
+    decode_infer_answer,
+    decode_infer_parts,
+    decode_infer_request,
+    encode_infer_response,
+)
+from gateway.request_parts import Parts, parts_of, whole
+from gateway.shm import mentions, scope_request
+
+
+def request(*tensors: bytes, request_id: str = "r1") -> pb.ModelInferRequest:
+    message = pb.ModelInferRequest(model_name="m", id=request_id)
+    for i, raw in enumerate(tensors):
+        message.inputs.add(name=f"IN{i}", datatype="UINT8", shape=[len(raw)])
+        message.raw_input_contents.append(raw)
+    return message
+
+
+def test_parts_of_a_whole_request_join_to_the_same_message() -> None:
+    tensors = (b"a" * 70000, b"", b"\x00\xff" * 9000)
+    message = request(*tensors)
+    parts = parts_of(message.SerializeToString())
+    assert isinstance(parts, Parts)
+    assert [bytes(t) for t in parts.tensors] == list(tensors)
+    assert b"a" * 100 not in parts.head  # NOTE: the head holds no tensor byte
+    assert len(parts) == len(parts.join()) == len(message.SerializeToString())
+    assert pb.ModelInferRequest.FromString(whole(parts)) == message
+
+
+def test_a_malformed_request_stays_whole() -> None:
+    assert parts_of(b"\x3a\xff\xff\xff\x7f") == b"\x3a\xff\xff\xff\x7f"
+
+
+def test_rewrites_change_the_head_alone() -> None:
+    message = request(b"x" * 50000)
+    parts = parts_of(message.SerializeToString())
+    assert isinstance(parts, Parts)
+    changed = rewrite.with_version(rewrite.with_id(parts, "new-id"), "7")
+    changed = rewrite.with_parameter(changed, "traceparent", "00-ab-cd-01")
+    assert isinstance(changed, Parts) and changed.tensors == parts.tensors
+    read = pb.ModelInferRequest.FromString(whole(changed))
+    assert (read.id, read.model_version) == ("new-id", "7")
+    assert read.parameters["traceparent"].string_param == "00-ab-cd-01"
+    assert read.raw_input_contents == message.raw_input_contents
+
+
+def test_regions_are_found_and_scoped_in_the_head() -> None:
+    message = request(b"y" * 40000)
+    tensor = message.inputs.add(name="IN_SHM", datatype="UINT8", shape=[4])
+    tensor.parameters["shared_memory_region"].string_param = "mine"
+    parts = parts_of(message.SerializeToString())
+    assert isinstance(parts, Parts) and mentions(parts)
+    scoped = scope_request(parts, "alice")
+    assert isinstance(scoped, Parts) and scoped.tensors == parts.tensors
+    read = pb.ModelInferRequest.FromString(whole(scoped))
+    region = read.inputs[1].parameters["shared_memory_region"].string_param
+    assert region != "mine" and region.endswith("/mine")
+    assert not mentions(parts_of(request(b"z" * 40000).SerializeToString()))
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_decoded_parts_are_views_and_match_the_whole_decode(binary: bool) -> None:
+    x = np.arange(12, dtype=np.float32)
+    item: dict = {"name": "IN", "datatype": "FP32", "shape": [12]}
+    if binary:
+        item["parameters"] = {"binary_data_size": x.nbytes}
+    else:
+        item["data"] = x.tolist()
+    header = orjson.dumps({"id": "q", "inputs": [item]})
+    body = header + (x.tobytes() if binary else b"")
+    length = len(header) if binary else None
+    head, tensors, _ = decode_infer_parts(body, length, "m", "")
+    assert [bytes(t) for t in tensors] == [x.tobytes()]
+    assert isinstance(tensors[0], memoryview) == binary  # NOTE: binary data is not copied
+    full, _ = decode_infer_request(body, length, "m", "")
+    joined = Parts(head.SerializeToString(), tuple(tensors)).join()
+    assert pb.ModelInferRequest.FromString(joined) == full
+
+
+def answer() -> pb.ModelInferResponse:
+    response = pb.ModelInferResponse(model_name="m", model_version="1", id="q")
+    floats = np.array([1.5, np.nan, 3.0], np.float32)
+    response.outputs.add(name="F", datatype="FP32", shape=[3])
+    response.raw_output_contents.append(floats.tobytes())
+    response.outputs.add(name="T", datatype="BYTES", shape=[2])
+    response.raw_output_contents.append(b"\x02\x00\x00\x00hi\x03\x00\x00\x00abc")
+    response.outputs.add(name="S", datatype="INT32", shape=[2])
+    response.raw_output_contents.append(b"")
+    return response
+
+
+@pytest.mark.parametrize("prefs", [
+    OutputPrefs(),
+    OutputPrefs(default_binary=True),
+    OutputPrefs(per_output={"T": True}, shm={"S"}),
+    OutputPrefs(default_binary=True, per_output={"F": False}, shm={"S"}),
+])
+def test_answers_from_views_are_byte_identical(prefs: OutputPrefs) -> None:
+    response = answer()
+    serialized = response.SerializeToString()
+    expected = encode_infer_response(pb.ModelInferResponse.FromString(serialized), prefs)
+    head, raws = decode_infer_answer(serialized)
+    assert len(head.raw_output_contents) == 0 and all(isinstance(r, memoryview) for r in raws)
+    assert encode_infer_response(head, prefs, raws) == expected
