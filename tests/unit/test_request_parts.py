@@ -7,8 +7,10 @@ import numpy as np
 import orjson
 import pytest
 
+from common import lane
+from common.arena import Arena
 from common.proto import grpc_service_pb2 as pb
-from gateway import rewrite
+from gateway import lane_refs, rewrite
 from gateway.http_codec import (
     OutputPrefs,
     decode_infer_answer,
@@ -114,3 +116,47 @@ def test_answers_from_views_are_byte_identical(prefs: OutputPrefs) -> None:
     head, raws = decode_infer_answer(serialized)
     assert len(head.raw_output_contents) == 0 and all(isinstance(r, memoryview) for r in raws)
     assert encode_infer_response(head, prefs, raws) == expected
+
+
+class Connection:
+    """What send_infer writes: the frame kind and its pieces."""
+
+    def send_parts(self, kind: int, parts: list, size: int, timeout: float | None) -> None:
+        self.kind, self.payload = kind, b"".join(parts)
+        assert size == len(self.payload)
+
+    def send(self, kind: int, payload: bytes, timeout: float | None) -> None:
+        self.send_parts(kind, [payload], len(payload), timeout)
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_tensors_are_copied_into_the_arena_as_from_whole_bytes(split: bool) -> None:
+    tensors = (b"\x01" * 20000, b"\x02" * 30001)
+    whole_bytes = rewrite.with_id(request(*tensors).SerializeToString(), "later")
+    assert isinstance(whole_bytes, bytes)
+    sent = parts_of(whole_bytes) if split else whole_bytes
+    arena = Arena(1 << 20, "tensorgate-test-parts")
+    try:
+        connection = Connection()
+        _, slot = lane_refs.send_infer(connection, arena, sent, 1.0)
+        assert slot is not None and connection.kind == lane.INFER_REF
+        refs, rest = lane.parse_refs(connection.payload)
+        assert [arena.view[at : at + n].tobytes() for at, n in refs] == list(tensors)
+        read = pb.ModelInferRequest.FromString(bytes(rest))
+        assert read.id == "later" and len(read.raw_input_contents) == 0
+        arena.release(slot)
+    finally:
+        arena.close()
+
+
+def test_a_small_request_in_parts_goes_by_value_whole() -> None:
+    message = request(b"\x03" * 100)
+    parts = parts_of(message.SerializeToString())
+    connection = Connection()
+    arena = Arena(1 << 20, "tensorgate-test-parts")
+    try:
+        assert lane_refs.send_infer(connection, arena, parts, 1.0)[1] is None
+    finally:
+        arena.close()
+    assert connection.kind == lane.METHOD_KIND["ModelInfer"]
+    assert pb.ModelInferRequest.FromString(connection.payload) == message
