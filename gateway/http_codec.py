@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,7 @@ from common.names import shown
 from common.proto import grpc_service_pb2 as pb
 from common.tensors import element_count, expected_byte_size, json_to_raw, raw_to_json
 from common.wire import LENGTH_DELIMITED, Buffer, WireError, fields
+from gateway.request_parts import SPLIT_FROM_BYTES
 
 # Parameters that steer this codec and mean nothing to the model.
 _CODEC_PARAMETERS = {"binary_data_output", "binary_data_size", "binary_data"}
@@ -229,9 +231,12 @@ def _set_parameters(target: Any, params: dict[str, Any]) -> None:
                                    "64 bits or a boolean")
 
 
-def decode_infer_answer(answer: bytes) -> tuple[pb.ModelInferResponse, list[Raw]]:
+def decode_infer_answer(answer: bytes) -> tuple[pb.ModelInferResponse, Sequence[Raw]]:
     """A serialized ModelInferResponse as the message without its raw outputs, and those as
     views of ``answer`` (not copied)."""
+    if len(answer) < SPLIT_FROM_BYTES:  # NOTE: one protobuf call costs less than the walk
+        response = pb.ModelInferResponse.FromString(answer)
+        return response, response.raw_output_contents
     view = memoryview(answer)
     kept: list[Raw] = []
     raws: list[Raw] = []
@@ -244,18 +249,18 @@ def decode_infer_answer(answer: bytes) -> tuple[pb.ModelInferResponse, list[Raw]
     except WireError:
         kept, raws = [answer], []  # NOTE: protobuf's parser names what is wrong with it
     response = pb.ModelInferResponse.FromString(kept[0] if len(kept) == 1 else b"".join(kept))
-    return response, raws or list(response.raw_output_contents)
+    return response, raws or response.raw_output_contents
 
 
 def encode_infer_response(
-    response: pb.ModelInferResponse, prefs: OutputPrefs, raws: list[Raw] | None = None
+    response: pb.ModelInferResponse, prefs: OutputPrefs, raws: Sequence[Raw] | None = None
 ) -> tuple[bytes, int | None]:
     """The HTTP body and, when binary outputs follow the JSON, the JSON's length. ``raws``:
     the raw outputs when the message holds none (decode_infer_answer)."""
     outputs = []
     blobs = []
     finite = True
-    raws = list(response.raw_output_contents) if raws is None else raws
+    raws = response.raw_output_contents if raws is None else raws
     for out, raw in zip(response.outputs, raws):
         entry: dict[str, Any] = {"name": out.name, "datatype": out.datatype,
                                  "shape": list(out.shape)}

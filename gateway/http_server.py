@@ -25,7 +25,7 @@ from gateway.http_codec import (
     encode_infer_response,
 )
 from gateway.pipeline import Pipeline
-from gateway.request_parts import Parts
+from gateway.request_parts import Request, assemble
 
 Reply = tuple[int, bytes, list[tuple[bytes, bytes]]]
 _JSON = [(b"content-type", b"application/json")]
@@ -90,7 +90,7 @@ class HttpTransport:
     async def infer(self, model: str, version: str, headers: Headers, body: Body) -> Reply:
         prefs = OutputPrefs()
 
-        async def load(call: RequestContext) -> Parts:
+        async def load(call: RequestContext) -> Request:
             """Called by the pipeline once the caller is admitted on its headers alone; the
             tensors stay views of the body until the lane copies them where they go."""
             nonlocal prefs
@@ -100,7 +100,7 @@ class HttpTransport:
             request, tensors, prefs = decode_infer_parts(
                 await body.read(), int(length) if length else None, model, version)
             call.id, call.timeout_s = request.id, _timeout_s(request)
-            return Parts(request.SerializeToString(), tuple(tensors))
+            return assemble(request, tensors)
 
         answer = await self.pipeline.infer(RequestContext(model, version, "http", headers), load)
         response, raws = decode_infer_answer(answer)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common.proto import grpc_service_pb2 as pb
 from common.wire import LENGTH_DELIMITED, Buffer, WireError, fields
 
 RAW_INPUT_CONTENTS = 7  # ModelInferRequest's field number
 RAW_INPUT_TAG = bytes([RAW_INPUT_CONTENTS << 3 | LENGTH_DELIMITED])
-#: Whole requests this large are worth splitting (gRPC): the rewrites then copy the head alone.
+#: Requests and answers this large are worth keeping in parts; smaller ones cost less whole
+#: (one protobuf call instead of Python walking their fields).
 SPLIT_FROM_BYTES = 16 * 1024
 
 
@@ -47,6 +49,15 @@ Request = bytes | Parts
 def whole(request: Request) -> bytes:
     """The request as one serialized message."""
     return request if isinstance(request, bytes) else request.join()
+
+
+def assemble(message: pb.ModelInferRequest, tensors: list[Buffer]) -> Request:
+    """``message`` (with no raw inputs) and its raw inputs as a request: Parts when they are
+    large, else whole bytes."""
+    if sum(map(len, tensors)) < SPLIT_FROM_BYTES:
+        message.raw_input_contents.extend([bytes(tensor) for tensor in tensors])
+        return message.SerializeToString()
+    return Parts(message.SerializeToString(), tuple(tensors))
 
 
 def parts_of(request: bytes) -> Request:

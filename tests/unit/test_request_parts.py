@@ -18,7 +18,7 @@ from gateway.http_codec import (
     decode_infer_request,
     encode_infer_response,
 )
-from gateway.request_parts import Parts, parts_of, whole
+from gateway.request_parts import SPLIT_FROM_BYTES, Parts, assemble, parts_of, whole
 from gateway.shm import mentions, scope_request
 
 
@@ -89,12 +89,25 @@ def test_decoded_parts_are_views_and_match_the_whole_decode(binary: bool) -> Non
     full, _ = decode_infer_request(body, length, "m", "")
     joined = Parts(head.SerializeToString(), tuple(tensors)).join()
     assert pb.ModelInferRequest.FromString(joined) == full
+    # NOTE: so small a request is cheaper whole
+    assert assemble(head, tensors) == full.SerializeToString()
 
 
-def answer() -> pb.ModelInferResponse:
+def test_large_tensors_are_assembled_in_parts() -> None:
+    tensors: list = [memoryview(b"\x05" * SPLIT_FROM_BYTES)]
+    head = pb.ModelInferRequest(model_name="m", id="big")
+    head.inputs.add(name="IN", datatype="UINT8", shape=[SPLIT_FROM_BYTES])
+    assembled = assemble(head, tensors)
+    assert isinstance(assembled, Parts) and assembled.tensors[0] is tensors[0]
+    read = pb.ModelInferRequest.FromString(whole(assembled))
+    assert read.id == "big" and read.raw_input_contents == [b"\x05" * SPLIT_FROM_BYTES]
+
+
+def answer(count: int) -> pb.ModelInferResponse:
     response = pb.ModelInferResponse(model_name="m", model_version="1", id="q")
-    floats = np.array([1.5, np.nan, 3.0], np.float32)
-    response.outputs.add(name="F", datatype="FP32", shape=[3])
+    floats = np.full(count, 1.5, np.float32)
+    floats[1] = np.nan
+    response.outputs.add(name="F", datatype="FP32", shape=[count])
     response.raw_output_contents.append(floats.tobytes())
     response.outputs.add(name="T", datatype="BYTES", shape=[2])
     response.raw_output_contents.append(b"\x02\x00\x00\x00hi\x03\x00\x00\x00abc")
@@ -109,12 +122,16 @@ def answer() -> pb.ModelInferResponse:
     OutputPrefs(per_output={"T": True}, shm={"S"}),
     OutputPrefs(default_binary=True, per_output={"F": False}, shm={"S"}),
 ])
-def test_answers_from_views_are_byte_identical(prefs: OutputPrefs) -> None:
-    response = answer()
-    serialized = response.SerializeToString()
+@pytest.mark.parametrize("count", [3, 8000])
+def test_answers_from_views_are_byte_identical(prefs: OutputPrefs, count: int) -> None:
+    serialized = answer(count).SerializeToString()
     expected = encode_infer_response(pb.ModelInferResponse.FromString(serialized), prefs)
     head, raws = decode_infer_answer(serialized)
-    assert len(head.raw_output_contents) == 0 and all(isinstance(r, memoryview) for r in raws)
+    # NOTE: a small answer is parsed whole (cheaper); a large one's raw outputs are views.
+    large = len(serialized) >= SPLIT_FROM_BYTES
+    assert large == (count > 3) and len(raws) == 3
+    assert all(isinstance(r, memoryview) for r in raws) == large
+    assert len(head.raw_output_contents) == (0 if large else 3)
     assert encode_infer_response(head, prefs, raws) == expected
 
 
