@@ -54,6 +54,8 @@ def whole(request: Request) -> bytes:
 def assemble(message: pb.ModelInferRequest, tensors: list[Buffer]) -> Request:
     """``message`` (with no raw inputs) and its raw inputs as a request: Parts when they are
     large, else whole bytes."""
+    if not tensors:  # NOTE: a small HTTP body's are in the message already
+        return message.SerializeToString()
     if sum(map(len, tensors)) < SPLIT_FROM_BYTES:
         message.raw_input_contents.extend([bytes(tensor) for tensor in tensors])
         return message.SerializeToString()
