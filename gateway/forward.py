@@ -16,6 +16,7 @@ from gateway import balance
 from gateway.context import RequestContext
 from gateway.health import Endpoint, Health
 from gateway.metrics import GatewayMetrics
+from gateway.request_parts import Request
 
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 # NOTE: the gateway's own timer also says DEADLINE_EXCEEDED, so it proves nothing either way.
@@ -31,7 +32,7 @@ class Forward:
         self.metrics = metrics
         self.clock = clock
 
-    async def __call__(self, pool: Sequence[Endpoint], model: str, method: str, request: bytes,
+    async def __call__(self, pool: Sequence[Endpoint], model: str, method: str, request: Request,
                        timeout: float, call: RequestContext | None = None) -> bytes:
         """The answer's bytes, untouched; `timeout` is the caller's whole remaining deadline.
 
@@ -52,7 +53,7 @@ class Forward:
             return answer
         return await self._retry(pool, model, method, request, deadline, endpoint, first, call)
 
-    async def _retry(self, pool: Sequence[Endpoint], model: str, method: str, request: bytes,
+    async def _retry(self, pool: Sequence[Endpoint], model: str, method: str, request: Request,
                      deadline: float, failed: Endpoint, first: TensorgateError,
                      call: RequestContext | None) -> bytes:
         remaining = deadline - self.clock()

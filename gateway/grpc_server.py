@@ -25,6 +25,7 @@ from gateway.feedback import encode_result, handle_feedback
 from gateway.grpc_stream import Stream, deadline
 from gateway.peek import infer_fields, model_and_version
 from gateway.pipeline import Access, Pipeline
+from gateway.request_parts import SPLIT_FROM_BYTES, parts_of
 from gateway.shm import Kind
 
 SERVICE = "inference.GRPCInferenceService"
@@ -52,7 +53,10 @@ class GrpcTransport:
         model, version, request_id, timeout = infer_fields(request)
         call = RequestContext(model, version, "grpc", _headers(context), request_id,
                               deadline(timeout, context.time_remaining()))
-        return await self.pipeline.infer(call, request)
+        # NOTE: a large one in parts: the pipeline's rewrites (id, version) then copy only its
+        # small fields, and the lane copies its tensors once, into the arena.
+        parts = parts_of(request) if len(request) >= SPLIT_FROM_BYTES else request
+        return await self.pipeline.infer(call, parts)
 
     async def model_stream_infer(self, requests: AsyncIterator[bytes], context: Any) -> None:
         """Admitted once on the stream's metadata; each message is then a ModelInfer of its own,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,8 @@ from common.errors import TensorgateError, invalid_argument
 from common.names import shown
 from common.proto import grpc_service_pb2 as pb
 from common.tensors import element_count, expected_byte_size, json_to_raw, raw_to_json
+from common.wire import LENGTH_DELIMITED, Buffer, WireError, fields
+from gateway.request_parts import SPLIT_FROM_BYTES
 
 # Parameters that steer this codec and mean nothing to the model.
 _CODEC_PARAMETERS = {"binary_data_output", "binary_data_size", "binary_data"}
@@ -32,6 +35,9 @@ MAX_REQUEST_ID_CHARS = 256
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 #: Float datatypes whose JSON outputs may hold NaN or infinities.
 _FLOATS = {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
+_RAW_OUTPUT_CONTENTS = 6  # ModelInferResponse's field number
+#: An output's raw bytes: a view of the answer, or the message's own.
+Raw = bytes | memoryview
 
 
 @dataclass
@@ -48,6 +54,17 @@ def decode_infer_request(
     body: bytes, json_length: int | None, model: str, version: str
 ) -> tuple[pb.ModelInferRequest, OutputPrefs]:
     """An HTTP infer body to a ModelInferRequest with raw tensors, and the output preferences."""
+    request, tensors, prefs = decode_infer_parts(body, json_length, model, version)
+    request.raw_input_contents.extend(bytes(tensor) for tensor in tensors)
+    return request, prefs
+
+
+def decode_infer_parts(
+    body: bytes, json_length: int | None, model: str, version: str
+) -> tuple[pb.ModelInferRequest, list[Buffer], OutputPrefs]:
+    """An HTTP infer body to a ModelInferRequest, its raw tensors and the output preferences.
+    A large body's tensors are kept out of the message, as views of its binary data (not
+    copied); a small one's are in the message, and the list is empty."""
     view = memoryview(body)
     end = len(body) if json_length is None else json_length
     if end < 0:
@@ -68,8 +85,10 @@ def decode_infer_request(
     params = _dict(header.get("parameters"), "parameters")
     _set_parameters(request.parameters, params)
     offset = end
+    # NOTE: a small body's tensors go straight into the message: cheaper than a list of views.
+    tensors: list[Buffer] | None = [] if len(body) >= SPLIT_FROM_BYTES else None
     for i, item in enumerate(header["inputs"]):
-        offset = _add_input(request, item, i, view, offset)
+        offset = _add_input(request, tensors, item, i, view, offset)
     # NOTE: the runtime refuses these too; refusing here names the fault before a network hop.
     # The names come from the JSON items (_add_input checked them): reading them back out of
     # the message costs more.
@@ -79,7 +98,7 @@ def decode_infer_request(
                                "the header declares")
     prefs = OutputPrefs(default_binary=bool(params.get("binary_data_output")))
     _add_outputs(request, header.get("outputs") or [], prefs)
-    return request, prefs
+    return request, tensors or [], prefs
 
 
 def _request_id(value: Any) -> str:
@@ -138,8 +157,8 @@ def _unique(names: list[str], what: str) -> None:
         seen.add(name)
 
 
-def _add_input(request: pb.ModelInferRequest, item: Any, i: int, body: memoryview,
-               offset: int) -> int:
+def _add_input(request: pb.ModelInferRequest, tensors: list[Buffer] | None, item: Any, i: int,
+               body: memoryview, offset: int) -> int:
     if type(item) is not dict or type(item.get("name")) is not str:
         raise invalid_argument(f"inputs[{i}] must be an object with a 'name'")
     name, datatype, shape = item["name"], item.get("datatype"), item.get("shape")
@@ -153,7 +172,7 @@ def _add_input(request: pb.ModelInferRequest, item: Any, i: int, body: memoryvie
     count = element_count(shape, _what(request, name))
     params = _dict(item.get("parameters"), f"inputs[{i}].parameters")
     size = params.get("binary_data_size")
-    raw: bytes | None = None
+    raw: Buffer | None = None
     if regions.REGION in params:
         if size is not None or "data" in item:
             raise _bad(request, name, "data in a shared memory region takes neither 'data' "
@@ -166,7 +185,7 @@ def _add_input(request: pb.ModelInferRequest, item: Any, i: int, body: memoryvie
         if expected is not None and size != expected:
             raise _bad(request, name, f"shape {shape} of {datatype} takes {expected} bytes, "
                                       f"binary_data_size is {size}")
-        raw = bytes(body[offset : offset + size])
+        raw = body[offset : offset + size]
         offset += size
     elif "data" in item:
         raw = json_to_raw(datatype, shape, item["data"], _what(request, name))
@@ -174,8 +193,10 @@ def _add_input(request: pb.ModelInferRequest, item: Any, i: int, body: memoryvie
         raise _bad(request, name, "needs 'data' or a binary_data_size parameter")
     tensor = request.inputs.add(name=name, datatype=datatype, shape=shape)
     _set_parameters(tensor.parameters, params)
-    if raw is not None:
-        request.raw_input_contents.append(raw)
+    if raw is not None and tensors is not None:
+        tensors.append(raw)
+    elif raw is not None:
+        request.raw_input_contents.append(bytes(raw))
     return offset
 
 
@@ -214,14 +235,37 @@ def _set_parameters(target: Any, params: dict[str, Any]) -> None:
                                    "64 bits or a boolean")
 
 
+def decode_infer_answer(answer: bytes) -> tuple[pb.ModelInferResponse, Sequence[Raw]]:
+    """A serialized ModelInferResponse as the message without its raw outputs, and those as
+    views of ``answer`` (not copied)."""
+    if len(answer) < SPLIT_FROM_BYTES:  # NOTE: one protobuf call costs less than the walk
+        response = pb.ModelInferResponse.FromString(answer)
+        return response, response.raw_output_contents
+    view = memoryview(answer)
+    kept: list[Raw] = []
+    raws: list[Raw] = []
+    try:
+        for number, wire, start, value, end in fields(view):
+            if number == _RAW_OUTPUT_CONTENTS and wire == LENGTH_DELIMITED:
+                raws.append(view[value:end])
+            else:
+                kept.append(view[start:end])
+    except WireError:
+        kept, raws = [answer], []  # NOTE: protobuf's parser names what is wrong with it
+    response = pb.ModelInferResponse.FromString(kept[0] if len(kept) == 1 else b"".join(kept))
+    return response, raws or response.raw_output_contents
+
+
 def encode_infer_response(
-    response: pb.ModelInferResponse, prefs: OutputPrefs
+    response: pb.ModelInferResponse, prefs: OutputPrefs, raws: Sequence[Raw] | None = None
 ) -> tuple[bytes, int | None]:
-    """The HTTP body and, when binary outputs follow the JSON, the JSON's length."""
+    """The HTTP body and, when binary outputs follow the JSON, the JSON's length. ``raws``:
+    the raw outputs when the message holds none (decode_infer_answer)."""
     outputs = []
     blobs = []
     finite = True
-    for out, raw in zip(response.outputs, response.raw_output_contents):
+    raws = response.raw_output_contents if raws is None else raws
+    for out, raw in zip(response.outputs, raws):
         entry: dict[str, Any] = {"name": out.name, "datatype": out.datatype,
                                  "shape": list(out.shape)}
         if out.name in prefs.shm:
@@ -245,10 +289,10 @@ def encode_infer_response(
     header = orjson.dumps(answer) if finite else json.dumps(answer, separators=(",", ":")).encode()
     if not blobs:
         return header, None
-    return header + b"".join(blobs), len(header)
+    return b"".join([header, *blobs]), len(header)
 
 
-def _finite(datatype: str, raw: bytes) -> bool:
+def _finite(datatype: str, raw: Raw) -> bool:
     dtype = _FLOATS.get(datatype)
     return dtype is None or bool(np.isfinite(np.frombuffer(raw, dtype)).all())
 

@@ -18,8 +18,14 @@ from gateway.context import Headers, RequestContext
 from gateway.control import Control, build_control
 from gateway.edge import EdgeBuilder
 from gateway.http_body import Body
-from gateway.http_codec import OutputPrefs, decode_infer_request, encode_infer_response
+from gateway.http_codec import (
+    OutputPrefs,
+    decode_infer_answer,
+    decode_infer_parts,
+    encode_infer_response,
+)
 from gateway.pipeline import Pipeline
+from gateway.request_parts import Request, assemble
 
 Reply = tuple[int, bytes, list[tuple[bytes, bytes]]]
 _JSON = [(b"content-type", b"application/json")]
@@ -84,20 +90,21 @@ class HttpTransport:
     async def infer(self, model: str, version: str, headers: Headers, body: Body) -> Reply:
         prefs = OutputPrefs()
 
-        async def load(call: RequestContext) -> bytes:
-            """Called by the pipeline once the caller is admitted on its headers alone."""
+        async def load(call: RequestContext) -> Request:
+            """Called by the pipeline once the caller is admitted on its headers alone; the
+            tensors stay views of the body until the lane copies them where they go."""
             nonlocal prefs
             length = headers.get(_HEADER_LENGTH)
             if length is not None and not is_whole(length):
                 raise invalid_argument("Inference-Header-Content-Length must be a whole number")
-            request, prefs = decode_infer_request(await body.read(),
-                                                  int(length) if length else None, model, version)
+            request, tensors, prefs = decode_infer_parts(
+                await body.read(), int(length) if length else None, model, version)
             call.id, call.timeout_s = request.id, _timeout_s(request)
-            return request.SerializeToString()
+            return assemble(request, tensors)
 
         answer = await self.pipeline.infer(RequestContext(model, version, "http", headers), load)
-        response = pb.ModelInferResponse.FromString(answer)
-        payload, json_length = encode_infer_response(response, prefs)
+        response, raws = decode_infer_answer(answer)
+        payload, json_length = encode_infer_response(response, prefs, raws)
         served = (VERSION_HEADER, response.model_version.encode())
         served_id = (b"x-request-id", response.id.encode())
         if json_length is None:

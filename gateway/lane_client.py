@@ -23,6 +23,7 @@ from common import lane, lane_socket
 from common.arena import Arena, Mapping
 from common.errors import TensorgateError, unavailable
 from gateway import lane_refs
+from gateway.request_parts import Request, whole
 
 log = logging.getLogger("tensorgate.gateway")
 
@@ -262,7 +263,7 @@ class LaneUpstream:
         if self.on_lost is not None:
             self.on_lost()
 
-    async def call(self, name: str, request: bytes, timeout: float | None) -> bytes:
+    async def call(self, name: str, request: Request, timeout: float | None) -> bytes:
         connection = self._connection
         if connection is None or connection.transport is None:
             connection = await self._connect_within(timeout)
@@ -270,8 +271,10 @@ class LaneUpstream:
         if (arena is not None and connection.answers is not None
                 and len(request) >= lane_refs.BY_REF_FROM_BYTES and name == "ModelInfer"):
             future, slot = lane_refs.send_infer(connection, arena, request, timeout)
+        elif name == "ModelInfer":
+            future = lane_refs.send_by_value(connection, request, timeout)
         else:
-            future = connection.send(lane.METHOD_KIND[name], request, timeout)
+            future = connection.send(lane.METHOD_KIND[name], whole(request), timeout)
         # NOTE: counted only once sent: send raises when the connection is already gone.
         self.outstanding += 1
         # NOTE: a timer, not asyncio.wait_for: no extra future and task per call.

@@ -13,11 +13,11 @@ import grpc
 from common import lane, lane_socket
 from common.arena import ALIGN, Arena, Mapping
 from common.errors import TensorgateError, unavailable
-from common.wire import LENGTH_DELIMITED, WireError, fields
+from common.wire import LENGTH_DELIMITED
+from gateway.request_parts import Parts, Request, parts_of, varint
 
 #: Requests whose tensors total less go by value: copying a small one is cheaper than a slot.
 BY_REF_FROM_BYTES = 16 * 1024
-RAW_INPUT_CONTENTS = 7  # ModelInferRequest's field number
 RAW_OUTPUT_TAG = bytes([6 << 3 | LENGTH_DELIMITED])  # ModelInferResponse.raw_output_contents
 #: Seconds a caller refused for a full arena is asked to wait (Retry-After).
 RETRY_AFTER_S = 1.0
@@ -61,25 +61,18 @@ def answer_arena(frame: lane.Frame, fds: list[int]) -> Mapping | None:
         lane_socket.close_fds(fds)
 
 
-def send_infer(connection: Any, arena: Arena, request: bytes, timeout: float | None
+def send_infer(connection: Any, arena: Arena, request: Request, timeout: float | None
                ) -> tuple[asyncio.Future, int | None]:
     """Send a ModelInfer with its raw inputs in a slot of ``arena``: the call's future and the
     slot, which the caller frees when the call ends (None: sent by value after all).
     RESOURCE_EXHAUSTED when the arena has no room."""
-    view = memoryview(request)
-    kept: list[memoryview] = []
-    spans: list[tuple[int, int]] = []
-    try:
-        for number, wire, start, value, end in fields(view):
-            if number == RAW_INPUT_CONTENTS and wire == LENGTH_DELIMITED:
-                spans.append((value, end))
-            else:
-                kept.append(view[start:end])
-    except WireError:
-        spans = []  # NOTE: by value: the runtime's decoder says what is wrong with it
-    sizes = [-(-(end - value) // ALIGN) * ALIGN for value, end in spans]
+    parts = request if isinstance(request, Parts) else parts_of(request)
+    if not isinstance(parts, Parts):  # NOTE: malformed: the runtime's decoder says how
+        return send_by_value(connection, request, timeout), None
+    rest, tensors = parts.head, parts.tensors
+    sizes = [-(-len(tensor) // ALIGN) * ALIGN for tensor in tensors]
     if sum(sizes) < BY_REF_FROM_BYTES:
-        return connection.send(lane.METHOD_KIND["ModelInfer"], request, timeout), None
+        return send_by_value(connection, request, timeout), None
     slot = arena.alloc(sum(sizes))
     if slot is None:
         raise TensorgateError(
@@ -88,11 +81,11 @@ def send_infer(connection: Any, arena: Arena, request: bytes, timeout: float | N
             f"{arena.size >> 20} MiB hold requests in flight); retry later",
             retry_after=RETRY_AFTER_S)
     refs, at = [], slot
-    for (value, end), size in zip(spans, sizes):
-        arena.view[at : at + end - value] = view[value:end]
-        refs.append((at, end - value))
+    for tensor, size in zip(tensors, sizes):
+        # NOTE: the one copy of a tensor in the gateway (from the HTTP body, or grpc's bytes)
+        arena.view[at : at + len(tensor)] = tensor
+        refs.append((at, len(tensor)))
         at += size
-    rest = kept[0] if len(kept) == 1 else b"".join(kept)
     table = lane.refs_table(refs)
     try:
         future = connection.send_parts(lane.INFER_REF, [table, rest], len(table) + len(rest),
@@ -101,6 +94,14 @@ def send_infer(connection: Any, arena: Arena, request: bytes, timeout: float | N
         arena.release(slot)
         raise
     return future, slot
+
+
+def send_by_value(connection: Any, request: Request, timeout: float | None) -> asyncio.Future:
+    """Send a ModelInfer whole; a request in parts goes as its pieces, joined by the write."""
+    kind = lane.METHOD_KIND["ModelInfer"]
+    if isinstance(request, bytes):
+        return connection.send(kind, request, timeout)
+    return connection.send_parts(kind, request.pieces(), len(request), timeout)
 
 
 def response_bytes(payload: lane.Buffer, arena: Mapping | None) -> tuple[bytes, int | None]:
@@ -112,14 +113,5 @@ def response_bytes(payload: lane.Buffer, arena: Mapping | None) -> tuple[bytes, 
     refs, rest = lane.parse_refs(payload)
     parts: list[Any] = [rest]
     for start, length in refs:
-        parts += [RAW_OUTPUT_TAG, _varint(length), arena.slice(start, length)]
+        parts += [RAW_OUTPUT_TAG, varint(length), arena.slice(start, length)]
     return b"".join(parts), refs[0][0] if refs else None
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)

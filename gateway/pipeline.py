@@ -30,6 +30,7 @@ from gateway.forward import Forward
 from gateway.metrics import GatewayMetrics
 from gateway.quota import QuotaExceeded, Quotas, Ticket
 from gateway.request_log import request_log
+from gateway.request_parts import Request
 from gateway.route import Router
 from gateway.shadow import Shadow, should_shadow
 from gateway.shm import SharedMemory, mentions, scope_request
@@ -44,8 +45,9 @@ Audit = Callable[[str, str, str, Any], Awaitable[None]]
 #: Who may make a control-plane call: anyone (health), any key, or an admin key.
 Access = Literal["open", "key", "admin"]
 #: A request still to be read (HTTP): called once the caller is admitted, it fills in the
-#: context's id and deadline, if the request carries them, and returns the serialized request.
-Loader = Callable[[RequestContext], Awaitable[bytes]]
+#: context's id and deadline, if the request carries them, and returns the serialized request
+#: (its tensors kept apart: Parts).
+Loader = Callable[[RequestContext], Awaitable[Request]]
 
 
 class Pipeline:
@@ -102,7 +104,7 @@ class Pipeline:
             return model
         return model if self.served(model) else OTHER
 
-    async def infer(self, call: RequestContext, request: bytes | Loader) -> bytes:
+    async def infer(self, call: RequestContext, request: Request | Loader) -> bytes:
         """Forward a serialized ModelInferRequest; the answer's bytes come back untouched.
 
         The stages run in the order written here, each filling in `call`. A request without an
@@ -112,13 +114,13 @@ class Pipeline:
         call.started = time.perf_counter()
         answer: bytes | None = None
         self.metrics.in_flight.inc()
-        if isinstance(request, bytes):
+        if not callable(request):
             request = self._begin(call, request)
         try:
             self._admission(call)
             self._auth(call)
             self._quota(call)
-            if not isinstance(request, bytes):
+            if callable(request):
                 # NOTE: read, inflate and parse only now: a caller refused on its headers
                 # costs no more than its headers.
                 request = self._begin(call, await request(call))
@@ -136,7 +138,7 @@ class Pipeline:
         finally:
             self._finish(call, answer)
 
-    def _begin(self, call: RequestContext, request: bytes) -> bytes:
+    def _begin(self, call: RequestContext, request: Request) -> Request:
         """The request with its id (a fresh one if it has none) and, when tracing, its span."""
         if not call.id:
             call.id = f"{self._id_prefix}-{next(self._ids)}"
@@ -164,13 +166,13 @@ class Pipeline:
         assert call.principal is not None  # NOTE: auth runs first
         call.ticket = self.quota(call.principal, call.model)
 
-    def _regions(self, call: RequestContext, request: bytes) -> bytes:
+    def _regions(self, call: RequestContext, request: Request) -> Request:
         """The shared-memory regions the request names, as the caller's own (scoped names)."""
         assert call.principal is not None  # NOTE: auth runs first
         call.regions = True
         return scope_request(request, call.principal.subject)
 
-    def _route(self, call: RequestContext, request: bytes) -> bytes:
+    def _route(self, call: RequestContext, request: Request) -> Request:
         """Route and split: the version to serve, written into the request when none was asked.
 
         Without a traffic policy that is the production alias's version, if any, else the
@@ -191,7 +193,7 @@ class Pipeline:
         call.routed = version
         return request
 
-    async def _forward(self, call: RequestContext, request: bytes) -> bytes:
+    async def _forward(self, call: RequestContext, request: Request) -> bytes:
         """Balance and forward; a shadow copy watches the answer when the policy asks for one."""
         pool = self.router.pool()
         timeout = call.timeout_s or self.default_timeout
@@ -246,7 +248,7 @@ class Pipeline:
                                                  exc.limit).inc()
             raise
 
-    async def _shadow_call(self, model: str, version: str, request: bytes,
+    async def _shadow_call(self, model: str, version: str, request: Request,
                            timeout: float) -> bytes:
         return await self.forward(self.router.pool(), model, "ModelInfer", request,
                                   timeout)

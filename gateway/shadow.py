@@ -19,9 +19,10 @@ from common.policy import TrafficPolicy
 from common.proto import grpc_service_pb2 as pb
 from common.tensors import contents_to_raw, deserialize_bytes, element_count
 from gateway.metrics import GatewayMetrics
+from gateway.request_parts import Request
 
 #: call(model, version, request, timeout_s) -> the serialized ModelInferResponse.
-ShadowCall = Callable[[str, str, bytes, float], Awaitable[bytes]]
+ShadowCall = Callable[[str, str, Request, float], Awaitable[bytes]]
 Values = np.ndarray | list[bytes]  # a numeric tensor, or the elements of a BYTES one
 Tensor = tuple[str, tuple[int, ...], Values]  # datatype, shape, values
 
@@ -64,7 +65,7 @@ class Shadow:
         return len(self._tasks)
 
     def send(
-        self, model: str, version: str, request: bytes, primary: asyncio.Future[bytes]
+        self, model: str, version: str, request: Request, primary: asyncio.Future[bytes]
     ) -> bool:
         """Start a copy of `request` to `version` in the background; False if it was dropped.
 
@@ -93,7 +94,7 @@ class Shadow:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(
-        self, model: str, version: str, request: bytes, primary: asyncio.Future[bytes]
+        self, model: str, version: str, request: Request, primary: asyncio.Future[bytes]
     ) -> None:
         answer = await self._forward(model, version, request)
         if answer is None:
@@ -116,7 +117,7 @@ class Shadow:
         label = "true" if verdict else "false"
         self.metrics.shadow_agreement.labels(model, version, label).inc()
 
-    async def _forward(self, model: str, version: str, request: bytes) -> bytes | None:
+    async def _forward(self, model: str, version: str, request: Request) -> bytes | None:
         """The shadow's answer, or None after counting its failure."""
         started = time.perf_counter()
         code = "OK"

@@ -14,6 +14,7 @@ from common.errors import TensorgateError, unavailable
 from common.proto import grpc_service_pb2 as pb
 from common.wire import LENGTH_DELIMITED, WireError, fields
 from gateway.context import Headers
+from gateway.request_parts import Parts, Request
 
 Kind = Literal["System", "Cuda"]
 #: Requests this large are looked at field by field: the tensors' bytes are not searched.
@@ -21,8 +22,10 @@ SCAN_FROM_BYTES = 64 * 1024
 _RAW_INPUT_CONTENTS = 7
 
 
-def mentions(request: bytes) -> bool:
+def mentions(request: Request) -> bool:
     """Whether the request may name a region (a false positive only costs a parse)."""
+    if isinstance(request, Parts):
+        return regions.MARK in request.head
     if len(request) < SCAN_FROM_BYTES:
         return regions.MARK in request
     view = memoryview(request)
@@ -34,9 +37,11 @@ def mentions(request: bytes) -> bool:
         return False  # NOTE: the runtime refuses the malformed request, naming the fault
 
 
-def scope_request(request: bytes, subject: str) -> bytes:
-    """The request with each region name it uses scoped by the caller's owner id."""
-    message = pb.ModelInferRequest.FromString(request)
+def scope_request(request: Request, subject: str) -> Request:
+    """The request with each region name it uses scoped by the caller's owner id (in its head
+    alone when its tensors are kept apart)."""
+    message = pb.ModelInferRequest.FromString(
+        request.head if isinstance(request, Parts) else request)
     owner = regions.owner_of(subject)
     changed = False
     for tensor in (*message.inputs, *message.outputs):
@@ -45,7 +50,11 @@ def scope_request(request: bytes, subject: str) -> bytes:
             if value.WhichOneof("parameter_choice") == "string_param":
                 value.string_param = regions.scoped(owner, value.string_param)
                 changed = True
-    return message.SerializeToString() if changed else request
+    if not changed:
+        return request
+    if isinstance(request, Parts):
+        return Parts(message.SerializeToString(), request.tensors)
+    return message.SerializeToString()
 
 
 class SharedMemory:

@@ -17,6 +17,7 @@ from common.arena import Arena
 from common.errors import TensorgateError
 from common.settings import TlsSettings
 from gateway.lane_client import LaneUpstream
+from gateway.request_parts import Request, whole
 
 log = logging.getLogger("tensorgate.gateway")
 
@@ -34,7 +35,7 @@ class Upstream(Protocol):
     address: str
     outstanding: int
 
-    async def call(self, name: str, request: bytes, timeout: float | None) -> bytes: ...
+    async def call(self, name: str, request: Request, timeout: float | None) -> bytes: ...
 
     async def close(self) -> None: ...
 
@@ -74,11 +75,11 @@ class GrpcUpstream:
             call = self._calls[name] = self.channel.unary_unary(SERVICE + name)
         return call
 
-    async def call(self, name: str, request: bytes, timeout: float | None) -> bytes:
+    async def call(self, name: str, request: Request, timeout: float | None) -> bytes:
         """One RPC; a failure becomes a TensorgateError carrying the runtime's code and message."""
         self.outstanding += 1
         try:
-            return await self.method(name)(request, timeout=timeout)
+            return await self.method(name)(whole(request), timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             raise _error(exc, self.address) from None
         finally:

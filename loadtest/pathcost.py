@@ -43,7 +43,7 @@ class StandInUpstream:
     def __init__(self, answer: bytes) -> None:
         self.answer = answer
 
-    async def call(self, name: str, request: bytes, timeout: float | None) -> bytes:
+    async def call(self, name: str, request: object, timeout: float | None) -> bytes:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         loop.call_soon(future.set_result, self.answer)

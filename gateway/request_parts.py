@@ -1,0 +1,88 @@
+"""A ModelInferRequest held as two parts: its other fields, serialized, and its raw input tensors
+as views (of an HTTP body), so each tensor is copied once, where it goes (a lane's arena)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from common.proto import grpc_service_pb2 as pb
+from common.wire import LENGTH_DELIMITED, Buffer, WireError, fields
+
+RAW_INPUT_CONTENTS = 7  # ModelInferRequest's field number
+RAW_INPUT_TAG = bytes([RAW_INPUT_CONTENTS << 3 | LENGTH_DELIMITED])
+#: Requests and answers this large are worth keeping in parts; smaller ones cost less whole
+#: (one protobuf call instead of Python walking their fields).
+SPLIT_FROM_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """``head``: every field but raw_input_contents; ``tensors``: those, in order. Protobuf reads
+    a message's fields in any order, so the message is ``head`` with the tensors appended."""
+
+    head: bytes
+    tensors: tuple[Buffer, ...]
+
+    def __add__(self, field: bytes) -> Parts:
+        """A serialized field appended to the head (what gateway/rewrite.py does to bytes)."""
+        return Parts(self.head + field, self.tensors)
+
+    def __len__(self) -> int:
+        return len(self.head) + sum(1 + len(varint(len(t))) + len(t) for t in self.tensors)
+
+    def pieces(self) -> list[Buffer]:
+        """The message as pieces to write in turn (no tensor copied)."""
+        out: list[Buffer] = [self.head]
+        for tensor in self.tensors:
+            out += [RAW_INPUT_TAG, varint(len(tensor)), tensor]
+        return out
+
+    def join(self) -> bytes:
+        """The whole serialized message (one copy of each tensor)."""
+        return b"".join(self.pieces())
+
+
+#: A serialized ModelInferRequest, whole or in parts.
+Request = bytes | Parts
+
+
+def whole(request: Request) -> bytes:
+    """The request as one serialized message."""
+    return request if isinstance(request, bytes) else request.join()
+
+
+def assemble(message: pb.ModelInferRequest, tensors: list[Buffer]) -> Request:
+    """``message`` (with no raw inputs) and its raw inputs as a request: Parts when they are
+    large, else whole bytes."""
+    if not tensors:  # NOTE: a small HTTP body's are in the message already
+        return message.SerializeToString()
+    if sum(map(len, tensors)) < SPLIT_FROM_BYTES:
+        message.raw_input_contents.extend([bytes(tensor) for tensor in tensors])
+        return message.SerializeToString()
+    return Parts(message.SerializeToString(), tuple(tensors))
+
+
+def parts_of(request: bytes) -> Request:
+    """A whole request as Parts (views of it; only its small fields joined); ``request`` itself
+    when it is not a protobuf message (the runtime's decoder names what is wrong)."""
+    view = memoryview(request)
+    kept: list[memoryview] = []
+    tensors: list[Buffer] = []
+    try:
+        for number, wire, start, value, end in fields(view):
+            if number == RAW_INPUT_CONTENTS and wire == LENGTH_DELIMITED:
+                tensors.append(view[value:end])
+            else:
+                kept.append(view[start:end])
+    except WireError:
+        return request
+    return Parts(kept[0].tobytes() if len(kept) == 1 else b"".join(kept), tuple(tensors))
+
+
+def varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
