@@ -6,11 +6,14 @@ One Scheduler per model version; it owns the queue and one executor thread per m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import grpc
 
@@ -18,13 +21,24 @@ from common.errors import TensorgateError
 from common.proto import grpc_service_pb2 as pb
 from runtime.batcher import Batcher, Pending, Timing
 from runtime.decode import InferCall
-from runtime.executor import BatchResult, Staging, execute
+from runtime.executor import BatchResult, Output, Staging, execute
 from runtime.metrics import ModelMetrics, default_metrics
 from runtime.model import ServedModel
-from runtime.response import build_response
-from runtime.validate import check
+from runtime.response import build_response, select
+from runtime.validate import Checked, check
 
 log = logging.getLogger("tensorgate.runtime")
+
+
+@dataclass(slots=True, eq=False)
+class Ticket:
+    """One queued request: its future is done when its batch has run (Scheduler.outputs)."""
+
+    scheduler: Scheduler
+    message: Any
+    checked: Checked
+    arrival: float
+    future: asyncio.Future
 
 
 class Scheduler:
@@ -84,9 +98,10 @@ class Scheduler:
         for _, pool, _ in self._pool:
             pool.shutdown(wait=False, cancel_futures=True)
 
-    async def infer(self, call: InferCall, timeout: float | None,
-                    timing: Timing | None = None) -> pb.ModelInferResponse:
-        """The whole runtime path of one request; raises TensorgateError on any failure.
+    def enqueue(self, call: InferCall, timeout: float | None,
+                timing: Timing | None = None) -> Ticket:
+        """Check a request and queue it; its ticket's future is done when its batch has run.
+        Raises TensorgateError for a request that does not fit or a full queue.
 
         With `timing` (a traced request), the batch that ran it is noted there.
         """
@@ -102,17 +117,30 @@ class Scheduler:
                        timing)
         self.batcher.put(item, self.model.label)
         self._look()  # which also sets the queue depth gauge
-        try:
-            outputs = await future
-        except TensorgateError as exc:
-            self.model.stats.fail.add(int((self.clock() - now) * 1e9))
-            self.metrics.failed(exc)
-            raise
-        elapsed = self.clock() - now
+        return Ticket(self, call.message, checked, now, future)
+
+    def outputs(self, ticket: Ticket) -> list[Output]:
+        """A done ticket's outputs, as its request asked for them; counts the request as a
+        success or raises (and counts) its failure. CancelledError for a cancelled one."""
+        error = ticket.future.exception()
+        if error is not None:
+            if isinstance(error, TensorgateError):
+                self.model.stats.fail.add(int((self.clock() - ticket.arrival) * 1e9))
+                self.metrics.failed(error)
+            raise error
+        elapsed = self.clock() - ticket.arrival
         self.model.stats.success.add(int(elapsed * 1e9))
         self.metrics.request.observe(elapsed)
-        return build_response(call.message, self.model, outputs, checked.outputs,
-                              checked.classes)
+        checked = ticket.checked
+        return select(self.model, ticket.future.result(), checked.outputs, checked.classes)
+
+    async def infer(self, call: InferCall, timeout: float | None,
+                    timing: Timing | None = None) -> pb.ModelInferResponse:
+        """The whole runtime path of one request; raises TensorgateError on any failure."""
+        ticket = self.enqueue(call, timeout, timing)
+        with contextlib.suppress(TensorgateError):  # NOTE: raised, and counted, by outputs()
+            await ticket.future
+        return build_response(call.message, self.model, self.outputs(ticket))
 
     def _look(self) -> None:
         """Look at the queue once the callbacks already due have run, so requests that arrived
