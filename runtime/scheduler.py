@@ -22,7 +22,7 @@ from common.proto import grpc_service_pb2 as pb
 from runtime.batcher import Batcher, Pending, Timing
 from runtime.decode import InferCall
 from runtime.executor import BatchResult, Output, Staging, execute
-from runtime.metrics import ModelMetrics, default_metrics
+from runtime.metrics import ModelMetrics, default_metrics, observe_many
 from runtime.model import ServedModel
 from runtime.response import build_response, select
 from runtime.validate import Checked, check
@@ -109,7 +109,7 @@ class Scheduler:
         now = self.clock()
         if self.default_timeout and (timeout is None or timeout > self.default_timeout):
             timeout = self.default_timeout
-        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future = (self._loop or asyncio.get_running_loop()).create_future()
         if timing is not None:
             timing.arrival = now
         item = Pending(checked.inputs, checked.shapes, checked.batch_size, checked.shape_key,
@@ -128,9 +128,8 @@ class Scheduler:
                 self.model.stats.fail.add(int((self.clock() - ticket.arrival) * 1e9))
                 self.metrics.failed(error)
             raise error
-        elapsed = self.clock() - ticket.arrival
-        self.model.stats.success.add(int(elapsed * 1e9))
-        self.metrics.request.observe(elapsed)
+        # NOTE: the histogram was observed for the whole batch at once (_complete).
+        self.model.stats.success.add(int((self.clock() - ticket.arrival) * 1e9))
         checked = ticket.checked
         return select(self.model, ticket.future.result(), checked.outputs, checked.classes)
 
@@ -192,13 +191,12 @@ class Scheduler:
         backend, pool, staging = instance
         now = self.clock()
         queue_ns = self.model.stats.queue.add
-        observe = self.metrics.queue.observe
-        for item in batch:
-            waited = now - item.arrival
+        waits = [now - item.arrival for item in batch]
+        for item, waited in zip(batch, waits):
             queue_ns(int(waited * 1e9))
-            observe(waited)
             if item.timing is not None:
                 item.timing.launched = now
+        observe_many(self.metrics.queue, waits)
         if self.inline:
             try:
                 result = execute(backend, self.model.batched, batch, staging)
@@ -233,11 +231,15 @@ class Scheduler:
         self.model.stats.record_batch(rows, len(batch), result.input_ns, result.infer_ns,
                                       result.output_ns)
         self.metrics.executed(rows, (result.input_ns + result.infer_ns + result.output_ns) / 1e9)
+        now = self.clock()
+        answered = []
         for item, outputs in zip(batch, result.outputs):
             if item.timing is not None:
-                _note(item.timing, self.clock(), rows, result)
+                _note(item.timing, now, rows, result)
             if not item.future.done():
                 item.future.set_result(outputs)
+                answered.append(now - item.arrival)
+        observe_many(self.metrics.request, answered)
 
 
 def _note(timing: Timing, done: float, rows: int, result: BatchResult) -> None:
