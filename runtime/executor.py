@@ -108,12 +108,30 @@ def _split(
         if not batched:
             per_request[0].append(Output(spec.name, datatype, array.shape, _raw(array, datatype)))
             continue
+        if datatype != "BYTES" and array.nbytes < VIEW_FROM_BYTES and array.ndim \
+                and array.shape[0] == sum(pending.batch_size for pending in batch):
+            _split_small(spec.name, datatype, array, batch, per_request)
+            continue
         offset = 0
         for out, pending in zip(per_request, batch):
             part = array[offset : offset + pending.batch_size]
             offset += pending.batch_size
             out.append(Output(spec.name, datatype, part.shape, _raw(part, datatype)))
     return per_request
+
+
+def _split_small(name: str, datatype: str, array: np.ndarray, batch: list[Pending],
+                 per_request: list[list[Output]]) -> None:
+    """A small output's rows as slices of one bytes object: a numpy view and a copy of its own
+    for each request cost more than the bytes they hold."""
+    whole, rest = array.tobytes(), array.shape[1:]
+    row_bytes = array.nbytes // array.shape[0] if array.shape[0] else 0
+    at = 0
+    for out, pending in zip(per_request, batch):
+        rows = pending.batch_size
+        end = at + rows * row_bytes
+        out.append(Output(name, datatype, (rows, *rest), whole[at:end]))
+        at = end
 
 
 def _owned(array: np.ndarray, feeds: list[np.ndarray]) -> np.ndarray:
