@@ -79,7 +79,7 @@ def observe_many(histogram: Any, amounts: list[float]) -> None:
     The same counts as an observe of each amount."""
     bounds = getattr(histogram, "_upper_bounds", None)
     buckets = getattr(histogram, "_buckets", None)
-    if bounds is None or buckets is None or len(bounds) != len(buckets):
+    if len(amounts) < 2 or bounds is None or buckets is None or len(bounds) != len(buckets):
         for amount in amounts:  # NOTE: another prometheus_client's insides: the public way
             histogram.observe(amount)
         return

@@ -24,6 +24,8 @@ def test_observe_many_counts_as_each_observe() -> None:
         one.labels("a").observe(amount)
     observe_many(many.labels("a"), AMOUNTS)
     observe_many(many.labels("a"), [])
+    one.labels("b").observe(0.003)
+    observe_many(many.labels("b"), [0.003])  # one amount: the plain observe
     expected = {(name.replace("one_", "many_"), labels): value
                 for (name, labels), value in samples(one).items()}
     assert samples(many) == expected
