@@ -21,9 +21,10 @@ from common.proto import grpc_service_pb2 as pb
 from runtime import describe
 from runtime.batcher import Timing
 from runtime.decode import InferCall, decode_infer
+from runtime.executor import Output
 from runtime.model import ModelStore
 from runtime.reload import Reloader
-from runtime.scheduler import Scheduler
+from runtime.scheduler import Scheduler, Ticket
 from runtime.shm import Regions
 from runtime.shm_api import shared_memory_methods
 from runtime.shm_infer import Lease
@@ -74,6 +75,31 @@ class RuntimeCore:
             if tracer is not None and tracing.TRACEPARENT in request.parameters:
                 return await self._traced(tracer, scheduler, call, timeout)
             return await scheduler.infer(call, timeout)
+        finally:
+            model.in_flight -= 1
+            if not model.in_flight and model.drained is not None:
+                model.drained.set()
+
+    def submit(self, call: InferCall, timeout: float | None) -> Ticket | None:
+        """Queue a plain request without a task of its own (the lane's fast path): its ticket,
+        for `settle` once its future is done; None for one that needs `infer` (shared-memory
+        regions, tracing). Raises TensorgateError for a request refused before queueing."""
+        if call.shm:
+            return None
+        request = call.message
+        model = self.store.get(request.model_name, request.model_version)
+        tracer = tracing.tracer()
+        if tracer is not None and tracing.TRACEPARENT in request.parameters:
+            return None
+        ticket = self.schedulers[id(model)].enqueue(call, timeout)
+        model.in_flight += 1
+        return ticket
+
+    def settle(self, ticket: Ticket) -> list[Output]:
+        """A submitted request's outputs once its future is done; raises its failure."""
+        model = ticket.scheduler.model
+        try:
+            return ticket.scheduler.outputs(ticket)
         finally:
             model.in_flight -= 1
             if not model.in_flight and model.drained is not None:

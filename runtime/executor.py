@@ -18,6 +18,9 @@ from runtime.batcher import Pending
 #: Batches of fewer input bytes are joined into a new bytes object: cheaper than keeping a
 #: buffer for them.
 JOIN_BELOW_BYTES = 1 << 20
+#: A request's output of this size on is a view of its batch's output, not a copy of its own:
+#: the lane writes it straight into its arena from there.
+VIEW_FROM_BYTES = 16 * 1024
 
 
 class Staging:
@@ -45,7 +48,8 @@ class Output:
     name: str
     datatype: str
     shape: tuple[int, ...]
-    raw: bytes
+    #: bytes, or (large) a read-only byte view of the batch's output array.
+    raw: bytes | memoryview
 
 
 @dataclass
@@ -64,7 +68,7 @@ def execute(backend: Backend, batched: bool, batch: list[Pending], staging: Stag
     t1 = time.perf_counter_ns()
     results = backend.run(feeds)
     t2 = time.perf_counter_ns()
-    outputs = _split(backend, batched, batch, results)
+    outputs = _split(backend, batched, batch, results, feeds)
     t3 = time.perf_counter_ns()
     return BatchResult(outputs, t1 - t0, t2 - t1, t3 - t2)
 
@@ -93,15 +97,20 @@ def _assemble(batch: list[Pending], j: int, datatype: str, batched: bool,
 
 
 def _split(
-    backend: Backend, batched: bool, batch: list[Pending], results: list[np.ndarray]
+    backend: Backend, batched: bool, batch: list[Pending], results: list[np.ndarray],
+    feeds: list[np.ndarray],
 ) -> list[list[Output]]:
     per_request: list[list[Output]] = [[] for _ in batch]
     for spec, array in zip(backend.outputs, results):
         datatype = spec.datatype if spec.datatype != "BF16" else from_numpy(array.dtype)
         if datatype != "BYTES":
-            array = np.ascontiguousarray(array, dtype=NUMPY_DTYPES[datatype])
+            array = _owned(np.ascontiguousarray(array, dtype=NUMPY_DTYPES[datatype]), feeds)
         if not batched:
             per_request[0].append(Output(spec.name, datatype, array.shape, _raw(array, datatype)))
+            continue
+        if datatype != "BYTES" and array.nbytes < VIEW_FROM_BYTES and array.ndim \
+                and array.shape[0] == sum(pending.batch_size for pending in batch):
+            _split_small(spec.name, datatype, array, batch, per_request)
             continue
         offset = 0
         for out, pending in zip(per_request, batch):
@@ -111,7 +120,32 @@ def _split(
     return per_request
 
 
-def _raw(array: np.ndarray, datatype: str) -> bytes:
+def _split_small(name: str, datatype: str, array: np.ndarray, batch: list[Pending],
+                 per_request: list[list[Output]]) -> None:
+    """A small output's rows as slices of one bytes object: a numpy view and a copy of its own
+    for each request cost more than the bytes they hold."""
+    whole, rest = array.tobytes(), array.shape[1:]
+    row_bytes = array.nbytes // array.shape[0] if array.shape[0] else 0
+    at = 0
+    for out, pending in zip(per_request, batch):
+        rows = pending.batch_size
+        end = at + rows * row_bytes
+        out.append(Output(name, datatype, (rows, *rest), whole[at:end]))
+        at = end
+
+
+def _owned(array: np.ndarray, feeds: list[np.ndarray]) -> np.ndarray:
+    """``array``, copied once for the whole batch when its requests' outputs will be views of it
+    and it shares memory with an input (an identity model): the next batch reuses the staging
+    buffer, and the gateway its arena slot, before every answer has been sent."""
+    if array.nbytes < VIEW_FROM_BYTES or not any(np.may_share_memory(array, f) for f in feeds):
+        return array
+    return array.copy()
+
+
+def _raw(array: np.ndarray, datatype: str) -> bytes | memoryview:
     if datatype == "BYTES":
         return serialize_bytes(encode_text(v) for v in array.reshape(-1))
+    if array.nbytes >= VIEW_FROM_BYTES:
+        return array.reshape(-1).view(np.uint8).data.toreadonly()
     return array.tobytes()

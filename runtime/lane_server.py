@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import grpc
@@ -19,7 +20,9 @@ from common import lane
 from common.arena import ALIGN, Arena, Mapping
 from common.errors import TensorgateError, invalid_argument, unavailable
 from runtime.core import RuntimeCore
-from runtime.decode import decode_infer_refs
+from runtime.decode import decode_infer, decode_infer_refs
+from runtime.response import build_response
+from runtime.scheduler import Ticket
 
 log = logging.getLogger("tensorgate.runtime")
 #: Answers whose tensors total this much go through the output arena; below, by value.
@@ -84,6 +87,8 @@ class LaneServer(asyncio.BufferedProtocol):
         self.out: list[Any] = []
         self.loop = asyncio.get_running_loop()
         self.tasks: set[asyncio.Task] = set()
+        #: The infer calls queued without a task (call id → ticket), cancelled if we go.
+        self.waiting: dict[int, Ticket] = {}
         #: A TCP lane's hello comes as its first frame; a unix lane's came before.
         self.greeted = greeting is not None
         self.arena = greeting.arena if greeting else None
@@ -106,6 +111,9 @@ class LaneServer(asyncio.BufferedProtocol):
             self.hello_timer.cancel()
         for task in self.tasks:
             task.cancel()
+        for ticket in self.waiting.values():
+            ticket.future.cancel()  # NOTE: a queued request leaves its queue unrun
+        self.waiting.clear()
         # NOTE: a dead gateway's arena goes with its last mapping: the kernel frees the memfd.
         for held in (self.arena, self.out_arena):
             if held is not None:
@@ -130,6 +138,8 @@ class LaneServer(asyncio.BufferedProtocol):
                     return
             elif kind == lane.RELEASE:
                 self._release(payload)
+            elif kind == _INFER or kind == lane.INFER_REF:
+                self._infer(call_id, kind, timeout, payload)
             else:
                 task = self.loop.create_task(self.answer(call_id, kind, timeout, payload))
                 self.tasks.add(task)
@@ -158,6 +168,50 @@ class LaneServer(asyncio.BufferedProtocol):
         if freed < count:
             log.warning("the gateway released %d output slots not in use", count - freed)
 
+    def _infer(self, call_id: int, kind: int, timeout_us: int, payload: lane.Buffer) -> None:
+        """A ModelInfer queued at once, with no task of its own: its answer is sent from its
+        future's callback. Requests that need more (regions, tracing) go to `answer`."""
+        timeout = timeout_us / 1e6 if timeout_us else None
+        try:
+            call = (decode_infer_refs(payload, self.arena) if kind == lane.INFER_REF
+                    else decode_infer(payload))
+            ticket = self.core.submit(call, timeout)
+        except Exception as exc:
+            self._fail(call_id, "ModelInfer", exc)
+            return
+        if ticket is None:
+            task = self.loop.create_task(self._answer(call_id, kind, self.handlers[_INFER][1],
+                                                      call, timeout))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+            return
+        # NOTE: a gateway that reuses a call id in flight would orphan the first; it never does.
+        self.waiting[call_id] = ticket
+        ticket.future.add_done_callback(partial(self._answered, call_id, ticket))
+
+    def _answered(self, call_id: int, ticket: Ticket, _: asyncio.Future) -> None:
+        if self.waiting.get(call_id) is ticket:
+            del self.waiting[call_id]
+        try:
+            outputs = self.core.settle(ticket)
+        except asyncio.CancelledError:
+            return  # the connection went: nobody to answer
+        except Exception as exc:
+            self._fail(call_id, "ModelInfer", exc)
+            return
+        try:
+            # NOTE: large outputs go from the batch's output array straight into the arena.
+            refs = self._place([out.raw for out in outputs])
+            response = build_response(ticket.message, ticket.scheduler.model, outputs,
+                                      with_raw=refs is None)
+            if refs is None:
+                self.send(call_id, lane.OK, response.SerializeToString())
+            else:
+                self._queue(lane.refs_frame(call_id, lane.OK_REF, refs,
+                                            response.SerializeToString()))
+        except Exception as exc:
+            self._fail(call_id, "ModelInfer", exc)
+
     async def answer(self, call_id: int, kind: int, timeout_us: int,
                      payload: bytes | bytearray | memoryview) -> None:
         name = lane.METHODS[kind] if kind < len(lane.METHODS) else "ModelInfer"
@@ -170,41 +224,62 @@ class LaneServer(asyncio.BufferedProtocol):
                 request = decode(payload)
             else:
                 raise invalid_argument(f"unknown lane call kind {kind}")
-            response = await handler(request, timeout_us / 1e6 if timeout_us else None)
+        except Exception as exc:
+            self._fail(call_id, name, exc)
+            return
+        timeout = timeout_us / 1e6 if timeout_us else None
+        await self._answer(call_id, kind, handler, request, timeout)
+
+    async def _answer(self, call_id: int, kind: int, handler: Any, request: Any,
+                      timeout: float | None) -> None:
+        name = lane.METHODS[kind] if kind < len(lane.METHODS) else "ModelInfer"
+        try:
+            response = await handler(request, timeout)
             if kind not in (_INFER, lane.INFER_REF) or not self._send_refs(call_id, response):
                 self.send(call_id, lane.OK, response.SerializeToString())
-        except TensorgateError as exc:
-            self.send(call_id, lane.ERROR, lane.error_payload(exc))
-        except (DecodeError, ValueError) as exc:
-            self.send(call_id, lane.ERROR, lane.error_payload(
-                invalid_argument(f"malformed {name} request: {exc}")))
         except Exception as exc:
-            # NOTE: every call gets an answer, so no gateway caller waits for its deadline.
-            log.exception("lane call %s failed", name)
-            self.send(call_id, lane.ERROR, lane.error_payload(
-                TensorgateError(grpc.StatusCode.INTERNAL, f"runtime error: {exc}")))
+            self._fail(call_id, name, exc)
+
+    def _fail(self, call_id: int, name: str, exc: Exception) -> None:
+        """Every call gets an answer, so no gateway caller waits for its deadline."""
+        if isinstance(exc, TensorgateError):
+            error = exc
+        elif isinstance(exc, (DecodeError, ValueError)):
+            error = invalid_argument(f"malformed {name} request: {exc}")
+        else:
+            log.error("lane call %s failed", name, exc_info=exc)
+            error = TensorgateError(grpc.StatusCode.INTERNAL, f"runtime error: {exc}")
+        self.send(call_id, lane.ERROR, lane.error_payload(error))
 
     def _send_refs(self, call_id: int, response: Any) -> bool:
         """Answer with the outputs' bytes in our arena; False (nothing sent) when they are
         small or the arena is full: the work is done, so a by-value answer is the fallback."""
-        arena, raw = self.out_arena, response.raw_output_contents
-        if arena is None or self.transport is None:
+        raw = response.raw_output_contents
+        refs = self._place(list(raw))
+        if refs is None:
             return False
-        pieces = list(raw)
-        sizes = [len(piece) for piece in pieces]
-        if sum(sizes) < OUT_BY_REF_FROM_BYTES:
-            return False
-        start = arena.alloc(sum(-(-size // ALIGN) * ALIGN for size in sizes))
-        if start is None:
-            return False
-        refs, at = [], start
-        for piece, size in zip(pieces, sizes):
-            arena.view[at : at + size] = piece
-            refs.append((at, size))
-            at += -(-size // ALIGN) * ALIGN
         del raw[:]
         self._queue(lane.refs_frame(call_id, lane.OK_REF, refs, response.SerializeToString()))
         return True
+
+    def _place(self, pieces: list[Any]) -> list[tuple[int, int]] | None:
+        """Write the outputs' bytes into one slot of our arena: their (offset, length) refs;
+        None, nothing written, when they are small or the arena is full."""
+        arena = self.out_arena
+        if arena is None or self.transport is None:
+            return None
+        sizes = [len(piece) for piece in pieces]
+        if sum(sizes) < OUT_BY_REF_FROM_BYTES:
+            return None
+        start = arena.alloc(sum(-(-size // ALIGN) * ALIGN for size in sizes))
+        if start is None:
+            return None
+        refs, at, view = [], start, arena.view
+        for piece, size in zip(pieces, sizes):
+            view[at : at + size] = piece
+            refs.append((at, size))
+            at += -(-size // ALIGN) * ALIGN
+        return refs
 
     def send(self, call_id: int, kind: int, payload: bytes) -> None:
         if self.transport is not None:

@@ -5,6 +5,7 @@ them, unless turned off, Triton's names for the same numbers (runtime.triton_met
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import re
@@ -70,6 +71,26 @@ class ModelMetrics:
         hot path (each second and when a version stops), so serving pays nothing for them."""
         if self.triton is not None:
             self.triton.publish(stats, waiting)
+
+
+def observe_many(histogram: Any, amounts: list[float]) -> None:
+    """A batch's observations at once: each bucket and the sum are changed once, where one
+    observe per request scans the buckets and (under `serve`) locks the shared file each time.
+    The same counts as an observe of each amount."""
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    if len(amounts) < 2 or bounds is None or buckets is None or len(bounds) != len(buckets):
+        for amount in amounts:  # NOTE: another prometheus_client's insides: the public way
+            histogram.observe(amount)
+        return
+    counts = [0] * len(bounds)
+    last = len(bounds) - 1
+    for amount in amounts:
+        counts[min(bisect.bisect_left(bounds, amount), last)] += 1
+    histogram._sum.inc(sum(amounts))
+    for bucket, count in zip(buckets, counts):
+        if count:
+            bucket.inc(count)
 
 
 class RuntimeMetrics:

@@ -36,6 +36,8 @@ class ServedModel:
         self.input_index = {spec.name: i for i, spec in enumerate(self.inputs)}
         self.output_names = frozenset(spec.name for spec in self.outputs)
         self.batched = self.config.max_batch_size > 0
+        #: Each input's shape as callers see it (full_shape), computed once for validation.
+        self.full_shapes = tuple(tuple(self.full_shape(spec)) for spec in self.inputs)
         self.platform = first.platform
         self.labels: dict[str, tuple[str, ...]] = dict(self.config.labels)
 

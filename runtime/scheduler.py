@@ -6,11 +6,14 @@ One Scheduler per model version; it owns the queue and one executor thread per m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import grpc
 
@@ -18,13 +21,24 @@ from common.errors import TensorgateError
 from common.proto import grpc_service_pb2 as pb
 from runtime.batcher import Batcher, Pending, Timing
 from runtime.decode import InferCall
-from runtime.executor import BatchResult, Staging, execute
-from runtime.metrics import ModelMetrics, default_metrics
+from runtime.executor import BatchResult, Output, Staging, execute
+from runtime.metrics import ModelMetrics, default_metrics, observe_many
 from runtime.model import ServedModel
-from runtime.response import build_response
-from runtime.validate import check
+from runtime.response import build_response, select
+from runtime.validate import Checked, check
 
 log = logging.getLogger("tensorgate.runtime")
+
+
+@dataclass(slots=True, eq=False)
+class Ticket:
+    """One queued request: its future is done when its batch has run (Scheduler.outputs)."""
+
+    scheduler: Scheduler
+    message: Any
+    checked: Checked
+    arrival: float
+    future: asyncio.Future
 
 
 class Scheduler:
@@ -84,9 +98,10 @@ class Scheduler:
         for _, pool, _ in self._pool:
             pool.shutdown(wait=False, cancel_futures=True)
 
-    async def infer(self, call: InferCall, timeout: float | None,
-                    timing: Timing | None = None) -> pb.ModelInferResponse:
-        """The whole runtime path of one request; raises TensorgateError on any failure.
+    def enqueue(self, call: InferCall, timeout: float | None,
+                timing: Timing | None = None) -> Ticket:
+        """Check a request and queue it; its ticket's future is done when its batch has run.
+        Raises TensorgateError for a request that does not fit or a full queue.
 
         With `timing` (a traced request), the batch that ran it is noted there.
         """
@@ -94,7 +109,7 @@ class Scheduler:
         now = self.clock()
         if self.default_timeout and (timeout is None or timeout > self.default_timeout):
             timeout = self.default_timeout
-        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future = (self._loop or asyncio.get_running_loop()).create_future()
         if timing is not None:
             timing.arrival = now
         item = Pending(checked.inputs, checked.shapes, checked.batch_size, checked.shape_key,
@@ -102,17 +117,29 @@ class Scheduler:
                        timing)
         self.batcher.put(item, self.model.label)
         self._look()  # which also sets the queue depth gauge
-        try:
-            outputs = await future
-        except TensorgateError as exc:
-            self.model.stats.fail.add(int((self.clock() - now) * 1e9))
-            self.metrics.failed(exc)
-            raise
-        elapsed = self.clock() - now
-        self.model.stats.success.add(int(elapsed * 1e9))
-        self.metrics.request.observe(elapsed)
-        return build_response(call.message, self.model, outputs, checked.outputs,
-                              checked.classes)
+        return Ticket(self, call.message, checked, now, future)
+
+    def outputs(self, ticket: Ticket) -> list[Output]:
+        """A done ticket's outputs, as its request asked for them; counts the request as a
+        success or raises (and counts) its failure. CancelledError for a cancelled one."""
+        error = ticket.future.exception()
+        if error is not None:
+            if isinstance(error, TensorgateError):
+                self.model.stats.fail.add(int((self.clock() - ticket.arrival) * 1e9))
+                self.metrics.failed(error)
+            raise error
+        # NOTE: the histogram was observed for the whole batch at once (_complete).
+        self.model.stats.success.add(int((self.clock() - ticket.arrival) * 1e9))
+        checked = ticket.checked
+        return select(self.model, ticket.future.result(), checked.outputs, checked.classes)
+
+    async def infer(self, call: InferCall, timeout: float | None,
+                    timing: Timing | None = None) -> pb.ModelInferResponse:
+        """The whole runtime path of one request; raises TensorgateError on any failure."""
+        ticket = self.enqueue(call, timeout, timing)
+        with contextlib.suppress(TensorgateError):  # NOTE: raised, and counted, by outputs()
+            await ticket.future
+        return build_response(call.message, self.model, self.outputs(ticket))
 
     def _look(self) -> None:
         """Look at the queue once the callbacks already due have run, so requests that arrived
@@ -164,13 +191,12 @@ class Scheduler:
         backend, pool, staging = instance
         now = self.clock()
         queue_ns = self.model.stats.queue.add
-        observe = self.metrics.queue.observe
-        for item in batch:
-            waited = now - item.arrival
+        waits = [now - item.arrival for item in batch]
+        for item, waited in zip(batch, waits):
             queue_ns(int(waited * 1e9))
-            observe(waited)
             if item.timing is not None:
                 item.timing.launched = now
+        observe_many(self.metrics.queue, waits)
         if self.inline:
             try:
                 result = execute(backend, self.model.batched, batch, staging)
@@ -205,11 +231,15 @@ class Scheduler:
         self.model.stats.record_batch(rows, len(batch), result.input_ns, result.infer_ns,
                                       result.output_ns)
         self.metrics.executed(rows, (result.input_ns + result.infer_ns + result.output_ns) / 1e9)
+        now = self.clock()
+        answered = []
         for item, outputs in zip(batch, result.outputs):
             if item.timing is not None:
-                _note(item.timing, self.clock(), rows, result)
+                _note(item.timing, now, rows, result)
             if not item.future.done():
                 item.future.set_result(outputs)
+                answered.append(now - item.arrival)
+        observe_many(self.metrics.request, answered)
 
 
 def _note(timing: Timing, done: float, rows: int, result: BatchResult) -> None:

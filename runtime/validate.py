@@ -18,7 +18,7 @@ from runtime.decode import InferCall
 from runtime.model import ServedModel
 
 
-@dataclass
+@dataclass(slots=True)
 class Checked:
     """A request that fits its model: input bytes and shapes in signature order."""
 
@@ -44,10 +44,10 @@ def check(call: InferCall, model: ServedModel) -> Checked:
         j = _index(model, tensor.name)
         if inputs[j] is not None:
             raise invalid_argument(f"input '{tensor.name}' of {model.label}: given twice")
-        shapes[j] = tuple(tensor.shape)
-        inputs[j] = _payload(model, j, tensor, raw[i] if raw else None)
-    missing = [spec.name for j, spec in enumerate(model.inputs) if inputs[j] is None]
-    if missing:
+        shapes[j] = shape = tuple(tensor.shape)
+        inputs[j] = _payload(model, j, tensor, shape, raw[i] if raw else None)
+    if None in inputs:
+        missing = [spec.name for j, spec in enumerate(model.inputs) if inputs[j] is None]
         raise invalid_argument(f"{model.label}: missing inputs {missing}; expected "
                                f"{[s.name for s in model.inputs]}")
     batch = _batch_size(model, shapes)
@@ -69,16 +69,16 @@ def _index(model: ServedModel, name: str) -> int:
     return j
 
 
-def _payload(model: ServedModel, j: int, tensor: Any, raw: Buffer | None) -> Buffer:
+def _payload(model: ServedModel, j: int, tensor: Any, shape: tuple[int, ...],
+             raw: Buffer | None) -> Buffer:
     spec = model.inputs[j]
     what = f"input '{spec.name}' of {model.label}"
     if tensor.datatype != spec.datatype:
         raise invalid_argument(f"{what}: expected datatype {spec.datatype}, got "
                                f"{tensor.datatype or 'none'}")
-    expected = model.full_shape(spec)
-    shape = list(tensor.shape)
-    if len(shape) != len(expected) or any(e not in (-1, d) for e, d in zip(expected, shape)):
-        raise invalid_argument(f"{what}: expected shape {expected}, got {shape}")
+    expected = model.full_shapes[j]
+    if len(shape) != len(expected) or any(e != d and e != -1 for e, d in zip(expected, shape)):
+        raise invalid_argument(f"{what}: expected shape {list(expected)}, got {list(shape)}")
     count = element_count(shape, what)
     if raw is None:
         if tensor.HasField("contents"):
@@ -89,12 +89,12 @@ def _payload(model: ServedModel, j: int, tensor: Any, raw: Buffer | None) -> Buf
         raise invalid_argument(f"{what}: contents must not be set when raw_input_contents is used")
     size = expected_byte_size(spec.datatype, count)
     if size is not None and len(raw) != size:
-        raise invalid_argument(f"{what}: shape {shape} of {spec.datatype} takes {size} bytes, "
-                               f"got {len(raw)}")
+        raise invalid_argument(f"{what}: shape {list(shape)} of {spec.datatype} takes {size} "
+                               f"bytes, got {len(raw)}")
     # NOTE: counted in place; splitting into a list would copy every element of a large tensor.
     # Text checked here, per request: in the executor one bad element would fail its batch.
     if size is None and count_text_elements(raw, what) != count:
-        raise invalid_argument(f"{what}: shape {shape} needs {count} BYTES elements")
+        raise invalid_argument(f"{what}: shape {list(shape)} needs {count} BYTES elements")
     return raw
 
 
@@ -113,6 +113,8 @@ def _batch_size(model: ServedModel, shapes: list[tuple[int, ...]]) -> int:
 
 
 def _requested(request: Any, model: ServedModel) -> tuple[str, ...]:
+    if not request.outputs:
+        return ()
     names = tuple(o.name for o in request.outputs)
     for name in names:
         if name not in model.output_names:

@@ -85,3 +85,25 @@ def test_a_small_batch_is_joined_without_the_buffer() -> None:
     result = execute(backend, True, [pending(r) for r in rows], staging)
     assert staging.buffers == {}
     assert np.array_equal(np.frombuffer(result.outputs[1][0].raw, np.float32), rows[1][0])
+
+
+def test_small_outputs_are_each_requests_own_rows_and_shape() -> None:
+    backend, staging = Echo(width=4), Staging(max_rows=8)
+    rng = np.random.default_rng(7)
+    rows = [rng.random((n, 4), dtype=np.float32) for n in (1, 3, 2)]
+    result = execute(backend, True, [pending(r) for r in rows], staging)
+    for i, r in enumerate(rows):
+        out = result.outputs[i][0]
+        assert type(out.raw) is bytes and out.shape == r.shape
+        assert np.array_equal(answers(result.outputs, i), r)
+
+
+def test_large_outputs_are_read_only_views_of_a_copy_not_of_the_inputs() -> None:
+    backend, staging = Echo(), Staging(max_rows=8)
+    rows = batch_of(8, [2, 1, 1])
+    result = execute(backend, True, [pending(r) for r in rows], staging)
+    for i, r in enumerate(rows):
+        raw = result.outputs[i][0].raw
+        assert isinstance(raw, memoryview) and raw.readonly and len(raw) == r.nbytes
+        assert not np.shares_memory(np.frombuffer(raw, np.uint8), staging.buffers[0])
+        assert np.array_equal(answers(result.outputs, i), r)
