@@ -66,3 +66,18 @@ def fields(buf: Buffer) -> Iterator[tuple[int, int, int, int, int]]:
         else:
             raise WireError(f"unsupported wire type {wire}")
         yield number, wire, start, value, pos
+
+
+def encode_varint(value: int) -> bytes:
+    """``value`` (not negative) as a protobuf varint."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def length_delimited(number: int, payload: bytes) -> bytes:
+    """Field ``number`` with ``payload`` as its value, ready to append to a message."""
+    return encode_varint(number << 3 | LENGTH_DELIMITED) + encode_varint(len(payload)) + payload

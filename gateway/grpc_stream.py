@@ -14,6 +14,7 @@ import grpc
 
 from common import memory
 from common.errors import TensorgateError
+from common.wire import length_delimited
 from gateway.context import Headers, RequestContext
 from gateway.peek import infer_fields
 from gateway.pipeline import Pipeline
@@ -35,29 +36,16 @@ def deadline(parameter: float | None, remaining: float | None) -> float | None:
     return parameter if remaining is None else min(parameter, remaining)
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _field(number: int, value: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(value)) + value
-
-
 def answered(answer: bytes) -> bytes:
     """A ModelStreamInferResponse around the worker's answer, its bytes untouched."""
-    return _field(_ANSWER, answer)
+    return length_delimited(_ANSWER, answer)
 
 
 def failed(message: str, model: str, version: str, request_id: str) -> bytes:
     """A ModelStreamInferResponse carrying an error, and the request's model, version and id."""
-    infer = b"".join(_field(n, v.encode()) for n, v in
+    infer = b"".join(length_delimited(n, v.encode()) for n, v in
                      ((_NAME, model), (_VERSION, version), (_ID, request_id)) if v)
-    return _field(_ERROR, message.encode()) + (_field(_ANSWER, infer) if infer else b"")
+    return length_delimited(_ERROR, message.encode()) + (length_delimited(_ANSWER, infer) if infer else b"")
 
 
 class Stream:

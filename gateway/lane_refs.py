@@ -13,8 +13,8 @@ import grpc
 from common import lane, lane_socket
 from common.arena import ALIGN, Arena, Mapping
 from common.errors import TensorgateError, unavailable
-from common.wire import LENGTH_DELIMITED
-from gateway.request_parts import Parts, Request, parts_of, varint
+from common.wire import LENGTH_DELIMITED, encode_varint
+from gateway.request_parts import Parts, Request, parts_of
 
 #: Requests whose tensors total less go by value: copying a small one is cheaper than a slot.
 BY_REF_FROM_BYTES = 16 * 1024
@@ -113,5 +113,5 @@ def response_bytes(payload: lane.Buffer, arena: Mapping | None) -> tuple[bytes, 
     refs, rest = lane.parse_refs(payload)
     parts: list[Any] = [rest]
     for start, length in refs:
-        parts += [RAW_OUTPUT_TAG, varint(length), arena.slice(start, length)]
+        parts += [RAW_OUTPUT_TAG, encode_varint(length), arena.slice(start, length)]
     return b"".join(parts), refs[0][0] if refs else None

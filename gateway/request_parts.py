@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from common.proto import grpc_service_pb2 as pb
-from common.wire import LENGTH_DELIMITED, Buffer, WireError, fields
+from common.wire import LENGTH_DELIMITED, Buffer, WireError, encode_varint, fields
 
 RAW_INPUT_CONTENTS = 7  # ModelInferRequest's field number
 RAW_INPUT_TAG = bytes([RAW_INPUT_CONTENTS << 3 | LENGTH_DELIMITED])
@@ -28,13 +28,13 @@ class Parts:
         return Parts(self.head + field, self.tensors)
 
     def __len__(self) -> int:
-        return len(self.head) + sum(1 + len(varint(len(t))) + len(t) for t in self.tensors)
+        return len(self.head) + sum(1 + len(encode_varint(len(t))) + len(t) for t in self.tensors)
 
     def pieces(self) -> list[Buffer]:
         """The message as pieces to write in turn (no tensor copied)."""
         out: list[Buffer] = [self.head]
         for tensor in self.tensors:
-            out += [RAW_INPUT_TAG, varint(len(tensor)), tensor]
+            out += [RAW_INPUT_TAG, encode_varint(len(tensor)), tensor]
         return out
 
     def join(self) -> bytes:
@@ -77,12 +77,3 @@ def parts_of(request: bytes) -> Request:
     except WireError:
         return request
     return Parts(kept[0].tobytes() if len(kept) == 1 else b"".join(kept), tuple(tensors))
-
-
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
