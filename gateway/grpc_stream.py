@@ -45,7 +45,8 @@ def failed(message: str, model: str, version: str, request_id: str) -> bytes:
     """A ModelStreamInferResponse carrying an error, and the request's model, version and id."""
     infer = b"".join(length_delimited(n, v.encode()) for n, v in
                      ((_NAME, model), (_VERSION, version), (_ID, request_id)) if v)
-    return length_delimited(_ERROR, message.encode()) + (length_delimited(_ANSWER, infer) if infer else b"")
+    answer = length_delimited(_ANSWER, infer) if infer else b""
+    return length_delimited(_ERROR, message.encode()) + answer
 
 
 class Stream:
