@@ -75,7 +75,7 @@ def decode_infer_parts(
     try:
         header = orjson.loads(view[:end])
     except orjson.JSONDecodeError as exc:
-        raise invalid_argument(f"request body is not valid JSON: {exc}") from None
+        raise invalid_argument(_not_json(exc, json_length, len(body))) from None
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
         raise invalid_argument("request body must be a JSON object with an 'inputs' list")
     if _maybe_big_integer(header):
@@ -118,6 +118,16 @@ def _maybe_big_integer(header: dict[str, Any]) -> bool:
             groups += [entry.get("parameters") for entry in item if isinstance(entry, dict)]
     return any(isinstance(value, float) and value.is_integer() and abs(value) >= _MAYBE_INTEGER
                for params in groups if isinstance(params, dict) for value in params.values())
+
+
+def _not_json(exc: ValueError, json_length: int | None, size: int) -> str:
+    if json_length is None or json_length == size:
+        return f"request body is not valid JSON: {exc}"
+    # NOTE: a client that reuses one headers dict (tritonclient.http writes into it) can send
+    # a stale length with a body that has no binary part.
+    return (f"the request's JSON header, its first {json_length} bytes as "
+            f"Inference-Header-Content-Length says (of a {size}-byte body), is not valid JSON: "
+            f"{exc}")
 
 
 def _exact(text: memoryview) -> dict[str, Any]:

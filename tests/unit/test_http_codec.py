@@ -78,6 +78,15 @@ def test_malformed_bodies_name_what_is_wrong(body: bytes, message: str) -> None:
         decode_infer_request(body, None, "m", "")
 
 
+def test_a_stale_header_length_is_named_when_it_cuts_the_json_short() -> None:
+    body = orjson.dumps({"inputs": [{"name": "X", "datatype": "FP32", "shape": [1],
+                                     "parameters": {"shared_memory_region": "r"}}]})
+    with pytest.raises(TensorgateError, match=re.escape(
+            f"its first 20 bytes as Inference-Header-Content-Length says (of a {len(body)}-byte "
+            "body), is not valid JSON")):
+        decode_infer_request(body, 20, "m", "")
+
+
 def test_requested_outputs_and_per_output_binary_choice() -> None:
     body = orjson.dumps({"inputs": [], "outputs": [
         {"name": "P", "parameters": {"binary_data": True}}, {"name": "Q"}]})
