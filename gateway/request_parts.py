@@ -62,18 +62,30 @@ def assemble(message: pb.ModelInferRequest, tensors: list[Buffer]) -> Request:
     return Parts(message.SerializeToString(), tuple(tensors))
 
 
+#: More raw inputs than this and a request stays whole (the runtime's decoder names what is
+#: wrong): far above any model's inputs, and a bound on the views made per call.
+MAX_TENSORS = 1024
+
+
 def parts_of(request: bytes) -> Request:
     """A whole request as Parts (views of it; only its small fields joined); ``request`` itself
     when it is not a protobuf message (the runtime's decoder names what is wrong)."""
     view = memoryview(request)
-    kept: list[memoryview] = []
+    # NOTE: spans, adjacent ones merged, not a view per field: a hostile message of 65,536 tiny
+    # fields would otherwise leave megabytes of small objects fragmenting the heap per call.
+    kept: list[tuple[int, int]] = []
     tensors: list[Buffer] = []
     try:
         for number, wire, start, value, end in fields(view):
             if number == RAW_INPUT_CONTENTS and wire == LENGTH_DELIMITED:
+                if len(tensors) == MAX_TENSORS:
+                    return request
                 tensors.append(view[value:end])
+            elif kept and kept[-1][1] == start:
+                kept[-1] = (kept[-1][0], end)
             else:
-                kept.append(view[start:end])
+                kept.append((start, end))
     except WireError:
         return request
-    return Parts(kept[0].tobytes() if len(kept) == 1 else b"".join(kept), tuple(tensors))
+    head = b"".join(view[start:end] for start, end in kept)
+    return Parts(head, tuple(tensors))

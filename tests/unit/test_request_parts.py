@@ -18,7 +18,14 @@ from gateway.http_codec import (
     decode_infer_request,
     encode_infer_response,
 )
-from gateway.request_parts import SPLIT_FROM_BYTES, Parts, assemble, parts_of, whole
+from gateway.request_parts import (
+    MAX_TENSORS,
+    SPLIT_FROM_BYTES,
+    Parts,
+    assemble,
+    parts_of,
+    whole,
+)
 from gateway.shm import mentions, scope_request
 
 
@@ -180,3 +187,13 @@ def test_a_small_request_in_parts_goes_by_value_whole() -> None:
         arena.close()
     assert connection.kind == lane.METHOD_KIND["ModelInfer"]
     assert pb.ModelInferRequest.FromString(connection.payload) == message
+
+
+def test_many_small_fields_make_one_head_span_and_too_many_tensors_stay_whole() -> None:
+    fields_only = b"\x0a\x00" * 5000  # 5,000 empty model_name fields: one merged span
+    tensor = b"\x3a\x03abc"  # raw_input_contents (field 7), 3 bytes
+    parts = parts_of(fields_only + tensor + fields_only)
+    assert isinstance(parts, Parts)
+    assert parts.head == fields_only * 2 and [bytes(t) for t in parts.tensors] == [b"abc"]
+    crowded = tensor * (MAX_TENSORS + 1)
+    assert parts_of(crowded) is crowded
