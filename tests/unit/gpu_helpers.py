@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -33,6 +35,19 @@ class TinyNet(torch.nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.head(torch.relu(self.conv(image)).mean(dim=(2, 3)))
+
+
+def answers_like(runner: Any, reference: torch.nn.Module, rows: tuple[int, ...], seed: int,
+                 autocast: torch.dtype | None) -> None:
+    """The runner's answers to random images of each batch size equal the eager module's."""
+    rng = np.random.default_rng(seed)
+    for count in rows:
+        x = rng.random((count, 3, 16, 16), dtype=np.float32)
+        got = runner.run([x])[0]
+        with torch.inference_mode():
+            want = reference(torch.from_numpy(x)).numpy()
+        assert got.dtype == np.float32 and got.shape == (count, 4)
+        np.testing.assert_allclose(got, want, atol=5e-2 if autocast else 1e-5)
 
 
 def needs_cuda() -> None:

@@ -16,7 +16,7 @@ from runtime.backends.torch import TorchBackend
 from runtime.backends.torch_cuda import CudaRunner
 from runtime.backends.torch_export import load_pt2
 from runtime.backends.torch_formats import EXPORTED
-from tests.unit.gpu_helpers import GRAPHS, TinyNet, config, needs_cuda
+from tests.unit.gpu_helpers import GRAPHS, TinyNet, answers_like, config, needs_cuda
 from tests.unit.test_torch_cuda_cpu import no_streams  # noqa: F401 (a fixture)
 
 
@@ -45,14 +45,7 @@ def test_the_cuda_runner_runs_a_program_in_channels_last(
     runner = CudaRunner(loaded.module, loaded.config, "cpu", autocast)
     weight = dict(loaded.module.named_parameters())["program.conv.weight"]
     assert weight.is_contiguous(memory_format=torch.channels_last)
-    rng = np.random.default_rng(5)
-    for rows in (1, 6, 64):
-        x = rng.random((rows, 3, 16, 16), dtype=np.float32)
-        got = runner.run([x])[0]
-        with torch.inference_mode():
-            want = reference(torch.from_numpy(x)).numpy()
-        assert got.dtype == np.float32 and got.shape == (rows, 4)
-        np.testing.assert_allclose(got, want, atol=5e-2 if autocast else 1e-5)
+    answers_like(runner, reference, (1, 6, 64), 5, autocast)
 
 
 def test_a_program_on_a_gpu_with_cuda_graphs(tiny: tuple[Path, TinyNet]) -> None:

@@ -24,6 +24,7 @@ from tests.unit.gpu_helpers import (
     IMAGE,
     SCORES,
     TinyNet,
+    answers_like,
     config,
 )
 
@@ -96,14 +97,7 @@ def test_the_cuda_runners_eager_path_stages_runs_and_casts_back(
         assert runner.channels_last and runner.format_ms == {}
     weight = dict(module.named_parameters())["conv.weight"]
     assert weight.is_contiguous(memory_format=torch.channels_last) == runner.channels_last
-    rng = np.random.default_rng(3)
-    for rows in (5, 2, 5):
-        x = rng.random((rows, 3, 16, 16), dtype=np.float32)
-        got = runner.run([x])[0]
-        with torch.inference_mode():
-            want = reference(torch.from_numpy(x)).numpy()
-        assert got.dtype == np.float32 and got.shape == (rows, 4)
-        np.testing.assert_allclose(got, want, atol=5e-2 if autocast else 1e-5)
+    answers_like(runner, reference, (5, 2, 5), 3, autocast)
     # Two lanes; one staging buffer per tensor in a lane, reused by every batch size.
     lanes = [runner.lanes.get() for _ in range(CudaRunner.DEPTH)]
     assert len({id(lane) for lane in lanes}) == 2 and runner.lanes.empty()
@@ -113,6 +107,7 @@ def test_the_cuda_runners_eager_path_stages_runs_and_casts_back(
     for lane in lanes:
         runner.lanes.put(lane)
     # Two batches at once each take a lane of their own and get their own answers.
+    rng = np.random.default_rng(4)
     batches = [rng.random((rows, 3, 16, 16), dtype=np.float32) for rows in (4, 7, 4, 7)]
     with ThreadPoolExecutor(2) as pool:
         answers = list(pool.map(lambda x: runner.run([x])[0], batches))
