@@ -110,8 +110,9 @@ class RuntimeCore:
         written into them; the regions stay in use until the answer is built."""
         lease = Lease(self.regions, call)
         try:
+            await lease.fetch()
             answer = await self.infer(lease.call, timeout)
-            lease.write(answer)
+            await lease.write(answer)
             return answer
         finally:
             lease.release()
@@ -139,8 +140,9 @@ class RuntimeCore:
         return pb.ServerReadyResponse(ready=self.ready)
 
     async def server_metadata(self, request: Any, timeout: float | None) -> Message:
+        cuda = ("cuda_shared_memory",) if self.regions.cuda.available() else ()
         return pb.ServerMetadataResponse(name="tensorgate-runtime", version=__version__,
-                                         extensions=RUNTIME_EXTENSIONS)
+                                         extensions=(*RUNTIME_EXTENSIONS, *cuda))
 
     async def model_ready(self, request: Any, timeout: float | None) -> Message:
         try:

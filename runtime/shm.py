@@ -18,6 +18,7 @@ from common import regions
 from common.errors import TensorgateError, invalid_argument, not_found
 from common.names import shown
 from common.wire import Buffer
+from runtime.cuda_shm import CudaRegions
 
 #: Where POSIX shared-memory objects live: no key is opened anywhere else.
 SHM_ROOT = Path("/dev/shm")
@@ -61,12 +62,14 @@ def _int(parameter: Any) -> int:
 
 
 class Regions:
-    """The regions registered with this worker, by name."""
+    """The regions registered with this worker, by name; its CUDA regions in `cuda`."""
 
     def __init__(self, root: Path = SHM_ROOT, limit: int = MAX_REGIONS) -> None:
         self.root = root
         self.limit = limit
         self.table: dict[str, Region] = {}
+        #: Triton's CUDA shared memory, in the same namespace of region names.
+        self.cuda = CudaRegions(self.table)
 
     def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
         regions.check_region(name)
@@ -74,7 +77,7 @@ class Regions:
         what = f"shared memory region '{regions.unscoped(name)}'"
         if not name or name.endswith("/"):
             raise invalid_argument("a shared memory region to register needs a name")
-        if name in self.table:
+        if name in self.table or name in self.cuda.table or name in self.cuda.opening:
             raise TensorgateError(grpc.StatusCode.ALREADY_EXISTS,
                                   f"{what} is already registered; unregister it first")
         if len(self.table) >= self.limit:
@@ -159,6 +162,7 @@ class Regions:
         for region in self.table.values():
             region.close()
         self.table.clear()
+        self.cuda.close()
 
     def lease(self, name: str, offset: int, byte_size: int, what: str) -> tuple[Region, int]:
         """The region `name` checked to hold [offset, offset + byte_size), now in use by one

@@ -1,14 +1,24 @@
 """One inference whose tensors live in shared-memory regions: its inputs resolved to views of the
-mappings (no copy before the batch gather), its outputs written into the regions it names."""
+mappings (no copy before the batch gather) or copied once from a CUDA region, its outputs written
+into the regions it names."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from common.errors import invalid_argument
+import grpc
+import numpy as np
+
+from common.errors import TensorgateError, invalid_argument
 from common.wire import Buffer
+from runtime.cuda_api import CudaError
+from runtime.cuda_shm import CudaRegion
 from runtime.decode import InferCall
 from runtime.shm import Region, Regions, span
+
+#: A copy between the host and a CUDA region: (target, source, size, device, what it is for).
+Copy = tuple[int, int, int, int, str]
 
 
 class Lease:
@@ -16,9 +26,11 @@ class Lease:
 
     def __init__(self, regions: Regions, call: InferCall) -> None:
         self.regions = regions
-        self.held: list[Region] = []
+        self.held: list[Region | CudaRegion] = []
         #: output name → (region, start in its view, byte_size)
-        self.outputs: dict[str, tuple[Region, int, int]] = {}
+        self.outputs: dict[str, tuple[Region | CudaRegion, int, int]] = {}
+        #: Inputs in CUDA regions, read by `fetch`: (index in the call's raw, region, span).
+        self.device_inputs: list[tuple[int, CudaRegion, int, int, str]] = []
         try:
             self.call = self._inputs(call)
             self._outputs(call.message)
@@ -26,11 +38,16 @@ class Lease:
             self.release()
             raise
 
-    def _take(self, found: tuple[str, int, int], what: str) -> tuple[Region, int, int]:
+    def _take(self, found: tuple[str, int, int], what: str
+              ) -> tuple[Region | CudaRegion, int, int]:
         name, offset, size = found
-        region, start = self.regions.lease(name, offset, size, what)
-        self.held.append(region)
-        return region, start, size
+        held: Region | CudaRegion
+        if name in self.regions.cuda.table:
+            held, start = self.regions.cuda.lease(name, offset, size, what), offset
+        else:
+            held, start = self.regions.lease(name, offset, size, what)
+        self.held.append(held)
+        return held, start, size
 
     def _inputs(self, call: InferCall) -> InferCall:
         """raw_input_contents belong, in order, to the inputs not in a region (as Triton has
@@ -52,7 +69,11 @@ class Lease:
                 raise invalid_argument(f"{what}: contents must not be set when its data is in "
                                        "shared memory")
             region, start, size = self._take(found, what)
-            resolved.append(region.view[start : start + size])
+            if isinstance(region, CudaRegion):
+                self.device_inputs.append((len(resolved), region, start, size, what))
+                resolved.append(None)  # NOTE: `fetch` fills it in
+            else:
+                resolved.append(region.view[start : start + size])
         if raw and taken != len(raw):
             raise invalid_argument(f"{len(raw)} raw_input_contents for {taken} inputs not in "
                                    "shared memory")
@@ -65,7 +86,21 @@ class Lease:
             if found is not None:
                 self.outputs[output.name] = self._take(found, what)
 
-    def write(self, response: Any) -> None:
+    async def fetch(self) -> None:
+        """Inputs in CUDA regions copied to the host, once each, in a thread (a copy waits for
+        the GPU). NOTE: the executor gathers batches on the host for every backend."""
+        if not self.device_inputs:
+            return
+        raw: list[Buffer | None] = self.call.raw  # type: ignore[assignment]
+        copies: list[Copy] = []
+        for index, region, start, size, what in self.device_inputs:
+            host = np.empty(size, np.uint8)
+            raw[index] = host.data
+            copies.append((host.ctypes.data, region.pointer + start, size, region.device_id,
+                           f"{what}: reading {region.shown()}"))
+        await _copy(self.device_inputs[0][1], copies)
+
+    async def write(self, response: Any) -> None:
         """Each output that names a region is written there, and answered without its bytes
         (an empty raw_output_contents entry, as Triton answers)."""
         if not self.outputs:
@@ -79,10 +114,22 @@ class Lease:
                 raise invalid_argument(f"output '{out.name}' takes {len(data)} bytes; "
                                        f"{target[0].shown()} gives it {target[2]} "
                                        "(shared_memory_byte_size)")
+        copies: list[Copy] = []
+        device: CudaRegion | None = None
         for out, data, into in zip(response.outputs, raws, placed):
-            if into:
-                region, start, _ = self.outputs[out.name]
+            if not into:
+                continue
+            region, start, _ = self.outputs[out.name]
+            if isinstance(region, CudaRegion):
+                source = np.frombuffer(data, np.uint8) if len(data) else np.empty(0, np.uint8)
+                copies.append((region.pointer + start, source.ctypes.data, len(data),
+                               region.device_id, f"output '{out.name}': writing "
+                               f"{region.shown()}"))
+                device = region
+            else:
                 region.view[start : start + len(data)] = data
+        if device is not None:
+            await _copy(device, copies)
         # NOTE: an empty entry, not none: clients find an output's bytes by its index.
         kept = [b"" if into else data for data, into in zip(raws, placed)]
         del response.raw_output_contents[:]
@@ -90,5 +137,24 @@ class Lease:
 
     def release(self) -> None:
         for region in self.held:
-            self.regions.release(region)
+            if isinstance(region, CudaRegion):
+                self.regions.cuda.release(region)
+            else:
+                self.regions.release(region)
         self.held.clear()
+
+
+async def _copy(region: CudaRegion, copies: list[Copy]) -> None:
+    """The copies, in a thread: each waits for the GPU, which the event loop must not."""
+    api = region.api
+
+    def run() -> None:
+        for target, source, size, device, what in copies:
+            if size:
+                try:
+                    api.copy(target, source, size, device)
+                except CudaError as exc:
+                    raise TensorgateError(grpc.StatusCode.INTERNAL,
+                                          f"{what} failed: {exc}") from None
+
+    await asyncio.to_thread(run)

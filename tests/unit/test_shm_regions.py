@@ -72,20 +72,20 @@ def test_inputs_are_read_in_place_and_raw_contents_fill_the_others(shm) -> None:
     regions.close()
 
 
-def test_outputs_are_written_and_answered_without_their_bytes(shm) -> None:
+async def test_outputs_are_written_and_answered_without_their_bytes(shm) -> None:
     regions = Regions()
     regions.register(f"{OWNER}/out", key(shm), 64, 128)
     call = decode_infer(request([], [(f"{OWNER}/out", 16, 16)]).SerializeToString())
     lease = Lease(regions, call)
     answer = _answer()
-    lease.write(answer)
+    await lease.write(answer)
     assert np.frombuffer(shm.buf[80:96], np.float32).tolist() == [2, 2, 2, 2]
     assert list(answer.raw_output_contents) == [b"", b"zzzz"]  # the place of Y0 kept
     small = Lease(regions, decode_infer(request([], [(f"{OWNER}/out", 0, 8)])
                                         .SerializeToString()))
     with pytest.raises(TensorgateError, match=r"output 'Y0' takes 16 bytes; shared memory "
                                               r"region 'out' gives it 8"):
-        small.write(_answer())
+        await small.write(_answer())
     lease.release()
     small.release()
     regions.close()

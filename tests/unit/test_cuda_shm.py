@@ -1,0 +1,215 @@
+"""The runtime's CUDA shared-memory regions over a stand-in CUDA runtime whose 'device memory' is
+host memory: register checks, inputs copied out once, outputs copied in, unregister waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+
+import grpc
+import numpy as np
+import pytest
+
+from common.errors import TensorgateError
+from common.proto import grpc_service_pb2 as pb
+from runtime import cuda_api
+from runtime.cuda_api import CudaError
+from runtime.cuda_shm import NO_GPU, CudaRegions
+from runtime.decode import decode_infer
+from runtime.shm import Regions
+from runtime.shm_api import shared_memory_methods
+from runtime.shm_infer import Lease
+from tests.unit.test_shm_regions import _answer, request
+
+OWNER, OTHER = "0123456789abcdef", "fedcba9876543210"
+
+
+class HostCuda:
+    """A CUDA runtime stand-in: each exported 'device buffer' is a host array, its handle 64
+    random bytes; copies are memmoves."""
+
+    def __init__(self, count: int = 1) -> None:
+        self.count = count
+        self.buffers: dict[bytes, np.ndarray] = {}
+        self.closed: list[int] = []
+
+    def export(self, size: int) -> tuple[bytes, np.ndarray]:
+        handle = os.urandom(cuda_api.HANDLE_BYTES)
+        self.buffers[handle] = np.zeros(size, np.uint8)
+        return handle, self.buffers[handle]
+
+    def device_count(self) -> int:
+        return self.count
+
+    def open(self, handle: bytes, device: int) -> int:
+        if handle not in self.buffers:
+            raise CudaError("cudaIpcOpenMemHandle: cudaErrorInvalidResourceHandle")
+        return int(self.buffers[handle].ctypes.data)
+
+    def close(self, pointer: int, device: int) -> None:
+        self.closed.append(pointer)
+
+    def copy(self, target: int, source: int, size: int, device: int) -> None:
+        ctypes.memmove(target, source, size)
+
+
+def regions_with(cuda: HostCuda | None, devices: int = 1) -> Regions:
+    regions = Regions()
+    regions.cuda = CudaRegions(regions.table, api=lambda: cuda, devices=lambda: devices)
+    return regions
+
+
+async def test_register_checks_the_request_before_touching_a_gpu() -> None:
+    cuda = HostCuda(count=2)
+    regions = regions_with(cuda)
+    handle, _ = cuda.export(64)
+    for args, expected in [
+            ((b"\1" * 10, 0, 64), "raw_handle must be the 64 bytes of a cudaIpcMemHandle_t; "
+                                  "got 10"),
+            ((handle, -1, 64), "device_id must be 0 or more; got -1"),
+            ((handle, 0, 0), "byte_size must be more than 0; got 0"),
+            ((handle, 2, 64), "device_id 2 is not a GPU this runtime sees: it sees 2 (0 to 1)"),
+            ((b"\7" * 64, 0, 64), "the handle cannot be opened on GPU 0")]:
+        with pytest.raises(TensorgateError, match=expected.replace("(", r"\(").replace(
+                ")", r"\)")) as caught:
+            await regions.cuda.register(f"{OWNER}/g", *args)
+        assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "'g'" in caught.value.message and OWNER not in caught.value.message
+    assert not regions.cuda.table and not regions.cuda.opening
+
+
+async def test_without_a_gpu_or_a_cuda_library_register_says_which() -> None:
+    handle = os.urandom(64)
+    with pytest.raises(TensorgateError, match=NO_GPU) as caught:
+        await regions_with(HostCuda(), devices=0).cuda.register(f"{OWNER}/g", handle, 0, 64)
+    assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    with pytest.raises(TensorgateError, match="install the gpu extra") as missing:
+        await regions_with(None).cuda.register(f"{OWNER}/g", handle, 0, 64)
+    assert missing.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert not regions_with(None).cuda.available() and regions_with(HostCuda()).cuda.available()
+
+
+async def test_names_are_shared_with_system_regions_and_handles_stay_with_their_owner() -> None:
+    cuda = HostCuda()
+    regions = regions_with(cuda)
+    handle, _ = cuda.export(64)
+    await regions.cuda.register(f"{OWNER}/g", handle, 0, 64)
+    with pytest.raises(TensorgateError, match="already registered") as twice:
+        await regions.cuda.register(f"{OWNER}/g", cuda.export(8)[0], 0, 8)
+    assert twice.value.code == grpc.StatusCode.ALREADY_EXISTS
+    with pytest.raises(TensorgateError, match="already registered") as system:
+        regions.register(f"{OWNER}/g", "/anything", 0, 8)
+    assert system.value.code == grpc.StatusCode.ALREADY_EXISTS
+    with pytest.raises(TensorgateError, match="registered by another caller") as theirs:
+        await regions.cuda.register(f"{OTHER}/h", handle, 0, 64)
+    assert theirs.value.code == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(TensorgateError, match="registered already, as CUDA shared memory "
+                                              "region 'g'"):
+        await regions.cuda.register(f"{OWNER}/h", handle, 0, 64)
+    regions.cuda.limit = 1
+    with pytest.raises(TensorgateError, match="holds 1 CUDA regions") as full:
+        await regions.cuda.register(f"{OWNER}/k", cuda.export(8)[0], 0, 8)
+    assert full.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    regions.close()
+    assert cuda.closed == [cuda.buffers[handle].ctypes.data]
+
+
+async def test_inputs_are_copied_out_once_and_outputs_copied_in() -> None:
+    cuda = HostCuda()
+    regions = regions_with(cuda)
+    handle, device = cuda.export(256)
+    await regions.cuda.register(f"{OWNER}/g", handle, 0, 256)
+    device[32:48] = np.frombuffer(np.arange(4, dtype=np.float32).tobytes(), np.uint8)
+    lease = Lease(regions, decode_infer(request(
+        [None, (f"{OWNER}/g", 32, 16)], [(f"{OWNER}/g", 128, 16)], raw=1).SerializeToString()))
+    await lease.fetch()
+    raw = lease.call.raw
+    assert bytes(raw[0]) == b"\0" * 16  # type: ignore[arg-type]
+    assert np.frombuffer(raw[1], np.float32).tolist() == [0, 1, 2, 3]  # type: ignore[arg-type]
+    device[32:36] = 9  # NOTE: a copy on the host: the batch never reads device memory itself
+    assert np.frombuffer(raw[1], np.float32)[0] == 0  # type: ignore[arg-type]
+    answer = _answer()
+    await lease.write(answer)
+    assert np.frombuffer(device[128:144].tobytes(), np.float32).tolist() == [2, 2, 2, 2]
+    assert list(answer.raw_output_contents) == [b"", b"zzzz"]
+    small = Lease(regions, decode_infer(request([], [(f"{OWNER}/g", 0, 8)]).SerializeToString()))
+    with pytest.raises(TensorgateError, match=r"output 'Y0' takes 16 bytes; CUDA shared memory "
+                                              r"region 'g' gives it 8"):
+        await small.write(_answer())
+    with pytest.raises(TensorgateError, match=r"input 'X0': offset 250 \+ byte_size 16 is "
+                                              r"outside CUDA shared memory region 'g' \(256"):
+        Lease(regions, decode_infer(request([(f"{OWNER}/g", 250, 16)], []).SerializeToString()))
+    lease.release()
+    small.release()
+    assert regions.cuda.table[f"{OWNER}/g"].users == 0
+
+
+async def test_a_failed_copy_names_the_tensor_and_the_region() -> None:
+    cuda = HostCuda()
+    regions = regions_with(cuda)
+    handle, _ = cuda.export(64)
+    await regions.cuda.register(f"{OWNER}/g", handle, 0, 64)
+
+    def broken(target: int, source: int, size: int, device: int) -> None:
+        raise CudaError("cudaMemcpyAsync: cudaErrorIllegalAddress")
+
+    cuda.copy = broken  # type: ignore[method-assign]
+    lease = Lease(regions, decode_infer(request([(f"{OWNER}/g", 0, 16)], [])
+                                        .SerializeToString()))
+    with pytest.raises(TensorgateError, match="input 'X0': reading CUDA shared memory region "
+                                              "'g' failed: cudaMemcpyAsync") as caught:
+        await lease.fetch()
+    assert caught.value.code == grpc.StatusCode.INTERNAL
+    lease.release()
+
+
+async def test_unregister_closes_the_handle_once_its_requests_are_done() -> None:
+    cuda = HostCuda()
+    regions = regions_with(cuda)
+    handle, device = cuda.export(64)
+    await regions.cuda.register(f"{OWNER}/g", handle, 0, 64)
+    lease = Lease(regions, decode_infer(request([(f"{OWNER}/g", 0, 16)], [])
+                                        .SerializeToString()))
+    waiting = asyncio.ensure_future(regions.cuda.unregister(f"{OWNER}/", wait_s=60))
+    await asyncio.sleep(0)
+    assert not waiting.done() and not regions.cuda.table and not cuda.closed
+    lease.release()
+    await asyncio.wait_for(waiting, 30)
+    assert cuda.closed == [device.ctypes.data]
+    with pytest.raises(TensorgateError, match="no CUDA shared memory region 'g'") as gone:
+        await regions.cuda.unregister(f"{OWNER}/g")
+    assert gone.value.code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_the_rpcs_answer_triton_s_shapes() -> None:
+    cuda = HostCuda()
+    regions = regions_with(cuda)
+    methods = shared_memory_methods(regions)
+    decode, register = methods["CudaSharedMemoryRegister"]
+    handle, _ = cuda.export(64)
+    asked = pb.CudaSharedMemoryRegisterRequest(name=f"{OWNER}/g", raw_handle=handle,
+                                               device_id=0, byte_size=64)
+    await register(decode(asked.SerializeToString()), None)
+    status = await methods["CudaSharedMemoryStatus"][1](
+        pb.CudaSharedMemoryStatusRequest(name=f"{OWNER}/"), None)
+    assert isinstance(status, pb.CudaSharedMemoryStatusResponse)
+    assert [(s.name, s.device_id, s.byte_size) for s in status.regions.values()] == [
+        (f"{OWNER}/g", 0, 64)]
+    await methods["CudaSharedMemoryUnregister"][1](
+        pb.CudaSharedMemoryUnregisterRequest(name=f"{OWNER}/g"), None)
+    empty = await methods["CudaSharedMemoryStatus"][1](pb.CudaSharedMemoryStatusRequest(), None)
+    assert not empty.regions  # type: ignore[attr-defined]
+
+
+def test_the_real_cuda_runtime_loads_and_sees_the_drivers_gpus() -> None:
+    """The library found loads and sees the GPUs the driver does (a handle cannot be opened by
+    the process that exported it: the round trip is in tests/integration)."""
+    from runtime.backends.base import cuda_device_count
+
+    if cuda_device_count() == 0:
+        pytest.skip("needs a CUDA GPU: none is visible")
+    api = cuda_api.load()
+    if api is None:
+        pytest.skip("needs cuda-python or libcudart: neither is installed")
+    assert api.device_count() == cuda_device_count()
