@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 import orjson
 
-from common import EXTENSIONS, __version__, memory
+from common import __version__, memory
 from common.errors import TensorgateError, invalid_argument
 from common.names import check_name
 from common.proto import grpc_service_pb2 as pb
@@ -85,8 +85,9 @@ class GrpcTransport:
 
     async def server_metadata(self, request: bytes, context: Any) -> bytes:
         self.pipeline.admit(_headers(context), None)
-        answer = pb.ServerMetadataResponse(name="tensorgate", version=__version__,
-                                           extensions=EXTENSIONS)
+        answer = pb.ServerMetadataResponse(
+            name="tensorgate", version=__version__,
+            extensions=await self.pipeline.shared_memory.extensions())
         return answer.SerializeToString()
 
     async def repository_index(self, request: bytes, context: Any) -> bytes:

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import grpc
 
-from common import regions
+from common import EXTENSIONS, regions
 from common.errors import TensorgateError, unavailable
 from common.proto import grpc_service_pb2 as pb
 from common.wire import LENGTH_DELIMITED, WireError, fields
@@ -17,6 +17,8 @@ from gateway.context import Headers
 from gateway.request_parts import Parts, Request
 
 Kind = Literal["System", "Cuda"]
+#: Server Metadata's name for CUDA shared memory, listed where every worker offers it.
+CUDA_EXTENSION = "cuda_shared_memory"
 #: Requests this large are looked at field by field: the tensors' bytes are not searched.
 SCAN_FROM_BYTES = 64 * 1024
 _RAW_INPUT_CONTENTS = 7
@@ -62,6 +64,24 @@ class SharedMemory:
 
     def __init__(self, pipeline: Any) -> None:
         self.pipeline = pipeline
+        #: Whether each worker (by address) offers CUDA shared memory: asked once.
+        self.cuda: dict[str, bool] = {}
+
+    async def extensions(self) -> tuple[str, ...]:
+        """Server Metadata's extensions: CUDA shared memory too where every admitted worker
+        lists it (a worker sees a GPU and can load the CUDA runtime)."""
+        endpoints = [e for e in self.pipeline.router.endpoints if e.admitted]
+        unknown = [e for e in endpoints if e.address not in self.cuda]
+        answers = await asyncio.gather(
+            *(e.upstream.call("ServerMetadata", b"", self.pipeline.default_timeout)
+              for e in unknown), return_exceptions=True)
+        for endpoint, answer in zip(unknown, answers):
+            if not isinstance(answer, BaseException):
+                found = pb.ServerMetadataResponse.FromString(answer).extensions
+                self.cuda[endpoint.address] = CUDA_EXTENSION in found
+        if endpoints and all(self.cuda.get(e.address) for e in endpoints):
+            return (*EXTENSIONS, CUDA_EXTENSION)
+        return EXTENSIONS
 
     def owner(self, headers: Headers) -> str:
         """Any caller with a valid credential may keep regions; they are its own."""

@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from common import EXTENSIONS, __version__
+from common import __version__
 from common.errors import invalid_argument, not_found
 from common.names import check_name, check_version
 from common.proto import grpc_service_pb2 as pb
@@ -30,9 +30,11 @@ _BINARY = {"schema": {"type": "string", "format": "binary"}}
 
 @router.get("/v2", summary="server metadata", responses={200: {"model": s.ServerMetadata}})
 async def server_metadata(request: Request) -> Response:
-    control_of(request).admit(request)
+    control = control_of(request)
+    control.admit(request)
+    extensions = await control.pipeline.shared_memory.extensions()
     return json_response({"name": "tensorgate", "version": __version__,
-                          "extensions": list(EXTENSIONS)})
+                          "extensions": list(extensions)})
 
 
 @router.get("/v2/health/live", summary="the server is live", openapi_extra=OPEN,

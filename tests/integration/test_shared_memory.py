@@ -22,7 +22,6 @@ from tritonclient.utils import InferenceServerException
 
 from common.registry import Registry
 from common.settings import AuthSettings
-from runtime.shm_api import NO_GPU, gpu_visible
 from tests.integration.conftest import ROOT, Background, Servers
 from tests.integration.shm_client import shm
 from tests.integration.test_cli import READY, start, wait_for
@@ -98,11 +97,10 @@ def refused(call: Callable[[], Any]) -> InferenceServerException:
     raise AssertionError("the call was not refused")
 
 
-def test_server_metadata_lists_system_shared_memory_only(setup: Setup) -> None:
+def test_server_metadata_lists_system_shared_memory(setup: Setup) -> None:
     http = thttp.InferenceServerClient(setup.servers.gateway_http)
     extensions = http.get_server_metadata(headers=auth(setup, "alice"))["extensions"]
     assert "system_shared_memory" in extensions
-    assert "cuda_shared_memory" not in extensions  # NOTE: not built yet, GPU or not
     rpc = tgrpc.InferenceServerClient(setup.servers.gateway_grpc)
     metadata = rpc.get_server_metadata(headers=auth(setup, "alice"))
     assert "system_shared_memory" in metadata.extensions
@@ -237,18 +235,6 @@ def test_registering_needs_a_credential(setup: Setup) -> None:
     client = thttp.InferenceServerClient(setup.servers.gateway_http)
     anonymous = refused(lambda: client.get_system_shared_memory_status())
     assert anonymous.status() == "401"
-
-
-def test_cuda_shared_memory_without_a_gpu(setup: Setup) -> None:
-    if gpu_visible():
-        pytest.skip("a CUDA GPU is visible: this checks the answer where none is")
-    http = thttp.InferenceServerClient(setup.servers.gateway_http)
-    assert http.get_cuda_shared_memory_status(headers=auth(setup, "alice")) == []
-    rpc = tgrpc.InferenceServerClient(setup.servers.gateway_grpc)
-    refusal = refused(lambda: rpc.register_cuda_shared_memory(
-        "gpu", b"\0" * 64, 0, 64, headers=auth(setup, "alice")))
-    assert refusal.status() == "StatusCode.FAILED_PRECONDITION"
-    assert NO_GPU in str(refusal.message())
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
