@@ -3,14 +3,17 @@ names scoped by the caller's owner id, and the HTTP codec's bodies without tenso
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import grpc
 import orjson
 import pytest
 
-from common import regions
+from common import EXTENSIONS, regions
 from common.errors import TensorgateError
 from common.proto import grpc_service_pb2 as pb
 from gateway.http_codec import decode_infer_request, encode_infer_response
-from gateway.shm import mentions, scope_request
+from gateway.shm import CUDA_EXTENSION, SharedMemory, mentions, scope_request
 
 
 def shm_request(raw_bytes: int = 0) -> pb.ModelInferRequest:
@@ -96,3 +99,39 @@ def test_the_key_rule(key: str, fault: str | None) -> None:
     else:
         with pytest.raises(TensorgateError, match=fault):
             regions.check_key(key)
+
+
+class _Upstream:
+    """A worker's upstream that answers Server Metadata with the extensions it was given."""
+
+    def __init__(self, extensions: tuple[str, ...] | None) -> None:
+        self.extensions = extensions
+        self.asked = 0
+
+    async def call(self, name: str, request: bytes, timeout: float | None) -> bytes:
+        assert name == "ServerMetadata"
+        self.asked += 1
+        if self.extensions is None:
+            raise TensorgateError(grpc.StatusCode.UNAVAILABLE, "down")
+        return pb.ServerMetadataResponse(extensions=self.extensions).SerializeToString()
+
+
+def _pipeline(*upstreams: _Upstream) -> SimpleNamespace:
+    endpoints = [SimpleNamespace(address=f"w{i}", admitted=True, upstream=u)
+                 for i, u in enumerate(upstreams)]
+    return SimpleNamespace(router=SimpleNamespace(endpoints=endpoints), default_timeout=5.0)
+
+
+async def test_cuda_shared_memory_is_listed_only_where_every_worker_offers_it() -> None:
+    gpu, cpu = _Upstream((*EXTENSIONS, CUDA_EXTENSION)), _Upstream(EXTENSIONS)
+    both = SharedMemory(_pipeline(gpu, _Upstream((*EXTENSIONS, CUDA_EXTENSION))))
+    assert await both.extensions() == (*EXTENSIONS, CUDA_EXTENSION)
+    assert await both.extensions() == (*EXTENSIONS, CUDA_EXTENSION)
+    assert gpu.asked == 1  # asked once per worker
+    assert await SharedMemory(_pipeline(gpu, cpu)).extensions() == EXTENSIONS
+    down = _Upstream(None)
+    unknown = SharedMemory(_pipeline(gpu, down))
+    assert await unknown.extensions() == EXTENSIONS  # not known: not claimed
+    down.extensions = (*EXTENSIONS, CUDA_EXTENSION)
+    assert await unknown.extensions() == (*EXTENSIONS, CUDA_EXTENSION)
+    assert await SharedMemory(_pipeline()).extensions() == EXTENSIONS
