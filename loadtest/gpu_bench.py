@@ -196,7 +196,7 @@ def serve(case: Case, opts: argparse.Namespace, children: Children, workers: int
                 continue
             row = Row(layout, name)
             if key in SHM_PATHS:
-                row.note = shm_rows.unavailable() or ""
+                row.note = shm_rows.unavailable(key) or ""
             if not row.note:
                 check()
                 measured(row, run, opts, children, probes, cuda=key.startswith("cuda"))

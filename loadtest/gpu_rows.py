@@ -85,8 +85,8 @@ def measured(row: Row, run: Callable[[], Outcome], opts: argparse.Namespace,
              children: Children, probes: list[Probe], cuda: bool) -> None:
     """Fill ``row`` from one load run: its outcome, the runtimes' batching, the cores the
     busiest threads and processes kept busy, and the GPU's utilisation. A perf_analyzer run
-    that fails is a failure of the bench, except CUDA shared memory's: not built everywhere,
-    its row then says what the server (or perf_analyzer) answered."""
+    that fails is a failure of the bench, except CUDA shared memory's (a perf_analyzer built
+    without GPU support cannot run it): its row then says what perf_analyzer answered."""
     before = [probe() for probe in probes]
     threads, gateways = (children.thread_cpu_seconds("runtime0"),
                          children.process_cpu_seconds("gateway"))

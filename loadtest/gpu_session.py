@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TESTS = ("tests/unit/test_gpu_paths.py", "tests/unit/test_torch_cuda_cpu.py",
          "tests/unit/test_precision.py", "tests/integration/test_gpu_config.py",
          "tests/unit/test_shm_regions.py", "tests/unit/test_shm_gateway.py",
-         "tests/integration/test_shared_memory.py", "tests/integration/test_gpu_bench_shm.py")
+         "tests/unit/test_cuda_shm.py", "tests/integration/test_shared_memory.py",
+         "tests/integration/test_cuda_shared_memory.py", "tests/integration/test_gpu_bench_shm.py")
 #: gpu_bench on a GPU: ResNet-50 fp16, one runtime of two instances, 256 callers, 1 image per
 #: request; every served path (the bytes in the request, system and CUDA shared memory).
 GPU_BENCH = ("--workers", "1x2", "--duration", "5", "--warmup", "1", "--ceiling-s", "0.5",

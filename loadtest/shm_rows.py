@@ -1,6 +1,6 @@
 """gpu_bench's shared-memory rows: NVIDIA's perf_analyzer with ``--shared-memory system|cuda``
 against the gateway (``triton_perf.run_point``), measured like the other served rows, or a
-reason why a row could not run."""
+reason why a row could not run (CUDA's, without a GPU)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 from loadtest.loadgen import Outcome
 from loadtest.triton_perf import find, run_point
+from runtime import cuda_api
+from runtime.backends.base import cuda_device_count
 
 #: --paths names of the shared-memory rows: (Triton's shared-memory kind, protocol).
 SHM_PATHS = {"shm-grpc": ("system", "grpc"), "shm-http": ("system", "http"),
@@ -20,12 +22,16 @@ def path_name(key: str) -> str:
     return f"gateway → runtime, {PROTOCOLS[protocol]}, {kind} shared memory"
 
 
-def unavailable() -> str | None:
-    """Why no shared-memory row can run, before trying one (no perf_analyzer); else None.
-    CUDA shared memory is always tried: what the server or perf_analyzer answers says why it
-    is not available better than a guess from here."""
+def unavailable(key: str = "") -> str | None:
+    """Why the shared-memory row ``key`` cannot run, before trying it (no perf_analyzer; for
+    CUDA shared memory, no GPU or no CUDA runtime library for the workers); else None."""
     if find() is None:
         return "not available: perf_analyzer not found (set PERF_ANALYZER or put it on PATH)"
+    if key and SHM_PATHS[key][0] == "cuda":
+        if cuda_device_count() == 0:
+            return "not available: needs a CUDA GPU: none is visible"
+        if cuda_api.load() is None:
+            return f"not available: {cuda_api.NO_LIBRARY}"
     return None
 
 
