@@ -29,7 +29,9 @@ class CudaApi(Protocol):
 
     def device_count(self) -> int: ...
 
-    def open(self, handle: bytes, device: int) -> int: ...
+    def open(self, handle: bytes, device: int) -> tuple[int, int]:
+        """Where the buffer behind ``handle`` is mapped, and how many bytes it holds."""
+        ...
 
     def close(self, pointer: int, device: int) -> None: ...
 
@@ -55,11 +57,12 @@ class _Bindings:
     def device_count(self) -> int:
         return int(self._call("cudaGetDeviceCount"))
 
-    def open(self, handle: bytes, device: int) -> int:
+    def open(self, handle: bytes, device: int) -> tuple[int, int]:
         self._call("cudaSetDevice", device)
         ipc = self.rt.cudaIpcMemHandle_t()
         ipc.reserved = handle
-        return int(self._call("cudaIpcOpenMemHandle", ipc, _LAZY_PEER_ACCESS))
+        pointer = int(self._call("cudaIpcOpenMemHandle", ipc, _LAZY_PEER_ACCESS))
+        return pointer, _mapped_bytes(self, pointer, device)
 
     def close(self, pointer: int, device: int) -> None:
         self._call("cudaSetDevice", device)
@@ -104,12 +107,12 @@ class _Library:
         self._call("cudaGetDeviceCount", ctypes.byref(count))
         return count.value
 
-    def open(self, handle: bytes, device: int) -> int:
+    def open(self, handle: bytes, device: int) -> tuple[int, int]:
         self._call("cudaSetDevice", device)
         pointer = ctypes.c_void_p()
         self._call("cudaIpcOpenMemHandle", ctypes.byref(pointer), _Handle(handle),
                    _LAZY_PEER_ACCESS)
-        return int(pointer.value or 0)
+        return int(pointer.value or 0), _mapped_bytes(self, int(pointer.value or 0), device)
 
     def close(self, pointer: int, device: int) -> None:
         self._call("cudaSetDevice", device)
@@ -125,6 +128,22 @@ class _Library:
             self.streams[device] = stream
         self._call("cudaMemcpyAsync", target, source, size, _MEMCPY_DEFAULT, stream)
         self._call("cudaStreamSynchronize", stream)
+
+
+def _mapped_bytes(api: CudaApi, pointer: int, device: int) -> int:
+    """The bytes from ``pointer`` to the end of its allocation, as the driver knows it (the
+    handle does not say, and a register may claim no more); closes the mapping on a failure.
+    Asked in the thread that opened it: that thread has the device's context current."""
+    base, size = ctypes.c_uint64(0), ctypes.c_size_t(0)
+    try:
+        found = ctypes.CDLL("libcuda.so.1").cuMemGetAddressRange_v2(
+            ctypes.byref(base), ctypes.byref(size), ctypes.c_uint64(pointer))
+    except OSError:
+        found = -1
+    if found != 0:
+        api.close(pointer, device)
+        raise CudaError(f"cuMemGetAddressRange: error {found}")
+    return int(base.value + size.value - pointer)
 
 
 def _library_paths() -> list[str]:

@@ -95,14 +95,19 @@ class CudaRegions:
                 raise invalid_argument(f"{what}: device_id {device_id} is not a GPU this "
                                        f"runtime sees: it sees {count} (0 to {count - 1})")
             # NOTE: in a thread: the first CUDA call of a process sets up its context (seconds)
-            pointer = await asyncio.to_thread(api.open, handle, device_id)
+            pointer, mapped = await asyncio.to_thread(api.open, handle, device_id)
         except CudaError as exc:
             raise invalid_argument(f"{what}: the handle cannot be opened on GPU {device_id} "
                                    f"({exc}); it must come from cudaIpcGetMemHandle in a live "
                                    "process on this host") from None
         finally:
             self.opening.discard(name)
-        self.table[name] = CudaRegion(name, bytes(handle), device_id, byte_size, pointer, api)
+        region = CudaRegion(name, bytes(handle), device_id, byte_size, pointer, api)
+        if byte_size > mapped:
+            region.close()
+            raise invalid_argument(f"{what}: byte_size {byte_size} runs past the end of the GPU "
+                                   f"buffer the handle names ({mapped} bytes)")
+        self.table[name] = region
 
     def _check_free(self, name: str, handle: bytes, what: str) -> None:
         if name in self.table or name in self.others or name in self.opening:

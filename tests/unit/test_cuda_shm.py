@@ -42,10 +42,11 @@ class HostCuda:
     def device_count(self) -> int:
         return self.count
 
-    def open(self, handle: bytes, device: int) -> int:
+    def open(self, handle: bytes, device: int) -> tuple[int, int]:
         if handle not in self.buffers:
             raise CudaError("cudaIpcOpenMemHandle: cudaErrorInvalidResourceHandle")
-        return int(self.buffers[handle].ctypes.data)
+        found = self.buffers[handle]
+        return int(found.ctypes.data), found.nbytes
 
     def close(self, pointer: int, device: int) -> None:
         self.closed.append(pointer)
@@ -70,13 +71,16 @@ async def test_register_checks_the_request_before_touching_a_gpu() -> None:
             ((handle, -1, 64), "device_id must be 0 or more; got -1"),
             ((handle, 0, 0), "byte_size must be more than 0; got 0"),
             ((handle, 2, 64), "device_id 2 is not a GPU this runtime sees: it sees 2 (0 to 1)"),
-            ((b"\7" * 64, 0, 64), "the handle cannot be opened on GPU 0")]:
+            ((b"\7" * 64, 0, 64), "the handle cannot be opened on GPU 0"),
+            ((handle, 0, 65), "byte_size 65 runs past the end of the GPU buffer the handle "
+                              "names (64 bytes)")]:
         with pytest.raises(TensorgateError, match=expected.replace("(", r"\(").replace(
                 ")", r"\)")) as caught:
             await regions.cuda.register(f"{OWNER}/g", *args)
         assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
         assert "'g'" in caught.value.message and OWNER not in caught.value.message
     assert not regions.cuda.table and not regions.cuda.opening
+    assert cuda.closed == [cuda.buffers[handle].ctypes.data]  # the one opened, closed again
 
 
 async def test_without_a_gpu_or_a_cuda_library_register_says_which() -> None:
