@@ -217,3 +217,31 @@ def test_the_real_cuda_runtime_loads_and_sees_the_drivers_gpus() -> None:
     if api is None:
         pytest.skip("needs cuda-python or libcudart: neither is installed")
     assert api.device_count() == cuda_device_count()
+
+
+def test_libcudart_through_ctypes_answers_errors_by_name() -> None:
+    """Each call's signature as declared (the handle passed by value among them): where no GPU
+    is visible every call fails, by its CUDA error's name, and nothing crashes."""
+    from runtime.backends.base import cuda_device_count
+
+    if cuda_device_count() > 0:
+        pytest.skip("a GPU is visible: the calls would succeed (the GPU tests cover them)")
+    library = next((cuda_api._Library(ctypes.CDLL(path)) for path in cuda_api._library_paths()
+                    if _loads(path)), None)
+    if library is None:
+        pytest.skip("libcudart is not installed here")
+    pointer = ctypes.c_void_p()
+    assert library.lib.cudaIpcOpenMemHandle(ctypes.byref(pointer), cuda_api._Handle(b"\0" * 64),
+                                            1) != 0
+    for call in (library.device_count, lambda: library.open(b"\0" * 64, 0),
+                 lambda: library.copy(0, 0, 16, 0), lambda: library.close(0, 0)):
+        with pytest.raises(CudaError, match=r"^cuda\w+: cudaError\w+$"):
+            call()
+
+
+def _loads(path: str) -> bool:
+    try:
+        ctypes.CDLL(path)
+    except OSError:
+        return False
+    return True
