@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import importlib
 import os
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 import numpy as np
@@ -219,29 +222,36 @@ def test_the_real_cuda_runtime_loads_and_sees_the_drivers_gpus() -> None:
     assert api.device_count() == cuda_device_count()
 
 
-def test_libcudart_through_ctypes_answers_errors_by_name() -> None:
+def _library() -> cuda_api.CudaApi | None:
+    """libcudart through ctypes, where it is installed."""
+    for path in cuda_api._library_paths():
+        try:
+            return cuda_api._Library(ctypes.CDLL(path))
+        except OSError:
+            continue
+    return None
+
+
+def _bindings() -> cuda_api.CudaApi | None:
+    """cuda-python's runtime module, where it is installed."""
+    try:
+        return cuda_api._Bindings(importlib.import_module("cuda.bindings.runtime"))
+    except ImportError:
+        return None
+
+
+@pytest.mark.parametrize("make", [_library, _bindings], ids=["libcudart", "cuda-python"])
+def test_each_cuda_runtime_answers_errors_by_name(make: Callable[[], Any]) -> None:
     """Each call's signature as declared (the handle passed by value among them): where no GPU
     is visible every call fails, by its CUDA error's name, and nothing crashes."""
     from runtime.backends.base import cuda_device_count
 
     if cuda_device_count() > 0:
         pytest.skip("a GPU is visible: the calls would succeed (the GPU tests cover them)")
-    library = next((cuda_api._Library(ctypes.CDLL(path)) for path in cuda_api._library_paths()
-                    if _loads(path)), None)
-    if library is None:
-        pytest.skip("libcudart is not installed here")
-    pointer = ctypes.c_void_p()
-    assert library.lib.cudaIpcOpenMemHandle(ctypes.byref(pointer), cuda_api._Handle(b"\0" * 64),
-                                            1) != 0
-    for call in (library.device_count, lambda: library.open(b"\0" * 64, 0),
-                 lambda: library.copy(0, 0, 16, 0), lambda: library.close(0, 0)):
+    api = make()
+    if api is None:
+        pytest.skip(f"{(make.__doc__ or '').split(',')[0]} is not installed here")
+    for call in (api.device_count, lambda: api.open(b"\x80" * 64, 0),
+                 lambda: api.copy(0, 0, 16, 0), lambda: api.close(0, 0)):
         with pytest.raises(CudaError, match=r"^cuda\w+: cudaError\w+$"):
             call()
-
-
-def _loads(path: str) -> bool:
-    try:
-        ctypes.CDLL(path)
-    except OSError:
-        return False
-    return True
