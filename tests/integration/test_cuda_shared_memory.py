@@ -12,7 +12,6 @@ import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -25,6 +24,7 @@ from common.registry import Registry
 from common.settings import AuthSettings
 from runtime.shm import Regions
 from runtime.shm_api import NO_GPU, gpu_visible
+from tests.integration import cuda_client
 from tests.integration.conftest import ROOT, Background, Servers
 from tests.integration.shm_client import shm
 from tests.integration.test_cli import READY, start, wait_for
@@ -63,7 +63,8 @@ def test_server_metadata_lists_cuda_shared_memory_only_where_a_worker_offers_it(
     assert (CUDA in rpc.get_server_metadata(headers=setup.auth()).extensions) == offered
 
 
-def post(setup: Setup, path: str, body: object, who: str = "alice") -> requests.Response:
+def post(setup: Setup, path: str, body: dict[str, Any], who: str = "alice"
+         ) -> requests.Response:
     return requests.post(f"http://{setup.servers.gateway_http}/v2/cudasharedmemory{path}",
                          json=body, headers=setup.auth(who), timeout=30)
 
@@ -151,15 +152,14 @@ def test_status_and_unregister_of_unknown_regions(setup: Setup) -> None:
 # process of its own: CUDA refuses to open a handle in the process that exported it).
 
 
-def cudashm() -> ModuleType:
-    """tritonclient.utils.cuda_shared_memory, or a skip saying what is missing."""
+def cudashm() -> Any:
+    """tritonclient's CUDA helpers (or their stand-in over libcudart), or a skip saying why."""
     if not gpu_visible():
         pytest.skip("needs a CUDA GPU: none is visible")
-    try:
-        import tritonclient.utils.cuda_shared_memory as helpers
-    except (ImportError, RuntimeError) as exc:
-        pytest.skip(f"needs tritonclient's CUDA helpers (cuda-python<13): {exc}")
-    return helpers
+    found, why = cuda_client.helpers()
+    if found is None:
+        pytest.skip(f"needs a client for CUDA regions: {why}")
+    return found
 
 
 @pytest.fixture(scope="module")
