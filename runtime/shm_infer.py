@@ -22,7 +22,8 @@ Copy = tuple[int, int, int, int, str]
 
 
 class Lease:
-    """The regions one request uses, held until `release`; `call` reads inputs in place."""
+    """The regions one request uses, held until `release`; `call` reads inputs in place (those
+    in CUDA regions once `fetch` has copied them to the host)."""
 
     def __init__(self, regions: Regions, call: InferCall) -> None:
         self.regions = regions
