@@ -21,8 +21,8 @@ class _Series:
     def __init__(self, counter: Any, histogram: Any) -> None:
         self.count = _value(counter)
         self.histogram = histogram
-        self.total = getattr(histogram, "_sum", None)
-        self.bounds = getattr(histogram, "_upper_bounds", None)
+        self.total: Any = getattr(histogram, "_sum", None)
+        self.bounds: Any = getattr(histogram, "_upper_bounds", None)
         buckets = getattr(histogram, "_buckets", None)
         usable = (isinstance(buckets, list) and isinstance(self.bounds, list)
                   and len(buckets) == len(self.bounds) and self.bounds[-1] == float("inf")
