@@ -3,6 +3,11 @@ its public API would have written them."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from common.buckets import LATENCY_BUCKETS
@@ -67,3 +72,28 @@ def test_children_of_another_shape_go_through_their_public_api() -> None:
     one.observe(0.25)
     assert one.buckets is None
     assert counter.amounts == [1] and histogram.amounts == [0.25]
+
+
+_MULTIPROCESS = """
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
+from gateway.metrics import GatewayMetrics
+metrics = GatewayMetrics(CollectorRegistry())
+metrics.in_flight_value.inc(1)
+metrics.observe("digits", "grpc", "OK", 0.003)
+metrics.observe("digits", "grpc", "OK", 0.02)
+read = CollectorRegistry()
+MultiProcessCollector(read)
+print(read.get_sample_value("tensorgate_requests_total",
+                            {"model": "digits", "protocol": "grpc", "code": "OK"}),
+      read.get_sample_value("tensorgate_request_duration_seconds_bucket",
+                            {"model": "digits", "protocol": "grpc", "le": "0.005"}),
+      read.get_sample_value("tensorgate_requests_in_flight"))
+"""
+
+
+def test_a_process_of_a_group_writes_its_share_to_the_shared_directory(tmp_path: Path) -> None:
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", _MULTIPROCESS], env=env, capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    assert out.split() == ["2.0", "1.0", "1.0"]
