@@ -37,7 +37,8 @@ _OPEN = frozenset({"ServerLive", "ServerReady", "ModelReady"})
 NO_MESSAGE = ("no request message: a unary call carries one complete length-prefixed message "
               "(none came, or the stream ended part-way through it)")
 
-Handler = Callable[[bytes, Any], Awaitable[bytes]]
+#: A method's handler: its message, the call's context, and the call's metadata (read once).
+Handler = Callable[[bytes, Any, Headers], Awaitable[bytes]]
 #: What grpc runs: the request stream (read by hand, once admitted) and the context.
 Guarded = Callable[[AsyncIterator[bytes], Any], Awaitable[bytes]]
 #: The authentication stage, from the metadata alone (`Pipeline.admit` with no model).
@@ -49,9 +50,9 @@ class GrpcTransport:
         self.pipeline = pipeline
         self.trimmer = memory.Trimmer()
 
-    async def model_infer(self, request: bytes, context: Any) -> bytes:
+    async def model_infer(self, request: bytes, context: Any, headers: Headers) -> bytes:
         model, version, request_id, timeout = infer_fields(request)
-        call = RequestContext(model, version, "grpc", _headers(context), request_id,
+        call = RequestContext(model, version, "grpc", headers, request_id,
                               deadline(timeout, context.time_remaining()))
         # NOTE: a large one in parts: the pipeline's rewrites (id, version) then copy only its
         # small fields, and the lane copies its tensors once, into the arena.
@@ -71,33 +72,31 @@ class GrpcTransport:
             return
         await context.abort(failure.code, failure.message)
 
-    async def feedback(self, request: bytes, context: Any) -> bytes:
+    async def feedback(self, request: bytes, context: Any, headers: Headers) -> bytes:
         """The HTTP body, naming its model: `{"model": "digits", "id": ..., "truth": ...}`."""
         model = _feedback_model(request)
-        return encode_result(await handle_feedback(self.pipeline, _headers(context), model,
-                                                   request))
+        return encode_result(await handle_feedback(self.pipeline, headers, model, request))
 
-    async def server_live(self, request: bytes, context: Any) -> bytes:
+    async def server_live(self, request: bytes, context: Any, headers: Headers) -> bytes:
         return pb.ServerLiveResponse(live=True).SerializeToString()
 
-    async def server_ready(self, request: bytes, context: Any) -> bytes:
+    async def server_ready(self, request: bytes, context: Any, headers: Headers) -> bytes:
         return pb.ServerReadyResponse(ready=await self.pipeline.ready()).SerializeToString()
 
-    async def server_metadata(self, request: bytes, context: Any) -> bytes:
-        self.pipeline.admit(_headers(context), None)
+    async def server_metadata(self, request: bytes, context: Any, headers: Headers) -> bytes:
+        self.pipeline.admit(headers, None)
         answer = pb.ServerMetadataResponse(
             name="tensorgate", version=__version__,
             extensions=await self.pipeline.shared_memory.extensions())
         return answer.SerializeToString()
 
-    async def repository_index(self, request: bytes, context: Any) -> bytes:
-        return await self.pipeline.ask("RepositoryIndex", request, headers=_headers(context),
+    async def repository_index(self, request: bytes, context: Any, headers: Headers) -> bytes:
+        return await self.pipeline.ask("RepositoryIndex", request, headers=headers,
                                        access="admin")
 
-    async def trace_setting(self, request: bytes, context: Any) -> bytes:
+    async def trace_setting(self, request: bytes, context: Any, headers: Headers) -> bytes:
         """Triton's trace extension: an admin reads or changes the global or a model's settings."""
         message = pb.TraceSettingRequest.FromString(request)
-        headers = _headers(context)
         principal = self.pipeline.admit(headers, None, admin=True)
         model = message.model_name or None
         if model is not None:
@@ -111,10 +110,10 @@ class GrpcTransport:
             answer.settings[key].value.extend(value if isinstance(value, list) else [value])
         return answer.SerializeToString()
 
-    async def log_settings(self, request: bytes, context: Any) -> bytes:
+    async def log_settings(self, request: bytes, context: Any, headers: Headers) -> bytes:
         """Triton's logging extension: an admin reads or changes the log settings."""
         message = pb.LogSettingsRequest.FromString(request)
-        principal = self.pipeline.admit(_headers(context), None, admin=True)
+        principal = self.pipeline.admit(headers, None, admin=True)
         changes = {key: getattr(value, kind) if (kind := value.WhichOneof("parameter_choice"))
                    else None for key, value in message.settings.items()}
         shown = (await trace_share.change_log(changes, principal) if changes
@@ -130,12 +129,12 @@ class GrpcTransport:
         """Load or unload: every worker makes the change (RepositoryModel{Load,Unload})."""
         kind = getattr(pb, f"{method}Request")
 
-        async def handler(request: bytes, context: Any) -> bytes:
+        async def handler(request: bytes, context: Any, headers: Headers) -> bytes:
             message = kind.FromString(request)
             # NOTE: checked here and again in each worker, before anything touches the disk.
             model = check_name(message.model_name)
             check_upload(message.parameters.keys() if method == "RepositoryModelLoad" else ())
-            return await self.pipeline.broadcast(method, request, model, _headers(context))
+            return await self.pipeline.broadcast(method, request, model, headers)
 
         return handler
 
@@ -144,10 +143,9 @@ class GrpcTransport:
         kind_of = getattr(pb, f"{kind}SharedMemory{action}Request")
         answer_of = getattr(pb, f"{kind}SharedMemory{action}Response")
 
-        async def handler(request: bytes, context: Any) -> bytes:
+        async def handler(request: bytes, context: Any, headers: Headers) -> bytes:
             message = kind_of.FromString(request)
             regions = self.pipeline.shared_memory
-            headers = _headers(context)
             name = check_name(message.name, "shared memory region name") if message.name else ""
             if action == "Status":
                 return bytes((await regions.status(kind, name, headers)).SerializeToString())
@@ -163,10 +161,9 @@ class GrpcTransport:
         """A control-plane RPC whose request names the model in fields 1 and 2."""
         access: Access = "open" if method == "ModelReady" else "key"
 
-        async def handler(request: bytes, context: Any) -> bytes:
+        async def handler(request: bytes, context: Any, headers: Headers) -> bytes:
             model, version = model_and_version(request)
-            return await self.pipeline.ask(method, request, model, version, _headers(context),
-                                           access)
+            return await self.pipeline.ask(method, request, model, version, headers, access)
 
         return handler
 
@@ -218,19 +215,6 @@ def _headers(context: Any) -> Headers:
     return dict(context.invocation_metadata() or ())
 
 
-async def _answer(handler: Handler, admit: Admit | None, context: Any,
-                  size: list[int]) -> bytes:
-    """Admit the caller on its metadata, then read the one message (its size into `size`)
-    and handle it."""
-    if admit is not None:
-        admit(_headers(context), None)
-    request = await context.read()
-    if request is grpc.aio.EOF:
-        raise invalid_argument(NO_MESSAGE)
-    size.append(len(request))
-    return await handler(request, context)
-
-
 def _forget(exc: BaseException) -> None:
     """Drop the locals of every frame an error passed through: they hold the request's bytes,
     which a reference cycle would keep until the next full collection."""
@@ -244,19 +228,31 @@ def _forget(exc: BaseException) -> None:
 
 def _guarded(handler: Handler, admit: Admit | None, trimmer: memory.Trimmer) -> Guarded:
     async def guarded(requests: AsyncIterator[bytes], context: Any) -> bytes:
-        size: list[int] = []
+        """Admit the caller on its metadata, then read the one message and handle it."""
+        size = -1  # NOTE: the message's, once read
+        request = b""
         try:
-            return await _answer(handler, admit, context, size)
+            headers = _headers(context)
+            if admit is not None:
+                admit(headers, None)
+            request = await context.read()
+            if request is grpc.aio.EOF:
+                raise invalid_argument(NO_MESSAGE)
+            size = len(request)
+            return await handler(request, context, headers)
         except TensorgateError as exc:
             _forget(exc)
             failure = exc
+            # NOTE: this frame is in the error's traceback, which `failure` keeps in a cycle.
+            request = b""
         except Exception as exc:  # grpc logs it and answers UNKNOWN; the bytes go now
             _forget(exc)
+            request = b""
             raise
         finally:
             # NOTE: a large message, or a refused one grpc had begun to buffer, leaves freed
             # heap that glibc keeps; the request's bytes are gone by now.
-            if not size or size[0] >= memory.TRIM_AFTER_BYTES:
+            if size < 0 or size >= memory.TRIM_AFTER_BYTES:
                 trimmer.request()
         if failure.retry_after is not None:
             wait = str(max(1, math.ceil(failure.retry_after)))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import os
 import socket
 import ssl
@@ -26,6 +27,8 @@ from gateway import lane_refs
 from gateway.request_parts import Request, whole
 
 log = logging.getLogger("tensorgate.gateway")
+#: The event loop's timers tick in milliseconds: one may fire this much before its time.
+_EARLY_S = 0.001
 
 
 class _Connection(asyncio.Protocol):
@@ -34,6 +37,12 @@ class _Connection(asyncio.Protocol):
         self.address = address
         self.reader = lane.FrameReader(max_payload)
         self.pending: dict[int, asyncio.Future] = {}
+        #: The calls with a deadline: (when, by the loop's clock; the timeout, for the message).
+        self.deadlines: dict[int, tuple[float, float]] = {}
+        # NOTE: one timer, at the earliest deadline, rather than one per call: arming and
+        # cancelling a timer costs more than the rest of a call's bookkeeping.
+        self._alarm: asyncio.TimerHandle | None = None
+        self._alarm_at = math.inf
         self.ids = itertools.count(1)
         self.out: list[Any] = []
         self.transport: asyncio.Transport | None = None
@@ -70,6 +79,10 @@ class _Connection(asyncio.Protocol):
                         self.address, len(self.pending), f": {exc}" if exc else "")
         error = unavailable("a runtime worker closed the connection")
         pending, self.pending = self.pending, {}
+        self.deadlines.clear()
+        if self._alarm is not None:
+            self._alarm.cancel()
+            self._alarm, self._alarm_at = None, math.inf
         for future in pending.values():
             if not future.done():
                 future.set_exception(error)
@@ -89,6 +102,7 @@ class _Connection(asyncio.Protocol):
             if kind == lane.OK_REF:
                 kind, payload = self._copy_out(payload)
             future = self.pending.pop(call_id, None)
+            self.deadlines.pop(call_id, None)
             if future is None or future.done():
                 continue
             if kind == lane.OK:
@@ -131,6 +145,8 @@ class _Connection(asyncio.Protocol):
         call_id = next(self.ids)
         future = self.loop.create_future()
         self.pending[call_id] = future
+        if timeout is not None:
+            self._watch(call_id, timeout)
         if not self.out and not self.released:
             self.loop.call_soon(self.flush)
         self.out.append(lane.header(call_id, kind, size, lane.timeout_us(timeout)))
@@ -145,17 +161,31 @@ class _Connection(asyncio.Protocol):
             self.transport.writelines(self.out)
         self.out, self.released = [], []
 
-    def expire(self, future: asyncio.Future, timeout: float) -> None:
-        """A call's deadline passed with no answer: fail it and stop waiting for one."""
-        if future.done():
-            return
-        future.set_exception(TensorgateError(
-            grpc.StatusCode.DEADLINE_EXCEEDED,
-            f"the runtime worker did not answer within {timeout:.3f}s"))
-        for call_id, pending in self.pending.items():
-            if pending is future:
-                del self.pending[call_id]
-                return
+    def _watch(self, call_id: int, timeout: float) -> None:
+        """Fail the call if no answer came within `timeout` seconds."""
+        when = self.loop.time() + timeout
+        self.deadlines[call_id] = (when, timeout)
+        if when < self._alarm_at:
+            if self._alarm is not None:
+                self._alarm.cancel()
+            self._alarm_at = when
+            self._alarm = self.loop.call_at(when, self._expire_due)
+
+    def _expire_due(self) -> None:
+        """The earliest deadline came: fail every call past its own, and wait for the next."""
+        self._alarm, self._alarm_at = None, math.inf
+        now = self.loop.time() + _EARLY_S
+        due = [call_id for call_id, (when, _) in self.deadlines.items() if when <= now]
+        for call_id in due:
+            _, timeout = self.deadlines.pop(call_id)
+            future = self.pending.pop(call_id, None)
+            if future is not None and not future.done():
+                future.set_exception(TensorgateError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"the runtime worker did not answer within {timeout:.3f}s"))
+        if self.deadlines:
+            self._alarm_at = min(when for when, _ in self.deadlines.values())
+            self._alarm = self.loop.call_at(self._alarm_at, self._expire_due)
 
 
 class LaneUpstream:
@@ -277,15 +307,10 @@ class LaneUpstream:
             future = connection.send(lane.METHOD_KIND[name], whole(request), timeout)
         # NOTE: counted only once sent: send raises when the connection is already gone.
         self.outstanding += 1
-        # NOTE: a timer, not asyncio.wait_for: no extra future and task per call.
-        timer = None if timeout is None else connection.loop.call_later(
-            timeout, connection.expire, future, timeout)
         try:
             return await future
         finally:
             self.outstanding -= 1
-            if timer is not None:
-                timer.cancel()
             if arena is not None and slot is not None:
                 # NOTE: freed when the call ends however it ends (answer, deadline, cancel, a
                 # lost connection). The runtime only reads inputs, so one still reading an

@@ -113,7 +113,7 @@ class Pipeline:
         """
         call.started = time.perf_counter()
         answer: bytes | None = None
-        self.metrics.in_flight.inc()
+        self.metrics.in_flight_value.inc(1)
         if not callable(request):
             request = self._begin(call, request)
         try:
@@ -212,7 +212,7 @@ class Pipeline:
         """Give back what the request held; count, record, trace and log it, once each."""
         self.quotas.release(call.ticket)
         self.admission.leave()
-        self.metrics.in_flight.dec()
+        self.metrics.in_flight_value.inc(-1)
         label = self.label(call.model, call.principal is not None, call.code)
         call.elapsed = time.perf_counter() - call.started
         code = call.code.name

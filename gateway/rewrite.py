@@ -6,7 +6,7 @@ costs one copy of the request (of its head alone when its tensors are kept apart
 
 from __future__ import annotations
 
-from common.wire import length_delimited
+from common.wire import LENGTH_DELIMITED, length_delimited
 from gateway.request_parts import Request
 
 MODEL_VERSION, ID, PARAMETERS = 2, 3, 4  # ModelInferRequest's field numbers
@@ -15,7 +15,10 @@ _PARAMETER_KEY, _PARAMETER_VALUE, _STRING_PARAM = 1, 2, 3  # map entry; InferPar
 
 def with_field(request: Request, number: int, value: str) -> Request:
     """`request` with string field `number` set to `value`."""
-    return request + length_delimited(number, value.encode())
+    encoded = value.encode()
+    if len(encoded) < 0x80 and number < 16:  # NOTE: an id or version: one-byte key, length
+        return request + (bytes((number << 3 | LENGTH_DELIMITED, len(encoded))) + encoded)
+    return request + length_delimited(number, encoded)
 
 
 def with_version(request: Request, version: str) -> Request:

@@ -92,3 +92,46 @@ def test_a_lane_call_past_its_deadline_fails_and_is_forgotten() -> None:
         server.close()
 
     asyncio.run(go())
+
+
+def test_lane_deadlines_fire_each_at_its_own_time_and_answered_calls_are_forgotten() -> None:
+    from common import lane
+    from gateway.lane_client import LaneUpstream
+
+    async def go() -> None:
+        # Answers the hello, then only calls whose payload is b"answer", at once.
+        async def selective(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                try:
+                    size, call_id, kind, _ = lane.HEADER.unpack(
+                        await reader.readexactly(lane.HEADER.size))
+                    payload = await reader.readexactly(size)
+                except asyncio.IncompleteReadError:  # the gateway closed the lane
+                    writer.close()
+                    return
+                if kind == lane.HELLO:
+                    writer.write(lane.hello({"accepts": []}))
+                elif payload == b"answer":
+                    writer.write(lane.header(call_id, lane.OK, 2) + b"ok")
+
+        server = await asyncio.start_server(selective, "127.0.0.1", 0)
+        upstream = LaneUpstream(f"127.0.0.1:{server.sockets[0].getsockname()[1]}", 1024)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        long = asyncio.ensure_future(upstream.call("ModelInfer", b"", 5.0))
+        short = asyncio.ensure_future(upstream.call("ModelInfer", b"", 0.05))
+        assert await upstream.call("ModelInfer", b"answer", 30.0) == b"ok"
+        with pytest.raises(TensorgateError, match=r"within 0\.050s") as caught:
+            await short  # armed after the longer one's: it fires first all the same
+        assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert loop.time() - started < 4.0 and not long.done()
+        connection = upstream._connection
+        assert connection is not None and next(iter(connection.deadlines.values()))[1] == 5.0
+        assert len(connection.deadlines) == len(connection.pending) == 1
+        long.cancel()  # nobody waits any more: its entry goes at its deadline, or its answer
+        await asyncio.wait_for(asyncio.gather(long, return_exceptions=True), 30.0)
+        await upstream.close()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(go())

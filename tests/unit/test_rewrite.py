@@ -35,3 +35,10 @@ def test_an_appended_parameter_joins_the_others() -> None:
 def test_a_long_value_gets_a_multi_byte_length() -> None:
     parsed = pb.ModelInferRequest.FromString(with_id(request(), "x" * 300))
     assert parsed.id == "x" * 300
+
+
+def test_an_id_of_any_length_reads_back_whole() -> None:
+    for size in (0, 1, 127, 128, 300, 20_000):
+        rewritten = with_id(request(), "i" * size)
+        assert pb.ModelInferRequest.FromString(rewritten).id == "i" * size
+        assert routing_fields(rewritten) == ("digits", "1", "i" * size)
