@@ -20,7 +20,7 @@ from common.settings import AuthSettings, GatewaySettings, RuntimeSettings
 from gateway.app import Gateway
 from loadtest.sleepy import sleepy_model, store_with
 from runtime.app import Runtime
-from tests.unit.test_http_fast import CEILING_S, Reader
+from tests.unit.http_wire import CEILING_S, Reader
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Far longer than any wait below: a call that ends did so because its client went away.

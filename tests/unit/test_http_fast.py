@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any, cast
+from typing import cast
 
 import grpc
 import orjson
@@ -25,9 +25,9 @@ from gateway.http_protocol import HttpLimits, protocol_class
 from gateway.http_server import HttpTransport
 from gateway.pipeline import Loader, Pipeline
 from gateway.request_parts import whole
+from tests.unit.http_wire import CEILING_S, Answer, Reader
 
 LIMIT = 4 * 1024 * 1024
-CEILING_S = 30.0  # NOTE: generous: waits are for a state, never a fixed time
 LIMITS = HttpLimits(header_timeout_s=30.0, body_timeout_s=30.0, max_header_bytes=16 * 1024,
                     max_connections=64)
 
@@ -140,56 +140,6 @@ def infer_request(model: str, data: bytes, request_id: str, extra: bytes = b"",
     return (b"POST /v2/models/%s/infer %s\r\nHost: x\r\nContent-Length: %d\r\n"
             b"Inference-Header-Content-Length: %d\r\n%s\r\n"
             % (model.encode(), version, len(body), length, extra)) + body
-
-
-class Answer:
-    def __init__(self, head: bytes, body: bytes) -> None:
-        lines = head.decode("latin-1").split("\r\n")
-        self.status = int(lines[0].split(" ")[1])
-        self.headers = {k.lower(): v.strip() for k, _, v in (line.partition(":")
-                                                             for line in lines[1:])}
-        self.body = body
-
-    def output(self) -> bytes:
-        """The binary output after the JSON header."""
-        return self.body[int(self.headers["inference-header-content-length"]):]
-
-    def json(self) -> Any:
-        return orjson.loads(self.body[:int(self.headers.get("inference-header-content-length",
-                                                             len(self.body)))])
-
-
-class Reader:
-    """Answers read off one connection, in the order they come (bounded by CEILING_S)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buffer = b""
-
-    def _fill(self) -> bool:
-        chunk = self.sock.recv(1 << 20)
-        self.buffer += chunk
-        return bool(chunk)
-
-    def next(self) -> Answer:
-        ends = time.monotonic() + CEILING_S
-        while b"\r\n\r\n" not in self.buffer:
-            assert time.monotonic() < ends and self._fill(), self.buffer
-        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
-        answer = Answer(head, b"")
-        size = int(answer.headers.get("content-length", 0))
-        while len(self.buffer) < size:
-            assert time.monotonic() < ends and self._fill(), "closed mid-answer"
-        answer.body, self.buffer = self.buffer[:size], self.buffer[size:]
-        return answer
-
-    def closed(self) -> bool:
-        """True once the server closed the connection (having sent nothing more)."""
-        ends = time.monotonic() + CEILING_S
-        while time.monotonic() < ends:
-            if not self._fill():
-                return self.buffer == b""
-        return False
 
 
 def error_of(answer: Answer) -> str:
