@@ -14,6 +14,7 @@ import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from common.errors import TensorgateError
+from gateway.http_deadline import Deadline
 from gateway.http_fast import FastInfer
 from gateway.http_server import HttpTransport, infer_target
 
@@ -39,7 +40,9 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._deadline: asyncio.TimerHandle | None = None
+        limits = self.limits
+        self._deadline = Deadline(self.loop, min(limits.header_timeout_s, limits.body_timeout_s,
+                                                 self.timeout_keep_alive), self._expired)
         self._header_bytes = 0
         self._headers_too_large = False
         # NOTE: an app uvicorn wrapped (trace logging) serves infer through ASGI, as it can.
@@ -56,7 +59,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._arm(self.timeout_keep_alive, "idle")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        self._deadline.close()
         super().connection_lost(exc)
         active = self._active
         if active is not None and not active.response_complete and active.task is not None:
@@ -103,8 +106,15 @@ class GuardedProtocol(HttpToolsProtocol):
             self._arm(self.timeout_keep_alive, "idle")  # NOTE: answered before its body ended
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if self._deadline is None and self.cycle.response_complete:  # NOTE: none pipelined
+        # NOTE: uvicorn's, less its keep-alive timer (a timer per answer): "idle" does its job.
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        elif self._deadline.due is None and self.cycle.response_complete:
             self._arm(self.timeout_keep_alive, "idle")
 
     def _infer_target(self) -> tuple[str, str] | TensorgateError | None:
@@ -163,17 +173,15 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def _arm(self, seconds: float, part: str) -> None:
         """One deadline at a time; bytes that start no request (stray CRLFs) never move it."""
-        self._disarm()
-        if not self.transport.is_closing():
-            self._deadline = self.loop.call_later(seconds, self._expired, part, seconds)
+        if self.transport.is_closing():
+            self._deadline.disarm()
+        else:
+            self._deadline.arm(seconds, part)
 
     def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self._deadline.disarm()
 
     def _expired(self, part: str, seconds: float) -> None:
-        self._deadline = None
         cycle = self.cycle
         if part == "idle" or (part == "body" and cycle is not None and cycle.response_started):
             self.transport.close()  # NOTE: nothing asked, or its answer is out already
