@@ -157,8 +157,9 @@ class FastInfer:
 
     def write(self, reply: Reply) -> None:
         """Status line, headers and body with one write (or one writelines)."""
-        if self.disconnected:
-            return
+        transport = self.protocol.transport
+        if self.disconnected or transport.is_closing():
+            return  # NOTE: the client is gone, or was answered 408 and is being closed
         status, parts, extra = reply
         size = sum(len(part) for part in parts)
         head = [STATUS_LINE[status]]
@@ -171,7 +172,6 @@ class FastInfer:
         if not self.keep_alive:
             head.append(b"connection: close\r\n")
         head.append(b"\r\n")
-        transport = self.protocol.transport
         if size < JOIN_BELOW:
             transport.write(b"".join([*head, *parts]))
         else:

@@ -33,9 +33,9 @@ LIMITS = HttpLimits(header_timeout_s=30.0, body_timeout_s=30.0, max_header_bytes
 
 
 class FakePipeline:
-    """`echo` answers its input as OUT; `slow` too, a little later; `refuse` refuses on the
-    headers (401, its body never loaded); `busy` sheds (503, Retry-After); `hang` waits until
-    cancelled."""
+    """`echo` answers its input as OUT; `slow` too, a little later; `crlf` too, with a version
+    that would split the answer's head; `refuse` refuses on the headers (401, its body never
+    loaded); `busy` sheds (503, Retry-After); `hang` waits until cancelled."""
 
     def __init__(self) -> None:
         self.loaded: list[str] = []
@@ -69,7 +69,8 @@ class FakePipeline:
         if call.model == "slow":
             for _ in range(50):  # NOTE: a few loop turns, so a second request could overtake
                 await asyncio.sleep(0)
-        answer = pb.ModelInferResponse(model_name=call.model, model_version="1", id=request.id)
+        version = "1\r\nx-injected: 1" if call.model == "crlf" else "1"
+        answer = pb.ModelInferResponse(model_name=call.model, model_version=version, id=request.id)
         answer.outputs.add(name="OUT", datatype="UINT8", shape=request.inputs[0].shape)
         answer.raw_output_contents.append(request.raw_input_contents[0])
         return answer.SerializeToString()
@@ -273,3 +274,12 @@ def test_a_client_gone_before_its_answer_cancels_the_pipeline_call(served: Serve
     while served.pipeline.in_flight and time.monotonic() < ends:
         time.sleep(0.01)
     assert served.pipeline.in_flight == 0
+
+
+def test_an_answer_header_with_a_line_break_is_never_written(served: Served) -> None:
+    with connect(served) as sock:
+        sock.sendall(infer_request("crlf", b"\x0b", "crlf") + infer_request("echo", b"\x0c", "ok"))
+        reader = Reader(sock)
+        broken, after = reader.next(), reader.next()
+    assert broken.status == 500 and "x-injected" not in broken.headers
+    assert after.status == 200 and after.output() == b"\x0c"
