@@ -45,8 +45,10 @@ class GuardedProtocol(HttpToolsProtocol):
                                                  self.timeout_keep_alive), self._expired)
         self._header_bytes = 0
         self._headers_too_large = False
-        # NOTE: an app uvicorn wrapped (trace logging) serves infer through ASGI, as it can.
-        self.fast = self.app if isinstance(self.app, HttpTransport) else None
+        # NOTE: an app uvicorn wrapped (proxy headers, trace logging), or uvicorn's own
+        # concurrency limit, keeps infer on ASGI, where those apply.
+        self.fast = self.app if (isinstance(self.app, HttpTransport)
+                                 and self.limit_concurrency is None) else None
         #: The infer request being answered, if any: cancelled when its client goes away.
         self._active: FastInfer | None = None
 

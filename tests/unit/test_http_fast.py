@@ -10,7 +10,8 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from typing import cast
+from types import SimpleNamespace
+from typing import Any, cast
 
 import grpc
 import orjson
@@ -20,7 +21,7 @@ import uvicorn
 from common.errors import TensorgateError
 from common.proto import grpc_service_pb2 as pb
 from gateway.context import RequestContext
-from gateway.http_fast import JOIN_BELOW
+from gateway.http_fast import JOIN_BELOW, FastInfer
 from gateway.http_protocol import HttpLimits, protocol_class
 from gateway.http_server import HttpTransport
 from gateway.pipeline import Loader, Pipeline
@@ -283,3 +284,49 @@ def test_an_answer_header_with_a_line_break_is_never_written(served: Served) -> 
         broken, after = reader.next(), reader.next()
     assert broken.status == 500 and "x-injected" not in broken.headers
     assert after.status == 200 and after.output() == b"\x0c"
+
+
+class FakeFlow:
+    def __init__(self) -> None:
+        self.paused = False
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def is_closing(self) -> bool:
+        return False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+
+def test_reading_pauses_until_the_caller_is_admitted_then_takes_the_whole_body() -> None:
+    """Before admission a little of the body is buffered, then reading pauses (a refused
+    caller costs its headers); read() resumes it and waits for the rest."""
+
+    async def scenario() -> None:
+        protocol = SimpleNamespace(flow=FakeFlow(), transport=FakeTransport())
+        app = SimpleNamespace(max_body=LIMIT)
+        request = FastInfer(cast(Any, protocol), cast(Any, app), ("echo", ""), [], True, True)
+        piece = b"\1" * 16384
+        for _ in range(5):  # NOTE: 80 KiB: past uvicorn's 64 KiB high-water mark
+            request.feed(piece)
+        assert protocol.flow.paused
+        reading = asyncio.ensure_future(request.read({}))
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert not protocol.flow.paused and not reading.done()
+        assert protocol.transport.written == [b"HTTP/1.1 100 Continue\r\n\r\n"]
+        request.feed(piece)
+        request.complete()
+        assert await reading == piece * 6
+
+    asyncio.run(scenario())
