@@ -20,8 +20,8 @@ class Body:
     """The body of one request; `read()` at most once. `limit` bounds the bytes received and,
     for a compressed body, the bytes it inflates to."""
 
-    def __init__(self, receive: Callable[[], Awaitable[Mapping[str, Any]]],
-                 headers: dict[str, str], limit: int) -> None:
+    def __init__(self, receive: Callable[[], Awaitable[Mapping[str, Any]]] | None,
+                 headers: Mapping[str, str], limit: int) -> None:
         self._receive = receive
         self.limit = limit
         self.declared = headers.get("content-length")
@@ -40,6 +40,7 @@ class Body:
     async def read(self) -> bytes:
         """The whole body, inflated if it came compressed."""
         self.check()
+        assert self._receive is not None  # NOTE: a Body made for whole() has no stream
         window = ENCODINGS[self.encoding]
         inflater = None if window is None else zlib.decompressobj(window)
         parts: list[bytes] = []
@@ -59,6 +60,16 @@ class Body:
                 parts.append(chunk)
             else:
                 plain = self._inflate(inflater, chunk, parts, plain, final=not more)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def whole(self, data: bytes) -> bytes:
+        """A body received whole (HTTP infer's fast path counted it against the limit as it
+        came), inflated if it came compressed."""
+        window = ENCODINGS[self.encoding]
+        if window is None:
+            return data
+        parts: list[bytes] = []
+        self._inflate(zlib.decompressobj(window), data, parts, 0, final=True)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _inflate(self, inflater: Any, chunk: bytes, parts: list[bytes], plain: int,

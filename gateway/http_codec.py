@@ -271,8 +271,17 @@ def encode_infer_response(
 ) -> tuple[bytes, int | None]:
     """The HTTP body and, when binary outputs follow the JSON, the JSON's length. ``raws``:
     the raw outputs when the message holds none (decode_infer_answer)."""
+    parts, json_length = encode_infer_parts(response, prefs, raws)
+    return b"".join(parts), json_length  # NOTE: one part is returned as it is, not copied
+
+
+def encode_infer_parts(
+    response: pb.ModelInferResponse, prefs: OutputPrefs, raws: Sequence[Raw] | None = None
+) -> tuple[list[Raw], int | None]:
+    """encode_infer_response's body as its parts, the JSON then each binary output (views of
+    the answer, not copied): written as they are, a large answer is never joined."""
     outputs = []
-    blobs = []
+    blobs: list[Raw] = []
     finite = True
     raws = response.raw_output_contents if raws is None else raws
     for out, raw in zip(response.outputs, raws):
@@ -298,8 +307,8 @@ def encode_infer_response(
     # and -Infinity, which tritonclient (rapidjson) and Python's json read back as floats.
     header = orjson.dumps(answer) if finite else json.dumps(answer, separators=(",", ":")).encode()
     if not blobs:
-        return header, None
-    return b"".join([header, *blobs]), len(header)
+        return [header], None
+    return [header, *blobs], len(header)
 
 
 def _finite(datatype: str, raw: Raw) -> bool:

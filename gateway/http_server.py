@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -20,14 +20,19 @@ from gateway.edge import EdgeBuilder
 from gateway.http_body import Body
 from gateway.http_codec import (
     OutputPrefs,
+    Raw,
     decode_infer_answer,
     decode_infer_parts,
-    encode_infer_response,
+    encode_infer_parts,
 )
 from gateway.pipeline import Pipeline
 from gateway.request_parts import Request, assemble
 
-Reply = tuple[int, bytes, list[tuple[bytes, bytes]]]
+#: An answer: its status, its body as parts (written as they are), its headers but the length.
+Reply = tuple[int, list[Raw], list[tuple[bytes, bytes]]]
+#: Reads an infer request's body, once the pipeline admitted its caller: given its headers,
+#: the whole body, inflated.
+ReadBody = Callable[[Headers], Awaitable[bytes]]
 _JSON = [(b"content-type", b"application/json")]
 _HEADER_LENGTH = "inference-header-content-length"
 #: The version that served an inference, for callers split between versions.
@@ -39,7 +44,16 @@ SINGLE_HEADERS = frozenset({"authorization", "content-length", "content-encoding
 
 
 def _json(status: int, payload: Any) -> Reply:
-    return status, orjson.dumps(payload), _JSON
+    return status, [orjson.dumps(payload)], _JSON
+
+
+def error_reply(exc: TensorgateError) -> Reply:
+    """The answer to a refused call: the error table's status, the message, Retry-After."""
+    status, payload, extra = _json(exc.http_status, {"error": exc.message})
+    if exc.retry_after is not None:
+        wait = max(1, math.ceil(exc.retry_after))
+        extra = [*extra, (b"retry-after", b"%d" % wait)]
+    return status, payload, extra
 
 
 def infer_target(method: str, path: str) -> tuple[str, str] | None:
@@ -56,7 +70,8 @@ def infer_target(method: str, path: str) -> tuple[str, str] | None:
 
 
 class HttpTransport:
-    """ASGI entry point: infer here, on the measured path; every other path to `control`."""
+    """ASGI entry point: infer here, on the measured path; every other path to `control`.
+    gateway/http_protocol.py calls `answer` itself for infer, without ASGI."""
 
     def __init__(self, pipeline: Pipeline, max_body_bytes: int, admin: AdminApi | None = None,
                  edge: EdgeBuilder | None = None) -> None:
@@ -70,24 +85,31 @@ class HttpTransport:
         if scope["type"] != "http":
             return
         try:
-            headers = _headers(scope["headers"])
             target = infer_target(scope["method"], scope["path"])
             if target is None:
-                scope["tensorgate.headers"] = headers
+                scope["tensorgate.headers"] = _headers(scope["headers"])
                 await self.control(scope, receive, send)
                 return
-            # NOTE: read only after auth: a refused caller costs its headers.
-            body = Body(receive, headers, self.max_body)
-            status, payload, extra = await self.infer(check_name(target[0]), target[1],
-                                                      headers, body)
         except TensorgateError as exc:
-            status, payload, extra = _json(exc.http_status, {"error": exc.message})
-            if exc.retry_after is not None:
-                wait = max(1, math.ceil(exc.retry_after))
-                extra = [*extra, (b"retry-after", b"%d" % wait)]
-        await _send(send, status, payload, extra)
+            await _send(send, *error_reply(exc))
+            return
 
-    async def infer(self, model: str, version: str, headers: Headers, body: Body) -> Reply:
+        def read(headers: Headers) -> Awaitable[bytes]:
+            return Body(receive, headers, self.max_body).read()
+
+        await _send(send, *await self.answer(target, scope["headers"], read))
+
+    async def answer(self, target: tuple[str, str], raw_headers: list[tuple[bytes, bytes]],
+                     read: ReadBody) -> Reply:
+        """An infer call's answer, or its refusal's (never raises TensorgateError)."""
+        try:
+            headers = _headers(raw_headers)
+            # NOTE: read only after auth: a refused caller costs its headers.
+            return await self.infer(check_name(target[0]), target[1], headers, read)
+        except TensorgateError as exc:
+            return error_reply(exc)
+
+    async def infer(self, model: str, version: str, headers: Headers, read: ReadBody) -> Reply:
         prefs = OutputPrefs()
 
         async def load(call: RequestContext) -> Request:
@@ -98,13 +120,13 @@ class HttpTransport:
             if length is not None and not is_whole(length):
                 raise invalid_argument("Inference-Header-Content-Length must be a whole number")
             request, tensors, prefs = decode_infer_parts(
-                await body.read(), int(length) if length else None, model, version)
+                await read(headers), int(length) if length else None, model, version)
             call.id, call.timeout_s = request.id, _timeout_s(request)
             return assemble(request, tensors)
 
         answer = await self.pipeline.infer(RequestContext(model, version, "http", headers), load)
         response, raws = decode_infer_answer(answer)
-        payload, json_length = encode_infer_response(response, prefs, raws)
+        payload, json_length = encode_infer_parts(response, prefs, raws)
         served = (VERSION_HEADER, response.model_version.encode())
         served_id = (b"x-request-id", response.id.encode())
         if json_length is None:
@@ -114,12 +136,13 @@ class HttpTransport:
                               served_id]
 
 
-async def _send(send: Callable, status: int, payload: bytes,
+async def _send(send: Callable, status: int, parts: list[Raw],
                 extra: list[tuple[bytes, bytes]]) -> None:
+    payload = parts[0] if len(parts) == 1 else b"".join(parts)
     # NOTE: with a Content-Length the server need not chunk the body.
     answer = [*extra, (b"content-length", b"%d" % len(payload))]
     await send({"type": "http.response.start", "status": status, "headers": answer})
-    await send({"type": "http.response.body", "body": payload})
+    await send({"type": "http.response.body", "body": bytes(payload)})
 
 
 def _headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:

@@ -1,0 +1,142 @@
+"""HTTP infer without ASGI against a real runtime worker: pipelined requests on one raw socket,
+tritonclient's calls, and a client that goes away, whose call ends and frees its lane slot."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+import tritonclient.http as thttp
+from prometheus_client import CollectorRegistry
+
+from common.settings import AuthSettings, GatewaySettings, RuntimeSettings
+from gateway.app import Gateway
+from loadtest.sleepy import sleepy_model, store_with
+from runtime.app import Runtime
+from tests.unit.http_wire import CEILING_S, Reader
+
+ROOT = Path(__file__).resolve().parents[2]
+#: Far longer than any wait below: a call that ends did so because its client went away.
+DEADLINE_S = 600.0
+
+
+class Stack:
+    """digits and `stuck` (hangs until released) on one runtime worker, behind a gateway whose
+    default deadline is DEADLINE_S; both on an event loop in a thread."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    async def _start(self) -> None:
+        settings = RuntimeSettings(model_repository=ROOT / "models", listen="127.0.0.1:0",
+                                   lane="127.0.0.1:0", threads=1)
+        self.runtime = Runtime(settings, store_with(
+            settings, sleepy_model(-1, 2, self.release, name="stuck")))
+        await self.runtime.start()
+        self.gateway = Gateway(GatewaySettings(
+            host="127.0.0.1", http_port=0, grpc_port=0, metrics_port=-1,
+            runtime_endpoints=(self.runtime.lane_address,), default_timeout_s=DEADLINE_S,
+            auth=AuthSettings(enabled=False)), registry=CollectorRegistry())
+        await self.gateway.start()
+
+    async def _stop(self) -> None:
+        await self.gateway.stop(grace=1.0)
+        await self.runtime.stop(grace=1.0)
+
+    def __enter__(self) -> Stack:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(120)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(60)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+    def connect(self) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.gateway.http_port), timeout=CEILING_S)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    with Stack() as running:
+        yield running
+
+
+def digits_request(rows: np.ndarray, request_id: str) -> bytes:
+    data = rows.astype("<f4").tobytes()
+    header = orjson.dumps({"id": request_id, "parameters": {"binary_data_output": True},
+                           "inputs": [{"name": "INPUT0", "datatype": "FP32",
+                                       "shape": list(rows.shape),
+                                       "parameters": {"binary_data_size": len(data)}}]})
+    return (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+            b"Inference-Header-Content-Length: %d\r\n\r\n" % (len(header) + len(data),
+                                                              len(header))) + header + data
+
+
+def test_pipelined_infers_and_control_calls_are_answered_in_order(stack: Stack) -> None:
+    rng = np.random.default_rng(3)
+    batches = [rng.random((n, 64), dtype=np.float32) for n in (1, 4, 2)]
+    requests = [digits_request(batches[0], "one"), b"GET /v2/models/digits HTTP/1.1\r\n"
+                b"Host: x\r\n\r\n", digits_request(batches[1], "two"),
+                b"POST /v2/models/nosuch/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                b"\r\n{}", digits_request(batches[2], "three")]
+    with stack.connect() as sock:
+        sock.sendall(b"".join(requests))
+        reader = Reader(sock)
+        answers = [reader.next() for _ in requests]
+    assert [a.status for a in answers] == [200, 200, 200, 400, 200]
+    assert orjson.loads(answers[1].body)["name"] == "digits"
+    for answer, rows, name in zip([answers[0], answers[2], answers[4]], batches,
+                                  ("one", "two", "three"), strict=True):
+        assert answer.headers["x-request-id"] == name
+        assert answer.json()["outputs"][0]["shape"] == [len(rows), 10]
+        assert len(answer.output()) == len(rows) * 10 * 4
+
+
+def test_tritonclient_http_infers_through_the_fast_path(stack: Stack) -> None:
+    client = thttp.InferenceServerClient(f"127.0.0.1:{stack.gateway.http_port}")
+    rows = np.random.default_rng(4).random((3, 64), dtype=np.float32)
+    for binary in (True, False):
+        tensor = thttp.InferInput("INPUT0", [3, 64], "FP32")
+        tensor.set_data_from_numpy(rows, binary_data=binary)
+        wanted = thttp.InferRequestedOutput("OUTPUT0", binary_data=binary)
+        result = client.infer("digits", [tensor], outputs=[wanted], request_id=f"b{binary}")
+        assert result.as_numpy("OUTPUT0").shape == (3, 10)
+        assert result.get_response()["id"] == f"b{binary}"
+
+
+def test_a_client_gone_mid_request_ends_its_call_and_frees_its_lane_slot(stack: Stack) -> None:
+    pipeline = stack.gateway.pipeline
+    upstream = stack.gateway.router.endpoints[0].upstream
+    data = np.ones(4, "<f4").tobytes()
+    header = orjson.dumps({"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [4],
+                                       "parameters": {"binary_data_size": len(data)}}]})
+    with stack.connect() as sock:
+        sock.sendall(b"POST /v2/models/stuck/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+                     b"Inference-Header-Content-Length: %d\r\n\r\n"
+                     % (len(header) + len(data), len(header)) + header + data)
+        assert until(lambda: upstream.outstanding == 1), "the call never reached the lane"
+    assert until(lambda: upstream.outstanding == 0 and pipeline.admission.in_flight == 0)
+
+
+def until(condition: Callable[[], bool]) -> bool:
+    """Whether `condition` came true within CEILING_S."""
+    ends = time.monotonic() + CEILING_S
+    while not condition():
+        if time.monotonic() > ends:
+            return False
+        time.sleep(0.01)
+    return True
