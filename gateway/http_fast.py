@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import grpc
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
@@ -18,9 +18,6 @@ from gateway.http_body import Body
 from gateway.http_codec import Raw
 from gateway.http_server import HttpTransport, Reply, error_reply
 
-if TYPE_CHECKING:
-    from gateway.http_protocol import GuardedProtocol
-
 log = logging.getLogger("tensorgate.gateway")
 #: An answer up to this size is joined to its head and written as one piece; a larger one is
 #: written as its parts (writelines), so its tensors are never copied into a new object.
@@ -29,6 +26,16 @@ JOIN_BELOW = 64 * 1024
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _INTERNAL = b"Internal Server Error"
 _TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
+
+
+class Connection(Protocol):
+    """What a request needs of its connection (gateway/http_protocol.py's GuardedProtocol)."""
+
+    transport: Any
+    flow: Any
+    server_state: Any
+
+    def on_response_complete(self) -> None: ...
 
 
 class FastInfer:
@@ -55,7 +62,7 @@ class FastInfer:
         "wanted",
     )
 
-    def __init__(self, protocol: GuardedProtocol, app: HttpTransport,
+    def __init__(self, protocol: Connection, app: HttpTransport,
                  target: tuple[str, str] | TensorgateError, headers: list[tuple[bytes, bytes]],
                  keep_alive: bool, expect_100: bool) -> None:
         self.protocol = protocol
