@@ -15,6 +15,7 @@ import grpc
 
 from common.errors import TensorgateError
 from common.wire import Buffer
+from runtime.promise import Promise
 
 
 @dataclass(eq=False)
@@ -40,7 +41,8 @@ class Pending:
     shape_key: tuple
     arrival: float
     deadline: float | None
-    future: asyncio.Future
+    #: Set when its batch has run: a loop future, or a Promise whose callback runs at once.
+    future: asyncio.Future | Promise
     outputs: tuple[str, ...] = ()
     timing: Timing | None = None
 

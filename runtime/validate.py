@@ -71,13 +71,16 @@ def _index(model: ServedModel, name: str) -> int:
 
 def _payload(model: ServedModel, j: int, tensor: Any, shape: tuple[int, ...],
              raw: Buffer | None) -> Buffer:
-    spec = model.inputs[j]
-    what = f"input '{spec.name}' of {model.label}"
+    spec, what = model.inputs[j], model.input_what[j]
     if tensor.datatype != spec.datatype:
         raise invalid_argument(f"{what}: expected datatype {spec.datatype}, got "
                                f"{tensor.datatype or 'none'}")
     expected = model.full_shapes[j]
-    if len(shape) != len(expected) or any(e != d and e != -1 for e, d in zip(expected, shape)):
+    fits = len(shape) == len(expected)
+    for e, d in zip(expected, shape):  # NOTE: a loop: any() of a generator costs more here
+        if e != d and e != -1:
+            fits = False
+    if not fits:
         raise invalid_argument(f"{what}: expected shape {list(expected)}, got {list(shape)}")
     count = element_count(shape, what)
     if raw is None:
@@ -101,7 +104,7 @@ def _payload(model: ServedModel, j: int, tensor: Any, shape: tuple[int, ...],
 def _batch_size(model: ServedModel, shapes: list[tuple[int, ...]]) -> int:
     if not model.batched:
         return 1
-    sizes = {s[0] for s in shapes}
+    sizes = {shapes[0][0]} if len(shapes) == 1 else {s[0] for s in shapes}
     if len(sizes) != 1:
         raise invalid_argument(f"{model.label}: inputs disagree on the batch size: {sorted(sizes)}")
     batch = sizes.pop()
