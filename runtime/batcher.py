@@ -100,9 +100,22 @@ class Batcher:
             batch = batch[:cut]
         elif not (full or late or rows >= self.ready_rows or self.delay == 0):
             return Take([], expired, wake_at)
-        chosen = set(map(id, batch))
-        self.queue = deque(item for item in self.queue if id(item) not in chosen)
+        self._remove(batch)
         return Take(batch, expired)
+
+    def _remove(self, batch: list[Pending]) -> None:
+        """Take `batch` off the queue: from its front when it is the front (one shape queued,
+        as usual), else item by item."""
+        queue, count = self.queue, len(batch)
+        if count == len(queue):
+            queue.clear()
+        elif queue[count - 1] is batch[-1] and queue[0] is batch[0] and all(
+                queue[i] is item for i, item in enumerate(batch)):
+            for _ in range(count):
+                queue.popleft()
+        else:
+            chosen = set(map(id, batch))
+            self.queue = deque(item for item in queue if id(item) not in chosen)
 
     def _gather(self, key: tuple) -> tuple[list[Pending], int, bool, int]:
         """The queued requests of shape `key` that fit one batch, their rows, whether the batch
@@ -129,8 +142,10 @@ class Batcher:
         """Remove cancelled requests and those past their deadline; return the expired ones."""
         expired: list[Pending] = []
         queue = self.queue
-        if not any(i.future.done() or (i.deadline is not None and i.deadline <= now)
-                   for i in queue):
+        for i in queue:  # NOTE: a loop, not any() of a generator: this runs on every look
+            if i.future.done() or (i.deadline is not None and i.deadline <= now):
+                break
+        else:
             return expired
         keep: deque[Pending] = deque()
         for item in queue:
