@@ -50,14 +50,14 @@ def check(call: InferCall, model: ServedModel) -> Checked:
         missing = [spec.name for j, spec in enumerate(model.inputs) if inputs[j] is None]
         raise invalid_argument(f"{model.label}: missing inputs {missing}; expected "
                                f"{[s.name for s in model.inputs]}")
-    batch = _batch_size(model, shapes)
+    asked = request.outputs
     return Checked(
-        inputs=inputs,  # type: ignore[arg-type]
-        shapes=shapes,
-        batch_size=batch,
-        shape_key=tuple(s[1:] for s in shapes) if model.batched else tuple(shapes),
-        outputs=_requested(request, model),
-        classes=_classes(request, model) if request.outputs else None,
+        inputs,  # type: ignore[arg-type]
+        shapes,
+        _batch_size(model, shapes),
+        tuple([s[1:] for s in shapes]) if model.batched else tuple(shapes),
+        _requested(asked, model) if asked else (),
+        _classes(asked, model) if asked else None,
     )
 
 
@@ -115,10 +115,8 @@ def _batch_size(model: ServedModel, shapes: list[tuple[int, ...]]) -> int:
     return batch
 
 
-def _requested(request: Any, model: ServedModel) -> tuple[str, ...]:
-    if not request.outputs:
-        return ()
-    names = tuple(o.name for o in request.outputs)
+def _requested(asked: Any, model: ServedModel) -> tuple[str, ...]:
+    names = tuple(o.name for o in asked)
     for name in names:
         if name not in model.output_names:
             raise invalid_argument(f"{model.label} has no output '{name}'; outputs: "
@@ -128,10 +126,10 @@ def _requested(request: Any, model: ServedModel) -> tuple[str, ...]:
     return names
 
 
-def _classes(request: Any, model: ServedModel) -> dict[str, int] | None:
+def _classes(asked: Any, model: ServedModel) -> dict[str, int] | None:
     """The outputs asked with parameters: only the classification extension takes any."""
     found = {}
-    for output in request.outputs:
+    for output in asked:
         if output.parameters:
             spec = next(s for s in model.outputs if s.name == output.name)
             k = class_count(model, spec, output.parameters)
