@@ -30,7 +30,7 @@ class Timing:
     infer_ns: int = 0
 
 
-@dataclass(eq=False)
+@dataclass(slots=True, eq=False)
 class Pending:
     """One queued request: its input bytes in signature order and what its answer needs."""
 
