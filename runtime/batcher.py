@@ -15,6 +15,7 @@ import grpc
 
 from common.errors import TensorgateError
 from common.wire import Buffer
+from runtime.promise import Promise
 
 
 @dataclass(eq=False)
@@ -29,7 +30,7 @@ class Timing:
     infer_ns: int = 0
 
 
-@dataclass(eq=False)
+@dataclass(slots=True, eq=False)
 class Pending:
     """One queued request: its input bytes in signature order and what its answer needs."""
 
@@ -40,7 +41,8 @@ class Pending:
     shape_key: tuple
     arrival: float
     deadline: float | None
-    future: asyncio.Future
+    #: Set when its batch has run: a loop future, or a Promise whose callback runs at once.
+    future: asyncio.Future | Promise
     outputs: tuple[str, ...] = ()
     timing: Timing | None = None
 
@@ -98,9 +100,22 @@ class Batcher:
             batch = batch[:cut]
         elif not (full or late or rows >= self.ready_rows or self.delay == 0):
             return Take([], expired, wake_at)
-        chosen = set(map(id, batch))
-        self.queue = deque(item for item in self.queue if id(item) not in chosen)
+        self._remove(batch)
         return Take(batch, expired)
+
+    def _remove(self, batch: list[Pending]) -> None:
+        """Take `batch` off the queue: from its front when it is the front (one shape queued,
+        as usual), else item by item."""
+        queue, count = self.queue, len(batch)
+        if count == len(queue):
+            queue.clear()
+        elif queue[count - 1] is batch[-1] and queue[0] is batch[0] and all(
+                queue[i] is item for i, item in enumerate(batch)):
+            for _ in range(count):
+                queue.popleft()
+        else:
+            chosen = set(map(id, batch))
+            self.queue = deque(item for item in queue if id(item) not in chosen)
 
     def _gather(self, key: tuple) -> tuple[list[Pending], int, bool, int]:
         """The queued requests of shape `key` that fit one batch, their rows, whether the batch
@@ -127,8 +142,10 @@ class Batcher:
         """Remove cancelled requests and those past their deadline; return the expired ones."""
         expired: list[Pending] = []
         queue = self.queue
-        if not any(i.future.done() or (i.deadline is not None and i.deadline <= now)
-                   for i in queue):
+        for i in queue:  # NOTE: a loop, not any() of a generator: this runs on every look
+            if i.future.done() or (i.deadline is not None and i.deadline <= now):
+                break
+        else:
             return expired
         keep: deque[Pending] = deque()
         for item in queue:

@@ -82,8 +82,9 @@ class RuntimeCore:
 
     def submit(self, call: InferCall, timeout: float | None) -> Ticket | None:
         """Queue a plain request without a task of its own (the lane's fast path): its ticket,
-        for `settle` once its future is done; None for one that needs `infer` (shared-memory
-        regions, tracing). Raises TensorgateError for a request refused before queueing."""
+        whose future is a Promise, for `settle` once it is done; None for one that needs `infer`
+        (shared-memory regions, tracing). Raises TensorgateError for a request refused before
+        queueing."""
         if call.shm:
             return None
         request = call.message
@@ -91,7 +92,7 @@ class RuntimeCore:
         tracer = tracing.tracer()
         if tracer is not None and tracing.TRACEPARENT in request.parameters:
             return None
-        ticket = self.schedulers[id(model)].enqueue(call, timeout)
+        ticket = self.schedulers[id(model)].enqueue(call, timeout, direct=True)
         model.in_flight += 1
         return ticket
 

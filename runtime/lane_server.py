@@ -111,9 +111,10 @@ class LaneServer(asyncio.BufferedProtocol):
             self.hello_timer.cancel()
         for task in self.tasks:
             task.cancel()
-        for ticket in self.waiting.values():
+        # NOTE: a cancelled Promise calls _answered at once, which takes its call off `waiting`.
+        waiting, self.waiting = self.waiting, {}
+        for ticket in waiting.values():
             ticket.future.cancel()  # NOTE: a queued request leaves its queue unrun
-        self.waiting.clear()
         # NOTE: a dead gateway's arena goes with its last mapping: the kernel frees the memfd.
         for held in (self.arena, self.out_arena):
             if held is not None:

@@ -44,22 +44,22 @@ class ModelMetrics:
                  "request", "triton")
 
     def __init__(self, metrics: RuntimeMetrics, name: str, version: str) -> None:
-        self.queue = metrics.queue_time.labels(name, version)
-        self.compute = metrics.compute_time.labels(name, version)
-        self.request = metrics.request_time.labels(name, version)
-        self.batch_size = metrics.batch_size.labels(name, version)
+        self.queue = Observer(metrics.queue_time.labels(name, version))
+        self.compute = Observer(metrics.compute_time.labels(name, version))
+        self.request = Observer(metrics.request_time.labels(name, version))
+        self.batch_size = Observer(metrics.batch_size.labels(name, version))
         self.depth = metrics.queue_depth.labels(name, version)
-        self.executions = metrics.executions.labels(name, version)
-        self.inferences = metrics.inferences.labels(name, version)
+        self.executions = _adder(metrics.executions.labels(name, version))
+        self.inferences = _adder(metrics.inferences.labels(name, version))
         self.triton: TritonModel | None = (None if metrics.triton is None
                                            else metrics.triton.model(name, version))
 
     def executed(self, rows: int, seconds: float) -> None:
         """One batch ran: the same place and numbers as ModelStats.record_batch."""
-        self.executions.inc()
-        self.inferences.inc(rows)
-        self.batch_size.observe(rows)
-        self.compute.observe(seconds)
+        self.executions(1)
+        self.inferences(rows)
+        self.batch_size.one(rows)
+        self.compute.one(seconds)
 
     def failed(self, error: TensorgateError) -> None:
         """A queued request failed (rare: counted at once, by Triton's reason)."""
@@ -73,24 +73,58 @@ class ModelMetrics:
             self.triton.publish(stats, waiting)
 
 
+class Observer:
+    """A histogram child's observations, one or a batch's at once: each bucket and the sum are
+    changed once, where one observe per request scans the buckets and (under `serve`) locks the
+    shared file each time. The same counts as an observe of each amount."""
+
+    __slots__ = ("bounds", "buckets", "histogram", "last", "total")
+
+    def __init__(self, histogram: Any) -> None:
+        self.histogram = histogram
+        bounds: Any = getattr(histogram, "_upper_bounds", None)
+        buckets: Any = getattr(histogram, "_buckets", None)
+        total: Any = getattr(histogram, "_sum", None)
+        known = (bounds is not None and buckets is not None and total is not None
+                 and len(bounds) == len(buckets))
+        # NOTE: another prometheus_client's insides: the public observe, amount by amount.
+        self.buckets: Any = buckets if known else None
+        self.bounds: Any = bounds
+        self.total: Any = total
+        self.last = len(bounds) - 1 if known else 0
+
+    def one(self, amount: float) -> None:
+        if self.buckets is None:
+            self.histogram.observe(amount)
+            return
+        self.total.inc(amount)
+        self.buckets[min(bisect.bisect_left(self.bounds, amount), self.last)].inc(1)
+
+    def many(self, amounts: list[float]) -> None:
+        if len(amounts) < 2 or self.buckets is None:
+            for amount in amounts:
+                self.one(amount)
+            return
+        counts = [0] * len(self.buckets)
+        bounds, last = self.bounds, self.last
+        for amount in amounts:
+            counts[min(bisect.bisect_left(bounds, amount), last)] += 1
+        self.total.inc(sum(amounts))
+        for bucket, count in zip(self.buckets, counts):
+            if count:
+                bucket.inc(count)
+
+
 def observe_many(histogram: Any, amounts: list[float]) -> None:
-    """A batch's observations at once: each bucket and the sum are changed once, where one
-    observe per request scans the buckets and (under `serve`) locks the shared file each time.
-    The same counts as an observe of each amount."""
-    bounds = getattr(histogram, "_upper_bounds", None)
-    buckets = getattr(histogram, "_buckets", None)
-    if len(amounts) < 2 or bounds is None or buckets is None or len(bounds) != len(buckets):
-        for amount in amounts:  # NOTE: another prometheus_client's insides: the public way
-            histogram.observe(amount)
-        return
-    counts = [0] * len(bounds)
-    last = len(bounds) - 1
-    for amount in amounts:
-        counts[min(bisect.bisect_left(bounds, amount), last)] += 1
-    histogram._sum.inc(sum(amounts))
-    for bucket, count in zip(buckets, counts):
-        if count:
-            bucket.inc(count)
+    """A batch's observations at once (Observer.many)."""
+    Observer(histogram).many(amounts)
+
+
+def _adder(counter: Any) -> Any:
+    """A counter child's increment without the public inc's checks of each amount (ours are
+    never negative); the public inc for another prometheus_client."""
+    value: Any = getattr(counter, "_value", None)
+    return value.inc if callable(getattr(value, "inc", None)) else counter.inc
 
 
 class RuntimeMetrics:

@@ -34,6 +34,8 @@ class ServedModel:
         self.inputs: tuple[TensorSpec, ...] = first.inputs
         self.outputs: tuple[TensorSpec, ...] = first.outputs
         self.input_index = {spec.name: i for i, spec in enumerate(self.inputs)}
+        #: How messages name each input, formatted once rather than per request.
+        self.input_what = tuple(f"input '{spec.name}' of {self.label}" for spec in self.inputs)
         self.output_names = frozenset(spec.name for spec in self.outputs)
         self.batched = self.config.max_batch_size > 0
         #: Each input's shape as callers see it (full_shape), computed once for validation.

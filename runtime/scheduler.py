@@ -13,7 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -22,8 +22,9 @@ from common.proto import grpc_service_pb2 as pb
 from runtime.batcher import Batcher, Pending, Timing
 from runtime.decode import InferCall
 from runtime.executor import BatchResult, Output, Staging, execute
-from runtime.metrics import ModelMetrics, default_metrics, observe_many
+from runtime.metrics import ModelMetrics, default_metrics
 from runtime.model import ServedModel
+from runtime.promise import Promise
 from runtime.response import build_response, select
 from runtime.validate import Checked, check
 
@@ -38,7 +39,7 @@ class Ticket:
     message: Any
     checked: Checked
     arrival: float
-    future: asyncio.Future
+    future: asyncio.Future | Promise
 
 
 class Scheduler:
@@ -99,17 +100,18 @@ class Scheduler:
             pool.shutdown(wait=False, cancel_futures=True)
 
     def enqueue(self, call: InferCall, timeout: float | None,
-                timing: Timing | None = None) -> Ticket:
+                timing: Timing | None = None, direct: bool = False) -> Ticket:
         """Check a request and queue it; its ticket's future is done when its batch has run.
         Raises TensorgateError for a request that does not fit or a full queue.
 
-        With `timing` (a traced request), the batch that ran it is noted there.
+        With `timing` (a traced request), the batch that ran it is noted there. With `direct`,
+        the future is a Promise: its one callback runs as the batch completes.
         """
         checked = check(call, self.model)
         now = self.clock()
         if self.default_timeout and (timeout is None or timeout > self.default_timeout):
             timeout = self.default_timeout
-        future: asyncio.Future = (self._loop or asyncio.get_running_loop()).create_future()
+        future = Promise() if direct else (self._loop or asyncio.get_running_loop()).create_future()
         if timing is not None:
             timing.arrival = now
         item = Pending(checked.inputs, checked.shapes, checked.batch_size, checked.shape_key,
@@ -138,7 +140,7 @@ class Scheduler:
         """The whole runtime path of one request; raises TensorgateError on any failure."""
         ticket = self.enqueue(call, timeout, timing)
         with contextlib.suppress(TensorgateError):  # NOTE: raised, and counted, by outputs()
-            await ticket.future
+            await cast(asyncio.Future, ticket.future)  # NOTE: a loop future without `direct`
         return build_response(call.message, self.model, self.outputs(ticket))
 
     def _look(self) -> None:
@@ -196,7 +198,7 @@ class Scheduler:
             queue_ns(int(waited * 1e9))
             if item.timing is not None:
                 item.timing.launched = now
-        observe_many(self.metrics.queue, waits)
+        self.metrics.queue.many(waits)
         if self.inline:
             try:
                 result = execute(backend, self.model.batched, batch, staging)
@@ -239,7 +241,7 @@ class Scheduler:
             if not item.future.done():
                 item.future.set_result(outputs)
                 answered.append(now - item.arrival)
-        observe_many(self.metrics.request, answered)
+        self.metrics.request.many(answered)
 
 
 def _note(timing: Timing, done: float, rows: int, result: BatchResult) -> None:

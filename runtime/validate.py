@@ -50,14 +50,14 @@ def check(call: InferCall, model: ServedModel) -> Checked:
         missing = [spec.name for j, spec in enumerate(model.inputs) if inputs[j] is None]
         raise invalid_argument(f"{model.label}: missing inputs {missing}; expected "
                                f"{[s.name for s in model.inputs]}")
-    batch = _batch_size(model, shapes)
+    asked = request.outputs
     return Checked(
-        inputs=inputs,  # type: ignore[arg-type]
-        shapes=shapes,
-        batch_size=batch,
-        shape_key=tuple(s[1:] for s in shapes) if model.batched else tuple(shapes),
-        outputs=_requested(request, model),
-        classes=_classes(request, model) if request.outputs else None,
+        inputs,  # type: ignore[arg-type]
+        shapes,
+        _batch_size(model, shapes),
+        tuple([s[1:] for s in shapes]) if model.batched else tuple(shapes),
+        _requested(asked, model) if asked else (),
+        _classes(asked, model) if asked else None,
     )
 
 
@@ -71,13 +71,16 @@ def _index(model: ServedModel, name: str) -> int:
 
 def _payload(model: ServedModel, j: int, tensor: Any, shape: tuple[int, ...],
              raw: Buffer | None) -> Buffer:
-    spec = model.inputs[j]
-    what = f"input '{spec.name}' of {model.label}"
+    spec, what = model.inputs[j], model.input_what[j]
     if tensor.datatype != spec.datatype:
         raise invalid_argument(f"{what}: expected datatype {spec.datatype}, got "
                                f"{tensor.datatype or 'none'}")
     expected = model.full_shapes[j]
-    if len(shape) != len(expected) or any(e != d and e != -1 for e, d in zip(expected, shape)):
+    fits = len(shape) == len(expected)
+    for e, d in zip(expected, shape):  # NOTE: a loop: any() of a generator costs more here
+        if e != d and e != -1:
+            fits = False
+    if not fits:
         raise invalid_argument(f"{what}: expected shape {list(expected)}, got {list(shape)}")
     count = element_count(shape, what)
     if raw is None:
@@ -101,7 +104,7 @@ def _payload(model: ServedModel, j: int, tensor: Any, shape: tuple[int, ...],
 def _batch_size(model: ServedModel, shapes: list[tuple[int, ...]]) -> int:
     if not model.batched:
         return 1
-    sizes = {s[0] for s in shapes}
+    sizes = {shapes[0][0]} if len(shapes) == 1 else {s[0] for s in shapes}
     if len(sizes) != 1:
         raise invalid_argument(f"{model.label}: inputs disagree on the batch size: {sorted(sizes)}")
     batch = sizes.pop()
@@ -112,10 +115,8 @@ def _batch_size(model: ServedModel, shapes: list[tuple[int, ...]]) -> int:
     return batch
 
 
-def _requested(request: Any, model: ServedModel) -> tuple[str, ...]:
-    if not request.outputs:
-        return ()
-    names = tuple(o.name for o in request.outputs)
+def _requested(asked: Any, model: ServedModel) -> tuple[str, ...]:
+    names = tuple(o.name for o in asked)
     for name in names:
         if name not in model.output_names:
             raise invalid_argument(f"{model.label} has no output '{name}'; outputs: "
@@ -125,10 +126,10 @@ def _requested(request: Any, model: ServedModel) -> tuple[str, ...]:
     return names
 
 
-def _classes(request: Any, model: ServedModel) -> dict[str, int] | None:
+def _classes(asked: Any, model: ServedModel) -> dict[str, int] | None:
     """The outputs asked with parameters: only the classification extension takes any."""
     found = {}
-    for output in request.outputs:
+    for output in asked:
         if output.parameters:
             spec = next(s for s in model.outputs if s.name == output.name)
             k = class_count(model, spec, output.parameters)

@@ -135,6 +135,35 @@ async def test_a_batch_answers_every_call_in_one_write() -> None:
     await scheduler.stop()
 
 
+async def test_an_inline_batchs_answers_are_built_as_it_completes() -> None:
+    """No loop turn, task or handle per answer: the batch's completion calls the lane back."""
+    backend = Identity(4)
+    core, scheduler = await serving(backend, inline=True)
+    server, transport = connect(core)
+    feed(server, b"".join(infer_frame(i, np.full(4, i, "<f4")) for i in (1, 2, 3)))
+    assert len(server.waiting) == 3 and not server.out
+    scheduler._dispatch_ready()  # the look that call_soon would run: the batch runs inline
+    assert backend.batches == [3] and not server.waiting
+    assert [call_id for call_id, _, _ in frames(b"".join(bytes(p) for p in server.out))] == \
+        [1, 2, 3]
+    assert scheduler.model.in_flight == 0
+    await until(lambda: len(transport.writes) == 1, "the answers written")
+    await scheduler.stop()
+
+
+async def test_calls_cancelled_while_queued_are_settled_at_once() -> None:
+    backend = Identity(4)
+    core, scheduler = await serving(backend)
+    server, transport = connect(core)
+    feed(server, b"".join(infer_frame(i, np.zeros(4)) for i in (1, 2)))
+    assert scheduler.model.in_flight == 2
+    server.connection_lost(None)
+    assert scheduler.model.in_flight == 0 and not server.waiting and not server.out
+    await until(lambda: not scheduler._look_due, "the queue looked at")
+    assert backend.batches == [] and len(scheduler.batcher) == 0 and not transport.writes
+    await scheduler.stop()
+
+
 async def test_a_dropped_connection_loses_no_answer_of_another_in_the_same_batch() -> None:
     backend = Identity(4)
     backend.gate.clear()

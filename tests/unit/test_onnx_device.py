@@ -53,3 +53,23 @@ def test_auto_falls_back_to_the_cpu_with_a_warning(caplog: pytest.LogCaptureFixt
         assert onnx_backend._without_cuda(_config("auto")) == "cpu"
     assert "running on the CPU" in caplog.text
     assert "digits" in caplog.text
+
+
+def test_cpu_sessions_run_through_onnx_runtimes_own_entry_with_the_same_answers() -> None:
+    backend = OnnxBackend(DIGITS / "1" / "model.onnx", _config("cpu"), 1)
+    assert backend._direct is not None  # the wrapper's checks skipped on the CPU provider
+    rows = np.random.default_rng(3).random((3, 64), dtype=np.float32)
+    (direct,) = backend.run([rows])
+    (wrapped,) = backend.session.run(None, {backend.session.get_inputs()[0].name: rows})
+    assert direct.shape == (3, 10) and np.array_equal(direct, wrapped)
+
+
+def test_a_session_with_a_gpu_provider_keeps_the_wrapper_and_its_cpu_fallback() -> None:
+    class OnGpu:
+        _sess = ort.InferenceSession(str(DIGITS / "1" / "model.onnx"),
+                                     providers=["CPUExecutionProvider"])._sess
+
+        def get_providers(self) -> list[str]:
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    assert onnx_backend._direct_run(OnGpu()) is None  # type: ignore[arg-type]
