@@ -2,47 +2,26 @@
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from common.buckets import LATENCY_BUCKETS
+from common.metric_values import Observer, value_of
 
 
 class _Series:
-    """One (model, protocol, code)'s count and latency, written straight into the children's
-    values: the public `inc` and `observe` re-check the metric and walk the buckets in Python,
-    a cost paid on every request. Through the public API where prometheus_client keeps its
-    values otherwise."""
+    """One (model, protocol, code)'s count and latency (common/metric_values.py)."""
 
-    __slots__ = ("bounds", "buckets", "count", "histogram", "total")
+    __slots__ = ("count", "latency")
 
     def __init__(self, counter: Any, histogram: Any) -> None:
-        self.count = _value(counter)
-        self.histogram = histogram
-        self.total: Any = getattr(histogram, "_sum", None)
-        self.bounds: Any = getattr(histogram, "_upper_bounds", None)
-        buckets = getattr(histogram, "_buckets", None)
-        usable = (isinstance(buckets, list) and isinstance(self.bounds, list)
-                  and len(buckets) == len(self.bounds) and self.bounds[-1] == float("inf")
-                  and all(hasattr(value, "inc") for value in (self.total, *buckets)))
-        self.buckets = buckets if usable else None
+        self.count = value_of(counter)
+        self.latency = Observer(histogram)
 
     def observe(self, seconds: float) -> None:
         self.count.inc(1)
-        if self.buckets is None:
-            self.histogram.observe(seconds)
-            return
-        # NOTE: a bucket counts the values up to its bound: the first bound >= the value.
-        self.buckets[bisect_left(self.bounds, seconds)].inc(1)
-        self.total.inc(seconds)
-
-
-def _value(child: Any) -> Any:
-    """The value behind a counter's or gauge's child (its `inc` takes an amount), or the child."""
-    value = getattr(child, "_value", None)
-    return value if callable(getattr(value, "inc", None)) else child
+        self.latency.one(seconds)
 
 
 class GatewayMetrics:
@@ -102,7 +81,7 @@ class GatewayMetrics:
             multiprocess_mode="livesum")
 
         #: `in_flight`'s value: `inc(1)` as a request comes, `inc(-1)` as it goes.
-        self.in_flight_value = _value(self.in_flight)
+        self.in_flight_value = value_of(self.in_flight)
         # NOTE: labels() validates and locks on every call; the children are looked up once.
         self._series: dict[tuple[str, str, str], _Series] = {}
 

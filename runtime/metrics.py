@@ -5,7 +5,6 @@ them, unless turned off, Triton's names for the same numbers (runtime.triton_met
 
 from __future__ import annotations
 
-import bisect
 import logging
 import os
 import re
@@ -25,6 +24,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from common.buckets import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS
 from common.errors import TensorgateError
+from common.metric_values import Observer, value_of
 from common.names import is_whole
 from runtime import metrics_http, triton_metrics
 from runtime.stats import ModelStats
@@ -49,8 +49,8 @@ class ModelMetrics:
         self.request = Observer(metrics.request_time.labels(name, version))
         self.batch_size = Observer(metrics.batch_size.labels(name, version))
         self.depth = metrics.queue_depth.labels(name, version)
-        self.executions = _adder(metrics.executions.labels(name, version))
-        self.inferences = _adder(metrics.inferences.labels(name, version))
+        self.executions = value_of(metrics.executions.labels(name, version)).inc
+        self.inferences = value_of(metrics.inferences.labels(name, version)).inc
         self.triton: TritonModel | None = (None if metrics.triton is None
                                            else metrics.triton.model(name, version))
 
@@ -71,60 +71,6 @@ class ModelMetrics:
         hot path (each second and when a version stops), so serving pays nothing for them."""
         if self.triton is not None:
             self.triton.publish(stats, waiting)
-
-
-class Observer:
-    """A histogram child's observations, one or a batch's at once: each bucket and the sum are
-    changed once, where one observe per request scans the buckets and (under `serve`) locks the
-    shared file each time. The same counts as an observe of each amount."""
-
-    __slots__ = ("bounds", "buckets", "histogram", "last", "total")
-
-    def __init__(self, histogram: Any) -> None:
-        self.histogram = histogram
-        bounds: Any = getattr(histogram, "_upper_bounds", None)
-        buckets: Any = getattr(histogram, "_buckets", None)
-        total: Any = getattr(histogram, "_sum", None)
-        known = (bounds is not None and buckets is not None and total is not None
-                 and len(bounds) == len(buckets))
-        # NOTE: another prometheus_client's insides: the public observe, amount by amount.
-        self.buckets: Any = buckets if known else None
-        self.bounds: Any = bounds
-        self.total: Any = total
-        self.last = len(bounds) - 1 if known else 0
-
-    def one(self, amount: float) -> None:
-        if self.buckets is None:
-            self.histogram.observe(amount)
-            return
-        self.total.inc(amount)
-        self.buckets[min(bisect.bisect_left(self.bounds, amount), self.last)].inc(1)
-
-    def many(self, amounts: list[float]) -> None:
-        if len(amounts) < 2 or self.buckets is None:
-            for amount in amounts:
-                self.one(amount)
-            return
-        counts = [0] * len(self.buckets)
-        bounds, last = self.bounds, self.last
-        for amount in amounts:
-            counts[min(bisect.bisect_left(bounds, amount), last)] += 1
-        self.total.inc(sum(amounts))
-        for bucket, count in zip(self.buckets, counts):
-            if count:
-                bucket.inc(count)
-
-
-def observe_many(histogram: Any, amounts: list[float]) -> None:
-    """A batch's observations at once (Observer.many)."""
-    Observer(histogram).many(amounts)
-
-
-def _adder(counter: Any) -> Any:
-    """A counter child's increment without the public inc's checks of each amount (ours are
-    never negative); the public inc for another prometheus_client."""
-    value: Any = getattr(counter, "_value", None)
-    return value.inc if callable(getattr(value, "inc", None)) else counter.inc
 
 
 class RuntimeMetrics:

@@ -70,7 +70,7 @@ def test_children_of_another_shape_go_through_their_public_api() -> None:
     counter, histogram = _Opaque(), _Opaque()
     one = _Series(counter, histogram)
     one.observe(0.25)
-    assert one.buckets is None
+    assert one.latency.buckets is None
     assert counter.amounts == [1] and histogram.amounts == [0.25]
 
 

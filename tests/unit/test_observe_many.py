@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Histogram
 
 from common.buckets import LATENCY_BUCKETS
-from runtime.metrics import observe_many
+from common.metric_values import observe_many
 
 #: On a bound, between bounds, past the largest finite one, zero, and repeats.
 AMOUNTS = [0.0, 0.0001, 0.00011, 0.001, 0.001, 0.7, 10.0, 11.0, 42.0, 0.00025]
