@@ -11,16 +11,13 @@ from dataclasses import dataclass, field
 import grpc
 
 from common import regions
-from common.errors import TensorgateError, invalid_argument, not_found
+from common.errors import TensorgateError, invalid_argument
 from runtime import cuda_api
 from runtime.backends.base import cuda_device_count
 from runtime.cuda_api import HANDLE_BYTES, CudaApi, CudaError
+from runtime.region_table import MAX_REGIONS, RegionTable
 
 NO_GPU = "CUDA shared memory needs a GPU visible to the runtime: this runtime sees no CUDA GPU"
-#: Regions one worker keeps at most: each holds a mapping of another process's device memory.
-MAX_REGIONS = 1024
-#: How long an unregister waits for the requests still using its regions.
-UNREGISTER_WAIT_S = 30.0
 
 
 @dataclass(eq=False)
@@ -61,18 +58,20 @@ def check_register(name: str, handle: bytes, device_id: int, byte_size: int) -> 
     return what
 
 
-class CudaRegions:
+class CudaRegions(RegionTable[CudaRegion]):
     """The CUDA regions registered with this worker, by name; `others` holds the names of its
     system regions (Triton keeps one namespace for both kinds)."""
+
+    kind = "CUDA shared memory"
 
     def __init__(self, others: Container[str], api: Callable[[], CudaApi | None] = cuda_api.load,
                  devices: Callable[[], int] = cuda_device_count,
                  limit: int = MAX_REGIONS) -> None:
+        super().__init__()
         self.others = others
         self.api = api
         self.devices = devices
         self.limit = limit
-        self.table: dict[str, CudaRegion] = {}
         self.opening: set[str] = set()
 
     def available(self) -> bool:
@@ -128,56 +127,9 @@ class CudaRegions:
                                   f"{what}: its handle is registered already, as "
                                   f"{region.shown()}")
 
-    def select(self, name: str) -> list[CudaRegion]:
-        """The regions `name` selects: one by name, all ("") or all of an owner ("<owner>/")."""
-        regions.check_region(name)
-        if not name:
-            return list(self.table.values())
-        if name.endswith("/"):
-            return [r for r in self.table.values() if r.name.startswith(name)]
-        found = self.table.get(name)
-        if found is None:
-            raise not_found(f"no CUDA shared memory region '{regions.unscoped(name)}' is "
-                            "registered")
-        return [found]
-
-    async def unregister(self, name: str, wait_s: float = UNREGISTER_WAIT_S) -> None:
-        """Remove the regions at once; close each once the requests using it are done, and
-        answer then, or DEADLINE_EXCEEDED past `wait_s`."""
-        chosen = self.select(name)
-        for region in chosen:
-            del self.table[region.name]
-            region.removed = True
-            if not region.users:
-                region.close()
-        busy = [r for r in chosen if not r.idle.is_set()]
-        if not busy:
-            return
-        try:
-            await asyncio.wait_for(asyncio.gather(*(r.idle.wait() for r in busy)), wait_s)
-        except TimeoutError:
-            users = sum(r.users for r in busy)
-            raise TensorgateError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                  f"unregistered, but {users} requests still using the region "
-                                  f"had not finished after {wait_s:g} s; their outputs may "
-                                  "still be written into it") from None
-
     def lease(self, name: str, offset: int, byte_size: int, what: str) -> CudaRegion:
         """The region `name` checked to hold [offset, offset + byte_size), now in use by one
         more request."""
-        region = self.table[name]
-        if offset < 0 or byte_size < 0 or offset + byte_size > region.byte_size:
-            raise invalid_argument(f"{what}: offset {offset} + byte_size {byte_size} is outside "
-                                   f"{region.shown()} ({region.byte_size} bytes)")
+        region = self.checked(name, offset, byte_size, what)
         region.users += 1
         return region
-
-    def release(self, region: CudaRegion) -> None:
-        region.users -= 1
-        if not region.users and region.removed:
-            region.close()
-
-    def close(self) -> None:
-        for region in self.table.values():
-            region.close()
-        self.table.clear()

@@ -19,13 +19,10 @@ from common.errors import TensorgateError, invalid_argument, not_found
 from common.names import shown
 from common.wire import Buffer
 from runtime.cuda_shm import CudaRegions
+from runtime.region_table import MAX_REGIONS, RegionTable
 
 #: Where POSIX shared-memory objects live: no key is opened anywhere else.
 SHM_ROOT = Path("/dev/shm")
-#: Regions one worker keeps at most: each holds a mapping and a file descriptor.
-MAX_REGIONS = 1024
-#: How long an unregister waits for the requests still using its regions.
-UNREGISTER_WAIT_S = 30.0
 
 
 @dataclass(eq=False)
@@ -61,13 +58,13 @@ def _int(parameter: Any) -> int:
     return int(getattr(parameter, kind))
 
 
-class Regions:
+class Regions(RegionTable[Region]):
     """The regions registered with this worker, by name; its CUDA regions in `cuda`."""
 
     def __init__(self, root: Path = SHM_ROOT, limit: int = MAX_REGIONS) -> None:
+        super().__init__()
         self.root = root
         self.limit = limit
-        self.table: dict[str, Region] = {}
         #: Triton's CUDA shared memory, in the same namespace of region names.
         self.cuda = CudaRegions(self.table)
 
@@ -125,55 +122,14 @@ class Regions:
             raise invalid_argument(f"{what}: {shown(key)} is not a shared memory object")
         return fd
 
-    def select(self, name: str) -> list[Region]:
-        """The regions `name` selects: one by name, all ("") or all of an owner ("<owner>/")."""
-        regions.check_region(name)
-        if not name:
-            return list(self.table.values())
-        if name.endswith("/"):
-            return [r for r in self.table.values() if r.name.startswith(name)]
-        found = self.table.get(name)
-        if found is None:
-            raise not_found(f"no shared memory region '{regions.unscoped(name)}' is registered")
-        return [found]
-
-    async def unregister(self, name: str, wait_s: float = UNREGISTER_WAIT_S) -> None:
-        """Remove the regions at once (no new request may name them); answer once the
-        requests already using them are done, or DEADLINE_EXCEEDED past `wait_s`."""
-        chosen = self.select(name)
-        for region in chosen:
-            del self.table[region.name]
-            region.removed = True
-            if not region.users:
-                region.close()
-        busy = [r for r in chosen if not r.idle.is_set()]
-        if not busy:
-            return
-        try:
-            await asyncio.wait_for(asyncio.gather(*(r.idle.wait() for r in busy)), wait_s)
-        except TimeoutError:
-            users = sum(r.users for r in busy)
-            raise TensorgateError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                  f"unregistered, but {users} requests still using the region "
-                                  f"had not finished after {wait_s:g} s; their outputs may "
-                                  "still be written into it") from None
-
     def close(self) -> None:
-        for region in self.table.values():
-            region.close()
-        self.table.clear()
+        super().close()
         self.cuda.close()
 
     def lease(self, name: str, offset: int, byte_size: int, what: str) -> tuple[Region, int]:
         """The region `name` checked to hold [offset, offset + byte_size), now in use by one
         more request; and where that span starts in its view."""
-        region = self.table.get(name)
-        if region is None:
-            raise not_found(f"{what}: no shared memory region '{regions.unscoped(name)}' is "
-                            "registered")
-        if offset < 0 or byte_size < 0 or offset + byte_size > region.byte_size:
-            raise invalid_argument(f"{what}: offset {offset} + byte_size {byte_size} is outside "
-                                   f"{region.shown()} ({region.byte_size} bytes)")
+        region = self.checked(name, offset, byte_size, what)
         # NOTE: a shrunk object would fault (SIGBUS) on reading past its new end: looked at
         # again on every use, not only at register time.
         if os.fstat(region.fd).st_size < region.offset + region.byte_size:
@@ -182,11 +138,6 @@ class Regions:
                                   "below the registered size; register it again")
         region.users += 1
         return region, offset
-
-    def release(self, region: Region) -> None:
-        region.users -= 1
-        if not region.users and region.removed:
-            region.close()
 
     def __iter__(self) -> Iterator[Region]:
         return iter(self.table.values())
