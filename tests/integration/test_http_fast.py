@@ -3,9 +3,7 @@ tritonclient's calls, and a client that goes away, whose call ends and frees its
 
 from __future__ import annotations
 
-import asyncio
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,12 +12,9 @@ import numpy as np
 import orjson
 import pytest
 import tritonclient.http as thttp
-from prometheus_client import CollectorRegistry
 
-from common.settings import AuthSettings, GatewaySettings, RuntimeSettings
-from gateway.app import Gateway
-from loadtest.sleepy import sleepy_model, store_with
-from runtime.app import Runtime
+from loadtest.sleepy import sleepy_model
+from tests.integration import sleepy_stack
 from tests.unit.http_wire import CEILING_S, Reader
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,41 +22,12 @@ ROOT = Path(__file__).resolve().parents[2]
 DEADLINE_S = 600.0
 
 
-class Stack:
-    """digits and `stuck` (hangs until released) on one runtime worker, behind a gateway whose
-    default deadline is DEADLINE_S; both on an event loop in a thread."""
+class Stack(sleepy_stack.Stack):
+    """digits and `stuck` (hangs until released), the gateway's default deadline DEADLINE_S."""
 
     def __init__(self) -> None:
-        self.release = threading.Event()
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    async def _start(self) -> None:
-        settings = RuntimeSettings(model_repository=ROOT / "models", listen="127.0.0.1:0",
-                                   lane="127.0.0.1:0", threads=1)
-        self.runtime = Runtime(settings, store_with(
-            settings, sleepy_model(-1, 2, self.release, name="stuck")))
-        await self.runtime.start()
-        self.gateway = Gateway(GatewaySettings(
-            host="127.0.0.1", http_port=0, grpc_port=0, metrics_port=-1,
-            runtime_endpoints=(self.runtime.lane_address,), default_timeout_s=DEADLINE_S,
-            auth=AuthSettings(enabled=False)), registry=CollectorRegistry())
-        await self.gateway.start()
-
-    async def _stop(self) -> None:
-        await self.gateway.stop(grace=1.0)
-        await self.runtime.stop(grace=1.0)
-
-    def __enter__(self) -> Stack:
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(120)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release.set()
-        asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(60)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+        super().__init__(lambda release: [sleepy_model(-1, 2, release, name="stuck")],
+                         DEADLINE_S)
 
     def connect(self) -> socket.socket:
         sock = socket.create_connection(("127.0.0.1", self.gateway.http_port), timeout=CEILING_S)

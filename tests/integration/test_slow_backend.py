@@ -3,7 +3,6 @@ models of the same runtime worker. The backend is loadtest/sleepy.py's, added in
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -13,60 +12,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
-from prometheus_client import CollectorRegistry
 from tritonclient.utils import InferenceServerException
 
-from common.settings import AuthSettings, GatewaySettings, RuntimeSettings
-from gateway.app import Gateway
-from loadtest.sleepy import sleepy_model, store_with
-from runtime.app import Runtime
+from loadtest.sleepy import sleepy_model
+from runtime.model import ServedModel
+from tests.integration.sleepy_stack import Stack
 from tests.integration.test_overload import SLEEPY_BODY, post
 
 ROOT = Path(__file__).resolve().parents[2]
 DEADLINE_S = 1.0
 
 
-class Stack:
-    """digits, `stuck` (hangs) and `slow` (0.3 s) on one in-process runtime worker, behind an
-    in-process gateway whose default deadline is DEADLINE_S."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    async def _start(self) -> None:
-        settings = RuntimeSettings(model_repository=ROOT / "models", listen="127.0.0.1:0",
-                                   lane="127.0.0.1:0", threads=1)
-        store = store_with(settings, sleepy_model(-1, 1, self.release, name="stuck"),
-                           sleepy_model(0.3, 1, self.release, name="slow"))
-        self.runtime = Runtime(settings, store)
-        await self.runtime.start()
-        self.gateway = Gateway(GatewaySettings(
-            host="127.0.0.1", http_port=0, grpc_port=0, metrics_port=-1,
-            runtime_endpoints=(self.runtime.lane_address,), default_timeout_s=DEADLINE_S,
-            auth=AuthSettings(enabled=False)), registry=CollectorRegistry())
-        await self.gateway.start()
-
-    async def _stop(self) -> None:
-        await self.gateway.stop(grace=1.0)
-        await self.runtime.stop(grace=1.0)
-
-    def __enter__(self) -> Stack:
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(120)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release.set()
-        asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+def _models(release: threading.Event) -> list[ServedModel]:
+    """`stuck` (hangs) and `slow` (0.3 s)."""
+    return [sleepy_model(-1, 1, release, name="stuck"),
+            sleepy_model(0.3, 1, release, name="slow")]
 
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    with Stack() as running:
+    with Stack(_models, DEADLINE_S) as running:
         yield running
 
 
