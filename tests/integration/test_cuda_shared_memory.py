@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,38 +19,27 @@ import requests
 import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
 
-from common.registry import Registry
-from common.settings import AuthSettings
 from runtime.shm import Regions
 from runtime.shm_api import NO_GPU, gpu_visible
 from tests.integration import cuda_client
-from tests.integration.conftest import ROOT, Background, Servers
 from tests.integration.shm_client import shm
 from tests.integration.test_cli import READY, start, wait_for
-from tests.integration.test_shared_memory import IN_BYTES, OUT_BYTES, ROW, refused
+from tests.integration.test_shared_memory import (
+    IN_BYTES,
+    OUT_BYTES,
+    ROW,
+    Setup,
+    keyed_setup,
+    refused,
+)
 
 HANDLE = base64.b64encode(b"\x11" * 64)  # well formed, opens nothing
 CUDA = "cuda_shared_memory"
 
 
-@dataclass
-class Setup:
-    servers: Servers
-    keys: dict[str, str]
-
-    def auth(self, who: str = "alice") -> dict[str, str]:
-        return {"authorization": f"Bearer {self.keys[who]}"}
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    tmp = tmp_path_factory.mktemp("cudashm")
-    registry = Registry(tmp / "registry.db")
-    keys = {name: registry.create_key(name, "infer", ["digits"])[1] for name in ("alice", "bob")}
-    with Background(ROOT / "models", auth=AuthSettings(), registry_path=tmp / "registry.db",
-                    registry_refresh_s=0.05) as servers:
-        yield Setup(servers, keys)
-    registry.close()
+    yield from keyed_setup(tmp_path_factory.mktemp("cudashm"))
 
 
 def test_server_metadata_lists_cuda_shared_memory_only_where_a_worker_offers_it(

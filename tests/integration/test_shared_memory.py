@@ -35,6 +35,9 @@ class Setup:
     servers: Servers
     keys: dict[str, str]
 
+    def auth(self, who: str = "alice") -> dict[str, str]:
+        return {"authorization": f"Bearer {self.keys[who]}"}
+
 
 @pytest.fixture(scope="module")
 def open_servers() -> Iterator[Servers]:
@@ -43,15 +46,19 @@ def open_servers() -> Iterator[Servers]:
         yield servers
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    tmp = tmp_path_factory.mktemp("shm")
+def keyed_setup(tmp: Path) -> Iterator[Setup]:
+    """A gateway and worker with auth on, and the keys of two callers, alice and bob."""
     registry = Registry(tmp / "registry.db")
     keys = {name: registry.create_key(name, "infer", ["digits"])[1] for name in ("alice", "bob")}
     with Background(ROOT / "models", auth=AuthSettings(), registry_path=tmp / "registry.db",
                     registry_refresh_s=0.05) as servers:
         yield Setup(servers, keys)
     registry.close()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    yield from keyed_setup(tmp_path_factory.mktemp("shm"))
 
 
 @pytest.fixture
@@ -74,7 +81,7 @@ def key_of(name: str) -> str:
 
 
 def auth(setup: Setup, who: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {setup.keys[who]}"}
+    return setup.auth(who)
 
 
 def known_answer(setup: Setup) -> np.ndarray:
