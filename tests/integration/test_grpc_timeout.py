@@ -18,7 +18,7 @@ from tritonclient.utils import InferenceServerException
 
 from common.proto import grpc_service_pb2 as pb
 from tests.integration.test_overload import post
-from tests.integration.test_slow_backend import Stack
+from tests.integration.test_slow_backend import Stack, slow_stack
 from tests.integration.test_upstreams import call_through
 
 TIMEOUT_US = 300_000
@@ -29,7 +29,7 @@ ADDRESS = re.compile(r"unix:|/tmp/|\.sock|127\.0\.0\.1:")
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    with Stack() as running:
+    with slow_stack() as running:
         yield running
 
 

@@ -29,9 +29,14 @@ def _models(release: threading.Event) -> list[ServedModel]:
             sleepy_model(0.3, 1, release, name="slow")]
 
 
+def slow_stack() -> Stack:
+    """digits, `stuck` and `slow`, behind a gateway whose default deadline is DEADLINE_S."""
+    return Stack(_models, DEADLINE_S)
+
+
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    with Stack(_models, DEADLINE_S) as running:
+    with slow_stack() as running:
         yield running
 
 
