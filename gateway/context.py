@@ -35,6 +35,9 @@ class RequestContext:
     started: float = 0.0
     #: Auth: the caller, once admitted (None: refused, or not yet asked).
     principal: Principal | None = None
+    #: The caller as authenticated on a unary gRPC call's metadata, before its message was
+    #: read: the auth stage then checks only that it may use the model.
+    authenticated: Principal | None = None
     #: Quota: the caller's ticket, given back when the request is done (FREE holds nothing).
     ticket: Ticket = FREE
     #: Route: the model's traffic policy (A/B split, shadow), None for a model without one.

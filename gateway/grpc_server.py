@@ -17,6 +17,7 @@ import orjson
 from common import __version__, memory
 from common.errors import TensorgateError, invalid_argument
 from common.names import check_name
+from common.policy import Principal
 from common.proto import grpc_service_pb2 as pb
 from common.uploads import check_upload
 from gateway import trace_log, trace_share
@@ -39,10 +40,12 @@ NO_MESSAGE = ("no request message: a unary call carries one complete length-pref
 
 #: A method's handler: its message, the call's context, and the call's metadata (read once).
 Handler = Callable[[bytes, Any, Headers], Awaitable[bytes]]
+#: A handler also given the caller as admitted on the metadata (None: not asked).
+Admitted = Callable[[bytes, Any, Headers, Principal | None], Awaitable[bytes]]
 #: What grpc runs: the request stream (read by hand, once admitted) and the context.
 Guarded = Callable[[AsyncIterator[bytes], Any], Awaitable[bytes]]
 #: The authentication stage, from the metadata alone (`Pipeline.admit` with no model).
-Admit = Callable[[Any, None], object]
+Admit = Callable[[Headers, None], Principal]
 
 
 class GrpcTransport:
@@ -50,10 +53,12 @@ class GrpcTransport:
         self.pipeline = pipeline
         self.trimmer = memory.Trimmer()
 
-    async def model_infer(self, request: bytes, context: Any, headers: Headers) -> bytes:
+    async def model_infer(self, request: bytes, context: Any, headers: Headers,
+                          principal: Principal | None) -> bytes:
         model, version, request_id, timeout = infer_fields(request)
         call = RequestContext(model, version, "grpc", headers, request_id,
-                              deadline(timeout, context.time_remaining()))
+                              deadline(timeout, context.time_remaining()),
+                              authenticated=principal)
         # NOTE: a large one in parts: the pipeline's rewrites (id, version) then copy only its
         # small fields, and the lane copies its tensors once, into the arena.
         parts = parts_of(request) if len(request) >= SPLIT_FROM_BYTES else request
@@ -169,7 +174,6 @@ class GrpcTransport:
 
     def handlers(self) -> grpc.GenericRpcHandler:
         table: dict[str, Handler] = {
-            "ModelInfer": self.model_infer,
             "ServerLive": self.server_live,
             "ServerReady": self.server_ready,
             "ServerMetadata": self.server_metadata,
@@ -185,6 +189,9 @@ class GrpcTransport:
                       for action in ("Status", "Register", "Unregister")})
         methods = {name: self._method(fn, None if name in _OPEN else self.pipeline.admit)
                    for name, fn in table.items()}
+        # NOTE: authenticated once: the pipeline then only authorizes the model
+        methods["ModelInfer"] = grpc.stream_unary_rpc_method_handler(
+            _guarded(self.model_infer, self.pipeline.admit, self.trimmer))
         methods["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
             self.model_stream_infer)
         return grpc.method_handlers_generic_handler(SERVICE, methods)
@@ -196,7 +203,11 @@ class GrpcTransport:
     def _method(self, handler: Handler, admit: Admit | None) -> grpc.RpcMethodHandler:
         # NOTE: stream-unary on purpose: grpc reads a unary call's message (and inflates it)
         # before its handler runs, and leaves a call without one unanswered until its deadline.
-        return grpc.stream_unary_rpc_method_handler(_guarded(handler, admit, self.trimmer))
+        async def plain(request: bytes, context: Any, headers: Headers,
+                        principal: Principal | None) -> bytes:
+            return await handler(request, context, headers)
+
+        return grpc.stream_unary_rpc_method_handler(_guarded(plain, admit, self.trimmer))
 
 
 def _feedback_model(request: bytes) -> str:
@@ -226,20 +237,19 @@ def _forget(exc: BaseException) -> None:
         chain = chain.__cause__ or chain.__context__
 
 
-def _guarded(handler: Handler, admit: Admit | None, trimmer: memory.Trimmer) -> Guarded:
+def _guarded(handler: Admitted, admit: Admit | None, trimmer: memory.Trimmer) -> Guarded:
     async def guarded(requests: AsyncIterator[bytes], context: Any) -> bytes:
         """Admit the caller on its metadata, then read the one message and handle it."""
         size = -1  # NOTE: the message's, once read
         request = b""
         try:
             headers = _headers(context)
-            if admit is not None:
-                admit(headers, None)
+            principal = admit(headers, None) if admit is not None else None
             request = await context.read()
             if request is grpc.aio.EOF:
                 raise invalid_argument(NO_MESSAGE)
             size = len(request)
-            return await handler(request, context, headers)
+            return await handler(request, context, headers, principal)
         except TensorgateError as exc:
             _forget(exc)
             failure = exc

@@ -160,7 +160,15 @@ class Pipeline:
         self.admission.enter(call.model if not shed or self.served(call.model) else OTHER)
 
     def _auth(self, call: RequestContext) -> None:
-        call.principal = self.admit(call.headers, call.model)
+        if call.authenticated is None:
+            call.principal = self.admit(call.headers, call.model)
+            return
+        try:
+            self.auth.authorize(call.authenticated, call.model)
+        except TensorgateError as exc:
+            self.metrics.auth_failures.labels(exc.code.name).inc()
+            raise
+        call.principal = call.authenticated
 
     def _quota(self, call: RequestContext) -> None:
         assert call.principal is not None  # NOTE: auth runs first

@@ -126,6 +126,9 @@ def test_a_key_without_the_model_or_the_admin_role_is_403(policy: Policy) -> Non
     denied = failure(lambda: http_infer(policy, bearer(policy.keys["other"])))
     assert denied.status() == "403"
     assert "may not use model 'digits'" in (denied.message() or "")
+    rpc = failure(lambda: grpc_infer(policy, bearer(policy.keys["other"])))
+    assert rpc.status() == "StatusCode.PERMISSION_DENIED"
+    assert "may not use model 'digits'" in (rpc.message() or "")
     client = tgrpc.InferenceServerClient(policy.servers.gateway_grpc)
     index = failure(lambda: client.get_model_repository_index(
         headers=bearer(policy.keys["user"])))

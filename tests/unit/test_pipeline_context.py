@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from common.errors import TensorgateError, unavailable
-from common.policy import ANONYMOUS, Snapshot, TrafficPolicy
+from common.policy import ANONYMOUS, Principal, Snapshot, TrafficPolicy
 from common.settings import AuthSettings, GatewaySettings
 from gateway.context import RequestContext
 from gateway.health import Health
@@ -75,6 +75,25 @@ async def test_a_refused_caller_is_never_read_nor_routed() -> None:
     assert loaded == [] and upstream.calls == []
     assert call.principal is None and call.routed is None and call.endpoint == ""
     assert call.code == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_caller_authenticated_on_its_metadata_is_only_authorized_for_the_model(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    stages, [upstream] = pipeline(auth=True)
+    asked: list[str | None] = []
+    monkeypatch.setattr(stages.auth, "authenticate", asked.append)
+    alice = Principal("key:alice", models=("prod",))
+    call = RequestContext("prod", "", "grpc", {}, authenticated=alice)
+    assert await stages.infer(call, b"") == b"ok"
+    assert call.principal is alice and asked == []  # no second authentication
+    other = RequestContext("ab", "", "grpc", {}, authenticated=alice)
+    with pytest.raises(TensorgateError) as refused:
+        await stages.infer(other, b"")
+    assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
+    assert "may not use model 'ab'" in refused.value.message
+    assert other.principal is None and asked == [] and len(upstream.calls) == 1
+    failures = stages.metrics.auth_failures.labels("PERMISSION_DENIED")._value.get()
+    assert failures == 1
 
 
 async def test_the_loader_fills_in_the_id_and_deadline_the_body_carries() -> None:
