@@ -40,7 +40,18 @@ class CudaApi(Protocol):
         ...
 
 
-class _Bindings:
+class _Calls:
+    """What both ways of calling the CUDA runtime share, given their `_call`."""
+
+    def _call(self, name: str, *args: Any) -> Any:
+        raise NotImplementedError
+
+    def close(self, pointer: int, device: int) -> None:
+        self._call("cudaSetDevice", device)
+        self._call("cudaIpcCloseMemHandle", pointer)
+
+
+class _Bindings(_Calls):
     """cuda-python: `cuda.bindings.runtime`, or the older `cuda.cudart`."""
 
     def __init__(self, rt: Any) -> None:
@@ -64,10 +75,6 @@ class _Bindings:
         pointer = int(self._call("cudaIpcOpenMemHandle", ipc, _LAZY_PEER_ACCESS))
         return pointer, _mapped_bytes(self, pointer, device)
 
-    def close(self, pointer: int, device: int) -> None:
-        self._call("cudaSetDevice", device)
-        self._call("cudaIpcCloseMemHandle", pointer)
-
     def copy(self, target: int, source: int, size: int, device: int) -> None:
         self._call("cudaSetDevice", device)
         stream = self.streams.get(device)
@@ -83,7 +90,7 @@ class _Handle(ctypes.Structure):
     _fields_ = [("reserved", ctypes.c_char * HANDLE_BYTES)]
 
 
-class _Library:
+class _Library(_Calls):
     """libcudart through ctypes, where cuda-python is not installed."""
 
     def __init__(self, lib: ctypes.CDLL) -> None:
@@ -113,10 +120,6 @@ class _Library:
         self._call("cudaIpcOpenMemHandle", ctypes.byref(pointer), _Handle(handle),
                    _LAZY_PEER_ACCESS)
         return int(pointer.value or 0), _mapped_bytes(self, int(pointer.value or 0), device)
-
-    def close(self, pointer: int, device: int) -> None:
-        self._call("cudaSetDevice", device)
-        self._call("cudaIpcCloseMemHandle", pointer)
 
     def copy(self, target: int, source: int, size: int, device: int) -> None:
         self._call("cudaSetDevice", device)
