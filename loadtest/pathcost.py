@@ -23,7 +23,7 @@ from common.proto import grpc_service_pb2 as pb
 from common.settings import AuthSettings, GatewaySettings, RuntimeSettings
 from gateway.app import Gateway
 from gateway.context import RequestContext
-from gateway.http_server import HttpTransport
+from gateway.http_server import HttpTransport, infer_target
 from gateway.peek import routing_fields
 from loadtest.cases import Case, prepare_repo
 from runtime.app import Runtime, load_models
@@ -73,27 +73,23 @@ def digits_answer(case: Case) -> bytes:
 
 
 def http_call(transport: HttpTransport, case: Case, binary: bool) -> Call:
+    """An infer request as the connection's protocol hands it over (gateway/http_fast.py):
+    its target and headers parsed, its body whole; the answer's codec and pipeline run."""
     body = case.binary_body if binary else case.json_body
     headers = [(b"content-type", b"application/octet-stream" if binary else b"application/json"),
                (b"content-length", b"%d" % len(body))]
     if binary:
         headers.append((b"inference-header-content-length", b"%d" % case.binary_header_length))
-    scope = {"type": "http", "method": "POST", "path": case.http_path, "headers": headers,
-             "query_string": b""}
-    message = {"type": "http.request", "body": body, "more_body": False}
-    statuses: list[int] = []
+    target = infer_target("POST", case.http_path)
+    assert target is not None, case.http_path
 
-    async def receive() -> dict[str, Any]:
-        return message
-
-    async def send(event: dict[str, Any]) -> None:
-        if event["type"] == "http.response.start" and event["status"] != 200:
-            statuses.append(event["status"])
+    async def read(_: Any) -> bytes:
+        return body
 
     async def call() -> None:
-        await transport(scope, receive, send)
-        if statuses:
-            raise RuntimeError(f"the gateway answered HTTP {statuses[0]}")
+        status, payload, _ = await transport.answer(target, headers, read)
+        if status != 200:
+            raise RuntimeError(f"the gateway answered HTTP {status}: {b''.join(payload)[:200]!r}")
 
     return call
 
