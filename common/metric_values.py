@@ -50,11 +50,6 @@ class Observer:
                 bucket.inc(count)
 
 
-def observe_many(histogram: Any, amounts: list[float]) -> None:
-    """A batch's observations at once (Observer.many)."""
-    Observer(histogram).many(amounts)
-
-
 def value_of(child: Any) -> Any:
     """What a counter's or gauge's child keeps its number in (its `inc` takes any amount,
     unchecked: ours are never negative for counters), or the child itself."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Histogram
 
 from common.buckets import LATENCY_BUCKETS
-from common.metric_values import observe_many
+from common.metric_values import Observer
 
 #: On a bound, between bounds, past the largest finite one, zero, and repeats.
 AMOUNTS = [0.0, 0.0001, 0.00011, 0.001, 0.001, 0.7, 10.0, 11.0, 42.0, 0.00025]
@@ -22,10 +22,10 @@ def test_observe_many_counts_as_each_observe() -> None:
     many = Histogram("many_s", "x", ["m"], buckets=LATENCY_BUCKETS, registry=registry)
     for amount in AMOUNTS:
         one.labels("a").observe(amount)
-    observe_many(many.labels("a"), AMOUNTS)
-    observe_many(many.labels("a"), [])
+    Observer(many.labels("a")).many(AMOUNTS)
+    Observer(many.labels("a")).many([])
     one.labels("b").observe(0.003)
-    observe_many(many.labels("b"), [0.003])  # one amount: the plain observe
+    Observer(many.labels("b")).many([0.003])  # one amount: the plain observe
     expected = {(name.replace("one_", "many_"), labels): value
                 for (name, labels), value in samples(one).items()}
     assert samples(many) == expected
@@ -41,5 +41,5 @@ def test_observe_many_without_the_insides_it_knows_observes_each() -> None:
             self.seen.append(amount)
 
     plain = Plain()
-    observe_many(plain, AMOUNTS)
+    Observer(plain).many(AMOUNTS)
     assert plain.seen == AMOUNTS
