@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import ctypes
 import fcntl
 import mmap
 import os
@@ -84,6 +85,7 @@ class Arena:
             os.close(self.fd)
             raise
         self.view = memoryview(self.map)
+        self._base = _address(self.view)
         self.slots = Allocator(size)
         #: Called with (slots in use, bytes in use) after each change; for a gauge.
         self.on_change: Callable[[int, int], None] | None = None
@@ -99,6 +101,16 @@ class Arena:
         if freed and self.on_change is not None:
             self.on_change(len(self.slots.live), self.slots.used)
         return freed
+
+    def offset_of(self, data: object) -> int | None:
+        """Where ``data`` starts in this arena when it is a view of it (an HTTP body written
+        here as it arrived), else None."""
+        if type(data) is not memoryview or data.obj is not self.map or not data.nbytes:
+            return None
+        try:
+            return _address(data) - self._base
+        except TypeError:  # NOTE: a read-only view of it: copied like any other tensor
+            return None
 
     def close_fd(self) -> None:
         """The mapping stays; the fd is only needed to send the arena to a peer."""
@@ -140,6 +152,11 @@ class Mapping:
 
     def close(self) -> None:
         release_map(self.view, self.map)
+
+
+def _address(view: memoryview) -> int:
+    """The address of a writable view's first byte."""
+    return ctypes.addressof(ctypes.c_char.from_buffer(view))
 
 
 def release_map(view: memoryview, mapped: mmap.mmap) -> None:

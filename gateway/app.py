@@ -176,7 +176,8 @@ class Gateway:
         transport = HttpTransport(self.pipeline, limit,
                                   AdminApi(s.registry_path, s.model_repository,
                                            guard=self.registry.check_file,
-                                           after_write=self.registry.refresh_now), self.edge)
+                                           after_write=self.registry.refresh_now), self.edge,
+                                  self.arena)
         limits = HttpLimits(s.http_header_timeout_s, s.http_body_timeout_s,
                             s.http_max_header_bytes, s.http_max_connections)
         config = uvicorn.Config(transport, http=protocol_class(limits),

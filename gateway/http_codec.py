@@ -60,7 +60,7 @@ def decode_infer_request(
 
 
 def decode_infer_parts(
-    body: bytes, json_length: int | None, model: str, version: str
+    body: Buffer, json_length: int | None, model: str, version: str
 ) -> tuple[pb.ModelInferRequest, list[Buffer], OutputPrefs]:
     """An HTTP infer body to a ModelInferRequest, its raw tensors and the output preferences.
     A large body's tensors are kept out of the message, as views of its binary data (not

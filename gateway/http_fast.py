@@ -13,6 +13,8 @@ from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from common.errors import TensorgateError, invalid_argument
+from common.wire import Buffer
+from gateway.body_slot import BodySlot, place
 from gateway.context import Headers
 from gateway.http_body import Body
 from gateway.http_codec import Raw
@@ -56,6 +58,7 @@ class FastInfer:
         "received",
         "response_complete",
         "response_started",
+        "slot",
         "target",
         "task",
         "waiter",
@@ -73,6 +76,8 @@ class FastInfer:
         self.expect_100 = expect_100
         self.limit = app.max_body
         self.chunks: list[bytes] = []
+        #: Where the body goes once its caller is admitted, when not into ``chunks``.
+        self.slot: BodySlot | None = None
         self.received = 0
         self.done = False  # NOTE: the body's last byte arrived
         self.wanted = False  # NOTE: the caller was admitted: read its body at full speed
@@ -95,7 +100,10 @@ class FastInfer:
             self.chunks.clear()
             self._fail(invalid_argument(f"request body exceeds the limit of {self.limit} bytes"))
             return
-        self.chunks.append(chunk)
+        if self.slot is None:
+            self.chunks.append(chunk)
+        elif not self.slot.write(chunk):
+            self._fail(invalid_argument("request body is longer than its Content-Length"))
         if not self.wanted and self.received > HIGH_WATER_LIMIT:
             self.protocol.flow.pause_reading()
 
@@ -126,9 +134,10 @@ class FastInfer:
 
     # The request's task.
 
-    async def read(self, headers: Headers) -> bytes:
+    async def read(self, headers: Headers) -> Buffer:
         """The body, once the pipeline admitted the caller: Body's checks on the headers first
-        (nothing read yet), then 100 Continue if asked for, then the bytes, inflated."""
+        (nothing read yet), then 100 Continue if asked for, then the bytes, inflated; a large
+        one written into the lane arena as it comes (gateway/body_slot.py)."""
         body = Body(None, headers, self.limit)
         body.check()
         transport = self.protocol.transport
@@ -136,12 +145,19 @@ class FastInfer:
             transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self.expect_100 = False
         self.wanted = True
+        slot = self.slot = place(self.app.arena, headers, body.encoding)
+        if slot is not None:
+            chunks, self.chunks = self.chunks, []
+            for chunk in chunks:
+                slot.write(chunk)  # NOTE: within the declared length, or llhttp had refused it
         if not self.done and self.error is None:
             self.protocol.flow.resume_reading()
             self.waiter = asyncio.get_running_loop().create_future()
             await self.waiter
         if self.error is not None:
             raise self.error
+        if slot is not None:
+            return slot.body()
         chunks, self.chunks = self.chunks, []
         return body.whole(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
@@ -157,6 +173,10 @@ class FastInfer:
             log.exception("HTTP infer failed")
             reply = 500, [_INTERNAL], _TEXT
             self.keep_alive = False
+        finally:
+            if self.slot is not None:  # NOTE: the call has ended: no lane reads the body now
+                self.slot.release()
+                self.slot = None
         flow = self.protocol.flow
         if flow.write_paused and not self.disconnected:
             await flow.drain()  # NOTE: a client not reading its answers gets no more

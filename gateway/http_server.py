@@ -10,9 +10,11 @@ from typing import Any
 import grpc
 import orjson
 
+from common.arena import Arena
 from common.errors import TensorgateError, invalid_argument
 from common.names import check_name, check_version, is_whole
 from common.proto import grpc_service_pb2 as pb
+from common.wire import Buffer
 from gateway.admin_api import AdminApi
 from gateway.context import Headers, RequestContext
 from gateway.control import Control, build_control
@@ -32,7 +34,7 @@ from gateway.request_parts import Request, assemble
 Reply = tuple[int, list[Raw], list[tuple[bytes, bytes]]]
 #: Reads an infer request's body, once the pipeline admitted its caller: given its headers,
 #: the whole body, inflated.
-ReadBody = Callable[[Headers], Awaitable[bytes]]
+ReadBody = Callable[[Headers], Awaitable[Buffer]]
 _JSON = [(b"content-type", b"application/json")]
 _HEADER_LENGTH = "inference-header-content-length"
 #: The version that served an inference, for callers split between versions.
@@ -74,9 +76,11 @@ class HttpTransport:
     gateway/http_protocol.py calls `answer` itself for infer, without ASGI."""
 
     def __init__(self, pipeline: Pipeline, max_body_bytes: int, admin: AdminApi | None = None,
-                 edge: EdgeBuilder | None = None) -> None:
+                 edge: EdgeBuilder | None = None, arena: Arena | None = None) -> None:
         self.pipeline = pipeline
         self.max_body = max_body_bytes
+        #: The lane arena that large infer bodies are written into as they arrive (or None).
+        self.arena = arena
         #: The control plane: every path but infer (gateway/control.py, gateway/routes).
         self.control = build_control(Control(pipeline, admin or AdminApi(None), edge,
                                              max_body_bytes))

@@ -63,37 +63,50 @@ def answer_arena(frame: lane.Frame, fds: list[int]) -> Mapping | None:
 
 def send_infer(connection: Any, arena: Arena, request: Request, timeout: float | None
                ) -> tuple[asyncio.Future, int | None]:
-    """Send a ModelInfer with its raw inputs in a slot of ``arena``: the call's future and the
-    slot, which the caller frees when the call ends (None: sent by value after all).
+    """Send a ModelInfer with its raw inputs in ``arena``: tensors already there (an HTTP body
+    written into it as it arrived) by their place, others copied into a slot. The call's future
+    and that slot, which the caller frees when the call ends (None: no slot taken).
     RESOURCE_EXHAUSTED when the arena has no room."""
     parts = request if isinstance(request, Parts) else parts_of(request)
     if not isinstance(parts, Parts):  # NOTE: malformed: the runtime's decoder says how
         return send_by_value(connection, request, timeout), None
     rest, tensors = parts.head, parts.tensors
-    sizes = [-(-len(tensor) // ALIGN) * ALIGN for tensor in tensors]
-    if sum(sizes) < BY_REF_FROM_BYTES:
+    placed = [arena.offset_of(tensor) for tensor in tensors]
+    sizes = [0 if at is not None else -(-len(tensor) // ALIGN) * ALIGN
+             for tensor, at in zip(tensors, placed)]
+    if sum(sizes) < BY_REF_FROM_BYTES and not any(at is not None for at in placed):
         return send_by_value(connection, request, timeout), None
-    slot = arena.alloc(sum(sizes))
+    slot = _slot(arena, sum(sizes))
+    refs, at = [], slot or 0
+    for tensor, size, start in zip(tensors, sizes, placed):
+        if start is None:
+            # NOTE: the one copy of a tensor in the gateway (grpc's bytes, a gzipped body)
+            arena.view[at : at + len(tensor)] = tensor
+            start, at = at, at + size
+        refs.append((start, len(tensor)))
+    table = lane.refs_table(refs)
+    try:
+        future = connection.send_parts(lane.INFER_REF, [table, rest], len(table) + len(rest),
+                                       timeout)
+    except BaseException:
+        if slot is not None:
+            arena.release(slot)
+        raise
+    return future, slot
+
+
+def _slot(arena: Arena, size: int) -> int | None:
+    """A slot of ``size`` bytes (None for none); RESOURCE_EXHAUSTED when the arena is full."""
+    if not size:
+        return None
+    slot = arena.alloc(size)
     if slot is None:
         raise TensorgateError(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             f"the gateway's lane arena is full ({arena.slots.used >> 20} of "
             f"{arena.size >> 20} MiB hold requests in flight); retry later",
             retry_after=RETRY_AFTER_S)
-    refs, at = [], slot
-    for tensor, size in zip(tensors, sizes):
-        # NOTE: the one copy of a tensor in the gateway (from the HTTP body, or grpc's bytes)
-        arena.view[at : at + len(tensor)] = tensor
-        refs.append((at, len(tensor)))
-        at += size
-    table = lane.refs_table(refs)
-    try:
-        future = connection.send_parts(lane.INFER_REF, [table, rest], len(table) + len(rest),
-                                       timeout)
-    except BaseException:
-        arena.release(slot)
-        raise
-    return future, slot
+    return slot
 
 
 def send_by_value(connection: Any, request: Request, timeout: float | None) -> asyncio.Future:

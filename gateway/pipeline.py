@@ -30,7 +30,7 @@ from gateway.forward import Forward
 from gateway.metrics import GatewayMetrics
 from gateway.quota import QuotaExceeded, Quotas, Ticket
 from gateway.request_log import request_log
-from gateway.request_parts import Request
+from gateway.request_parts import Request, detached
 from gateway.route import Router
 from gateway.shadow import Shadow, should_shadow
 from gateway.shm import SharedMemory, mentions, scope_request
@@ -213,7 +213,8 @@ class Pipeline:
         primary = asyncio.ensure_future(
             self.forward(pool, call.model, "ModelInfer", request, timeout, call))
         target = policy.shadow_version or ""
-        self.shadow.send(call.model, target, rewrite.with_version(request, target), primary)
+        self.shadow.send(call.model, target, detached(rewrite.with_version(request, target)),
+                         primary)
         return await primary
 
     def _finish(self, call: RequestContext, answer: bytes | None) -> None:

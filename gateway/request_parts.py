@@ -51,6 +51,16 @@ def whole(request: Request) -> bytes:
     return request if isinstance(request, bytes) else request.join()
 
 
+def detached(request: Request) -> Request:
+    """The request with tensors of its own where they were views of memory given back when its
+    call ends (an HTTP body in the lane arena): for a copy that may outlive it, a shadow's."""
+    if isinstance(request, bytes) or all(
+            type(tensor) is bytes or type(getattr(tensor, "obj", None)) is bytes
+            for tensor in request.tensors):
+        return request
+    return Parts(request.head, tuple(bytes(tensor) for tensor in request.tensors))
+
+
 def assemble(message: pb.ModelInferRequest, tensors: list[Buffer]) -> Request:
     """``message`` (with no raw inputs) and its raw inputs as a request: Parts when they are
     large, else whole bytes."""

@@ -24,6 +24,7 @@ import orjson
 import uvloop
 
 from common.gc_tuning import tune_collector
+from common.memory import tune_allocator
 from common.proto import grpc_service_pb2 as pb
 from loadtest.cases import METHOD, SERVICE, Case, post
 from loadtest.inturn import Check
@@ -87,6 +88,7 @@ async def serve_grpc(listen: str) -> None:
     port = server.add_insecure_port(listen)
     await server.start()
     tune_collector()  # as the gateway and runtime do: the floors run on the same settings
+    tune_allocator()
     stop = stop_event()
     print(f"{FLOOR_READY} {listen.rpartition(':')[0]}:{port}", file=sys.stderr, flush=True)
     await stop.wait()
@@ -134,6 +136,7 @@ def serve_http(listen: str) -> None:
     config = uvicorn.Config(asgi_app(), loop="uvloop", http="httptools", lifespan="off",
                             access_log=False, log_level="warning")
     tune_collector()
+    tune_allocator()
     print(f"{FLOOR_READY} {host}:{sock.getsockname()[1]}", file=sys.stderr, flush=True)
     uvicorn.Server(config).run(sockets=[sock])
 

@@ -15,6 +15,7 @@ import uvloop
 
 from common import tracing
 from common.gc_tuning import tune_collector
+from common.memory import tune_allocator
 from common.settings import GatewaySettings, RuntimeSettings
 from gateway.edge import EdgeBuilder
 
@@ -47,6 +48,7 @@ def run_runtime(settings: RuntimeSettings, store: ModelStore | None = None) -> i
         runtime = Runtime(settings, store)
         await runtime.start()
         tune_collector()
+        tune_allocator()
         print(f"{RUNTIME_READY} grpc={runtime.grpc_address} lane={runtime.lane_address}",
               flush=True)
         await stop.wait()
@@ -86,6 +88,7 @@ def run_gateway(settings: GatewaySettings) -> int:
         await gateway.start()
         gateway.start_metrics()
         tune_collector()
+        tune_allocator()
         print(f"{GATEWAY_READY} http={gateway.http_port} grpc={gateway.grpc_port}", flush=True)
         await stop.wait()
         log.info("gateway stopping")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import threading
 import time
 import urllib.error
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import orjson
 import pytest
 import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
@@ -24,9 +26,11 @@ from common.proto import grpc_service_pb2 as pb
 from common.settings import AuthSettings, GatewaySettings, RuntimeSettings
 from gateway.app import Gateway
 from loadtest import faults
+from loadtest.servers import free_port
 from loadtest.sleepy import store_with
 from runtime.app import Runtime
 from tests.integration.lane_models import WIDTH, echo_model
+from tests.unit.http_wire import Reader
 
 ROOT = Path(__file__).resolve().parents[2]
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -189,6 +193,103 @@ def http_binary(port: int, rows: int) -> tuple[int, dict, str]:
     except urllib.error.HTTPError as exc:
         status, headers, text = exc.code, exc.headers, exc.read()
     return status, {k.lower(): v for k, v in headers.items()}, text.decode(errors="replace")
+
+
+def test_an_http_body_is_written_into_the_arena_and_its_tensor_sent_by_its_place(
+        stack: Stack) -> None:
+    stack.gate.clear()
+    answered: list[tuple[int, dict, str]] = []
+    caller = threading.Thread(target=lambda: answered.append(
+        http_binary(stack.gateways[0].http_port, 2)))
+    caller.start()
+    wait_until(lambda: stack.backend.waiting == 1, "the call in the model")
+    # NOTE: one slot, the body's: its JSON header too, so larger than the tensor alone
+    assert stack.slots() == 1
+    held = stack.registries[0].get_sample_value("tensorgate_lane_arena_bytes")
+    assert held > 2 * WIDTH * 4
+    stack.gate.set()
+    caller.join(60)
+    assert answered and answered[0][0] == 200, answered
+
+
+def test_a_client_gone_mid_body_frees_the_slot_its_body_was_written_into(stack: Stack) -> None:
+    x = np.zeros((4, WIDTH), np.float32).tobytes()
+    header = (b'{"inputs":[{"name":"INPUT0","datatype":"FP32","shape":[4,%d],'
+              b'"parameters":{"binary_data_size":%d}}]}' % (WIDTH, len(x)))
+    with socket.create_connection(("127.0.0.1", stack.gateways[0].http_port), 30) as sock:
+        sock.sendall(b"POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: %d\r\nInference-Header-Content-Length: %d\r\n\r\n"
+                     % (len(header) + len(x), len(header)) + header + x[: len(x) // 2])
+        wait_until(lambda: stack.slots() == 1, "the body's slot taken")
+    wait_until(lambda: stack.slots() == 0, "the body's slot freed when its client left")
+    assert http_binary(stack.gateways[0].http_port, 4)[0] == 200
+
+
+def raw_infer(x: np.ndarray, request_id: str) -> bytes:
+    data = x.tobytes()
+    header = (b'{"id":"%s","parameters":{"binary_data_output":true},"inputs":[{"name":"INPUT0",'
+              b'"datatype":"FP32","shape":[%d,%d],"parameters":{"binary_data_size":%d}}]}'
+              % (request_id.encode(), *x.shape, len(data)))
+    return (b"POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+            b"Inference-Header-Content-Length: %d\r\n\r\n" % (len(header) + len(data),
+                                                              len(header))) + header + data
+
+
+@pytest.fixture(scope="module")
+def uvloop_gateway(stack: Stack) -> Iterator[tuple[int, int]]:
+    """`tensorgate gateway` on the stack's runtime, on the event loop it serves with (uvloop):
+    its HTTP and metrics ports."""
+    metrics = free_port()
+    gateway = faults.Process(faults.tensorgate(
+        "gateway", "--runtime", stack.runtime.lane_address, "--host", "127.0.0.1",
+        "--http-port", "0", "--grpc-port", "0", "--metrics-port", str(metrics), "--no-auth",
+        "--processes", "1", "--registry", str(stack.folder / "registry-uvloop.db")))
+    try:
+        yield int(gateway.wait_for(faults.GATEWAY_READY).group(1)), metrics
+    finally:
+        gateway.popen.kill()
+        gateway.popen.wait(30)
+
+
+def scraped_slots(metrics_port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=30) as page:
+        for line in page.read().decode().splitlines():
+            if line.startswith("tensorgate_lane_arena_slots "):
+                return float(line.split()[1])
+    return 0.0
+
+
+def send_in_pieces(port: int, wait_for_slot: Callable[[], None]) -> None:
+    """A body sent in three pieces, the later two after its slot was taken, with two more
+    requests in the last piece's send: answered in order, each with its own tensor."""
+    rng = np.random.default_rng(9)
+    first, second = (rng.random((n, WIDTH), dtype=np.float32) for n in (4, 2))
+    request = raw_infer(first, "first")
+    third = len(request) // 3
+    with socket.create_connection(("127.0.0.1", port), 30) as sock:
+        sock.sendall(request[:third])
+        wait_for_slot()
+        sock.sendall(request[third : 2 * third])
+        sock.sendall(request[2 * third :] + raw_infer(second, "second")
+                     + b"GET /v2/models/echo HTTP/1.1\r\nHost: x\r\n\r\n")
+        reader = Reader(sock)
+        answers = [reader.next() for _ in range(3)]
+    assert [a.status for a in answers] == [200, 200, 200], [a.body[:200] for a in answers]
+    assert [a.headers["x-request-id"] for a in answers[:2]] == ["first", "second"]
+    assert answers[0].output() == first.tobytes() and answers[1].output() == second.tobytes()
+    assert orjson.loads(answers[2].body)["name"] == "echo"
+
+
+def test_a_body_written_into_its_slot_in_pieces_then_pipelined_requests(stack: Stack) -> None:
+    send_in_pieces(stack.gateways[0].http_port,
+                   lambda: wait_until(lambda: stack.slots() == 1, "the body's slot taken"))
+
+
+def test_the_same_on_the_gateways_own_event_loop(uvloop_gateway: tuple[int, int]) -> None:
+    port, metrics = uvloop_gateway
+    send_in_pieces(port, lambda: wait_until(lambda: scraped_slots(metrics) == 1,
+                                            "the body's slot taken"))
+    wait_until(lambda: scraped_slots(metrics) == 0, "the body's slot freed")
 
 
 def mapped_arenas(pid: int) -> int:

@@ -115,3 +115,17 @@ def test_hellos_carry_the_version_and_mismatches_name_both() -> None:
 def test_malformed_reference_tables_are_refused() -> None:
     with pytest.raises(ValueError, match="cannot hold 5 refs"):
         lane.parse_refs(lane.refs_table([(0, 1)])[:4].replace(b"\x01", b"\x05") + b"x" * 20)
+
+
+def test_a_view_of_the_arena_is_found_where_it_lies_and_nothing_else_is() -> None:
+    arena = Arena(1 << 16, "tensorgate-test-offset")
+    try:
+        start = arena.alloc(1000)
+        assert start is not None
+        assert arena.offset_of(arena.view[start + 7 : start + 100]) == start + 7
+        assert arena.offset_of(arena.view[start : start]) is None  # empty: nothing to refer to
+        assert arena.offset_of(arena.view[start : start + 8].toreadonly()) is None
+        assert arena.offset_of(memoryview(bytearray(8))) is None
+        assert arena.offset_of(b"12345678") is None
+    finally:
+        arena.close()

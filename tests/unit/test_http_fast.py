@@ -314,7 +314,7 @@ def test_reading_pauses_until_the_caller_is_admitted_then_takes_the_whole_body()
 
     async def scenario() -> None:
         protocol = SimpleNamespace(flow=FakeFlow(), transport=FakeTransport())
-        app = SimpleNamespace(max_body=LIMIT)
+        app = SimpleNamespace(max_body=LIMIT, arena=None)
         request = FastInfer(cast(Any, protocol), cast(Any, app), ("echo", ""), [], True, True)
         piece = b"\1" * 16384
         for _ in range(5):  # NOTE: 80 KiB: past uvicorn's 64 KiB high-water mark
