@@ -62,4 +62,3 @@ def place(arena: Arena | None, headers: Headers, encoding: str) -> BodySlot | No
         return None
     start = arena.alloc(pad + size)
     return None if start is None else BodySlot(arena, start, start + pad, size)
-
