@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from gateway.admin_api import AdminApi, Call
 from gateway.routes import admin as admin_routes
 from tensorgate.lifecycle import sync_repository
 from tests.integration.conftest import ROOT, Background, Servers
+from tests.waiting import until
 
 ADMIN = "admin-test"
 
@@ -230,10 +230,8 @@ def test_keys_create_use_list_and_revoke(admin: Admin) -> None:
         "key_id": "", "name": "ci", "role": "infer", "models": ["digits"], "rate": 5.0,
         "burst": 10, "concurrency": 0, "created_at": 0, "revoked": False}
     admin.keys["ci"] = body["secret"]
-    deadline = time.monotonic() + 60  # a ceiling, not an expectation
-    while admin.call("GET", "/v2/models/digits", key="ci")[0] != 200:
-        assert time.monotonic() < deadline, "the gateway did not pick up the new key"
-        time.sleep(0.05)
+    until(lambda: admin.call("GET", "/v2/models/digits", key="ci")[0] == 200,
+          "the new key picked up by the gateway", every_s=0.05)
     listed = admin.call("GET", "/v2/admin/keys")[1]["keys"]
     assert "ci" in [k["name"] for k in listed]
     assert body["secret"] not in json.dumps(listed)

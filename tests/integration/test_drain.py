@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.integration.test_overload import SLEEPY_BODY, post, sleepy_stack
+from tests.waiting import until
 
 
 def ready_status(port: int) -> int | str:
@@ -69,8 +70,8 @@ def test_sigterm_mid_run_answers_every_accepted_request_and_exits_0(tmp_path: Pa
         assert ready_status(port) == 200
         for thread in threads:
             thread.start()
-        while sum(o == "ok" for _, _, o in callers.outcomes) < 6:
-            time.sleep(0.05)
+        until(lambda: sum(o == "ok" for _, _, o in callers.outcomes) >= 6, "six answers",
+              every_s=0.05)
         gateway.popen.send_signal(signal.SIGTERM)
         terminated = time.monotonic()
         probes = [ready_status(port)]

@@ -30,6 +30,7 @@ from tritonclient.utils import InferenceServerException
 from common.settings import AuthSettings, GatewaySettings
 from gateway.app import Gateway
 from tests.integration.test_cli import READY, start, wait_for
+from tests.waiting import until
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNTIME_READY = re.compile(r"tensorgate-runtime ready grpc=\S+ lane=(\S+)")
@@ -117,10 +118,8 @@ class Load:
             self.done += 1
 
     def until(self, count: int, limit_s: float = 60.0) -> None:
-        ends = time.monotonic() + limit_s
-        while self.done < count and time.monotonic() < ends:
-            time.sleep(0.01)
-        assert self.done >= count, f"only {self.done} calls in {limit_s}s"
+        until(lambda: self.done >= count, f"{count} calls done", limit_s,
+              on_timeout=lambda: f"only {self.done} calls")
 
     def __enter__(self) -> Load:
         self.threads = [threading.Thread(target=self.run, args=(call, i), daemon=True)

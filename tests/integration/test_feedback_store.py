@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +14,7 @@ from gateway.answer_store import AnswerStore, answers_path
 from gateway.answers import AnswerLog
 from gateway.feedback import post_feedback
 from tensorgate import ab
+from tests.waiting import until_async
 
 
 def answer(version: str, predicted: int, request_id: str) -> bytes:
@@ -29,19 +27,12 @@ def answer(version: str, predicted: int, request_id: str) -> bytes:
     return message.SerializeToString()
 
 
-async def until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
-
-
 async def test_the_threshold_wakes_the_flusher_before_its_timer(tmp_path: Path) -> None:
     log = AnswerLog(tmp_path / "answers.db", threshold=100, interval_s=60)
     log.start()
     for i in range(100):
         log.record(str(i), "digits", "1", "OK", 0.001, answer("1", i % 10, str(i)))
-    await until(lambda: log.written == 100)
+    await until_async(lambda: log.written == 100, "100 answers written")
     await log.stop()
 
 
@@ -49,7 +40,7 @@ async def test_the_timer_flushes_a_trickle(tmp_path: Path) -> None:
     log = AnswerLog(tmp_path / "answers.db", threshold=10_000, interval_s=0.05)
     log.start()
     log.record("a", "digits", "1", "OK", 0.001, None)
-    await until(lambda: log.written == 1)
+    await until_async(lambda: log.written == 1, "the answer written")
     await log.stop()
 
 

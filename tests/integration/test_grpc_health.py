@@ -4,8 +4,8 @@ gateway that wants them; the statuses follow readiness, drain included."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from common.proto import grpc_service_pb2 as pb
 from common.settings import AuthSettings, GatewaySettings, RuntimeSettings
 from gateway.app import Gateway
 from runtime.app import Runtime, load_models
+from tests.waiting import until
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -74,17 +75,14 @@ def status_of(stack: Stack, service: str) -> int:
     return health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
 
 
-def wait_for(stack: Stack, service: str, wanted: int, within_s: float = 30.0) -> int:
-    """The service's status once it is `wanted`, or the last one seen after `within_s`."""
-    ends = time.monotonic() + within_s
-    while (status := status_of(stack, service)) != wanted and time.monotonic() < ends:
-        time.sleep(0.05)
-    return status
+def serving(stack: Stack, service: str) -> bool:
+    return status_of(stack, service) == SERVING
 
 
 def test_the_server_and_its_models_are_serving_without_credentials(stack: Stack) -> None:
     for service in ("", INFERENCE, "digits"):
-        assert wait_for(stack, service, SERVING) == SERVING, service
+        until(functools.partial(serving, stack, service), f"{service!r} SERVING", 30.0,
+              every_s=0.05)
     # the same caller, without a key, is refused the inference service itself
     metadata = stack.channel.unary_unary(
         "/inference.GRPCInferenceService/ServerMetadata",

@@ -8,9 +8,8 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from tritonclient.utils import InferenceServerException
 
 from tests.integration.conftest import Background, Servers
 from tests.integration.test_cli import READY, start, wait_for
+from tests.waiting import until
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "models" / "digits"
@@ -132,17 +132,10 @@ def cli(repo: Path, *args: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def until(check: Callable[[], bool], what: str, limit: float = 60) -> None:
-    deadline = time.monotonic() + limit
-    while not check():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
-
-
 def only_version_3_answers(callers: Callers) -> bool:
     """True once 20 answers in a row came from version 3: every gateway has the new policy."""
     before = callers.seen()
-    until(lambda: callers.seen()["3"] > before["3"] + 20, "version 3 stopped answering")
+    until(lambda: callers.seen()["3"] > before["3"] + 20, "20 more answers from version 3")
     return callers.seen()["1"] == before["1"]
 
 
@@ -163,18 +156,18 @@ def test_a_rollout_under_32_callers_fails_no_request(tmp_path: Path) -> None:
         http = thttp.InferenceServerClient(f"127.0.0.1:{ready.group(1)}")
         cli(repo, "traffic", "set", "digits", "1=100")
         with Callers(url, 32) as callers:
-            until(lambda: callers.seen()["1"] > 50, "no answers from version 1")
+            until(lambda: callers.seen()["1"] > 50, "50 answers from version 1")
             cli(repo, "models", "register", "digits", "--file", str(DIGITS / "1" / "model.onnx"),
                 "--version", "3")
-            until(lambda: http.is_model_ready("digits", "3"), "version 3 never loaded")
+            until(lambda: http.is_model_ready("digits", "3"), "version 3 loaded", every_s=0.1)
             cli(repo, "traffic", "set", "digits", "1=50", "3=50")
-            until(lambda: callers.seen()["3"] > 50, "version 3 never served")
+            until(lambda: callers.seen()["3"] > 50, "50 answers from version 3")
             cli(repo, "traffic", "set", "digits", "3=100")
-            until(lambda: only_version_3_answers(callers), "the gateways still route to 1")
+            until(lambda: only_version_3_answers(callers), "every gateway routing to 3 only")
             cli(repo, "models", "unregister", "digits:1")
-            until(lambda: not http.is_model_ready("digits", "1"), "version 1 never retired")
+            until(lambda: not http.is_model_ready("digits", "1"), "version 1 retired", every_s=0.1)
             served = callers.seen()
-            until(lambda: callers.seen()["3"] > served["3"] + 20, "version 3 stopped answering")
+            until(lambda: callers.seen()["3"] > served["3"] + 20, "20 more answers from version 3")
         assert callers.failures == []
         assert set(served) == {"1", "3"}
         assert callers.seen()["1"] == served["1"]  # none after version 1 was retired

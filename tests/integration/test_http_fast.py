@@ -4,8 +4,7 @@ tritonclient's calls, and a client that goes away, whose call ends and frees its
 from __future__ import annotations
 
 import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import tritonclient.http as thttp
 from loadtest.sleepy import sleepy_model
 from tests.integration import sleepy_stack
 from tests.unit.http_wire import CEILING_S, Reader
+from tests.waiting import until
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Far longer than any wait below: a call that ends did so because its client went away.
@@ -94,15 +94,6 @@ def test_a_client_gone_mid_request_ends_its_call_and_frees_its_lane_slot(stack: 
         sock.sendall(b"POST /v2/models/stuck/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
                      b"Inference-Header-Content-Length: %d\r\n\r\n"
                      % (len(header) + len(data), len(header)) + header + data)
-        assert until(lambda: upstream.outstanding == 1), "the call never reached the lane"
-    assert until(lambda: upstream.outstanding == 0 and pipeline.admission.in_flight == 0)
-
-
-def until(condition: Callable[[], bool]) -> bool:
-    """Whether `condition` came true within CEILING_S."""
-    ends = time.monotonic() + CEILING_S
-    while not condition():
-        if time.monotonic() > ends:
-            return False
-        time.sleep(0.01)
-    return True
+        until(lambda: upstream.outstanding == 1, "the call at the lane", CEILING_S)
+    until(lambda: upstream.outstanding == 0 and pipeline.admission.in_flight == 0,
+          "the lane and the admission empty", CEILING_S)

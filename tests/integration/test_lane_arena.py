@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -31,17 +30,10 @@ from loadtest.sleepy import store_with
 from runtime.app import Runtime
 from tests.integration.lane_models import WIDTH, echo_model
 from tests.unit.http_wire import Reader
+from tests.waiting import until
 
 ROOT = Path(__file__).resolve().parents[2]
 INFER = "/inference.GRPCInferenceService/ModelInfer"
-
-
-def wait_until(check: Callable[[], bool], what: str, ceiling: float = 60.0) -> None:
-    """Poll until ``check`` holds; fail naming ``what`` after ``ceiling`` seconds."""
-    end = time.monotonic() + ceiling
-    while not check():
-        assert time.monotonic() < end, f"still not {what} after {ceiling:g}s"
-        time.sleep(0.01)
 
 
 class Stack:
@@ -96,7 +88,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def gate_open_after(stack: Stack) -> Iterator[None]:
     yield
     stack.gate.set()
-    wait_until(lambda: stack.slots(0) == 0 and stack.slots(1) == 0, "every slot free")
+    until(lambda: stack.slots(0) == 0 and stack.slots(1) == 0, "every slot free")
 
 
 def request_bytes(rows: int, seed: int = 0) -> tuple[bytes, np.ndarray]:
@@ -133,21 +125,21 @@ def test_slots_are_taken_while_calls_are_in_flight_and_freed_by_the_answer(stack
     body, x = request_bytes(2, seed=2)
     call = raw_call(stack.grpc_port())
     futures = [call.future(body, timeout=60) for _ in range(3)]
-    wait_until(lambda: stack.slots() == 3, "three slots in use")
+    until(lambda: stack.slots() == 3, "three slots in use")
     assert stack.registries[0].get_sample_value("tensorgate_lane_arena_bytes") >= 3 * x.nbytes
     stack.gate.set()
     for future in futures:
         answer = pb.ModelInferResponse.FromString(future.result(60))
         assert answer.raw_output_contents[0] == x.tobytes()
-    wait_until(lambda: stack.slots() == 0, "every slot freed after the answers")
+    until(lambda: stack.slots() == 0, "every slot freed after the answers")
 
 
 def test_a_cancelled_call_frees_its_slot(stack: Stack) -> None:
     stack.gate.clear()
     future = raw_call(stack.grpc_port()).future(request_bytes(1)[0], timeout=60)
-    wait_until(lambda: stack.slots() == 1, "one slot in use")
+    until(lambda: stack.slots() == 1, "one slot in use")
     future.cancel()
-    wait_until(lambda: stack.slots() == 0, "the cancelled call's slot freed")
+    until(lambda: stack.slots() == 0, "the cancelled call's slot freed")
     assert not stack.gate.is_set()  # freed while the runtime still holds the call
 
 
@@ -156,7 +148,7 @@ def test_a_call_past_its_deadline_frees_its_slot(stack: Stack) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         raw_call(stack.grpc_port())(request_bytes(1)[0], timeout=0.5)
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    wait_until(lambda: stack.slots() == 0, "the expired call's slot freed")
+    until(lambda: stack.slots() == 0, "the expired call's slot freed")
     assert not stack.gate.is_set()
 
 
@@ -165,7 +157,7 @@ def test_a_full_arena_refuses_with_retry_after(stack: Stack) -> None:
     body, _ = request_bytes(8)  # 256 KiB: the 1 MiB arena holds four
     call = raw_call(stack.grpc_port(1))
     held = [call.future(body, timeout=60) for _ in range(4)]
-    wait_until(lambda: stack.slots(1) == 4, "the small arena full")
+    until(lambda: stack.slots(1) == 4, "the small arena full")
     with pytest.raises(grpc.RpcError) as caught:
         call(body, timeout=30)
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -202,7 +194,7 @@ def test_an_http_body_is_written_into_the_arena_and_its_tensor_sent_by_its_place
     caller = threading.Thread(target=lambda: answered.append(
         http_binary(stack.gateways[0].http_port, 2)))
     caller.start()
-    wait_until(lambda: stack.backend.waiting == 1, "the call in the model")
+    until(lambda: stack.backend.waiting == 1, "the call in the model")
     # NOTE: one slot, the body's: its JSON header too, so larger than the tensor alone
     assert stack.slots() == 1
     held = stack.registries[0].get_sample_value("tensorgate_lane_arena_bytes")
@@ -220,8 +212,8 @@ def test_a_client_gone_mid_body_frees_the_slot_its_body_was_written_into(stack: 
         sock.sendall(b"POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\n"
                      b"Content-Length: %d\r\nInference-Header-Content-Length: %d\r\n\r\n"
                      % (len(header) + len(x), len(header)) + header + x[: len(x) // 2])
-        wait_until(lambda: stack.slots() == 1, "the body's slot taken")
-    wait_until(lambda: stack.slots() == 0, "the body's slot freed when its client left")
+        until(lambda: stack.slots() == 1, "the body's slot taken")
+    until(lambda: stack.slots() == 0, "the body's slot freed when its client left")
     assert http_binary(stack.gateways[0].http_port, 4)[0] == 200
 
 
@@ -259,7 +251,7 @@ def scraped_slots(metrics_port: int) -> float:
     return 0.0
 
 
-def send_in_pieces(port: int, wait_for_slot: Callable[[], None]) -> None:
+def send_in_pieces(port: int, wait_for_slot: Callable[[], object]) -> None:
     """A body sent in three pieces, the later two after its slot was taken, with two more
     requests in the last piece's send: answered in order, each with its own tensor."""
     rng = np.random.default_rng(9)
@@ -282,14 +274,14 @@ def send_in_pieces(port: int, wait_for_slot: Callable[[], None]) -> None:
 
 def test_a_body_written_into_its_slot_in_pieces_then_pipelined_requests(stack: Stack) -> None:
     send_in_pieces(stack.gateways[0].http_port,
-                   lambda: wait_until(lambda: stack.slots() == 1, "the body's slot taken"))
+                   lambda: until(lambda: stack.slots() == 1, "the body's slot taken"))
 
 
 def test_the_same_on_the_gateways_own_event_loop(uvloop_gateway: tuple[int, int]) -> None:
     port, metrics = uvloop_gateway
-    send_in_pieces(port, lambda: wait_until(lambda: scraped_slots(metrics) == 1,
-                                            "the body's slot taken"))
-    wait_until(lambda: scraped_slots(metrics) == 0, "the body's slot freed")
+    send_in_pieces(port, lambda: until(lambda: scraped_slots(metrics) == 1,
+                                       "the body's slot taken"))
+    until(lambda: scraped_slots(metrics) == 0, "the body's slot freed")
 
 
 def mapped_arenas(pid: int) -> int:
@@ -308,14 +300,14 @@ def test_a_killed_gateways_arena_is_reclaimed_and_the_runtime_serves_on(stack: S
         stack.gate.clear()
         held = raw_call(port).future(request_bytes(2)[0], timeout=60)
         pid = gateway.popen.pid
-        wait_until(lambda: mapped_arenas(pid) == 1, "the gateway's arena mapped")
-        wait_until(lambda: stack.backend.waiting == 1, "its call in the model")
+        until(lambda: mapped_arenas(pid) == 1, "the gateway's arena mapped")
+        until(lambda: stack.backend.waiting == 1, "its call in the model")
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(grpc.RpcError):
             held.result(60)
         # NOTE: its view of the arena goes when the held batch ends; the mapping with it.
         stack.gate.set()
-        wait_until(lambda: mapped_arenas(pid) == 0, "the dead gateway's arena unmapped")
+        until(lambda: mapped_arenas(pid) == 0, "the dead gateway's arena unmapped")
     finally:
         gateway.popen.kill()
         gateway.popen.wait(30)

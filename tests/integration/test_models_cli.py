@@ -17,6 +17,7 @@ import pytest
 import tritonclient.grpc as tgrpc
 
 from tests.integration.test_cli import READY, start, wait_for
+from tests.waiting import until
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "models" / "digits"
@@ -133,10 +134,8 @@ def served_version(port: int) -> str:
 
 
 def eventually(port: int, version: str) -> None:
-    deadline = time.monotonic() + 60  # a ceiling, not an expectation
-    while served_version(port) != version:
-        assert time.monotonic() < deadline, f"requests never reached version {version}"
-        time.sleep(0.1)
+    until(lambda: served_version(port) == version, f"requests reaching version {version}",
+          every_s=0.1)
 
 
 def test_promote_and_rollback_move_a_running_servers_requests(repo: Path, served: int) -> None:

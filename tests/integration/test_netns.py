@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from loadtest import faults
+from tests import waiting
 from tests.integration import netns
 
 # NOTE: a ceiling for a loaded machine; the module takes about 25 s on an idle one.
@@ -60,11 +61,9 @@ class Cluster:
 
 def until(check: Callable[[], bool], what: str, *shown: faults.Process,
           ceiling: float = CEILING_S) -> None:
-    ends = time.monotonic() + ceiling
-    while not check():
-        tails = "\n".join(p.output()[-3000:] for p in shown)
-        assert time.monotonic() < ends, f"{what}: not within {ceiling:.0f}s\n{tails}"
-        time.sleep(0.05)  # NOTE: the test waiting for a state, not the server
+    """waiting.until, showing the tails of the `shown` processes' output if it fails."""
+    waiting.until(check, what, ceiling, every_s=0.05,
+                  on_timeout=lambda: "\n".join(p.output()[-3000:] for p in shown))
 
 
 def callers_answered(process: faults.Process, since: float) -> set[str]:

@@ -7,8 +7,7 @@ import http.client
 import json
 import os
 import shutil
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -24,6 +23,7 @@ from tensorgate.lifecycle import sync_repository
 from tests.integration.conftest import ROOT, Background
 from tests.integration.test_admin_api import Admin
 from tests.unit.test_probe_state import series
+from tests.waiting import until
 
 #: Requests each kind of caller sends with names of its own choosing.
 PROBES = 300
@@ -39,13 +39,6 @@ class Probe(Admin):
 
     def gauge(self) -> float | None:
         return self.servers.metrics.get_sample_value("tensorgate_registry_ok")
-
-
-def wait_for(what: str, condition: Callable[[], bool], ceiling_s: float = 60.0) -> None:
-    deadline = time.monotonic() + ceiling_s
-    while not condition():
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.02)
 
 
 @pytest.fixture(scope="module")
@@ -138,13 +131,13 @@ def test_probe_07_a_version_folder_removed_by_hand_stops_routing(probe: Probe) -
         return "production" not in described["aliases"] and described["traffic"] is not None \
             and described["traffic"]["weights"] == {"1": 1}
 
-    wait_for("the gateway to release version 2", released)
+    until(released, "version 2 released by the gateway")
     versions = {v["version"]: v for v in probe.call("GET", "/v2/admin/models/digits")[1][
         "versions"]}
     assert versions["2"]["state"] == "failed" and "is gone" in versions["2"]["reason"]
     entries = probe.call("GET", "/v2/admin/audit?model=digits&limit=3")[1]["entries"]
     assert {e["action"] for e in entries} == {"version.failed", "traffic.set", "alias.clear"}
-    wait_for("unversioned requests to be answered", lambda: probe.infer("user") == 200)
+    until(lambda: probe.infer("user") == 200, "unversioned requests answered")
     assert probe.call("DELETE", "/v2/admin/models/digits/traffic")[0] == 200
 
 
@@ -188,18 +181,18 @@ def probe_answer_size(address: str, method: str, body: bytes,
 
 def test_probe_07_a_registry_file_moved_away_is_refused_until_it_is_back(probe: Probe) -> None:
     path, kept = probe.registry_path, probe.registry_path.with_suffix(".kept")
-    wait_for("the registry gauge", lambda: probe.gauge() == 1.0)
+    until(lambda: probe.gauge() == 1.0, "the registry gauge at 1")
     os.replace(path, kept)
     try:
         for method, route, body in (("GET", "keys", None), ("DELETE", "keys/user", None),
                                     ("POST", "keys", {"name": "late", "role": "infer"})):
             status, answer = probe.call(method, f"/v2/admin/{route}", body)
             assert status == 503 and "was deleted" in answer["error"], answer
-        wait_for("the registry gauge to fall", lambda: probe.gauge() == 0.0)
+        until(lambda: probe.gauge() == 0.0, "the registry gauge fallen to 0")
         assert probe.infer("user") == 200  # the last good snapshot still serves
         assert not path.exists()  # nothing re-created it
     finally:
         os.replace(kept, path)
-    wait_for("the registry gauge to rise", lambda: probe.gauge() == 1.0)
+    until(lambda: probe.gauge() == 1.0, "the registry gauge back at 1")
     status, listed = probe.call("GET", "/v2/admin/keys")
     assert status == 200 and "user" in [k["name"] for k in listed["keys"]]

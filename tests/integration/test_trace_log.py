@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ from gateway import trace_log
 from loadtest.locust.local import serve
 from tensorgate.lifecycle import sync_repository
 from tests.integration.conftest import ROOT, Background, Servers
+from tests.waiting import until
 
 PROTOCOLS = ("http", "grpc")
 
@@ -224,10 +224,7 @@ def test_trace_level_and_count_decide_what_is_sampled(gateway: Gateway, protocol
 
 def eventually(check: Callable[[], bool], ceiling_s: float = 30.0) -> None:
     """Wait for `check` to hold (the registry is polled every 50 ms here), within a ceiling."""
-    deadline = time.monotonic() + ceiling_s
-    while not check():
-        assert time.monotonic() < deadline, "the registry's settings were not adopted in time"
-        time.sleep(0.02)
+    until(check, "the registry's settings adopted", ceiling_s)
 
 
 def test_settings_reach_every_gateway_process_through_the_registry(gateway: Gateway) -> None:

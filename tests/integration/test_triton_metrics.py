@@ -28,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.locust.local import ROOT, Served, free_port, serve
 from tests.integration.promql import Scrape, evaluate
+from tests.waiting import until
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "triton.json"
 UUID = "GPU-11111111-2222-3333-4444-555555555555"
@@ -94,15 +95,16 @@ def settled(served: Served) -> Scrape:
     statistics extension, which counts as requests finish."""
     stats = thttp.InferenceServerClient(served.http).get_inference_statistics("digits")
     want = {s["version"]: s["inference_stats"]["success"]["count"] for s in stats["model_stats"]}
-    deadline = time.monotonic() + 60
-    while True:
+    have: dict[str, float | None] = {}
+
+    def caught_up() -> Scrape | None:
         found = scrape(served)
-        have = {v: found.samples.get(("nv_inference_request_success", frozenset(
-            {"model": "digits", "version": v}.items()))) for v in want}
-        if have == want:
-            return found
-        assert time.monotonic() < deadline, f"counters {have}, statistics {want}"
-        time.sleep(0.1)
+        have.update({v: found.samples.get(("nv_inference_request_success", frozenset(
+            {"model": "digits", "version": v}.items()))) for v in want})
+        return found if have == want else None
+
+    return until(caught_up, "the counters caught up", every_s=0.1,
+                 on_timeout=lambda: f"counters {have}, statistics {want}")
 
 
 def infer(served: Served, version: str, rows: int, times: int) -> None:

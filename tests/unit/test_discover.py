@@ -11,6 +11,7 @@ from common.settings import GatewaySettings
 from gateway.discover import Discovery, Name, dns_name
 from gateway.route import Router
 from tests.unit.fake_upstreams import FakeUpstream, health
+from tests.waiting import until_async
 
 
 class Resolver:
@@ -107,11 +108,7 @@ async def test_the_background_task_re_resolves_until_stopped() -> None:
     await found.start()
     assert router.addresses() == {"10.0.0.1:8012"}
     resolver.answers["workers.svc"] = ["10.0.0.2"]
-    for _ in range(500):
-        if router.addresses() == {"10.0.0.2:8012"}:
-            break
-        await asyncio.sleep(0.01)
-    assert router.addresses() == {"10.0.0.2:8012"}
+    await until_async(lambda: router.addresses() == {"10.0.0.2:8012"}, "the new address used")
     await found.stop()
     assert dialled["10.0.0.1:8012"].closed
     await router.close()

@@ -5,7 +5,6 @@ how perf_analyzer's errors are read."""
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from loadtest.gpu_report import COLUMNS, Row, served_line
 from loadtest.gpu_util import Utilisation, gpu_index
 from loadtest.loadgen import Outcome
 from loadtest.servers import Children
+from tests.waiting import polled
 
 BEST = BatchPoint(8, 800.0, 10.0, 12.0)
 ALONE = BatchPoint(8, 1000.0, 8.0, 9.0)
@@ -88,8 +88,6 @@ def test_gpu_utilisation_is_none_without_a_gpu() -> None:
     assert gpu.mean() is None
     # Where NVML sees a GPU, samples are percentages; elsewhere there are none.
     with Utilisation("cuda:0") as gpu:
-        deadline = time.monotonic() + 5
-        while gpu.mean() is None and gpu.available and time.monotonic() < deadline:
-            time.sleep(0.05)
+        polled(lambda: gpu.mean() is not None or not gpu.available, 5, every_s=0.05)
     mean = gpu.mean()
     assert (mean is not None and 0 <= mean <= 100) if gpu.available else mean is None

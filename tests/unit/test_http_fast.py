@@ -8,7 +8,6 @@ import asyncio
 import gzip
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any, cast
@@ -27,6 +26,7 @@ from gateway.http_server import HttpTransport
 from gateway.pipeline import Loader, Pipeline
 from gateway.request_parts import whole
 from tests.unit.http_wire import CEILING_S, Answer, Reader
+from tests.waiting import until, until_async
 
 LIMIT = 4 * 1024 * 1024
 LIMITS = HttpLimits(header_timeout_s=30.0, body_timeout_s=30.0, max_header_bytes=16 * 1024,
@@ -96,10 +96,7 @@ class Served:
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
         self.task = asyncio.ensure_future(self.server.serve([sock]))
-        ends = time.monotonic() + CEILING_S
-        while not self.server.started and time.monotonic() < ends:
-            await asyncio.sleep(0.01)
-        assert self.server.started
+        await until_async(lambda: self.server.started, "the server started", CEILING_S)
 
     async def _stop(self) -> None:
         self.server.should_exit = True
@@ -271,10 +268,7 @@ def test_a_client_gone_before_its_answer_cancels_the_pipeline_call(served: Serve
         sock.sendall(infer_request("hang", b"\x09", "gone"))
         assert served.pipeline.hanging.wait(CEILING_S)
     assert served.pipeline.cancelled.wait(CEILING_S)
-    ends = time.monotonic() + CEILING_S
-    while served.pipeline.in_flight and time.monotonic() < ends:
-        time.sleep(0.01)
-    assert served.pipeline.in_flight == 0
+    until(lambda: served.pipeline.in_flight == 0, "every pipeline call settled", CEILING_S)
 
 
 def test_an_answer_header_with_a_line_break_is_never_written(served: Served) -> None:

@@ -4,10 +4,8 @@ through the arena are byte-identical to what the model returned, straight from i
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +19,14 @@ from runtime.core import RuntimeCore
 from runtime.lane_server import Greeting, LaneServer
 from runtime.model import ModelStore, ServedModel
 from runtime.scheduler import Scheduler
+from tests.waiting import until_async
 
 CEILING_S = 30.0
 BIG = 32 * 1024  # FP32 elements per row: 128 KiB, so a batch of 8 uses the staging buffer
 
 
-async def until(state: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + CEILING_S
-    while not state():
-        assert time.monotonic() < deadline, f"{what}: not reached in {CEILING_S} s"
-        await asyncio.sleep(0.001)
+# Wait for a state, looking every millisecond, up to CEILING_S; fail naming it past that.
+until = functools.partial(until_async, ceiling_s=CEILING_S, every_s=0.001)
 
 
 class Identity:

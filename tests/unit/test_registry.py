@@ -17,6 +17,7 @@ from common.policy import EMPTY, TrafficPolicy
 from common.registry import Registry, RegistryError, default_registry_path
 from common.registry.migrations import LATEST, MIGRATIONS, migrate, schema_version
 from common.registry.watch import RegistryWatcher
+from tests.waiting import until_async
 
 TABLES = {"meta", "keys", "traffic", "audit", "models", "versions", "aliases"}
 
@@ -349,10 +350,7 @@ async def test_watcher_run_polls_in_the_background(registry: Registry, path: Pat
     task = asyncio.create_task(watcher.run())
     try:
         registry.create_key("a", "infer")
-        for _ in range(200):
-            if watcher.snapshot.generation == 1:
-                break
-            await asyncio.sleep(0.01)
+        await until_async(lambda: watcher.snapshot.generation == 1, "the change seen")
         assert len(watcher.snapshot.keys) == 1
     finally:
         task.cancel()

@@ -7,6 +7,7 @@ generous ceiling, and time itself moves on a fake clock where a test needs it to
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -22,16 +23,13 @@ from common.proto import grpc_service_pb2 as pb
 from runtime.decode import InferCall, decode_infer
 from runtime.model import ServedModel
 from runtime.scheduler import Scheduler
+from tests.waiting import until_async
 
 CEILING_S = 30.0
 
 
-async def until(state: Callable[[], bool], what: str) -> None:
-    """Wait for `state()` to hold, up to CEILING_S; fail naming `what` past it."""
-    deadline = time.monotonic() + CEILING_S
-    while not state():
-        assert time.monotonic() < deadline, f"{what}: not reached in {CEILING_S} s"
-        await asyncio.sleep(0.001)
+# Wait for a state, looking every millisecond, up to CEILING_S; fail naming it past that.
+until = functools.partial(until_async, ceiling_s=CEILING_S, every_s=0.001)
 
 
 class FakeClock:
@@ -247,7 +245,7 @@ async def test_a_look_at_the_queue_that_fails_does_not_stop_the_scheduler(
 
     monkeypatch.setattr(scheduler.batcher, "take", take_once_broken)
     first = asyncio.ensure_future(scheduler.infer(request(1, 1.0), None))
-    await until(lambda: not broken, "the broken look")
+    await until(lambda: not broken, "the broken look taken")
     assert not first.done()  # its look failed; it waits for the next one
     second = await asyncio.wait_for(scheduler.infer(request(1, 2.0), None), 60)
     assert values(second) == [4.0, 4.0]
