@@ -41,6 +41,7 @@ def run_runtime(settings: RuntimeSettings, store: ModelStore | None = None) -> i
 
     if store is None:
         store = load_models(settings)
+    tune_allocator()
     tracing.setup(settings.trace_exporter, "tensorgate-runtime")
 
     async def main() -> int:
@@ -48,7 +49,6 @@ def run_runtime(settings: RuntimeSettings, store: ModelStore | None = None) -> i
         runtime = Runtime(settings, store)
         await runtime.start()
         tune_collector()
-        tune_allocator()
         print(f"{RUNTIME_READY} grpc={runtime.grpc_address} lane={runtime.lane_address}",
               flush=True)
         await stop.wait()
@@ -80,6 +80,9 @@ def edge_builder(settings: GatewaySettings) -> EdgeBuilder | None:
 def run_gateway(settings: GatewaySettings) -> int:
     from gateway.app import Gateway
 
+    # NOTE: one heap: the gateway's threads hand buffers to each other and compute nothing in
+    # parallel, so a heap per grpc thread only multiplied the free memory kept (docs/performance.md)
+    tune_allocator(arenas=1)
     tracing.setup(settings.trace_exporter, "tensorgate-gateway")
 
     async def main() -> int:
@@ -88,7 +91,6 @@ def run_gateway(settings: GatewaySettings) -> int:
         await gateway.start()
         gateway.start_metrics()
         tune_collector()
-        tune_allocator()
         print(f"{GATEWAY_READY} http={gateway.http_port} grpc={gateway.grpc_port}", flush=True)
         await stop.wait()
         log.info("gateway stopping")
