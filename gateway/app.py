@@ -180,7 +180,7 @@ class Gateway:
                                   self.arena)
         limits = HttpLimits(s.http_header_timeout_s, s.http_body_timeout_s,
                             s.http_max_header_bytes, s.http_max_connections)
-        config = uvicorn.Config(transport, http=protocol_class(limits),
+        config = uvicorn.Config(transport, http=protocol_class(limits),  # type: ignore[arg-type]
                                 timeout_keep_alive=s.http_keep_alive_s,  # type: ignore[arg-type]
                                 loop="none", lifespan="off", access_log=False,
                                 log_level="warning", proxy_headers=False,

@@ -35,6 +35,17 @@ class BodySlot:
         self.at = end
         return True
 
+    def due(self) -> int:
+        """Bytes of the body still to come."""
+        return self.end - self.at
+
+    def rest(self) -> memoryview:
+        """Where the body's bytes still to come go: a read may land there (then `landed`)."""
+        return self.arena.view[self.at : self.end]
+
+    def landed(self, size: int) -> None:
+        self.at += size
+
     def body(self) -> memoryview:
         """The body as written so far (all of it, once its last piece arrived)."""
         return self.arena.view[self.base : self.at]

@@ -107,6 +107,16 @@ class FastInfer:
         if not self.wanted and self.received > HIGH_WATER_LIMIT:
             self.protocol.flow.pause_reading()
 
+    def accepts(self) -> bool:
+        """Whether more of the body is wanted: not once the request was answered or failed."""
+        return not self.response_complete and self.error is None
+
+    def landed(self, size: int) -> None:
+        """``size`` more bytes of the body were read straight into the slot's free end."""
+        assert self.slot is not None  # NOTE: GuardedProtocol lent the slot for the read
+        self.received += size
+        self.slot.landed(size)
+
     def complete(self) -> None:
         self.done = True
         self._wake()

@@ -1,11 +1,14 @@
 """uvicorn's httptools protocol with the limits a hostile client meets (deadlines for a request's
 headers and body, an idle timeout from the first byte on, a header size cap, a connection cap),
-and HTTP infer answered straight from it, without ASGI (gateway/http_fast.py)."""
+HTTP infer answered straight from it (gateway/http_fast.py), its large bodies read into the lane
+arena."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
@@ -17,6 +20,24 @@ from common.errors import TensorgateError
 from gateway.http_deadline import Deadline
 from gateway.http_fast import FastInfer
 from gateway.http_server import HttpTransport, infer_target
+from gateway.lane_refs import BY_REF_FROM_BYTES
+
+#: Reads between requests take at most this much: a large infer body then mostly stays in the
+#: socket until its caller is admitted, and is read straight into its arena slot after that.
+HEAD_READ_BYTES = 16 * 1024
+#: Reads within a body (one buffer per thread's event loop: no bytes outlive the read).
+BODY_READ_BYTES = 256 * 1024
+_buffers = threading.local()
+
+
+def read_buffers() -> tuple[memoryview, memoryview]:
+    """This thread's read buffer, whole and its first HEAD_READ_BYTES: the parser copies out
+    all it keeps before the next read."""
+    buffers = getattr(_buffers, "views", None)
+    if buffers is None:
+        whole = memoryview(bytearray(BODY_READ_BYTES))
+        buffers = _buffers.views = (whole, whole[:HEAD_READ_BYTES])
+    return buffers  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -51,6 +72,58 @@ class GuardedProtocol(HttpToolsProtocol):
                                  and self.limit_concurrency is None) else None
         #: The infer request being answered, if any: cancelled when its client goes away.
         self._active: FastInfer | None = None
+        #: The request whose body is read past the parser into its slot, and the bytes due.
+        self._body_for: FastInfer | None = None
+        self._body_left = 0
+        self._in_body = False  # NOTE: between a request's headers and its last byte
+        self._buffer, self._head = read_buffers()
+        self._into_slot = False  # NOTE: what the last get_buffer lent
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """Where the next read goes: the rest of an admitted body's slot, else this thread's
+        buffer (a little of it between requests)."""
+        if self._body_for is not None or self._slot_open():
+            cycle = self._body_for
+            assert cycle is not None  # NOTE: _slot_open sets it
+            slot = cycle.slot
+            if slot is not None and cycle.accepts():
+                self._into_slot = True
+                return slot.rest()
+            self._into_slot = False  # NOTE: answered already: the rest is read and dropped
+            return self._buffer[: min(self._body_left, BODY_READ_BYTES)]
+        self._into_slot = False
+        return self._buffer if self._in_body else self._head
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._body_for is None:
+            # NOTE: the parser takes any buffer, and copies out what it hands on
+            self.data_received(self._buffer[:nbytes])  # type: ignore[arg-type]
+            return
+        if self._into_slot:
+            self._body_for.landed(nbytes)
+        self._body_done(nbytes)
+
+    def _slot_open(self) -> bool:
+        """Whether the request being read has a slot for the rest of its body: then the bytes
+        the parser took so far are all in the slot, and the rest may go past it."""
+        cycle: Any = self.cycle
+        if type(cycle) is not FastInfer or cycle.slot is None or cycle.done:
+            return False
+        left = cycle.slot.due()
+        if left > 0:
+            self._body_for, self._body_left = cycle, left
+        return left > 0
+
+    def _body_done(self, taken: int) -> None:
+        """``taken`` more bytes of the body read past the parser; at its last, the request is
+        complete, and a fresh parser (the old one still counts the body) takes what follows."""
+        self._body_left -= taken
+        if self._body_left > 0:
+            return
+        self._body_for = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)  # NOTE: as uvicorn
+        self.on_message_complete()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -83,6 +156,7 @@ class GuardedProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        self._in_body = True
         target = self._infer_target()
         if target is None:
             super().on_headers_complete()
@@ -98,6 +172,7 @@ class GuardedProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self._in_body = False
         self._disarm()
         cycle: Any = self.cycle
         if type(cycle) is FastInfer:
@@ -146,9 +221,22 @@ class GuardedProtocol(HttpToolsProtocol):
         previous, self.cycle = self.cycle, cast(Any, request)
         if previous is None or previous.response_complete:
             self._start_asgi_task(self.cycle, self.app)
+            if self._large_body():
+                # NOTE: the body waits in the socket until the task admitted its caller
+                # (FastInfer.read resumes): then it is read straight into its slot.
+                self.flow.pause_reading()
         else:
             self.flow.pause_reading()
             self.pipeline.appendleft((self.cycle, self.app))
+
+    def _large_body(self) -> bool:
+        """Whether this request's body may get a slot of the lane arena (body_slot.place)."""
+        if self.fast is None or self.fast.arena is None:
+            return False
+        for name, value in self.headers:
+            if name == b"content-length":
+                return value.isdigit() and int(value) >= BY_REF_FROM_BYTES
+        return False
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
         if type(cycle) is not FastInfer:
@@ -209,11 +297,31 @@ class GuardedProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def protocol_class(limits: HttpLimits) -> type[GuardedProtocol]:
-    """The protocol class for uvicorn's `http` option, with these limits."""
+class Reader(asyncio.BufferedProtocol):
+    """What the event loop sees of a GuardedProtocol: its methods, but as a BufferedProtocol,
+    so reads land in the buffer it lends (uvloop lends none to an asyncio.Protocol)."""
+
+    def __init__(self, connection: GuardedProtocol) -> None:
+        self.connection = connection
+        # NOTE: bound once: the loop then calls the connection's own methods, with no hop.
+        self.connection_made = connection.connection_made  # type: ignore[method-assign,assignment]
+        self.connection_lost = connection.connection_lost  # type: ignore[method-assign]
+        self.pause_writing = connection.pause_writing  # type: ignore[method-assign]
+        self.resume_writing = connection.resume_writing  # type: ignore[method-assign]
+        self.eof_received = connection.eof_received  # type: ignore[method-assign,assignment]
+        self.get_buffer = connection.get_buffer  # type: ignore[method-assign]
+        self.buffer_updated = connection.buffer_updated  # type: ignore[method-assign]
+
+
+def protocol_class(limits: HttpLimits) -> Callable[..., Reader]:
+    """The protocol factory for uvicorn's `http` option, with these limits."""
 
     class Limited(GuardedProtocol):
         pass
 
     Limited.limits = limits
-    return Limited
+
+    def reader(**kwargs: Any) -> Reader:
+        return Reader(Limited(**kwargs))
+
+    return reader

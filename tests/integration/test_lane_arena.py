@@ -24,6 +24,8 @@ from prometheus_client import CollectorRegistry
 from common.proto import grpc_service_pb2 as pb
 from common.settings import AuthSettings, GatewaySettings, RuntimeSettings
 from gateway.app import Gateway
+from gateway.http_fast import FastInfer
+from gateway.http_protocol import HEAD_READ_BYTES
 from loadtest import faults
 from loadtest.servers import free_port
 from loadtest.sleepy import store_with
@@ -282,6 +284,59 @@ def test_the_same_on_the_gateways_own_event_loop(uvloop_gateway: tuple[int, int]
     send_in_pieces(port, lambda: until(lambda: scraped_slots(metrics) == 1,
                                        "the body's slot taken"))
     until(lambda: scraped_slots(metrics) == 0, "the body's slot freed")
+
+
+def send_at_once(port: int) -> None:
+    """A large request, a small one and a GET in one send: the large body is read straight into
+    its slot, exactly up to its last byte, and the requests behind it are parsed afresh."""
+    rng = np.random.default_rng(11)
+    large, small = (rng.random((n, WIDTH), dtype=np.float32) for n in (8, 1))
+    with socket.create_connection(("127.0.0.1", port), 30) as sock:
+        sock.sendall(raw_infer(large, "large") + raw_infer(small, "small")
+                     + b"GET /v2/models/echo HTTP/1.1\r\nHost: x\r\n\r\n")
+        reader = Reader(sock)
+        answers = [reader.next() for _ in range(3)]
+    assert [a.status for a in answers] == [200, 200, 200], [a.body[:200] for a in answers]
+    assert [a.headers["x-request-id"] for a in answers[:2]] == ["large", "small"]
+    assert answers[0].output() == large.tobytes() and answers[1].output() == small.tobytes()
+    assert orjson.loads(answers[2].body)["name"] == "echo"
+
+
+def test_an_admitted_body_is_read_past_the_parser_into_its_slot(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    landed: list[int] = []
+    original = FastInfer.landed
+
+    def counted(self: FastInfer, size: int) -> None:
+        landed.append(size)
+        original(self, size)
+
+    monkeypatch.setattr(FastInfer, "landed", counted)
+    send_at_once(stack.gateways[0].http_port)
+    body = 8 * WIDTH * 4
+    # NOTE: only the first read (headers and a little body) goes through the parser
+    assert sum(landed) >= body - HEAD_READ_BYTES, (sum(landed), body)
+
+
+def test_the_same_at_once_on_the_gateways_own_event_loop(
+        uvloop_gateway: tuple[int, int]) -> None:
+    port, metrics = uvloop_gateway
+    send_at_once(port)
+    until(lambda: scraped_slots(metrics) == 0, "the body's slot freed")
+
+
+def test_a_large_body_refused_on_its_headers_is_drained_and_the_next_request_answered(
+        stack: Stack) -> None:
+    x = np.ones((8, WIDTH), np.float32)
+    refused = raw_infer(x, "refused").replace(b"/v2/models/echo/infer",
+                                              b"/v2/models/echo/versions/x1/infer")
+    with socket.create_connection(("127.0.0.1", stack.gateways[0].http_port), 30) as sock:
+        sock.sendall(refused + raw_infer(x, "next"))
+        reader = Reader(sock)
+        answers = [reader.next() for _ in range(2)]
+    assert [a.status for a in answers] == [400, 200], [a.body[:200] for a in answers]
+    assert b"version" in answers[0].body
+    assert answers[1].headers["x-request-id"] == "next" and answers[1].output() == x.tobytes()
 
 
 def mapped_arenas(pid: int) -> int:
