@@ -264,14 +264,21 @@ def send_in_pieces(port: int, wait_for_slot: Callable[[], object]) -> None:
         sock.sendall(request[:third])
         wait_for_slot()
         sock.sendall(request[third : 2 * third])
-        sock.sendall(request[2 * third :] + raw_infer(second, "second")
-                     + b"GET /v2/models/echo HTTP/1.1\r\nHost: x\r\n\r\n")
-        reader = Reader(sock)
-        answers = [reader.next() for _ in range(3)]
-    assert [a.status for a in answers] == [200, 200, 200], [a.body[:200] for a in answers]
-    assert [a.headers["x-request-id"] for a in answers[:2]] == ["first", "second"]
-    assert answers[0].output() == first.tobytes() and answers[1].output() == second.tobytes()
-    assert orjson.loads(answers[2].body)["name"] == "echo"
+        sock.sendall(request[2 * third :] + raw_infer(second, "second") + GET_ECHO)
+        answered_in_order(sock, {"first": first, "second": second})
+
+
+GET_ECHO = b"GET /v2/models/echo HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def answered_in_order(sock: socket.socket, sent: dict[str, np.ndarray]) -> None:
+    """The answers to the infer requests sent (by id), each with its own tensor, then GET_ECHO's."""
+    reader = Reader(sock)
+    answers = [reader.next() for _ in range(len(sent) + 1)]
+    assert [a.status for a in answers] == [200] * len(answers), [a.body[:200] for a in answers]
+    assert [a.headers["x-request-id"] for a in answers[:-1]] == list(sent)
+    assert [a.output() for a in answers[:-1]] == [x.tobytes() for x in sent.values()]
+    assert orjson.loads(answers[-1].body)["name"] == "echo"
 
 
 def test_a_body_written_into_its_slot_in_pieces_then_pipelined_requests(stack: Stack) -> None:
@@ -292,14 +299,8 @@ def send_at_once(port: int) -> None:
     rng = np.random.default_rng(11)
     large, small = (rng.random((n, WIDTH), dtype=np.float32) for n in (8, 1))
     with socket.create_connection(("127.0.0.1", port), 30) as sock:
-        sock.sendall(raw_infer(large, "large") + raw_infer(small, "small")
-                     + b"GET /v2/models/echo HTTP/1.1\r\nHost: x\r\n\r\n")
-        reader = Reader(sock)
-        answers = [reader.next() for _ in range(3)]
-    assert [a.status for a in answers] == [200, 200, 200], [a.body[:200] for a in answers]
-    assert [a.headers["x-request-id"] for a in answers[:2]] == ["large", "small"]
-    assert answers[0].output() == large.tobytes() and answers[1].output() == small.tobytes()
-    assert orjson.loads(answers[2].body)["name"] == "echo"
+        sock.sendall(raw_infer(large, "large") + raw_infer(small, "small") + GET_ECHO)
+        answered_in_order(sock, {"large": large, "small": small})
 
 
 def test_an_admitted_body_is_read_past_the_parser_into_its_slot(
