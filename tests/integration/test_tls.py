@@ -112,15 +112,19 @@ def grpc_client(url: str, ca: Path, client: Pem | None) -> tgrpc.InferenceServer
         certificate_chain=str(client[0]) if client else None)
 
 
-def infer_http(client: thttp.InferenceServerClient) -> np.ndarray:
-    tensor = thttp.InferInput("INPUT0", [1, 64], "FP32")
-    tensor.set_data_from_numpy(np.ones((1, 64), np.float32))
+def rows(count: int) -> np.ndarray:
+    return np.random.default_rng(count).random((count, 64), dtype=np.float32)
+
+
+def infer_http(client: thttp.InferenceServerClient, count: int = 1) -> np.ndarray:
+    tensor = thttp.InferInput("INPUT0", [count, 64], "FP32")
+    tensor.set_data_from_numpy(rows(count), binary_data=True)
     return client.infer("digits", [tensor]).as_numpy("OUTPUT0")
 
 
-def infer_grpc(client: tgrpc.InferenceServerClient) -> np.ndarray:
-    tensor = tgrpc.InferInput("INPUT0", [1, 64], "FP32")
-    tensor.set_data_from_numpy(np.ones((1, 64), np.float32))
+def infer_grpc(client: tgrpc.InferenceServerClient, count: int = 1) -> np.ndarray:
+    tensor = tgrpc.InferInput("INPUT0", [count, 64], "FP32")
+    tensor.set_data_from_numpy(rows(count))
     return client.infer("digits", [tensor]).as_numpy("OUTPUT0")
 
 
@@ -128,6 +132,15 @@ def test_https_and_grpc_tls_answer_a_client_with_a_certificate(pki: Pki, mtls: s
     http, grpc_url = ports(mtls)
     assert infer_http(https_client(http, pki.ca, pki.client)).shape == (1, 10)
     assert infer_grpc(grpc_client(grpc_url, pki.ca, pki.client)).shape == (1, 10)
+
+
+def test_large_https_bodies_one_after_another_on_one_connection(pki: Pki, mtls: str) -> None:
+    # NOTE: 64 rows are 16 KiB of binary tensor: the body is read into the lane arena
+    http, grpc_url = ports(mtls)
+    expected = infer_grpc(grpc_client(grpc_url, pki.ca, pki.client), 64)
+    client = https_client(http, pki.ca, pki.client)
+    for _ in range(3):
+        np.testing.assert_array_equal(infer_http(client, 64), expected)
 
 
 @pytest.mark.parametrize("who", ["no certificate", "another CA's certificate"])
