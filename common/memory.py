@@ -35,28 +35,21 @@ _busy = threading.Lock()
 #: gateway's CPU on 224x224 images. Fixed, blocks under TRIM_AFTER_BYTES come from the heap and
 #: its pages stay for the next request; larger ones are mapped and unmapped on their own, and
 #: the Trimmer gives back what their parts left in the heap.
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 TUNED = {M_MMAP_THRESHOLD: TRIM_AFTER_BYTES, M_TRIM_THRESHOLD: 4 * TRIM_AFTER_BYTES}
 #: The environment variables that set the same by hand, which then win.
 BY_HAND = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
-ARENAS_BY_HAND = "MALLOC_ARENA_MAX"
 
 
-def tune_allocator(arenas: int | None = None) -> bool:
-    """Fix glibc's mmap and trim thresholds (TUNED), and with ``arenas`` its count of heaps;
-    call once at start-up, before threads start. False where there is no mallopt (musl, macOS)
-    or the environment sets a threshold by hand (MALLOC_ARENA_MAX wins over ``arenas``)."""
+def tune_allocator() -> bool:
+    """Fix glibc's mmap and trim thresholds (TUNED); call once at start-up. False where there
+    is no mallopt (musl, macOS) or the environment sets either by hand."""
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
     if mallopt is None or any(name in os.environ for name in BY_HAND):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    tuned = dict(TUNED)
-    if arenas is not None and ARENAS_BY_HAND not in os.environ:
-        # NOTE: the trim threshold holds per heap, and glibc gives each thread that allocates
-        # a heap of its own (up to 8 per core): grpc's threads each kept up to 32 MiB free.
-        tuned[M_ARENA_MAX] = arenas
-    return all(mallopt(parameter, value) == 1 for parameter, value in tuned.items())
+    return all(mallopt(parameter, value) == 1 for parameter, value in TUNED.items())
 
 
 def trim() -> bool:

@@ -80,9 +80,7 @@ def edge_builder(settings: GatewaySettings) -> EdgeBuilder | None:
 def run_gateway(settings: GatewaySettings) -> int:
     from gateway.app import Gateway
 
-    # NOTE: one heap: the gateway's threads hand buffers to each other and compute nothing in
-    # parallel, so a heap per grpc thread only multiplied the free memory kept (docs/performance.md)
-    tune_allocator(arenas=1)
+    tune_allocator()
     tracing.setup(settings.trace_exporter, "tensorgate-gateway")
 
     async def main() -> int:
