@@ -21,6 +21,7 @@ from runtime.scheduler import Scheduler
 from runtime.stats import ModelStats
 from runtime.triton_metrics import REASONS, TritonNames
 from tests.unit.test_scheduler import FakeBackend, request, served
+from tests.waiting import polled_async, until_async
 
 
 def samples(registry: Any) -> dict[tuple[str, tuple], float]:
@@ -42,16 +43,16 @@ async def test_counts_agree_with_the_statistics_and_the_queue_empties() -> None:
     scheduler = Scheduler(model, metrics=metrics.model("m", "1"))
     scheduler.start()
     first = asyncio.ensure_future(scheduler.infer(request(1, 1.0), None))
-    await asyncio.sleep(0.05)  # the first batch runs, held at the gate; the rest queue up
+    await until_async(lambda: backend.running == 1, "the first batch held at the gate")
     rest = [asyncio.ensure_future(scheduler.infer(request(r, 1.0), None)) for r in (1, 2, 3)]
-    await asyncio.sleep(0.05)
-    queued = value(samples(registry), "tensorgate_runtime_queue_depth", model="m", version="1")
+    queued = await polled_async(lambda: value(
+        samples(registry), "tensorgate_runtime_queue_depth", model="m", version="1") == 3)
     backend.gate.set()
     await asyncio.gather(first, *rest)
     await scheduler.stop()
     found = samples(registry)
     labels = {"model": "m", "version": "1"}
-    assert queued == 3
+    assert queued, "the other three requests never showed in the queue depth"
     assert value(found, "tensorgate_runtime_queue_depth", **labels) == 0
     assert value(found, "tensorgate_runtime_executions_total", **labels) == \
         model.stats.execution_count == 2
