@@ -302,7 +302,6 @@ class Reader(asyncio.BufferedProtocol):
     so reads land in the buffer it lends (uvloop lends none to an asyncio.Protocol)."""
 
     def __init__(self, connection: GuardedProtocol) -> None:
-        self.connection = connection
         # NOTE: bound once: the loop then calls the connection's own methods, with no hop.
         self.connection_made = connection.connection_made  # type: ignore[method-assign,assignment]
         self.connection_lost = connection.connection_lost  # type: ignore[method-assign]
