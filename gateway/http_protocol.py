@@ -77,7 +77,6 @@ class GuardedProtocol(HttpToolsProtocol):
         self._body_left = 0
         self._in_body = False  # NOTE: between a request's headers and its last byte
         self._buffer, self._head = read_buffers()
-        self._into_slot = False  # NOTE: what the last get_buffer lent
 
     def get_buffer(self, sizehint: int) -> memoryview:
         """Where the next read goes: the rest of an admitted body's slot, else this thread's
@@ -85,13 +84,10 @@ class GuardedProtocol(HttpToolsProtocol):
         if self._body_for is not None or self._slot_open():
             cycle = self._body_for
             assert cycle is not None  # NOTE: _slot_open sets it
-            slot = cycle.slot
-            if slot is not None and cycle.accepts():
-                self._into_slot = True
-                return slot.rest()
-            self._into_slot = False  # NOTE: answered already: the rest is read and dropped
+            if cycle.slot is not None and cycle.accepts():
+                return cycle.slot.rest()
+            # NOTE: answered already: the rest is read and dropped
             return self._buffer[: min(self._body_left, BODY_READ_BYTES)]
-        self._into_slot = False
         return self._buffer if self._in_body else self._head
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -99,8 +95,9 @@ class GuardedProtocol(HttpToolsProtocol):
             # NOTE: the parser takes any buffer, and copies out what it hands on
             self.data_received(self._buffer[:nbytes])  # type: ignore[arg-type]
             return
-        if self._into_slot:
-            self._body_for.landed(nbytes)
+        cycle = self._body_for
+        if cycle.slot is not None and cycle.accepts():  # NOTE: as get_buffer saw it just now
+            cycle.landed(nbytes)
         self._body_done(nbytes)
 
     def _slot_open(self) -> bool:
