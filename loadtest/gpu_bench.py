@@ -1,7 +1,8 @@
 """The GPU benchmark (issue 3, target 6; issue 23): ResNet-50 on 224x224 images with fixed random
 weights, in half precision on ONNX Runtime's CUDA provider or PyTorch (TorchScript); the same model
 alone on the device and in-process against the runtime and the gateway path (bytes in the
-request, or in system or CUDA shared memory), in one run:
+request, or in system or CUDA shared memory) and do-nothing servers fed the same requests, in
+one run:
 
     python -m loadtest.gpu_bench [--backend onnx|torch] [--precision fp16] [--workers 1x2,2x1]
 """
@@ -29,6 +30,7 @@ from loadtest.cases import (
     time_batch,
 )
 from loadtest.device_alone import device_alone
+from loadtest.floor_rows import against_floors, floor_rows
 from loadtest.gpu_report import Row, render
 from loadtest.gpu_rows import PATHS, SHM_PATHS, load_runs, measured, summary
 from loadtest.machine import machine
@@ -250,7 +252,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="the served paths to measure, comma-separated (all): runtime (called directly "
              "over gRPC), grpc and http (the gateway's, h2load and wrk), shm-grpc, shm-http, "
              "cuda-grpc and cuda-http (the gateway's with the tensors in system or CUDA shared "
-             "memory: perf_analyzer, from PERF_ANALYZER or PATH)")
+             "memory: perf_analyzer, from PERF_ANALYZER or PATH), floor-grpc and floor-http "
+             "(do-nothing servers fed the same requests, once before the layouts)")
     add("--out", type=Path, default=None, help="write the report here too")
     opts = parser.parse_args(argv)
     try:
@@ -290,13 +293,14 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     children = Children(LOGS)
     try:
+        rows = floor_rows(case, opts, children)
         print("served:", flush=True)
-        rows = [row for workers, instances in opts.workers
-                for row in serve(case, opts, children, workers, instances)]
+        rows += [row for workers, instances in opts.workers
+                 for row in serve(case, opts, children, workers, instances)]
     finally:
         children.close()
     facts["took"] = f"{time.time() - started:.0f} s"
-    text = render(opts, facts, points, alone, rows)
+    text = render(opts, facts, points, alone, rows, against_floors(rows, opts.rows))
     print(text)
     if opts.out is not None:
         opts.out.write_text(text)

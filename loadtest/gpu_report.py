@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from loadtest.cases import BatchPoint
@@ -54,15 +55,23 @@ def served_line(row: Row, rows_per_request: int, best: BatchPoint, alone: BatchP
     loop, other, gateway = row.busy
     rate = o.rate * rows_per_request
     gpu = f"{row.gpu:.0f}" if row.gpu is not None else "-"
+    floor = row.layout == "-"  # NOTE: a do-nothing server: its own CPU in the gateway columns
+    gateways = gateway if floor else o.cores("gateway")
+    runtimes = "-" if floor else f"{o.cores('runtime'):.1f}"
     return (f"| {row.layout} | {row.path} | {o.generator} | {rate:.0f} | "
             f"{rate / best.rows_per_s:.2f} | {rate / alone.rows_per_s:.2f} | "
             f"{o.p('50'):.1f} | {o.p('99'):.1f} | {o.p('99') / best.p50_ms:.1f} | {batches} | "
-            f"{o.cores('gateway'):.1f} | {gateway:.2f} | {o.cores('runtime'):.1f} | "
-            f"{loop:.2f} | {other:.2f} | {gpu} | {o.errors} |")
+            f"{gateways:.1f} | {gateway:.2f} | {runtimes} | {_cores(loop)} | {_cores(other)} | "
+            f"{gpu} | {o.errors} |")
+
+
+def _cores(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.2f}"
+
 
 
 def render(opts: argparse.Namespace, facts: dict[str, str], points: list[BatchPoint],
-           alone: BatchPoint, rows: list[Row]) -> str:
+           alone: BatchPoint, rows: list[Row], against_floors: Sequence[str] = ()) -> str:
     best = max(points, key=lambda p: p.rows_per_s)
     backend = {"onnx": "OnnxBackend", "torch": "TorchBackend"}[opts.backend]
     lines = [f"# GPU: {opts.model} through the gateway against its in-process ceiling "
@@ -82,4 +91,10 @@ def render(opts: argparse.Namespace, facts: dict[str, str], points: list[BatchPo
               f"ceiling's {best.p50_ms:.2f} ms):", "",
               "| " + " | ".join(COLUMNS) + " |", "|---" * len(COLUMNS) + "|"]
     lines += [served_line(row, opts.rows, best, alone) for row in rows]
+    if any(row.layout == "-" for row in rows):
+        lines += ["", "Rows of layout `-` are do-nothing servers (loadtest/floors.py) fed the same "
+                  "requests by the same generators, their own CPU in the gateway columns: what "
+                  "one Python server process carries for requests of this size."]
+    if against_floors:
+        lines += ["", "Served ÷ the do-nothing server of its protocol:", "", *against_floors]
     return "\n".join(lines) + "\n"

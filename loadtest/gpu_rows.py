@@ -12,19 +12,20 @@ import numpy as np
 
 from loadtest import shm_rows
 from loadtest.build_resnet import CLASSES
-from loadtest.cases import HEADER_LENGTH, METHOD, Case, check_grpc, check_http
+from loadtest.cases import METHOD, Case, check_grpc, check_http
+from loadtest.floor_rows import FLOOR_PATHS, binary_headers, loads
 from loadtest.gpu_report import Row
 from loadtest.gpu_util import Utilisation
-from loadtest.loadgen import Load, Outcome, Target, closed_loop
+from loadtest.loadgen import Outcome, Target, closed_loop
 from loadtest.report import GW_BINARY, GW_GRPC, RUNTIME
 from loadtest.servers import Children, Probe, batching
 from loadtest.shm_rows import SHM_PATHS
 from loadtest.triton_perf import PerfFailed
 
-#: The served paths, as --paths names them, in the order they run: the first runtime called
-#: directly, the gateway over gRPC and HTTP binary (h2load, wrk), then with the tensors in
-#: system or CUDA shared memory (perf_analyzer).
-PATHS = ("runtime", "grpc", "http", *SHM_PATHS)
+#: The paths, as --paths names them, in the order they run within a layout: the first runtime
+#: called directly, the gateway over gRPC and HTTP binary (h2load, wrk), then with the tensors
+#: in system or CUDA shared memory (perf_analyzer); the floors run once, before the layouts.
+PATHS = ("runtime", "grpc", "http", *SHM_PATHS, *FLOOR_PATHS)
 
 
 def thread_busy(before: dict[int, float], after: dict[int, float], main: int,
@@ -47,13 +48,8 @@ def load_runs(case: Case, opts: argparse.Namespace, children: Children, runtimes
               gateway: tuple[str, str]) -> dict[str, Run]:
     """Each served path by its --paths name: its row's name, its load run and its check."""
     gateway_grpc, gateway_http = gateway
-    binary = ((HEADER_LENGTH, str(case.binary_header_length)),
-              ("Content-Type", "application/octet-stream"))
     first = runtimes[0]
-    load = Load(opts.concurrency, opts.connections, opts.warmup, opts.duration,
-                threads=opts.generator_threads)
-    http_load = Load(opts.concurrency, opts.concurrency, opts.warmup, opts.duration,
-                     threads=opts.generator_threads)
+    load, http_load = loads(opts)["grpc"], loads(opts)["http"]
 
     def h2load(address: str) -> Callable[[], Outcome]:
         return lambda: closed_loop(Target("grpc", address, METHOD, case.grpc_body,
@@ -72,7 +68,7 @@ def load_runs(case: Case, opts: argparse.Namespace, children: Children, runtimes
                     h2load(first), lambda: check_grpc(first, case)),
         "grpc": (GW_GRPC, h2load(gateway_grpc), lambda: check_grpc(gateway_grpc, case)),
         "http": (GW_BINARY, lambda: closed_loop(
-            Target("http", gateway_http, case.http_path, case.binary_body, binary),
+            Target("http", gateway_http, case.http_path, case.binary_body, binary_headers(case)),
             http_load, children.cpu_seconds),
             lambda: check_http(gateway_http, case, binary=True)),
     }

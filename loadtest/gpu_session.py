@@ -31,9 +31,10 @@ TESTS = ("tests/unit/test_gpu_paths.py", "tests/unit/test_torch_cuda_cpu.py",
          "tests/unit/test_cuda_shm.py", "tests/integration/test_shared_memory.py",
          "tests/integration/test_cuda_shared_memory.py", "tests/integration/test_gpu_bench_shm.py")
 #: gpu_bench on a GPU: ResNet-50 fp16, one runtime of two instances, 256 callers, 1 image per
-#: request; every served path (the bytes in the request, system and CUDA shared memory).
+#: request; every served path (the bytes in the request, system and CUDA shared memory), and
+#: the do-nothing servers fed the same requests.
 GPU_BENCH = ("--workers", "1x2", "--duration", "5", "--warmup", "1", "--ceiling-s", "0.5",
-             "--paths", "grpc,http,shm-grpc,shm-http,cuda-grpc,cuda-http")
+             "--paths", "grpc,http,shm-grpc,shm-http,cuda-grpc,cuda-http,floor-grpc,floor-http")
 #: The same with tiny sizes on the CPU: proves the plan runs, measures nothing.
 SMOKE_BENCH = ("--device", "cpu", "--size", "16", "--max-batch", "4", "--workers", "1x1",
                "--gateway-processes", "1", "--concurrency", "4", "--connections", "1",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import urllib.request
@@ -323,7 +324,8 @@ def test_gpu_bench_serves_the_half_precision_model_and_compares_it(tmp_path: Pat
 def test_gpu_bench_measures_the_path_alone_with_several_images_per_request(tmp_path: Path
                                                                           ) -> None:
     out = tmp_path / "passthrough.md"
-    code = gpu_bench.main(["--model", "passthrough", "--rows", "2", "--paths", "grpc",
+    code = gpu_bench.main(["--model", "passthrough", "--rows", "2", "--paths",
+                           "grpc,floor-grpc,floor-http",
                            "--size", "16", "--device", "cpu", "--max-batch", "4", "--workers",
                            "1x1", "--gateway-processes", "1", "--concurrency", "4",
                            "--connections", "1", "--generator-threads", "1", "--duration",
@@ -337,6 +339,13 @@ def test_gpu_bench_measures_the_path_alone_with_several_images_per_request(tmp_p
     cells = [c.strip() for c in served[0].strip("|").split("|")]
     assert float(cells[3]) > 0 and cells[-1] == "0"  # rows/s, errors
     assert float(cells[9]) <= 4  # mean batch: at most --max-batch rows
+    floors = [line for line in report.splitlines() if line.startswith("| - | do-nothing")]
+    assert len(floors) == 2, report
+    for line in floors:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert float(cells[3]) > 0 and cells[-1] == "0" and float(cells[12]) > 0  # CPU
+    ratio = re.search(r"1x1 gateway → runtime, gRPC: ([0-9.]+) of the do-nothing grpc", report)
+    assert ratio is not None and float(ratio.group(1)) > 0, report
 
 
 def test_gpu_bench_serves_the_torchscript_model_beside_the_device_alone(tmp_path: Path
