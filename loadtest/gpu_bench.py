@@ -30,7 +30,7 @@ from loadtest.cases import (
     time_batch,
 )
 from loadtest.device_alone import device_alone
-from loadtest.floor_rows import against_floors, floor_rows
+from loadtest.floor_rows import FLOOR_PATHS, against_floors, floor_rows
 from loadtest.gpu_report import Row, render
 from loadtest.gpu_rows import PATHS, SHM_PATHS, load_runs, measured, summary
 from loadtest.machine import machine
@@ -295,8 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rows = floor_rows(case, opts, children)
         print("served:", flush=True)
-        rows += [row for workers, instances in opts.workers
-                 for row in serve(case, opts, children, workers, instances)]
+        if set(opts.paths) - set(FLOOR_PATHS):  # NOTE: floors alone start no layout
+            rows += [row for workers, instances in opts.workers
+                     for row in serve(case, opts, children, workers, instances)]
     finally:
         children.close()
     facts["took"] = f"{time.time() - started:.0f} s"

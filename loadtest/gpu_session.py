@@ -31,10 +31,12 @@ TESTS = ("tests/unit/test_gpu_paths.py", "tests/unit/test_torch_cuda_cpu.py",
          "tests/unit/test_cuda_shm.py", "tests/integration/test_shared_memory.py",
          "tests/integration/test_cuda_shared_memory.py", "tests/integration/test_gpu_bench_shm.py")
 #: gpu_bench on a GPU: ResNet-50 fp16, one runtime of two instances, 256 callers, 1 image per
-#: request; every served path (the bytes in the request, system and CUDA shared memory), and
-#: the do-nothing servers fed the same requests.
+#: request; every served path (the bytes in the request, system and CUDA shared memory).
 GPU_BENCH = ("--workers", "1x2", "--duration", "5", "--warmup", "1", "--ceiling-s", "0.5",
-             "--paths", "grpc,http,shm-grpc,shm-http,cuda-grpc,cuda-http,floor-grpc,floor-http")
+             "--paths", "grpc,http,shm-grpc,shm-http,cuda-grpc,cuda-http")
+#: Last, as the budget allows: the do-nothing servers fed the same requests, the bound of the
+#: served rows on that machine's cores (the same for either backend, so run once).
+FLOORS = ("--paths", "floor-grpc,floor-http", "--ceiling-s", "0.1")
 #: The same with tiny sizes on the CPU: proves the plan runs, measures nothing.
 SMOKE_BENCH = ("--device", "cpu", "--size", "16", "--max-batch", "4", "--workers", "1x1",
                "--gateway-processes", "1", "--concurrency", "4", "--connections", "1",
@@ -76,7 +78,22 @@ def plan(opts: argparse.Namespace) -> list[Step]:
         steps.append(Step(name, (python(), "-m", "loadtest.gpu_bench", "--backend", backend,
                                  *bench, "--out", str(opts.out / f"{name}.md")), 240,
                           f"{name}.md"))
+    floors = (*_without(bench, "--paths", "--ceiling-s"), *FLOORS)
+    steps.append(Step("floors", (python(), "-m", "loadtest.gpu_bench", *floors, "--out",
+                                 str(opts.out / "floors.md")), 90, "floors.md"))
     return [step for step in steps if not opts.only or step.name in opts.only]
+
+
+def _without(args: tuple[str, ...], *flags: str) -> tuple[str, ...]:
+    """``args`` less each of ``flags`` and the value after it."""
+    kept: list[str] = []
+    skip = False
+    for arg in args:
+        if skip or arg in flags:
+            skip = not skip
+            continue
+        kept.append(arg)
+    return tuple(kept)
 
 
 def onnx_on_cuda() -> str | None:
@@ -211,7 +228,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--budget-s", type=float, default=540.0,
                      help="seconds for everything (540: a 600 s call with room to spare)")
     run.add_argument("--only", type=lambda v: v.split(","), default=[],
-                     help="run only these steps (facts, tests, gpu-torch, gpu-onnx)")
+                     help="run only these steps (facts, tests, gpu-torch, gpu-onnx, floors)")
     run.add_argument("--dry-run", action="store_true", help="print the plan; run nothing")
     run.add_argument("--carry", type=Path, default=CARRY, help=argparse.SUPPRESS)
     run.add_argument("--site", type=Path, default=Path("/tmp/tensorgate-site"),
