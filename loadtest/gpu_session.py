@@ -32,16 +32,17 @@ TESTS = ("tests/unit/test_gpu_paths.py", "tests/unit/test_torch_cuda_cpu.py",
          "tests/integration/test_cuda_shared_memory.py", "tests/integration/test_gpu_bench_shm.py")
 #: gpu_bench on a GPU: ResNet-50 fp16, one runtime of two instances, 256 callers, 1 image per
 #: request; every served path (the bytes in the request, system and CUDA shared memory).
-GPU_BENCH = ("--workers", "1x2", "--duration", "5", "--warmup", "1", "--ceiling-s", "0.5",
-             "--paths", "grpc,http,shm-grpc,shm-http,cuda-grpc,cuda-http")
-#: Last, as the budget allows: the do-nothing servers fed the same requests, the bound of the
-#: served rows on that machine's cores (the same for either backend, so run once).
-FLOORS = ("--paths", "floor-grpc,floor-http", "--ceiling-s", "0.1")
+GPU_BENCH = ("--workers", "1x2", "--duration", "5", "--warmup", "1", "--ceiling-s", "0.5")
+GPU_PATHS = "grpc,http,shm-grpc,shm-http,cuda-grpc,cuda-http"
+#: The do-nothing servers fed the same requests: the bound of the served rows on that
+#: machine's cores (the same for either backend, so run once).
+FLOORS = "floor-grpc,floor-http"
 #: The same with tiny sizes on the CPU: proves the plan runs, measures nothing.
 SMOKE_BENCH = ("--device", "cpu", "--size", "16", "--max-batch", "4", "--workers", "1x1",
                "--gateway-processes", "1", "--concurrency", "4", "--connections", "1",
                "--generator-threads", "1", "--duration", "0.5", "--warmup", "0.2",
-               "--ceiling-s", "0.1", "--threads", "1", "--paths", "grpc,shm-grpc,cuda-grpc")
+               "--ceiling-s", "0.1", "--threads", "1")
+SMOKE_PATHS = "grpc,shm-grpc,cuda-grpc"
 DEFAULT_OUT = ROOT / "loadtest" / ".models-gpu" / "session"
 #: Seconds kept back for packing the server logs when the budget runs short.
 RESERVE_S = 15.0
@@ -65,7 +66,8 @@ def python() -> str:
 
 def plan(opts: argparse.Namespace) -> list[Step]:
     """The steps, in order; the benches write their reports under ``opts.out``."""
-    bench = SMOKE_BENCH if opts.device == "cpu" else ("--device", opts.device, *GPU_BENCH)
+    bench, paths = ((SMOKE_BENCH, SMOKE_PATHS) if opts.device == "cpu" else
+                    (("--device", opts.device, *GPU_BENCH), GPU_PATHS))
     facts = ("import torch, onnxruntime as ort; print('torch', torch.__version__, 'cuda',"
              " torch.cuda.is_available(), torch.cuda.get_device_name(0) if "
              "torch.cuda.is_available() else '-'); print('onnxruntime', ort.__version__,"
@@ -75,25 +77,13 @@ def plan(opts: argparse.Namespace) -> list[Step]:
                   180)]
     for backend in ("torch", "onnx"):
         name = f"gpu-{backend}"
+        # NOTE: the floors once, with the torch bench: every image has torch, and a step of
+        # their own would bring back more files than a call returns.
+        these = f"{paths},{FLOORS}" if backend == "torch" else paths
         steps.append(Step(name, (python(), "-m", "loadtest.gpu_bench", "--backend", backend,
-                                 *bench, "--out", str(opts.out / f"{name}.md")), 240,
-                          f"{name}.md"))
-    floors = (*_without(bench, "--paths", "--ceiling-s"), *FLOORS)
-    steps.append(Step("floors", (python(), "-m", "loadtest.gpu_bench", *floors, "--out",
-                                 str(opts.out / "floors.md")), 90, "floors.md"))
+                                 *bench, "--paths", these, "--out", str(opts.out / f"{name}.md")),
+                          240, f"{name}.md"))
     return [step for step in steps if not opts.only or step.name in opts.only]
-
-
-def _without(args: tuple[str, ...], *flags: str) -> tuple[str, ...]:
-    """``args`` less each of ``flags`` and the value after it."""
-    kept: list[str] = []
-    skip = False
-    for arg in args:
-        if skip or arg in flags:
-            skip = not skip
-            continue
-        kept.append(arg)
-    return tuple(kept)
 
 
 def onnx_on_cuda() -> str | None:
@@ -228,7 +218,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--budget-s", type=float, default=540.0,
                      help="seconds for everything (540: a 600 s call with room to spare)")
     run.add_argument("--only", type=lambda v: v.split(","), default=[],
-                     help="run only these steps (facts, tests, gpu-torch, gpu-onnx, floors)")
+                     help="run only these steps (facts, tests, gpu-torch, gpu-onnx)")
     run.add_argument("--dry-run", action="store_true", help="print the plan; run nothing")
     run.add_argument("--carry", type=Path, default=CARRY, help=argparse.SUPPRESS)
     run.add_argument("--site", type=Path, default=Path("/tmp/tensorgate-site"),

@@ -34,6 +34,8 @@ def test_the_dry_run_prints_every_step_and_runs_none(tmp_path: Path,
         assert f"would run {name}: " in out
     bench = next(line for line in out.splitlines() if "would run gpu-torch" in line)
     assert "--device cuda:0" in bench and "shm-grpc,shm-http,cuda-grpc,cuda-http" in bench
+    onnx = next(line for line in out.splitlines() if "would run gpu-onnx" in line)
+    assert "floor-grpc,floor-http" in bench and "floor" not in onnx  # the floors run once
     assert f"--out {tmp_path / 'out' / 'gpu-torch.md'}" in bench
     tests = next(line for line in out.splitlines() if "would run tests" in line)
     for path in gpu_session.TESTS:
