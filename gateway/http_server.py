@@ -13,7 +13,6 @@ import orjson
 from common.arena import Arena
 from common.errors import TensorgateError, invalid_argument
 from common.names import check_name, check_version, is_whole
-from common.proto import grpc_service_pb2 as pb
 from common.wire import Buffer
 from gateway.admin_api import AdminApi
 from gateway.context import Headers, RequestContext
@@ -24,11 +23,11 @@ from gateway.http_codec import (
     OutputPrefs,
     Raw,
     decode_infer_answer,
-    decode_infer_parts,
     encode_infer_parts,
 )
+from gateway.http_layouts import Layouts
 from gateway.pipeline import Pipeline
-from gateway.request_parts import Request, assemble
+from gateway.request_parts import Request
 
 #: An answer: its status, its body as parts (written as they are), its headers but the length.
 Reply = tuple[int, list[Raw], list[tuple[bytes, bytes]]]
@@ -81,6 +80,7 @@ class HttpTransport:
         self.max_body = max_body_bytes
         #: The lane arena that large infer bodies are written into as they arrive (or None).
         self.arena = arena
+        self.layouts = Layouts()
         #: The control plane: every path but infer (gateway/control.py, gateway/routes).
         self.control = build_control(Control(pipeline, admin or AdminApi(None), edge,
                                              max_body_bytes))
@@ -123,10 +123,10 @@ class HttpTransport:
             length = headers.get(_HEADER_LENGTH)
             if length is not None and not is_whole(length):
                 raise invalid_argument("Inference-Header-Content-Length must be a whole number")
-            request, tensors, prefs = decode_infer_parts(
-                await read(headers), int(length) if length else None, model, version)
-            call.id, call.timeout_s = request.id, _timeout_s(request)
-            return assemble(request, tensors)
+            decoded = self.layouts.decode(await read(headers), int(length) if length else None,
+                                          model, version)
+            call.id, call.timeout_s, prefs = decoded.request_id, decoded.timeout_s, decoded.prefs
+            return decoded.request
 
         answer = await self.pipeline.infer(RequestContext(model, version, "http", headers), load)
         response, raws = decode_infer_answer(answer)
@@ -163,15 +163,3 @@ def _headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
                 f"header '{name}' sent {names.count(name)} times: send it once")
             raise error
     return headers
-
-
-def _timeout_s(request: pb.ModelInferRequest) -> float | None:
-    """Triton's `timeout` request parameter (microseconds) as the request's deadline."""
-    if "timeout" not in request.parameters:
-        return None
-    value = request.parameters["timeout"]
-    if value.WhichOneof("parameter_choice") not in ("int64_param", "uint64_param") or (
-            value.int64_param or value.uint64_param) <= 0:
-        raise invalid_argument("parameter 'timeout': expected a positive whole number of "
-                               "microseconds")
-    return (value.int64_param or value.uint64_param) / 1e6

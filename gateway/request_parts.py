@@ -64,12 +64,16 @@ def detached(request: Request) -> Request:
 def assemble(message: pb.ModelInferRequest, tensors: list[Buffer]) -> Request:
     """``message`` (with no raw inputs) and its raw inputs as a request: Parts when they are
     large, else whole bytes."""
-    if not tensors:  # NOTE: a small HTTP body's are in the message already
-        return message.SerializeToString()
-    if sum(map(len, tensors)) < SPLIT_FROM_BYTES:
-        message.raw_input_contents.extend([bytes(tensor) for tensor in tensors])
-        return message.SerializeToString()
-    return Parts(message.SerializeToString(), tuple(tensors))
+    return from_head(message.SerializeToString(), tensors)
+
+
+def from_head(head: bytes, tensors: list[Buffer]) -> Request:
+    """A request's serialized fields but its raw inputs, and those: Parts when they are large,
+    else whole bytes (a small HTTP body's may be in ``head`` already, with none given)."""
+    if not tensors:
+        return head
+    parts = Parts(head, tuple(tensors))
+    return parts.join() if sum(map(len, tensors)) < SPLIT_FROM_BYTES else parts
 
 
 #: More raw inputs than this and a request stays whole (the runtime's decoder names what is
