@@ -80,17 +80,17 @@ def _parsed(body: Buffer, json_length: int | None, model: str,
     body after the header, in order (none inline as JSON data)."""
     request, tensors, prefs = decode_infer_parts(body, json_length, model, version)
     timeout_s = timeout_of(request)
-    raws: list[Buffer] = list(tensors) if tensors else list(request.raw_input_contents)
-    sizes = tuple(len(raw) for raw in raws)
-    layout = None
-    if json_length is not None and json_length + sum(sizes) == len(body):
-        if not tensors:  # NOTE: a small body's tensors went into the message
-            del request.raw_input_contents[:]
-        head = request.SerializeToString()
-        layout = _Layout(head, sizes, len(body), request.id, timeout_s, prefs)
-        return Decoded(from_head(head, raws), request.id, timeout_s, prefs), layout
+    if json_length is not None:
+        raws: list[Buffer] = list(tensors) if tensors else list(request.raw_input_contents)
+        sizes = tuple(len(raw) for raw in raws)
+        if json_length + sum(sizes) == len(body):
+            if not tensors:  # NOTE: a small body's tensors went into the message
+                del request.raw_input_contents[:]
+            head = request.SerializeToString()
+            layout = _Layout(head, sizes, len(body), request.id, timeout_s, prefs)
+            return Decoded(from_head(head, raws), request.id, timeout_s, prefs), layout
     return Decoded(from_head(request.SerializeToString(), tensors), request.id, timeout_s,
-                   prefs), layout
+                   prefs), None
 
 
 def timeout_of(request: pb.ModelInferRequest) -> float | None:
