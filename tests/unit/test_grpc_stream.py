@@ -13,7 +13,7 @@ from common.errors import TensorgateError, invalid_argument
 from common.proto import grpc_service_pb2 as pb
 from gateway.context import RequestContext
 from gateway.grpc_stream import WINDOW, Stream, answered, deadline, failed
-from gateway.http_server import _timeout_s
+from gateway.http_layouts import timeout_of
 from gateway.peek import infer_fields
 
 
@@ -56,7 +56,7 @@ def request(kind: str = "", value: object = None) -> pb.ModelInferRequest:
     request(), request("int64_param", 250_000), request("uint64_param", 7),
     request("int64_param", 1 << 40)])
 def test_the_timeout_is_read_as_the_http_transport_reads_it(message: pb.ModelInferRequest) -> None:
-    assert infer_fields(message.SerializeToString()) == ("digits", "1", "r", _timeout_s(message))
+    assert infer_fields(message.SerializeToString()) == ("digits", "1", "r", timeout_of(message))
 
 
 @pytest.mark.parametrize("message", [
@@ -68,7 +68,7 @@ def test_a_timeout_that_is_no_positive_whole_number_is_refused(
     with pytest.raises(TensorgateError, match="parameter 'timeout'"):
         infer_fields(message.SerializeToString())
     with pytest.raises(TensorgateError, match="parameter 'timeout'"):
-        _timeout_s(message)
+        timeout_of(message)
 
 
 class FakeContext:

@@ -64,7 +64,7 @@ def test_a_refused_body_is_refused_every_time_and_never_kept() -> None:
     layouts.decode(good, length, "m", "1")
     for bad in (good + b"x", good[:-1]):  # bytes beyond the tensors; a tensor cut short
         for _ in range(2):
-            with pytest.raises(TensorgateError, match="beyond|past the end"):
+            with pytest.raises(TensorgateError, match=r"beyond|past the end"):
                 layouts.decode(bad, length, "m", "1")
     data, length = body(rows(1, 4), extra={"parameters": {"timeout": -1}})
     for _ in range(2):
