@@ -294,8 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     children = Children(LOGS)
     try:
         rows = floor_rows(case, opts, children)
-        print("served:", flush=True)
         if set(opts.paths) - set(FLOOR_PATHS):  # NOTE: floors alone start no layout
+            print("served:", flush=True)
             rows += [row for workers, instances in opts.workers
                      for row in serve(case, opts, children, workers, instances)]
     finally:

@@ -69,7 +69,6 @@ def _cores(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.2f}"
 
 
-
 def render(opts: argparse.Namespace, facts: dict[str, str], points: list[BatchPoint],
            alone: BatchPoint, rows: list[Row], against_floors: Sequence[str] = ()) -> str:
     best = max(points, key=lambda p: p.rows_per_s)
