@@ -49,7 +49,8 @@ def load_runs(case: Case, opts: argparse.Namespace, children: Children, runtimes
     """Each served path by its --paths name: its row's name, its load run and its check."""
     gateway_grpc, gateway_http = gateway
     first = runtimes[0]
-    load, http_load = loads(opts)["grpc"], loads(opts)["http"]
+    both = loads(opts)
+    load, http_load = both["grpc"], both["http"]
 
     def h2load(address: str) -> Callable[[], Outcome]:
         return lambda: closed_loop(Target("grpc", address, METHOD, case.grpc_body,
