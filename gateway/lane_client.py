@@ -1,6 +1,6 @@
 """The gateway's end of the lane: one connection per runtime worker, calls matched by id.
 
-Requests issued in one turn of the event loop leave in one write; a lost connection fails
+A turn of the event loop's requests leave in writes of up to eight; a lost connection fails
 every call in flight at once with UNAVAILABLE, and the next call reconnects. Each connection
 opens with a HELLO of the lane's version; on a unix lane it carries this process's arena, and
 large tensors then travel by reference (lane_refs.py).
@@ -29,6 +29,9 @@ from gateway.request_parts import Request, whole
 log = logging.getLogger("tensorgate.gateway")
 #: The event loop's timers tick in milliseconds: one may fire this much before its time.
 _EARLY_S = 0.001
+#: A turn's calls leave in writes of at most this many, so the runtime starts on the first
+#: while this loop is still reading the rest (docs/performance.md, "The lane").
+FLUSH_CALLS = 8
 
 
 class _Connection(asyncio.Protocol):
@@ -45,6 +48,7 @@ class _Connection(asyncio.Protocol):
         self._alarm_at = math.inf
         self.ids = itertools.count(1)
         self.out: list[Any] = []
+        self.queued = 0  # NOTE: the calls in `out`
         self.transport: asyncio.Transport | None = None
         self.loop = asyncio.get_running_loop()
         self.on_lost: Callable[[], None] | None = None
@@ -151,6 +155,9 @@ class _Connection(asyncio.Protocol):
             self.loop.call_soon(self.flush)
         self.out.append(lane.header(call_id, kind, size, lane.timeout_us(timeout)))
         self.out += parts
+        self.queued += 1
+        if self.queued >= FLUSH_CALLS:
+            self.flush()
         return future
 
     def flush(self) -> None:
@@ -159,7 +166,7 @@ class _Connection(asyncio.Protocol):
             self.out += [lane.header(0, lane.RELEASE, len(offsets)), offsets]
         if self.transport is not None and self.out:
             self.transport.writelines(self.out)
-        self.out, self.released = [], []
+        self.out, self.released, self.queued = [], [], 0
 
     def _watch(self, call_id: int, timeout: float) -> None:
         """Fail the call if no answer came within `timeout` seconds."""
