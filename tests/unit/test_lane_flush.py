@@ -20,12 +20,6 @@ class Transport:
     def writelines(self, parts: list[Any]) -> None:
         self.writes.append(b"".join(bytes(part) for part in parts))
 
-    def write(self, data: bytes) -> None:
-        self.writes.append(bytes(data))
-
-    def close(self) -> None:
-        pass
-
 
 def call_ids(data: bytes) -> list[int]:
     found, at = [], 0
