@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common.proto import grpc_service_pb2 as pb
 from common.wire import LENGTH_DELIMITED, Buffer, WireError, encode_varint, fields
 
 RAW_INPUT_CONTENTS = 7  # ModelInferRequest's field number
@@ -59,12 +58,6 @@ def detached(request: Request) -> Request:
             for tensor in request.tensors):
         return request
     return Parts(request.head, tuple(bytes(tensor) for tensor in request.tensors))
-
-
-def assemble(message: pb.ModelInferRequest, tensors: list[Buffer]) -> Request:
-    """``message`` (with no raw inputs) and its raw inputs as a request: Parts when they are
-    large, else whole bytes."""
-    return from_head(message.SerializeToString(), tensors)
 
 
 def from_head(head: bytes, tensors: list[Buffer]) -> Request:

@@ -13,7 +13,7 @@ from common.arena import ALIGN, Arena
 from gateway import lane_refs
 from gateway.body_slot import BODY_SHARE, place
 from gateway.http_codec import decode_infer_parts
-from gateway.request_parts import Parts, assemble, detached
+from gateway.request_parts import Parts, detached, from_head
 
 SIZE = 1 << 20
 DATA = bytes(range(256)) * 128  # 32 KiB: large enough to go by reference
@@ -86,7 +86,7 @@ def body_in(arena: Arena) -> tuple[Any, Any]:
     slot = place(arena, headers(), "identity")
     assert slot is not None and slot.write(HEADER + DATA)
     message, tensors, _ = decode_infer_parts(slot.body(), len(HEADER), "m", "")
-    return slot, assemble(message, tensors)
+    return slot, from_head(message.SerializeToString(), tensors)
 
 
 def test_tensors_of_a_body_in_the_arena_go_by_their_place_with_no_slot(arena: Arena) -> None:

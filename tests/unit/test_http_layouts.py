@@ -12,7 +12,7 @@ from common.proto import grpc_service_pb2 as pb
 from gateway import http_layouts
 from gateway.http_codec import decode_infer_parts
 from gateway.http_layouts import Layouts
-from gateway.request_parts import Parts, assemble, whole
+from gateway.request_parts import Parts, from_head, whole
 
 
 def body(*tensors: np.ndarray, extra: dict | None = None) -> tuple[bytes, int]:
@@ -27,7 +27,7 @@ def body(*tensors: np.ndarray, extra: dict | None = None) -> tuple[bytes, int]:
 
 def codec(data: bytes, length: int | None) -> bytes:
     request, tensors, _ = decode_infer_parts(data, length, "m", "1")
-    return whole(assemble(request, tensors))
+    return whole(from_head(request.SerializeToString(), tensors))
 
 
 def rows(seed: int, count: int) -> np.ndarray:

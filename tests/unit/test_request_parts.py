@@ -22,7 +22,7 @@ from gateway.request_parts import (
     MAX_TENSORS,
     SPLIT_FROM_BYTES,
     Parts,
-    assemble,
+    from_head,
     parts_of,
     whole,
 )
@@ -93,7 +93,7 @@ def test_decoded_parts_match_the_whole_decode(binary: bool, count: int) -> None:
     length = len(header) if binary else None
     head, tensors, _ = decode_infer_parts(body, length, "m", "")
     full, _ = decode_infer_request(body, length, "m", "")
-    assembled = assemble(head, tensors)
+    assembled = from_head(head.SerializeToString(), tensors)
     assert pb.ModelInferRequest.FromString(whole(assembled)) == full
     if len(body) < SPLIT_FROM_BYTES:  # NOTE: so small a request is cheaper whole
         assert tensors == [] and assembled == full.SerializeToString()
@@ -107,7 +107,7 @@ def test_large_tensors_are_assembled_in_parts() -> None:
     tensors: list = [memoryview(b"\x05" * SPLIT_FROM_BYTES)]
     head = pb.ModelInferRequest(model_name="m", id="big")
     head.inputs.add(name="IN", datatype="UINT8", shape=[SPLIT_FROM_BYTES])
-    assembled = assemble(head, tensors)
+    assembled = from_head(head.SerializeToString(), tensors)
     assert isinstance(assembled, Parts) and assembled.tensors[0] is tensors[0]
     read = pb.ModelInferRequest.FromString(whole(assembled))
     assert read.id == "big" and read.raw_input_contents == [b"\x05" * SPLIT_FROM_BYTES]
