@@ -35,21 +35,36 @@ _busy = threading.Lock()
 #: gateway's CPU on 224x224 images. Fixed, blocks under TRIM_AFTER_BYTES come from the heap and
 #: its pages stay for the next request; larger ones are mapped and unmapped on their own, and
 #: the Trimmer gives back what their parts left in the heap.
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
 TUNED = {M_MMAP_THRESHOLD: TRIM_AFTER_BYTES, M_TRIM_THRESHOLD: 4 * TRIM_AFTER_BYTES}
-#: The environment variables that set the same by hand, which then win.
-BY_HAND = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+#: A gateway's: glibc gives each thread that allocates a heap of its own (up to eight per
+#: core), and grpc core's threads allocate the messages they read, so each of their heaps came
+#: to keep about as many bytes as were ever in flight: the gateways' RSS rose by 100 MiB over
+#: 100,000 images before it levelled off. Two heaps for all threads, each giving back a free
+#: top past 8 MiB, keep it within a few tens of MiB at no CPU cost measured.
+GATEWAY_TUNED = TUNED | {M_TRIM_THRESHOLD: TRIM_AFTER_BYTES, M_ARENA_MAX: 2}
+#: The environment variables that set the same by hand, which then win: the thresholds go
+#: together (setting either stops glibc moving the other), the count of heaps on its own.
+BY_HAND = {M_MMAP_THRESHOLD: "MALLOC_MMAP_THRESHOLD_", M_TRIM_THRESHOLD: "MALLOC_TRIM_THRESHOLD_",
+           M_ARENA_MAX: "MALLOC_ARENA_MAX"}
+THRESHOLDS = (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD)
 
 
-def tune_allocator() -> bool:
-    """Fix glibc's mmap and trim thresholds (TUNED); call once at start-up. False where there
-    is no mallopt (musl, macOS) or the environment sets either by hand."""
+def tune_allocator(tuned: dict[int, int] = TUNED) -> bool:
+    """Set glibc's heap parameters (TUNED, or GATEWAY_TUNED); call once at start-up, before
+    any thread starts. False where some were left alone: there is no mallopt (musl, macOS),
+    or the environment sets them by hand."""
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    if mallopt is None or any(name in os.environ for name in BY_HAND):
+    if mallopt is None:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    return all(mallopt(parameter, value) == 1 for parameter, value in TUNED.items())
+    by_hand = {parameter for parameter, name in BY_HAND.items() if name in os.environ}
+    if by_hand & set(THRESHOLDS):
+        by_hand |= set(THRESHOLDS)
+    took = [mallopt(parameter, value) == 1 for parameter, value in tuned.items()
+            if parameter not in by_hand]
+    return all(took) and not by_hand & tuned.keys()
 
 
 def trim() -> bool:

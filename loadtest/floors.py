@@ -24,7 +24,7 @@ import orjson
 import uvloop
 
 from common.gc_tuning import tune_collector
-from common.memory import tune_allocator
+from common.memory import GATEWAY_TUNED, tune_allocator
 from common.proto import grpc_service_pb2 as pb
 from loadtest.cases import METHOD, SERVICE, Case, post
 from loadtest.inturn import Check
@@ -77,6 +77,7 @@ def _floor_http_check(address: str, case: Case) -> Check:
 
 
 async def serve_grpc(listen: str) -> None:
+    tune_allocator(GATEWAY_TUNED)  # as the gateway does, before grpc's threads start
     answer = grpc_answer()
 
     async def model_infer(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -88,7 +89,6 @@ async def serve_grpc(listen: str) -> None:
     port = server.add_insecure_port(listen)
     await server.start()
     tune_collector()  # as the gateway and runtime do: the floors run on the same settings
-    tune_allocator()
     stop = stop_event()
     print(f"{FLOOR_READY} {listen.rpartition(':')[0]}:{port}", file=sys.stderr, flush=True)
     await stop.wait()
@@ -136,7 +136,7 @@ def serve_http(listen: str) -> None:
     config = uvicorn.Config(asgi_app(), loop="uvloop", http="httptools", lifespan="off",
                             access_log=False, log_level="warning")
     tune_collector()
-    tune_allocator()
+    tune_allocator(GATEWAY_TUNED)
     print(f"{FLOOR_READY} {host}:{sock.getsockname()[1]}", file=sys.stderr, flush=True)
     uvicorn.Server(config).run(sockets=[sock])
 

@@ -1,9 +1,9 @@
 """Memory over many large requests (issue 23): `tensorgate serve` with gpu_bench's passthrough
-model on the CPU (224x224 fp16 images, next to no compute), h2load sending them over gRPC, and
-the gateway's and the runtime's RSS after warm-up, in the middle and at the end. Exit 1 when
-either grew by more than the bound after warm-up, or any request failed.
+model on the CPU (224x224 fp16 images, next to no compute), h2load sending them over gRPC or
+HTTP binary, and the gateway's and the runtime's RSS after warm-up, in the middle and at the
+end. Exit 1 when either grew by more than the bound after warm-up, or any request failed.
 
-    python -m loadtest.rss_soak [--requests 100000] [--max-growth-mib 32] [--time-limit-s 900]
+    python -m loadtest.rss_soak [--protocol grpc|http] [--requests 100000] [--max-growth-mib 32]
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loadtest import gpu_bench
-from loadtest.cases import METHOD, check_grpc
+from loadtest.cases import METHOD, Case, check_grpc
 from loadtest.servers import Children, any_of, free_port
 from loadtest.soak import errors
 from loadtest.tools import MissingTool, ensure
@@ -89,46 +89,61 @@ class Soak:
 
 
 def h2load(argv: list[str], count: int, limit_s: float) -> tuple[int, int]:
-    """Send ``count`` requests; (succeeded, failed) as h2load counts them (HTTP/2 streams: the
-    gateway's own counters give the gRPC errors)."""
+    """Send ``count`` requests; (answered 2xx, the rest) as h2load counts them (HTTP statuses
+    only: the gateway's own counters give the gRPC errors)."""
     done = subprocess.run([*argv[:1], "-n", str(count), *argv[1:]], capture_output=True,
                           text=True, timeout=limit_s, check=False, stdin=subprocess.DEVNULL)
     line = next((x for x in done.stdout.splitlines() if x.startswith("requests:")), "")
     if done.returncode != 0 or not line:
         raise RuntimeError(f"h2load exited {done.returncode}: {done.stdout[-1500:]}")
     words = line.replace(",", "").split()
-    return int(words[words.index("succeeded") - 1]), int(words[words.index("failed") - 1])
+    # Counted against the total: a request h2load never got to send fails too.
+    succeeded = int(words[words.index("succeeded") - 1])
+    return succeeded, int(words[words.index("total") - 1]) - succeeded
 
 
-def start(children: Children, opts: argparse.Namespace, folder: Path) -> tuple[str, int]:
-    """`tensorgate serve` over the passthrough model; its gRPC address and metrics port."""
-    grpc_port, metrics_port = free_port(), free_port()
+def start(children: Children, opts: argparse.Namespace, folder: Path) -> tuple[int, int, int]:
+    """`tensorgate serve` over the passthrough model; its gRPC, HTTP and metrics ports."""
+    grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
     argv = [sys.executable, "-m", "tensorgate", "serve", "--no-auth", "--model-repository",
             str(gpu_bench.model_folder(opts).parent), "--host", "127.0.0.1", "--http-port",
-            "0", "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
+            str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
             "--registry", str(folder / "registry.db")]
     if opts.gateway_processes:
         argv += ["--gateway-processes", str(opts.gateway_processes)]
     children.start("serve", argv, any_of("tensorgate ready"))
-    return f"127.0.0.1:{grpc_port}", metrics_port
+    return grpc_port, http_port, metrics_port
+
+
+def load_argv(opts: argparse.Namespace, case: Case, folder: Path, ports: tuple[int, int]
+              ) -> list[str]:
+    """h2load's command for the protocol asked for (without -n): ``ports`` gRPC and HTTP."""
+    body = folder / "request.body"
+    if opts.protocol == "grpc":
+        body.write_bytes(b"\x00" + len(case.grpc_body).to_bytes(4, "big") + case.grpc_body)
+        streams = max(1, opts.concurrency // opts.connections)
+        return ["h2load", "-t", "1", "-c", str(opts.connections), "-m", str(streams), "-d",
+                str(body), "-H", "content-type: application/grpc", "-H", "te: trailers",
+                f"http://127.0.0.1:{ports[0]}{METHOD}"]
+    body.write_bytes(case.binary_body)
+    return ["h2load", "--h1", "-t", "1", "-c", str(opts.concurrency), "-m", "1", "-d", str(body),
+            "-H", "content-type: application/octet-stream",
+            "-H", f"inference-header-content-length: {case.binary_header_length}",
+            f"http://127.0.0.1:{ports[1]}{case.http_path}"]
 
 
 def soak(opts: argparse.Namespace, folder: Path) -> Soak:
     """Warm up, sample; then the requests in ten steps, sampled after the first, the fifth
     and the last."""
     case = gpu_bench.build(opts)
-    body = folder / "request.grpc"
-    body.write_bytes(b"\x00" + len(case.grpc_body).to_bytes(4, "big") + case.grpc_body)
     children = Children(folder)
     result = Soak()
     deadline = time.monotonic() + opts.time_limit_s
     try:
-        address, metrics_port = start(children, opts, folder)
+        grpc_port, http_port, metrics_port = start(children, opts, folder)
+        address = f"127.0.0.1:{grpc_port}"
         check_grpc(address, case)
-        streams = max(1, opts.concurrency // opts.connections)
-        argv = ["h2load", "-t", "1", "-c", str(opts.connections), "-m", str(streams), "-d",
-                str(body), "-H", "content-type: application/grpc", "-H", "te: trailers",
-                f"http://{address}{METHOD}"]
+        argv = load_argv(opts, case, folder, (grpc_port, http_port))
         root = children.procs["serve"].pid
         sent, started = 0, 0.0
         for step in range(11):
@@ -189,8 +204,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--requests", type=int, default=100_000, help="requests measured (100000)")
     add("--warmup", type=int, default=5_000, help="requests before the first sample (5000)")
     add("--size", type=int, default=224, help="image side (224)")
+    add("--protocol", choices=("grpc", "http"), default="grpc",
+        help="gRPC, or HTTP/1.1 with binary tensors, one caller a connection (grpc)")
     add("--concurrency", type=int, default=64, help="h2load's callers (64)")
-    add("--connections", type=int, default=8, help="HTTP/2 connections they share (8)")
+    add("--connections", type=int, default=8, help="gRPC: HTTP/2 connections they share (8)")
     add("--gateway-processes", type=int, default=0,
         help="serve's --gateway-processes (its default: one per core)")
     add("--max-growth-mib", type=float, default=32.0,

@@ -15,7 +15,7 @@ import uvloop
 
 from common import tracing
 from common.gc_tuning import tune_collector
-from common.memory import tune_allocator
+from common.memory import GATEWAY_TUNED, tune_allocator
 from common.settings import GatewaySettings, RuntimeSettings
 from gateway.edge import EdgeBuilder
 
@@ -80,7 +80,7 @@ def edge_builder(settings: GatewaySettings) -> EdgeBuilder | None:
 def run_gateway(settings: GatewaySettings) -> int:
     from gateway.app import Gateway
 
-    tune_allocator()
+    tune_allocator(GATEWAY_TUNED)
     tracing.setup(settings.trace_exporter, "tensorgate-gateway")
 
     async def main() -> int:

@@ -1,6 +1,6 @@
 """The RSS soak, short: `tensorgate serve` with the passthrough model answers a couple of
-thousand 224x224 requests without errors, the gateway's and the runtime's memory is read at each
-sample, and a bound the run cannot meet fails it."""
+thousand 224x224 requests over gRPC and over HTTP without errors, the gateway's and the
+runtime's memory is read at each sample, and a bound the run cannot meet fails it."""
 
 from __future__ import annotations
 
@@ -21,9 +21,11 @@ def _h2load() -> None:
         pytest.skip(hint(tool))
 
 
-def test_a_short_soak_reports_both_roles_at_every_sample(capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_short_soak_reports_both_roles_at_every_sample(protocol: str,
+                                                         capsys: pytest.CaptureFixture[str]
                                                          ) -> None:
-    assert rss_soak.main([*SHORT, "--max-growth-mib", "400"]) == 0
+    assert rss_soak.main([*SHORT, "--protocol", protocol, "--max-growth-mib", "400"]) == 0
     out = capsys.readouterr().out
     rows = re.findall(r"^\| (after warm-up|\d+) \| (\d+) \| ([\d-]+) \| ([\d.]+) \(([\d.]+)\) \| "
                       r"([\d.]+) \(([\d.]+)\) \|$", out, re.MULTILINE)
