@@ -1,5 +1,6 @@
-"""The C heap of a server passing large tensors: kept for reuse between requests, and given back
-to the system after a message far larger than the rest (glibc keeps it otherwise)."""
+"""The C heap of a server passing large tensors: kept for reuse between requests, given back to
+the system after a message far larger than the rest (glibc keeps it otherwise), and in a
+gateway shared by all its threads in two heaps."""
 
 from __future__ import annotations
 
