@@ -10,6 +10,7 @@ one run:
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -40,6 +41,7 @@ from loadtest.servers import (
     start_gateway,
     start_runtime,
 )
+from tensorgate import mps
 
 #: One model repository per benchmarked model, so a runtime loads only the one measured.
 REPOS = ROOT / "loadtest" / ".models-gpu"
@@ -169,12 +171,14 @@ def torch_version() -> str:
     return str(torch.__version__)
 
 
-def start_servers(children: Children, opts: argparse.Namespace, workers: int
-                  ) -> tuple[list[str], str, str]:
-    """Runtime workers over ``loadtest/.models-gpu/MODEL`` and a gateway in front of them; the
-    workers' gRPC addresses and the gateway's gRPC and HTTP addresses."""
+def start_servers(children: Children, opts: argparse.Namespace, workers: int,
+                  clients: mps.Clients | None = None) -> tuple[list[str], str, str]:
+    """Runtime workers over ``loadtest/.models-gpu/MODEL`` (joining an MPS daemon through
+    ``clients``) and a gateway in front of them; the workers' gRPC addresses and the gateway's
+    gRPC and HTTP addresses."""
+    env = (clients or mps.Clients()).environ(os.environ)
     started = [start_runtime(children, f"runtime{index}", model_folder(opts).parent,
-                             opts.threads)
+                             opts.threads, env)
                for index in range(workers)]
     gateway_grpc, gateway_http = start_gateway(
         children, [lane for _, lane in started],
@@ -184,11 +188,20 @@ def start_servers(children: Children, opts: argparse.Namespace, workers: int
 
 def serve(case: Case, opts: argparse.Namespace, children: Children, workers: int,
           instances: int) -> list[Row]:
-    """One layout: ``workers`` runtime processes of ``instances`` sessions each; the first
-    worker called directly, then the gateway over gRPC and HTTP, then in shared memory."""
+    """One layout: ``workers`` runtime processes of ``instances`` sessions each, sharing the
+    GPU through CUDA MPS as `serve` would; the first worker called directly, then the gateway
+    over gRPC and HTTP, then in shared memory."""
     write_config(case, opts, instances)
-    runtimes, gateway_grpc, gateway_http = start_servers(children, opts, workers)
-    layout = f"{workers}x{instances}"
+    sharing = mps.plan("auto", workers, os.environ)
+    with tempfile.TemporaryDirectory(prefix="tg-mps-") as folder, \
+            mps.daemon(sharing, Path(folder)) as clients:
+        layout = f"{workers}x{instances}" + (" (MPS)" if clients.env else "")
+        return _serve_layout(case, opts, children, workers, clients, layout)
+
+
+def _serve_layout(case: Case, opts: argparse.Namespace, children: Children, workers: int,
+                  clients: mps.Clients, layout: str) -> list[Row]:
+    runtimes, gateway_grpc, gateway_http = start_servers(children, opts, workers, clients)
     probes = [runtime_probe(runtime, case) for runtime in runtimes]
     rows = []
     try:

@@ -1,6 +1,7 @@
 """One prepared run for a session lent a GPU machine (issue 23): install what travelled, run the
-GPU-gated and shared-memory tests, then gpu_bench on both backends, all under a time budget,
-everything written under one folder. Here first: ``prepare`` fills ``loadtest/.gpu-carry``.
+GPU-gated and shared-memory tests, then gpu_bench on both backends and with two workers through
+CUDA MPS, all under a time budget, everything written under one folder. Here first: ``prepare``
+fills ``loadtest/.gpu-carry``.
 
     python -m loadtest.gpu_session prepare               # here: wheels, perf_analyzer, h2load, wrk
     python -m loadtest.gpu_session run --dry-run         # the plan, nothing run
@@ -29,11 +30,14 @@ TESTS = ("tests/unit/test_gpu_paths.py", "tests/unit/test_torch_cuda_cpu.py",
          "tests/unit/test_precision.py", "tests/integration/test_gpu_config.py",
          "tests/unit/test_shm_regions.py", "tests/unit/test_shm_gateway.py",
          "tests/unit/test_cuda_shm.py", "tests/integration/test_shared_memory.py",
-         "tests/integration/test_cuda_shared_memory.py", "tests/integration/test_gpu_bench_shm.py")
+         "tests/integration/test_cuda_shared_memory.py", "tests/integration/test_gpu_bench_shm.py",
+         "tests/integration/test_mps_gpu.py")
 #: gpu_bench on a GPU: ResNet-50 fp16, one runtime of two instances, 256 callers, 1 image per
 #: request; every served path (the bytes in the request, system and CUDA shared memory).
 GPU_BENCH = ("--workers", "1x2", "--duration", "5", "--warmup", "1", "--ceiling-s", "0.5")
 GPU_PATHS = "grpc,http,shm-grpc,shm-http,cuda-grpc,cuda-http"
+#: The paths of the two-worker layout (MPS): the bytes in the request.
+MPS_PATHS = "grpc,http"
 #: The do-nothing servers fed the same requests: the bound of the served rows on that
 #: machine's cores (the same for either backend, so run once).
 FLOORS = "floor-grpc,floor-http"
@@ -44,6 +48,8 @@ SMOKE_BENCH = ("--device", "cpu", "--size", "16", "--max-batch", "4", "--workers
                "--ceiling-s", "0.1", "--threads", "1")
 SMOKE_PATHS = "grpc,shm-grpc,cuda-grpc"
 DEFAULT_OUT = ROOT / "loadtest" / ".models-gpu" / "session"
+#: The steps' and the servers' logs, packed.
+ARCHIVE = "logs.tar.gz"
 #: Seconds kept back for packing the server logs when the budget runs short.
 RESERVE_S = 15.0
 #: A step given less than this is skipped rather than started.
@@ -83,6 +89,11 @@ def plan(opts: argparse.Namespace) -> list[Step]:
         steps.append(Step(name, (python(), "-m", "loadtest.gpu_bench", "--backend", backend,
                                  *bench, "--paths", these, "--out", str(opts.out / f"{name}.md")),
                           240, f"{name}.md"))
+    # NOTE: last, with what time is left: two workers of one instance each on one GPU, through
+    # CUDA MPS where its control program is (the report's layout says so), against 1x2 above.
+    steps.append(Step("gpu-mps", (python(), "-m", "loadtest.gpu_bench", "--backend", "torch",
+                                  *bench, "--workers", "2x1", "--paths", MPS_PATHS, "--out",
+                                  str(opts.out / "gpu-mps.md")), 150, "gpu-mps.md"))
     return [step for step in steps if not opts.only or step.name in opts.only]
 
 
@@ -166,13 +177,19 @@ def run_step(step: Step, out: Path, env: dict[str, str], timeout_s: float, log: 
     return 124 if stopped else code
 
 
-def pack_logs(out: Path, log: Log) -> None:
-    """The benches' server logs, in one archive (few files come back from the machine)."""
-    logs = ROOT / "loadtest" / ".models-gpu" / ".logs"
-    with tarfile.open(out / "server-logs.tar.gz", "w:gz") as archive:
-        for path in sorted(logs.glob("*.log")) if logs.is_dir() else []:
-            archive.add(path, arcname=path.name)
-    log(f"server logs packed into {out / 'server-logs.tar.gz'}")
+def pack_logs(out: Path, steps: list[Step], log: Log) -> None:
+    """The steps' logs (moved) and the benches' server logs, in one archive: at most 8 files
+    come back from the machine, and the session log and the reports are read first."""
+    servers = ROOT / "loadtest" / ".models-gpu" / ".logs"
+    ran = [out / f"{step.name}.log" for step in steps if (out / f"{step.name}.log").is_file()]
+    with tarfile.open(out / ARCHIVE, "w:gz") as archive:
+        for path in ran:
+            archive.add(path, arcname=f"steps/{path.name}")
+        for path in sorted(servers.glob("*.log")) if servers.is_dir() else []:
+            archive.add(path, arcname=f"servers/{path.name}")
+    for path in ran:
+        path.unlink()
+    log(f"the steps' and the servers' logs packed into {out / ARCHIVE}")
 
 
 def session(opts: argparse.Namespace) -> int:
@@ -199,7 +216,7 @@ def session(opts: argparse.Namespace) -> int:
         if run_step(step, opts.out, env, limit, log) != 0:
             failed.append(step.name)
     if not opts.dry_run:
-        pack_logs(opts.out, log)
+        pack_logs(opts.out, steps, log)
     log(f"finished: {'failed: ' + ', '.join(failed) if failed else 'every step that ran passed'}")
     return 1 if failed else 0
 

@@ -114,12 +114,13 @@ class Children:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.problems: list[str] = []
 
-    def start(self, name: str, argv: list[str], ready: Ready) -> None:
+    def start(self, name: str, argv: list[str], ready: Ready,
+              env: dict[str, str] | None = None) -> None:
         log = self.log_dir / f"{name}.log"
         with log.open("wb") as sink:
             self.procs[name] = subprocess.Popen(
                 argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
-                start_new_session=True)
+                start_new_session=True, env=env)
         deadline = time.monotonic() + START_TIMEOUT_S
         while not ready(log.read_text(errors="replace")):
             code = self.procs[name].poll()
@@ -205,13 +206,14 @@ def start_floor(children: Children, protocol: str, name: str = "floor") -> str:
     return address
 
 
-def start_runtime(children: Children, name: str, repository: Path, threads: int
-                  ) -> tuple[str, str]:
-    """A runtime worker named ``name`` over ``repository``; its gRPC address and its lane."""
+def start_runtime(children: Children, name: str, repository: Path, threads: int,
+                  env: dict[str, str] | None = None) -> tuple[str, str]:
+    """A runtime worker named ``name`` over ``repository`` (in ``env``, else ours); its gRPC
+    address and its lane."""
     address, lane = f"127.0.0.1:{free_port()}", lane_address()
     children.start(name, [sys.executable, "-m", "tensorgate", "runtime", "--model-repository",
                           str(repository), "--listen", address, "--lane", lane, "--threads",
-                          str(threads)], any_of(*RUNTIME_READY))
+                          str(threads)], any_of(*RUNTIME_READY), env)
     return address, lane
 
 

@@ -20,7 +20,7 @@ from common.settings import (
     default_threads,
     from_json,
 )
-from tensorgate import ab, admin, edge, health, models_cli
+from tensorgate import ab, admin, edge, health, models_cli, mps
 
 LOG_FORMATS = ("text", "json")
 log = logging.getLogger("tensorgate")
@@ -218,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="local runtime worker processes; one that dies is restarted (1)")
     serve.add_argument("--gateway-processes", type=int, default=default_threads(),
                        help="gateway processes sharing the ports (one per core)")
+    serve.add_argument("--mps", choices=mps.MODES, default="auto",
+                       help="CUDA MPS for 2 or more runtime workers: auto starts a daemon of "
+                            "serve's own where nvidia-cuda-mps-control and a GPU are found, on "
+                            "wherever the program is, off never (auto)")
     _gateway_args(serve)
     gateway = commands.add_parser("gateway", help="run only the gateway")
     gateway.add_argument("--model-repository", type=Path, default=repository,
@@ -365,6 +369,7 @@ def run(args: argparse.Namespace) -> int:
                 return supervisor.gateways(settings, args.processes, held)
             return roles.run_gateway(settings)
     settings = gateway_settings(args, ())
+    sharing = mps.plan(args.mps, max(1, args.runtime_workers), os.environ)
     # NOTE: the ports first: a clash stops us before the first admin key or any child exists.
     with ports.claim(settings, reserve=True) as held:
         bootstrap.announce_auth(settings, create_admin=True)
@@ -373,7 +378,7 @@ def run(args: argparse.Namespace) -> int:
         _warn_if_empty(args.model_repository)
         return supervisor.serve(args.model_repository, args.threads,
                                 max(1, args.gateway_processes), settings,
-                                max(1, args.runtime_workers), held)
+                                max(1, args.runtime_workers), held, sharing)
 
 
 def _warn_if_empty(repository: Path) -> None:

@@ -22,7 +22,7 @@ from common.model_config import ConfigError
 from common.settings import GatewaySettings, to_json
 from runtime import metrics_http
 from runtime.metrics import serving_registry
-from tensorgate import ports
+from tensorgate import mps, ports
 from tensorgate.bootstrap import write_private
 from tensorgate.ports import Claim
 from tensorgate.roles import GATEWAY_READY, RUNTIME_READY, stop_event
@@ -44,6 +44,8 @@ class Child:
     process: asyncio.subprocess.Process | None = None
     #: Restarted when it dies (runtime workers) instead of stopping the group.
     restart: bool = False
+    #: What it takes from an MPS daemon (mps.py), over `env`.
+    clients: mps.Clients = field(default_factory=mps.Clients)
 
 
 def gateway_argv(settings: GatewaySettings, tmp: Path) -> list[str]:
@@ -55,12 +57,15 @@ def gateway_argv(settings: GatewaySettings, tmp: Path) -> list[str]:
 
 
 def serve(repository: Path, threads: int, processes: int, settings: GatewaySettings,
-          runtime_workers: int = 1, held: Claim | None = None) -> int:
-    """`runtime_workers` runtime workers on unix sockets, sharing `threads`, and `processes`
-    gateways in front of them all, on the ports of `held` (claimed here if None)."""
+          runtime_workers: int = 1, held: Claim | None = None,
+          sharing: mps.Plan | None = None) -> int:
+    """`runtime_workers` runtime workers on unix sockets, sharing `threads` (and the GPUs
+    through CUDA MPS as `sharing` plans), and `processes` gateways in front of them all, on the
+    ports of `held` (claimed here if None)."""
     with tempfile.TemporaryDirectory(prefix="tensorgate-") as tmp, \
-            held or ports.claim(settings, reserve=True) as claimed:
-        runtimes = [runtime_child(repository, Path(tmp), i, share, settings)
+            held or ports.claim(settings, reserve=True) as claimed, \
+            mps.daemon(sharing or mps.Plan(), Path(tmp) / "mps") as clients:
+        runtimes = [runtime_child(repository, Path(tmp), i, share, settings, clients)
                     for i, share in enumerate(split_threads(threads, runtime_workers))]
         lanes = tuple(f"unix:{tmp}/lane-{i}.sock" for i in range(len(runtimes)))
         return run_group(runtimes, replace(claimed.settings, runtime_endpoints=lanes), processes,
@@ -74,8 +79,10 @@ def split_threads(threads: int, workers: int) -> list[int]:
 
 
 def runtime_child(repository: Path, tmp: Path, index: int, threads: int,
-                  settings: GatewaySettings | None = None) -> Child:
-    """A runtime worker of `serve`: the gateways' registry, drain timeout and tracing."""
+                  settings: GatewaySettings | None = None,
+                  clients: mps.Clients | None = None) -> Child:
+    """A runtime worker of `serve`: the gateways' registry, drain timeout and tracing, and the
+    MPS daemon's environment."""
     settings = settings or GatewaySettings()
     argv = [sys.executable, "-m", "tensorgate", "runtime", "--model-repository",
             str(repository), "--listen", f"unix:{tmp}/grpc-{index}.sock",
@@ -90,7 +97,8 @@ def runtime_child(repository: Path, tmp: Path, index: int, threads: int,
     # NOTE: the workers write their metrics where the gateways do (run_group's directory), so
     # the supervisor's one /metrics shows both.
     env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics")}
-    return Child(f"runtime-{index}", argv, RUNTIME_READY, env, restart=True)
+    return Child(f"runtime-{index}", argv, RUNTIME_READY, env, restart=True,
+                 clients=clients or mps.Clients())
 
 
 def restart_delay(previous: float | None, uptime: float) -> float:
@@ -179,7 +187,8 @@ async def _keep_alive(child: Child, stop: asyncio.Event) -> None:
 async def _start(child: Child, stop: asyncio.Event) -> bool:
     """Start one child and wait for its ready line; False if it exits or we must stop first."""
     child.process = await asyncio.create_subprocess_exec(
-        *child.argv, stdout=asyncio.subprocess.PIPE, env={**os.environ, **child.env})
+        *child.argv, stdout=asyncio.subprocess.PIPE,
+        env=child.clients.environ({**os.environ, **child.env}))
     log.info("%s started (pid %d)", child.name, child.process.pid)
     announced = asyncio.ensure_future(_announcement(child.process.stdout, child.ready))
     stopping = asyncio.ensure_future(stop.wait())

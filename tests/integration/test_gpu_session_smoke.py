@@ -1,8 +1,10 @@
 """The prepared GPU session's smoke mode, end to end on the CPU: tiny sizes, the facts and the
-TorchScript bench run, their logs and report land in the output folder, and nothing travelled."""
+TorchScript bench run, their report lands in the output folder and their logs in its archive, and
+nothing travelled."""
 
 from __future__ import annotations
 
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -20,9 +22,14 @@ def test_the_smoke_run_writes_the_facts_the_report_and_the_logs(
                              str(out), "--carry", str(tmp_path / "nothing")])
     printed = capsys.readouterr().out
     assert code == 0, printed
-    assert sorted(p.name for p in out.iterdir()) == [
-        "facts.log", "gpu-torch.log", "gpu-torch.md", "server-logs.tar.gz", "session.log"]
-    assert "torch " in (out / "facts.log").read_text()
+    assert sorted(p.name for p in out.iterdir()) == ["gpu-torch.md", "logs.tar.gz",
+                                                     "session.log"]
+    with tarfile.open(out / "logs.tar.gz") as archive:
+        names = archive.getnames()
+        facts = archive.extractfile("steps/facts.log")
+        assert facts is not None and "torch " in facts.read().decode()
+    assert "steps/gpu-torch.log" in names
+    assert any(name.startswith("servers/runtime") for name in names), names
     report = (out / "gpu-torch.md").read_text()
     assert "--device cpu --size 16" in report and "| 1x1 | gateway → runtime, gRPC |" in report
     assert "| 1x1 | gateway → runtime, gRPC, system shared memory |" in report

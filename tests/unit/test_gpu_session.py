@@ -30,8 +30,10 @@ def test_the_dry_run_prints_every_step_and_runs_none(tmp_path: Path,
                             str(carry), "--site", str(tmp_path / "site"))
     assert code == 0
     assert "install 1 wheels into" in out and not (tmp_path / "site").exists()
-    for name in ("facts", "tests", "gpu-torch", "gpu-onnx"):
+    for name in ("facts", "tests", "gpu-torch", "gpu-onnx", "gpu-mps"):
         assert f"would run {name}: " in out
+    two = next(line for line in out.splitlines() if "would run gpu-mps" in line)
+    assert two.endswith(f"--workers 2x1 --paths grpc,http --out {tmp_path / 'out' / 'gpu-mps.md'}")
     bench = next(line for line in out.splitlines() if "would run gpu-torch" in line)
     assert "--device cuda:0" in bench and "shm-grpc,shm-http,cuda-grpc,cuda-http" in bench
     onnx = next(line for line in out.splitlines() if "would run gpu-onnx" in line)
@@ -49,9 +51,9 @@ def test_steps_that_no_longer_fit_the_budget_are_skipped(tmp_path: Path,
     code, out = run_session(capsys, "--device", "cpu", "--budget-s", "20", "--out",
                             str(tmp_path), "--carry", str(tmp_path / "none"))
     assert code == 0
-    for name in ("facts", "tests", "gpu-torch", "gpu-onnx"):
+    for name in ("facts", "tests", "gpu-torch", "gpu-onnx", "gpu-mps"):
         assert f"{name}: skipped: out of time" in out
-    assert (tmp_path / "server-logs.tar.gz").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logs.tar.gz", "session.log"]
 
 
 def test_a_step_past_its_limit_is_stopped(tmp_path: Path) -> None:
