@@ -10,6 +10,7 @@ import logging
 import os
 import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -145,14 +146,22 @@ def test_a_worker_without_a_daemon_keeps_the_environment(tmp_path: Path,
     assert environ[VISIBLE] == "1" and PIPE not in environ
 
 
+def block(chosen: Plan, folder: Path, probe: Callable[[Clients], str],
+          caplog: pytest.LogCaptureFixture, record: Path) -> tuple[Clients, list[list[str]]]:
+    """What a block run under the daemon was given, and the control program's calls by then;
+    the warnings go to `caplog`."""
+    with caplog.at_level(logging.WARNING, "tensorgate"), \
+            mps.daemon(chosen, folder, probe=probe) as clients:
+        return clients, [c["argv"] for c in calls(record)]
+
+
 def test_a_daemon_that_fails_to_start_leaves_the_workers_without_it(
         control: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
     program, record = control
     monkeypatch.setenv("FAKE_MPS_EXIT_START", "3")
-    with caplog.at_level(logging.WARNING, "tensorgate"), \
-            mps.daemon(Plan(binary=program), tmp_path / "mps", probe=no_probe) as clients:
-        assert clients == Clients()
+    assert block(Plan(binary=program), tmp_path / "mps", no_probe, caplog, record) == (
+        Clients(), [["-d"]])
     assert "exit code 3: the stand-in was told to fail" in caplog.text
     assert "take turns on the GPU" in caplog.text
     assert [c["argv"] for c in calls(record)] == [["-d"]], "quit sent to a daemon never started"
@@ -169,12 +178,10 @@ def test_a_daemon_whose_clients_fail_is_quit_at_once(
         control: tuple[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     program, record = control
     refused = "cuCtxCreate returned CUDA error 805 through the MPS daemon"
-    with caplog.at_level(logging.WARNING, "tensorgate"), \
-            mps.daemon(Plan(binary=program), tmp_path / "mps", probe=lambda c: refused) as clients:
-        assert clients == Clients()
-        assert [c["argv"] for c in calls(record)] == [["-d"], []]
+    assert block(Plan(binary=program), tmp_path / "mps", lambda c: refused, caplog, record) == (
+        Clients(), [["-d"], []]), "the daemon not quit before the workers start"
     assert refused in caplog.text
-    assert len(calls(record)) == 2, "quit twice"
+    assert [c["argv"] for c in calls(record)] == [["-d"], []], "quit twice"
     with pytest.raises(ConfigError, match="error 805"), \
             mps.daemon(Plan(binary=program, required=True), tmp_path / "mps",
                        probe=lambda c: refused):
@@ -185,11 +192,10 @@ def test_a_daemon_whose_clients_fail_is_quit_at_once(
 def test_a_daemon_that_does_not_quit_is_logged(
         control: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
-    program, _ = control
+    program, record = control
     monkeypatch.setenv("FAKE_MPS_EXIT_QUIT", "1")
-    with caplog.at_level(logging.WARNING, "tensorgate"), \
-            mps.daemon(Plan(binary=program), tmp_path / "mps", probe=lambda c: ""):
-        pass
+    clients, _ = block(Plan(binary=program), tmp_path / "mps", lambda c: "", caplog, record)
+    assert clients.env and [c["argv"] for c in calls(record)] == [["-d"], []]
     assert "did not quit (exit code 1: the stand-in was told to fail)" in caplog.text
 
 
