@@ -50,9 +50,15 @@ class Clients:
         return {**{k: v for k, v in base.items() if k not in self.unset}, **self.env}
 
 
+def _gpus() -> int:
+    from runtime.backends.base import cuda_device_count  # NOTE: numpy: not for every CLI call
+
+    return cuda_device_count()
+
+
 def plan(mode: str, workers: int, environ: Mapping[str, str],
          which: Callable[[str], str | None] = shutil.which,
-         gpus: Callable[[], int] | None = None) -> Plan:
+         gpus: Callable[[], int] = _gpus) -> Plan:
     """`--mps` for `workers` runtime workers: `auto` starts a daemon where the control program
     and a GPU are found, `on` wherever the program is (ConfigError without it), `off` never."""
     if mode not in MODES:
@@ -65,7 +71,6 @@ def plan(mode: str, workers: int, environ: Mapping[str, str],
         return Plan(note=f"CUDA MPS: the runtime workers join the daemon already set up in "
                          f"{existing}")
     binary = which(CONTROL)
-    gpus = gpus or _gpus
     if binary is None:
         if mode == "on":
             raise ConfigError(f"--mps on: {CONTROL} is not on PATH (it comes with the NVIDIA "
@@ -80,12 +85,6 @@ def plan(mode: str, workers: int, environ: Mapping[str, str],
         return Plan()
     return Plan(binary=binary, note=f"CUDA MPS: {workers} runtime workers share the GPUs through "
                                     f"a control daemon of their own", required=mode == "on")
-
-
-def _gpus() -> int:
-    from runtime.backends.base import cuda_device_count  # NOTE: numpy: not for every CLI call
-
-    return cuda_device_count()
 
 
 #: A CUDA context created and destroyed through the driver, as a worker's first one would be.

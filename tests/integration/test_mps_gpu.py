@@ -23,15 +23,9 @@ from tests.waiting import until
 ROWS = np.random.default_rng(5).random((8, 64), dtype=np.float32)
 
 
-def processes(name: str) -> set[int]:
-    found = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True, check=False)
+def pgrep(*args: str) -> set[int]:
+    found = subprocess.run(["pgrep", *args], capture_output=True, text=True, check=False)
     return {int(pid) for pid in found.stdout.split()}
-
-
-def runtime_workers(serve: int) -> list[int]:
-    found = subprocess.run(["pgrep", "-P", str(serve), "-f", "tensorgate runtime"],
-                           capture_output=True, text=True, check=False)
-    return [int(pid) for pid in found.stdout.split()]
 
 
 def environ_of(pid: int) -> dict[str, str]:
@@ -62,7 +56,7 @@ def test_two_workers_share_the_gpu_through_a_daemon_of_their_own(tmp_path: Path)
         pytest.skip("needs a CUDA GPU: none is visible")
     if shutil.which(CONTROL) is None or shutil.which("pgrep") is None:
         pytest.skip(f"needs {CONTROL} and pgrep on PATH")
-    daemons = processes(CONTROL)
+    daemons = pgrep("-x", CONTROL)
     process, lines = start("serve", "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0",
                            "--metrics-port", "-1", "--threads", "2", "--runtime-workers", "2",
                            "--gateway-processes", "1", "--mps", "auto", "--no-auth",
@@ -75,13 +69,14 @@ def test_two_workers_share_the_gpu_through_a_daemon_of_their_own(tmp_path: Path)
         if unused is not None:  # NOTE: this machine's MPS refuses clients, as serve found
             pytest.skip(unused.strip())
         assert any("CUDA MPS control daemon started" in line for line in seen), "".join(seen)
-        assert processes(CONTROL) - daemons, "no control daemon of serve's own"
-        workers = runtime_workers(process.pid)
+        assert pgrep("-x", CONTROL) - daemons, "no control daemon of serve's own"
+        workers = pgrep("-P", str(process.pid), "-f", "tensorgate runtime")
         assert len(workers) == 2, workers
-        pipe = environ_of(workers[0]).get(PIPE)
-        assert pipe and environ_of(workers[1]).get(PIPE) == pipe, "a worker not sent to MPS"
+        pipes = {environ_of(pid).get(PIPE) for pid in workers}
+        pipe = pipes.pop()
+        assert pipe and not pipes, "a worker not sent to MPS"
         if "CUDAExecutionProvider" in ort.get_available_providers():  # NOTE: digits on the GPU
-            assert set(workers) <= mps_clients(pipe), "a worker is no MPS client"
+            assert workers <= mps_clients(pipe), "a worker is no MPS client"
         client = thttp.InferenceServerClient(f"127.0.0.1:{ready.group(1)}")
         want = expected()
         for _ in range(4):  # NOTE: both workers answer, by the gateway's choice
@@ -92,7 +87,7 @@ def test_two_workers_share_the_gpu_through_a_daemon_of_their_own(tmp_path: Path)
                 np.testing.assert_allclose(got[0], want[i], rtol=1e-3, atol=1e-4)
         process.send_signal(signal.SIGTERM)
         assert process.wait(90) == 0, "".join(seen)
-        until(lambda: not processes(CONTROL) - daemons or None,
+        until(lambda: not pgrep("-x", CONTROL) - daemons or None,
               "serve's control daemon gone after serve stopped")
     finally:
         if process.poll() is None:
