@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import grpc
 
 from common.errors import TensorgateError
-from common.wire import Buffer
+from runtime.device_rows import Part
 from runtime.promise import Promise
 
 
@@ -34,7 +34,7 @@ class Timing:
 class Pending:
     """One queued request: its input bytes in signature order and what its answer needs."""
 
-    inputs: list[Buffer]
+    inputs: list[Part]
     shapes: list[tuple[int, ...]]
     batch_size: int
     #: The non-batch shapes of every input: only equal keys share a batch.
@@ -45,6 +45,8 @@ class Pending:
     future: asyncio.Future | Promise
     outputs: tuple[str, ...] = ()
     timing: Timing | None = None
+    #: Some input is a DeviceSpan: the executor gathers this one's batch on the GPU.
+    device: bool = False
 
 
 @dataclass

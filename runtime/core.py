@@ -111,7 +111,11 @@ class RuntimeCore:
         written into them; the regions stay in use until the answer is built."""
         lease = Lease(self.regions, call)
         try:
-            await lease.fetch()
+            if lease.device_inputs:
+                request = call.message
+                model = self.store.get(request.model_name, request.model_version)
+                await lease.fetch(all(getattr(b, "gathers_on_device", False)
+                                      for b in model.backends))
             answer = await self.infer(lease.call, timeout)
             await lease.write(answer)
             return answer

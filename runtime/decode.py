@@ -16,6 +16,7 @@ from common.arena import Mapping
 from common.proto import grpc_service_pb2 as pb
 from common.regions import MARK
 from common.wire import LENGTH_DELIMITED, Buffer, WireError, fields
+from runtime.device_rows import Part
 
 #: Below this many bytes the message is parsed whole: scanning its fields in Python costs more
 #: than copying them.
@@ -30,11 +31,13 @@ class InferCall:
 
     message: pb.ModelInferRequest
     #: One entry per raw_input_contents; once shared-memory regions are resolved, one per
-    #: input (None for an input given as contents).
-    raw: Sequence[Buffer | None]
+    #: input (None for an input given as contents; a DeviceSpan for one left in a CUDA region).
+    raw: Sequence[Part | None]
     #: Some tensor names a shared-memory region (a cheap look at the bytes: may be a false
     #: positive, never a false negative).
     shm: bool = False
+    #: Some input is a DeviceSpan: its batch is gathered on the GPU.
+    device: bool = False
 
     @classmethod
     def of(cls, message: pb.ModelInferRequest, shm: bool = False) -> InferCall:

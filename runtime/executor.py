@@ -12,8 +12,10 @@ import numpy as np
 
 from common.datatypes import NUMPY_DTYPES, from_numpy
 from common.tensors import encode_text, serialize_bytes, text_elements
+from common.wire import Buffer
 from runtime.backends.base import Backend
 from runtime.batcher import Pending
+from runtime.device_rows import DeviceSpan, Gather
 
 #: Batches of fewer input bytes are joined into a new bytes object: cheaper than keeping a
 #: buffer for them.
@@ -63,8 +65,11 @@ class BatchResult:
 def execute(backend: Backend, batched: bool, batch: list[Pending], staging: Staging
             ) -> BatchResult:
     t0 = time.perf_counter_ns()
-    feeds = [_assemble(batch, j, spec.datatype, batched, staging)
-             for j, spec in enumerate(backend.inputs)]
+    if any(p.device for p in batch):
+        feeds = _gathers(backend, batched, batch, staging)
+    else:
+        feeds = [_assemble(batch, j, spec.datatype, batched, staging)
+                 for j, spec in enumerate(backend.inputs)]
     t1 = time.perf_counter_ns()
     results = backend.run(feeds)
     t2 = time.perf_counter_ns()
@@ -73,26 +78,50 @@ def execute(backend: Backend, batched: bool, batch: list[Pending], staging: Stag
     return BatchResult(outputs, t1 - t0, t2 - t1, t3 - t2)
 
 
+def _gathers(backend: Backend, batched: bool, batch: list[Pending], staging: Staging
+             ) -> list[np.ndarray]:
+    """A batch with rows in CUDA regions: each input with such rows as a Gather for a backend
+    that copies them on the device, else copied to the host here, span by span."""
+    on_device = getattr(backend, "gathers_on_device", False)
+    feeds: list[np.ndarray] = []
+    for j, spec in enumerate(backend.inputs):
+        parts = [p.inputs[j] for p in batch]
+        if not any(isinstance(part, DeviceSpan) for part in parts):
+            feeds.append(_assemble(batch, j, spec.datatype, batched, staging))
+            continue
+        found = Gather(tuple(parts), _shape(batch, j, batched), spec.datatype)
+        # NOTE: the Backend protocol's feeds are arrays; a Gather goes only to a backend that
+        # says it takes one.
+        feeds.append(found if on_device else found.host())  # type: ignore[arg-type]
+    return feeds
+
+
+def _shape(batch: list[Pending], j: int, batched: bool) -> tuple[int, ...]:
+    shape = batch[0].shapes[j]
+    if batched:
+        return (sum(p.batch_size for p in batch), *shape[1:])
+    return shape
+
+
 def _assemble(batch: list[Pending], j: int, datatype: str, batched: bool,
               staging: Staging) -> np.ndarray:
-    first = batch[0]
-    shape = first.shapes[j]
-    if batched:
-        shape = (sum(p.batch_size for p in batch), *shape[1:])
+    # NOTE: host bytes only: an input with rows in CUDA regions goes through `_gathers`.
+    rows: list[Buffer] = [p.inputs[j] for p in batch]  # type: ignore[misc]
+    shape = _shape(batch, j, batched)
     if datatype == "BYTES":
-        raw = first.inputs[j] if len(batch) == 1 else b"".join(p.inputs[j] for p in batch)
+        raw = rows[0] if len(rows) == 1 else b"".join(rows)
         # NOTE: backends take strings as str (ONNX Runtime would str() a bytes object into
         # "b'...'"); validation let only UTF-8 text through.
         return np.array(text_elements(raw, "input"), dtype=object).reshape(shape)
     dtype = NUMPY_DTYPES[datatype]
-    if len(batch) == 1 or len(first.inputs[j]) * len(batch) < JOIN_BELOW_BYTES:
-        raw = first.inputs[j] if len(batch) == 1 else b"".join(p.inputs[j] for p in batch)
+    if len(rows) == 1 or len(rows[0]) * len(rows) < JOIN_BELOW_BYTES:
+        raw = rows[0] if len(rows) == 1 else b"".join(rows)
         return np.frombuffer(raw, dtype=dtype).reshape(shape)
-    nbytes = sum(len(p.inputs[j]) for p in batch)
-    out = staging.buffer(j, nbytes, len(first.inputs[j]) // max(1, first.batch_size))
+    nbytes = sum(len(row) for row in rows)
+    out = staging.buffer(j, nbytes, len(rows[0]) // max(1, batch[0].batch_size))
     # NOTE: numpy copies without the GIL, so the event loop keeps decoding and answering while
     # a large batch is gathered; a copy in Python (memoryview assignments) would hold the GIL.
-    np.concatenate([np.frombuffer(p.inputs[j], dtype=np.uint8) for p in batch], out=out)
+    np.concatenate([np.frombuffer(row, dtype=np.uint8) for row in rows], out=out)
     return out.view(dtype).reshape(shape)
 
 
@@ -138,7 +167,8 @@ def _owned(array: np.ndarray, feeds: list[np.ndarray]) -> np.ndarray:
     """``array``, copied once for the whole batch when its requests' outputs will be views of it
     and it shares memory with an input (an identity model): the next batch reuses the staging
     buffer, and the gateway its arena slot, before every answer has been sent."""
-    if array.nbytes < VIEW_FROM_BYTES or not any(np.may_share_memory(array, f) for f in feeds):
+    if array.nbytes < VIEW_FROM_BYTES or not any(
+            isinstance(f, np.ndarray) and np.may_share_memory(array, f) for f in feeds):
         return array
     return array.copy()
 

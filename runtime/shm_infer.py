@@ -11,10 +11,10 @@ import grpc
 import numpy as np
 
 from common.errors import TensorgateError, invalid_argument
-from common.wire import Buffer
 from runtime.cuda_api import CudaError
 from runtime.cuda_shm import CudaRegion
 from runtime.decode import InferCall
+from runtime.device_rows import DeviceSpan, Part
 from runtime.shm import Region, Regions, span
 
 #: A copy between the host and a CUDA region: (target, source, size, device, what it is for).
@@ -30,8 +30,9 @@ class Lease:
         self.held: list[Region | CudaRegion] = []
         #: output name → (region, start in its view, byte_size)
         self.outputs: dict[str, tuple[Region | CudaRegion, int, int]] = {}
-        #: Inputs in CUDA regions, read by `fetch`: (index in the call's raw, region, span).
-        self.device_inputs: list[tuple[int, CudaRegion, int, int, str]] = []
+        #: Inputs in CUDA regions, read by `fetch`: (index in the call's raw, region, span,
+        #: what it is, whether it is text).
+        self.device_inputs: list[tuple[int, CudaRegion, int, int, str, bool]] = []
         try:
             self.call = self._inputs(call)
             self._outputs(call.message)
@@ -54,7 +55,7 @@ class Lease:
         """raw_input_contents belong, in order, to the inputs not in a region (as Triton has
         it); the call's raw holds one entry per input, None for one given as contents."""
         message, raw = call.message, call.raw
-        resolved: list[Buffer | None] = []
+        resolved: list[Part | None] = []
         taken = 0
         for tensor in message.inputs:
             what = f"input '{tensor.name}'"
@@ -71,7 +72,8 @@ class Lease:
                                        "shared memory")
             region, start, size = self._take(found, what)
             if isinstance(region, CudaRegion):
-                self.device_inputs.append((len(resolved), region, start, size, what))
+                self.device_inputs.append((len(resolved), region, start, size, what,
+                                           tensor.datatype == "BYTES"))
                 resolved.append(None)  # NOTE: `fetch` fills it in
             else:
                 resolved.append(region.view[start : start + size])
@@ -87,19 +89,26 @@ class Lease:
             if found is not None:
                 self.outputs[output.name] = self._take(found, what)
 
-    async def fetch(self) -> None:
-        """Inputs in CUDA regions copied to the host, once each, in a thread (a copy waits for
-        the GPU). NOTE: the executor gathers batches on the host for every backend."""
+    async def fetch(self, on_device: bool) -> None:
+        """Inputs in CUDA regions: left there as spans `on_device` (the model's backend gathers
+        its batches on the GPU; text is read on the host), else copied to the host, once each,
+        in a thread (a copy waits for the GPU)."""
         if not self.device_inputs:
             return
-        raw: list[Buffer | None] = self.call.raw  # type: ignore[assignment]
+        raw: list[Part | None] = self.call.raw  # type: ignore[assignment]
         copies: list[Copy] = []
-        for index, region, start, size, what in self.device_inputs:
+        for index, region, start, size, what, text in self.device_inputs:
+            if on_device and not text:
+                raw[index] = DeviceSpan(region.pointer + start, size, region.device_id,
+                                        region.api.copy)
+                self.call.device = True
+                continue
             host = np.empty(size, np.uint8)
             raw[index] = host.data
             copies.append((host.ctypes.data, region.pointer + start, size, region.device_id,
                            f"{what}: reading {region.shown()}"))
-        await _copy(self.device_inputs[0][1], copies)
+        if copies:
+            await _copy(self.device_inputs[0][1], copies)
 
     async def write(self, response: Any) -> None:
         """Each output that names a region is written there, and answered without its bytes

@@ -12,9 +12,9 @@ from common.tensors import (
     element_count,
     expected_byte_size,
 )
-from common.wire import Buffer
 from runtime.classify import class_count
 from runtime.decode import InferCall
+from runtime.device_rows import DeviceSpan, Part
 from runtime.model import ServedModel
 
 
@@ -22,13 +22,15 @@ from runtime.model import ServedModel
 class Checked:
     """A request that fits its model: input bytes and shapes in signature order."""
 
-    inputs: list[Buffer]
+    inputs: list[Part]
     shapes: list[tuple[int, ...]]
     batch_size: int
     shape_key: tuple
     outputs: tuple[str, ...]
     #: Outputs asked as classes (the classification extension): name → k.
     classes: dict[str, int] | None = None
+    #: Some input is a DeviceSpan (see InferCall.device).
+    device: bool = False
 
 
 def check(call: InferCall, model: ServedModel) -> Checked:
@@ -38,7 +40,7 @@ def check(call: InferCall, model: ServedModel) -> Checked:
         raise invalid_argument(f"{model.label}: {len(request.inputs)} inputs but "
                                f"{len(raw)} raw_input_contents")
     count = len(model.inputs)
-    inputs: list[Buffer | None] = [None] * count
+    inputs: list[Part | None] = [None] * count
     shapes: list[tuple[int, ...]] = [()] * count
     for i, tensor in enumerate(request.inputs):
         j = _index(model, tensor.name)
@@ -58,6 +60,7 @@ def check(call: InferCall, model: ServedModel) -> Checked:
         tuple([s[1:] for s in shapes]) if model.batched else tuple(shapes),
         _requested(asked, model) if asked else (),
         _classes(asked, model) if asked else None,
+        call.device,
     )
 
 
@@ -70,7 +73,7 @@ def _index(model: ServedModel, name: str) -> int:
 
 
 def _payload(model: ServedModel, j: int, tensor: Any, shape: tuple[int, ...],
-             raw: Buffer | None) -> Buffer:
+             raw: Part | None) -> Part:
     spec, what = model.inputs[j], model.input_what[j]
     if tensor.datatype != spec.datatype:
         raise invalid_argument(f"{what}: expected datatype {spec.datatype}, got "
@@ -96,7 +99,7 @@ def _payload(model: ServedModel, j: int, tensor: Any, shape: tuple[int, ...],
                                f"bytes, got {len(raw)}")
     # NOTE: counted in place; splitting into a list would copy every element of a large tensor.
     # Text checked here, per request: in the executor one bad element would fail its batch.
-    if size is None and count_text_elements(raw, what) != count:
+    if size is None and (isinstance(raw, DeviceSpan) or count_text_elements(raw, what) != count):
         raise invalid_argument(f"{what}: shape {list(shape)} needs {count} BYTES elements")
     return raw
 

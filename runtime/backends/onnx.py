@@ -63,6 +63,8 @@ class OnnxBackend:
         self._input_names = [s.name for s in self.inputs]
         self._output_names = [s.name for s in self.outputs]
         self.bound = self._bound_runner(config, quiet)
+        #: A batch's inputs in CUDA regions go to the bound device buffers as spans.
+        self.gathers_on_device = self.bound is not None
         self._direct = _direct_run(self.session)
 
     def _providers(self, config: ModelConfig, path: Path, quiet: bool) -> list[Provider]:

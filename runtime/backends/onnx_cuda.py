@@ -16,6 +16,7 @@ import onnxruntime as ort
 from common.datatypes import NUMPY_DTYPES
 from common.model_config import TensorSpec
 from runtime.backends.batch_sizes import padded_size
+from runtime.device_rows import DeviceSpan, Gather
 
 
 @dataclass
@@ -71,7 +72,9 @@ class BoundRunner:
     def _shape(spec: TensorSpec, size: int) -> tuple[int, ...]:
         return (size, *spec.shape) if size else spec.shape
 
-    def run(self, feeds: list[np.ndarray]) -> list[np.ndarray]:
+    def run(self, feeds: Sequence[np.ndarray | Gather]) -> list[np.ndarray]:
+        """One batch; an input whose rows are partly in CUDA regions comes as a Gather: its
+        host rows go up with the rest, then its spans are copied device to device."""
         rows = feeds[0].shape[0] if self.sizes else 0
         size = padded_size(rows, self.sizes) if self.sizes else 0
         if size is None:
@@ -79,11 +82,29 @@ class BoundRunner:
                              f"size {self.sizes[-1]}")
         bound = self.bound[size]
         for value, feed, pad in zip(bound.inputs, feeds, bound.padding):
-            if rows != size:
+            spans: list[tuple[int, DeviceSpan]] = []
+            if isinstance(feed, Gather):
+                spans, feed = _host_rows(feed, pad if rows != size else None)
+            elif rows != size:
                 # NOTE: the rows past the batch keep an earlier batch's values: finite, and
                 # their outputs are sliced off.
                 pad[:rows] = feed
                 feed = pad
             value.update_inplace(np.ascontiguousarray(feed))
+            for at, span in spans:
+                span.copy(value.data_ptr() + at, span.pointer, span.size, span.device)
         self.session.run_with_iobinding(bound.binding, bound.options)
         return [out[:rows] if size else out for out in bound.binding.copy_outputs_to_cpu()]
+
+
+def _host_rows(feed: Gather, pad: np.ndarray | None
+               ) -> tuple[list[tuple[int, DeviceSpan]], np.ndarray]:
+    """A Gather's spans, and an array (``pad`` where the batch is padded) holding its host rows
+    at their places; the spans' places are filled on the device after it is uploaded."""
+    spans, hosts = feed.runs()
+    dtype = NUMPY_DTYPES[feed.datatype]
+    whole = pad if pad is not None else np.empty(feed.shape, dtype)
+    flat = whole.reshape(-1).view(np.uint8)
+    for at, part in hosts:
+        flat[at : at + len(part)] = np.frombuffer(part, np.uint8)
+    return spans, whole

@@ -61,6 +61,8 @@ class TorchBackend:
         self.outputs = config.outputs
         self.batched = config.max_batch_size > 0
         self.cuda = self._cuda_runner(config, quiet)
+        #: A batch's inputs in CUDA regions go to the CUDA runner as spans, copied on the GPU.
+        self.gathers_on_device = self.cuda is not None
         #: Batches the scheduler may run at once on this instance: one per CUDA lane.
         self.pipeline_depth = self.cuda.DEPTH if self.cuda is not None else 1
 

@@ -8,6 +8,7 @@ batch's copies overlap the other's compute; the logic around CUDA's calls runs o
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import queue
 import time
@@ -22,6 +23,7 @@ from common.datatypes import NUMPY_DTYPES
 from common.model_config import ModelConfig, TensorSpec
 from runtime.backends.batch_sizes import capture_sizes, check_fixed_shapes, padded_size
 from runtime.backends.torch_common import FLOATS, as_outputs, declared_type
+from runtime.device_rows import DeviceSpan, Gather
 
 log = logging.getLogger("tensorgate.runtime")
 
@@ -195,15 +197,16 @@ class CudaRunner:
             outputs = self._call(static)
         return Captured(graph, static, outputs)
 
-    def run(self, feeds: list[np.ndarray]) -> list[np.ndarray]:
-        """One batch in a free lane; waits for one when DEPTH batches are in flight."""
+    def run(self, feeds: Sequence[np.ndarray | Gather]) -> list[np.ndarray]:
+        """One batch in a free lane; waits for one when DEPTH batches are in flight. An input
+        whose rows are partly in CUDA regions comes as a Gather, copied on the device."""
         lane = self.lanes.get()
         try:
             return self._run(lane, feeds)
         finally:
             self.lanes.put(lane)
 
-    def _run(self, lane: Lane, feeds: list[np.ndarray]) -> list[np.ndarray]:
+    def _run(self, lane: Lane, feeds: Sequence[np.ndarray | Gather]) -> list[np.ndarray]:
         rows = feeds[0].shape[0] if self.batched else 0
         size = padded_size(rows, self.sizes) if self.sizes else None
         copied = torch.cuda.Event()
@@ -211,11 +214,9 @@ class CudaRunner:
             if size is not None:
                 args = lane.graphs[size].inputs
                 for j, feed in enumerate(feeds):
-                    target = args[j][:rows] if self.batched else args[j]
-                    target.copy_(self._stage(lane, j, feed), non_blocking=True)
+                    self._fill(lane, j, feed, args[j][:rows] if self.batched else args[j])
             else:
-                args = [self._stage(lane, j, feed).to(self.device, non_blocking=True)
-                        for j, feed in enumerate(feeds)]
+                args = [self._upload(lane, j, feed) for j, feed in enumerate(feeds)]
             copied.record()
         with torch.cuda.stream(lane.compute_stream):
             lane.compute_stream.wait_event(copied)
@@ -226,6 +227,39 @@ class CudaRunner:
                 with self._context():
                     outputs = self._call(args)
             return self._download(lane, outputs, rows if self.batched else None)
+
+    def _fill(self, lane: Lane, j: int, feed: np.ndarray | Gather, target: torch.Tensor
+              ) -> None:
+        if isinstance(feed, Gather):
+            self._gather(lane, j, feed, target)
+        else:
+            target.copy_(self._stage(lane, j, feed), non_blocking=True)
+
+    def _upload(self, lane: Lane, j: int, feed: np.ndarray | Gather) -> torch.Tensor:
+        if not isinstance(feed, Gather):
+            return self._stage(lane, j, feed).to(self.device, non_blocking=True)
+        target = torch.empty(feed.shape, dtype=_dtype(self.inputs[j]), device=self.device)
+        self._gather(lane, j, feed, target)
+        return target
+
+    def _gather(self, lane: Lane, j: int, feed: Gather, target: torch.Tensor) -> None:
+        """Each request's rows to its place in ``target``, on the copy stream: a span in a CUDA
+        region device to device, a host part through the lane's page-locked staging."""
+        flat = target.view(-1).view(torch.uint8)
+        spans, hosts = feed.runs()
+        for at, span in spans:
+            if span.size:
+                flat[at : at + span.size].copy_(device_view(span, self.device),
+                                                non_blocking=True)
+        if not hosts:
+            return
+        # NOTE: keys below 0: input j's own staging (its dtype, whole batches) stays as it is.
+        staged = lane.staged_in.take(-1 - j, (feed.nbytes,), torch.uint8)
+        rows = staged.numpy()
+        for at, part in hosts:
+            rows[at : at + len(part)] = np.frombuffer(part, np.uint8)
+        for start, end in _merged([(at, at + len(part)) for at, part in hosts]):
+            flat[start:end].copy_(staged[start:end], non_blocking=True)
 
     def _stage(self, lane: Lane, j: int, feed: np.ndarray) -> torch.Tensor:
         """The feed in page-locked memory: the one copy on the host, so the device copy is
@@ -249,6 +283,35 @@ class CudaRunner:
         done.synchronize()
         # NOTE: copied out of the staging buffers, which the lane's next batch reuses.
         return [host.numpy().copy() for host in hosts]
+
+
+class _CudaArray:
+    """A span of a CUDA region as the CUDA array interface describes it: torch reads the
+    memory where it is, without a copy."""
+
+    def __init__(self, span: DeviceSpan) -> None:
+        self.__cuda_array_interface__ = {"shape": (span.size,), "typestr": "|u1",
+                                         "data": (span.pointer, False), "version": 3}
+
+
+def device_view(span: DeviceSpan, device: torch.device) -> torch.Tensor:
+    """The span's bytes as a tensor on ``device``, no copy. On the CPU (the runner's tests) a
+    span is host memory."""
+    if device.type == "cuda":
+        return torch.as_tensor(_CudaArray(span), device=device)
+    memory = (ctypes.c_uint8 * span.size).from_address(span.pointer)
+    return torch.frombuffer(memory, dtype=torch.uint8)
+
+
+def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Ranges in order, those that touch made one: neighbouring host rows go in one copy."""
+    merged: list[tuple[int, int]] = []
+    for start, end in ranges:
+        if merged and merged[-1][1] == start:
+            merged[-1] = (merged[-1][0], end)
+        else:
+            merged.append((start, end))
+    return merged
 
 
 def _dtype(spec: TensorSpec) -> torch.dtype:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from common.model_spec import Accelerator, DynamicBatching, ModelConfig, Optimization, TensorSpec
+from runtime.device_rows import DeviceSpan, Gather, Part
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "models" / "digits"
@@ -53,3 +55,17 @@ def answers_like(runner: Any, reference: torch.nn.Module, rows: tuple[int, ...],
 def needs_cuda() -> None:
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU: none is visible")
+
+
+
+def host_copy(target: int, source: int, size: int, device: int) -> None:
+    ctypes.memmove(target, source, size)
+
+
+def scattered(x: np.ndarray, datatype: str) -> tuple[Gather, np.ndarray]:
+    """``x`` as a batch of one-row requests, every other one a span of 'device memory' (host
+    memory here, read with host_copy), and the memory the spans point into, to keep alive."""
+    rows = np.ascontiguousarray(x).reshape(len(x), -1).view(np.uint8).copy()
+    parts: list[Part] = [DeviceSpan(int(row.ctypes.data), row.nbytes, 0, host_copy) if i % 2
+                         else row.tobytes() for i, row in enumerate(rows)]
+    return Gather(tuple(parts), x.shape, datatype), rows

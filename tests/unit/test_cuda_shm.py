@@ -20,6 +20,7 @@ from runtime import cuda_api
 from runtime.cuda_api import CudaError
 from runtime.cuda_shm import NO_GPU, CudaRegions
 from runtime.decode import decode_infer
+from runtime.device_rows import DeviceSpan
 from runtime.shm import Regions
 from runtime.shm_api import shared_memory_methods
 from runtime.shm_infer import Lease
@@ -130,7 +131,8 @@ async def test_inputs_are_copied_out_once_and_outputs_copied_in() -> None:
     device[32:48] = np.frombuffer(np.arange(4, dtype=np.float32).tobytes(), np.uint8)
     lease = Lease(regions, decode_infer(request(
         [None, (f"{OWNER}/g", 32, 16)], [(f"{OWNER}/g", 128, 16)], raw=1).SerializeToString()))
-    await lease.fetch()
+    await lease.fetch(on_device=False)
+    assert not lease.call.device
     raw = lease.call.raw
     assert bytes(raw[0]) == b"\0" * 16  # type: ignore[arg-type]
     assert np.frombuffer(raw[1], np.float32).tolist() == [0, 1, 2, 3]  # type: ignore[arg-type]
@@ -152,6 +154,36 @@ async def test_inputs_are_copied_out_once_and_outputs_copied_in() -> None:
     assert regions.cuda.table[f"{OWNER}/g"].users == 0
 
 
+async def test_for_a_backend_on_the_gpu_inputs_stay_in_the_region_as_spans() -> None:
+    cuda = HostCuda()
+    regions = regions_with(cuda)
+    handle, device = cuda.export(256)
+    await regions.cuda.register(f"{OWNER}/g", handle, 0, 256)
+    copies: list[int] = []
+    plain = cuda.copy
+
+    def counted(target: int, source: int, size: int, device: int) -> None:
+        copies.append(size)
+        plain(target, source, size, device)
+
+    cuda.copy = counted  # type: ignore[method-assign]
+    message = request([(f"{OWNER}/g", 32, 16), (f"{OWNER}/g", 64, 8)], [])
+    message.inputs[1].datatype, message.inputs[1].shape[:] = "BYTES", [1]
+    device[64:72] = np.frombuffer(b"\4\0\0\0text", np.uint8)
+    lease = Lease(regions, decode_infer(message.SerializeToString()))
+    await lease.fetch(on_device=True)
+    spans = lease.call.raw
+    assert lease.call.device and isinstance(spans[0], DeviceSpan)
+    assert (spans[0].pointer, spans[0].size, len(spans[0])) == (device.ctypes.data + 32, 16, 16)
+    # Text is read on the host: only the BYTES input was copied.
+    assert copies == [8] and bytes(spans[1]) == b"\4\0\0\0text"  # type: ignore[arg-type]
+    device[32:48] = 7  # NOTE: no copy: the batch's gather reads the region itself
+    host = np.empty(16, np.uint8)
+    spans[0].into(host)
+    assert host.tolist() == [7] * 16 and copies == [8, 16]
+    lease.release()
+
+
 async def test_a_failed_copy_names_the_tensor_and_the_region() -> None:
     cuda = HostCuda()
     regions = regions_with(cuda)
@@ -166,7 +198,7 @@ async def test_a_failed_copy_names_the_tensor_and_the_region() -> None:
                                         .SerializeToString()))
     with pytest.raises(TensorgateError, match="input 'X0': reading CUDA shared memory region "
                                               "'g' failed: cudaMemcpyAsync") as caught:
-        await lease.fetch()
+        await lease.fetch(on_device=False)
     assert caught.value.code == grpc.StatusCode.INTERNAL
     lease.release()
 

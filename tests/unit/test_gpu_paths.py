@@ -19,6 +19,7 @@ from runtime.backends.onnx import OnnxBackend
 from runtime.backends.onnx_cuda import BoundRunner
 from runtime.backends.torch import TorchBackend
 from runtime.backends.torch_cuda import PinnedStaging, wants_channels_last
+from runtime.device_rows import DeviceSpan, Gather, Part
 from tests.unit.gpu_helpers import (
     DIGITS,
     GRAPHS,
@@ -28,6 +29,7 @@ from tests.unit.gpu_helpers import (
     TinyNet,
     config,
     needs_cuda,
+    scattered,
 )
 
 
@@ -91,6 +93,10 @@ def test_bound_buffers_pad_a_batch_and_slice_the_answer_off() -> None:
         got = bound.run([x])[0]
         assert got.shape == (rows, 10)
         np.testing.assert_allclose(got, plain.run([x])[0], rtol=1e-6)
+        # Every other row a span: copied into the bound buffer after the host rows went up.
+        gather, memory = scattered(x, "FP32")
+        np.testing.assert_allclose(bound.run([gather])[0], got, rtol=1e-6)
+        del memory
     with pytest.raises(ValueError, match="65 rows is larger than the largest captured size 64"):
         bound.run([np.zeros((65, 64), np.float32)])
 
@@ -114,6 +120,33 @@ def test_torch_on_cuda_with_graphs_answers_as_the_cpu(tmp_path: Path, precision:
         got, want = gpu.run([x])[0], cpu.run([x])[0]
         assert got.dtype == np.float32 and got.shape == (rows, 4)
         np.testing.assert_allclose(got, want, atol=1e-2 if precision == "fp16" else 1e-4)
+
+
+@pytest.mark.parametrize("graphs", [True, False])
+def test_torch_on_cuda_gathers_rows_from_device_memory(tmp_path: Path, graphs: bool) -> None:
+    needs_cuda()
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        torch.jit.script(TinyNet()).save(str(tmp_path / "model.pt"))
+    cpu = TorchBackend(tmp_path / "model.pt", config(inputs=IMAGE, outputs=SCORES,
+                                                     device="cpu"), 1)
+    gpu = TorchBackend(tmp_path / "model.pt", config(
+        inputs=IMAGE, outputs=SCORES, device="cuda:0",
+        optimization=GRAPHS if graphs else Optimization()), 1)
+    assert gpu.gathers_on_device
+
+    def unused(target: int, source: int, size: int, device: int) -> None:
+        raise AssertionError("a span is read on the device, never copied to the host")
+
+    x = np.random.default_rng(6).random((5, 3, 16, 16), dtype=np.float32)
+    # Rows 1 and 3 in device memory, as a client's cudaIpc buffer would be; the rest bytes.
+    memory = torch.from_numpy(x.reshape(5, -1)).to("cuda:0")
+    parts: list[Part] = [
+        DeviceSpan(memory[i].data_ptr(), x[i].nbytes, 0, unused) if i % 2 else x[i].tobytes()
+        for i in range(5)]
+    got = gpu.run([Gather(tuple(parts), x.shape, "FP32")])[0]  # type: ignore[list-item]
+    np.testing.assert_allclose(got, cpu.run([x])[0], atol=1e-4)
 
 
 def test_torch_on_cuda_replays_one_graph_for_a_model_without_batching(tmp_path: Path) -> None:

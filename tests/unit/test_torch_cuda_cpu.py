@@ -26,6 +26,7 @@ from tests.unit.gpu_helpers import (
     TinyNet,
     answers_like,
     config,
+    scattered,
 )
 
 
@@ -117,6 +118,24 @@ def test_the_cuda_runners_eager_path_stages_runs_and_casts_back(
         np.testing.assert_allclose(got, want, atol=5e-2 if autocast else 1e-5)
 
 
+def test_the_eager_path_gathers_spans_and_host_rows_in_place(no_streams: None) -> None:
+    module, reference = tiny_net()
+    cfg = config(inputs=IMAGE, outputs=SCORES, optimization=Optimization(channels_last=False))
+    runner = CudaRunner(module, cfg, "cpu", None)
+    x = np.random.default_rng(5).random((5, 3, 16, 16), dtype=np.float32)
+    gather, memory = scattered(x, "FP32")
+    got = runner.run([gather])[0]
+    with torch.inference_mode():
+        want = reference(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    # The host rows went through page-locked staging of their own, bytes not floats.
+    lanes = [runner.lanes.get() for _ in range(CudaRunner.DEPTH)]
+    staged = [lane.staged_in.buffers[-1] for lane in lanes if -1 in lane.staged_in.buffers]
+    assert len(staged) == 1 and staged[0].dtype == torch.uint8
+    assert staged[0].numel() == x.nbytes
+    del memory
+
+
 @pytest.mark.parametrize(("fast", "chosen"), [(True, True), (False, False)])
 def test_the_faster_memory_format_is_kept(no_streams: None, monkeypatch: pytest.MonkeyPatch,
                                          fast: bool, chosen: bool) -> None:
@@ -187,4 +206,8 @@ def test_the_cuda_runners_graphs_pad_and_slice_on_the_cpu(
             want = reference(torch.from_numpy(x)).numpy()
         assert got.shape == (rows, 4)
         np.testing.assert_allclose(got, want, atol=1e-5)
+        # The same rows, every other one a span, land in the graph's input buffer alike.
+        gather, memory = scattered(x, "FP32")
+        np.testing.assert_allclose(runner.run([gather])[0], want, atol=1e-5)
+        del memory
 

@@ -1,0 +1,81 @@
+"""Input rows that stay on a GPU: a span of a CUDA shared-memory region, and one input of a batch
+whose rows are partly such spans, which a backend running on the GPU gathers there."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from common.datatypes import NUMPY_DTYPES
+from common.wire import Buffer
+
+#: A copy between any two addresses CUDA knows: (target, source, size, device).
+Copier = Callable[[int, int, int, int], None]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class DeviceSpan:
+    """One request's input bytes in a CUDA region, mapped in this process: read by the batch's
+    gather on the device, never copied to the host on its own."""
+
+    pointer: int
+    size: int
+    device: int
+    #: The region's copy (cudaMemcpyDefault): for a backend that must have the rows on the host.
+    copy: Copier
+
+    def __len__(self) -> int:
+        return self.size
+
+    def into(self, target: np.ndarray) -> None:
+        """The bytes into ``target`` (a host array of ``size`` bytes); waits for the GPU."""
+        if self.size:
+            self.copy(target.ctypes.data, self.pointer, self.size, self.device)
+
+
+#: One request's bytes of one input: on the host, or a span on a GPU.
+Part = Buffer | DeviceSpan
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Gather:
+    """One input of a batch, its requests' parts in row order, for a backend that copies them
+    into its own device buffer: spans device to device, host parts through its staging."""
+
+    parts: tuple[Part, ...]
+    shape: tuple[int, ...]
+    datatype: str
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(part) for part in self.parts)
+
+    def host(self) -> np.ndarray:
+        """The whole input on the host (spans copied one by one): for a backend that does not
+        gather on the device."""
+        whole = np.empty(self.nbytes, np.uint8)
+        at = 0
+        for part in self.parts:
+            size = len(part)
+            if isinstance(part, DeviceSpan):
+                part.into(whole[at : at + size])
+            else:
+                whole[at : at + size] = np.frombuffer(part, np.uint8)
+            at += size
+        return whole.view(NUMPY_DTYPES[self.datatype]).reshape(self.shape)
+
+    def runs(self) -> tuple[list[tuple[int, DeviceSpan]], list[tuple[int, Buffer]]]:
+        """The spans and the host parts, each with its byte offset in the batch."""
+        spans: list[tuple[int, DeviceSpan]] = []
+        hosts: list[tuple[int, Buffer]] = []
+        at = 0
+        for part in self.parts:
+            if isinstance(part, DeviceSpan):
+                spans.append((at, part))
+            else:
+                hosts.append((at, part))
+            at += len(part)
+        return spans, hosts
+
