@@ -6,8 +6,10 @@ handler, and encode its answer; a TensorgateError carries the failure.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import grpc
@@ -110,17 +112,27 @@ class RuntimeCore:
         """A request naming shared-memory regions: inputs read from them in place, outputs
         written into them; the regions stay in use until the answer is built."""
         lease = Lease(self.regions, call)
+        work: asyncio.Future[Message] | None = None
         try:
             if lease.device_inputs:
                 request = call.message
                 model = self.store.get(request.model_name, request.model_version)
                 await lease.fetch(all(getattr(b, "gathers_on_device", False)
                                       for b in model.backends))
-            answer = await self.infer(lease.call, timeout)
+            if lease.call.device:
+                # NOTE: its batch reads the inputs where they lie, on the GPU: a caller that
+                # goes first (cancelled) leaves it to run, and its regions held until it has.
+                work = asyncio.ensure_future(self.infer(lease.call, timeout))
+                answer = await asyncio.shield(work)
+            else:
+                answer = await self.infer(lease.call, timeout)
             await lease.write(answer)
             return answer
         finally:
-            lease.release()
+            if work is not None and not work.done():
+                work.add_done_callback(partial(_release_after, lease))
+            else:
+                lease.release()
 
     async def _traced(self, tracer: Tracer, scheduler: Scheduler, call: InferCall,
                       timeout: float | None) -> Message:
@@ -191,3 +203,10 @@ class RuntimeCore:
             raise TensorgateError(grpc.StatusCode.UNAVAILABLE,
                                   "this runtime cannot load or unload models")
         return self.reloader
+
+
+def _release_after(lease: Lease, work: asyncio.Future[Message]) -> None:
+    """The regions of a request whose caller went first, once its batch has run."""
+    if not work.cancelled():
+        work.exception()  # NOTE: retrieved: nobody waits for it any more
+    lease.release()

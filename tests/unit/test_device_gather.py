@@ -1,17 +1,30 @@
 """A batch with rows in CUDA regions: the executor hands each such input to a backend on the GPU
-as a Gather of its requests' parts in order, and to any other backend copied to the host."""
+as a Gather of its requests' parts in order, and to any other backend copied to the host; a
+request's regions stay held until its batch has read them, even when its caller went first."""
 
 from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from common.model_config import DynamicBatching, ModelConfig
 from common.model_spec import TensorSpec
 from runtime.batcher import Pending
+from runtime.core import RuntimeCore
+from runtime.decode import InferCall, decode_infer
 from runtime.device_rows import DeviceSpan, Gather
 from runtime.executor import Staging, execute
+from runtime.model import ModelStore, ServedModel
 from runtime.promise import Promise
+from runtime.scheduler import Scheduler
 from tests.unit.gpu_helpers import host_copy
+from tests.unit.test_cuda_shm import OWNER, HostCuda, regions_with
+from tests.unit.test_shm_regions import request
+from tests.waiting import CEILING_S, until_async
 
 PAIR = (TensorSpec("X", "FP32", (2,)), TensorSpec("Y", "FP32", (2,)))
 
@@ -69,3 +82,84 @@ def test_a_batch_without_spans_is_not_gathered() -> None:
     backend = Recorder(True)
     execute(backend, True, [pending(row(1, 2), row(3, 4))], Staging(64))
     assert all(isinstance(feed, np.ndarray) for feed in backend.feeds)
+
+
+class Holding:
+    """A backend on 'the GPU' (spans are host memory here): reads its Gather when it runs,
+    once its gate opens, and answers X."""
+
+    platform, backend_name, device = "test", "test", "cuda:0"
+    gathers_on_device = True
+
+    def __init__(self) -> None:
+        self.inputs: tuple[TensorSpec, ...] = (TensorSpec("X0", "FP32", (4,)),)
+        self.outputs: tuple[TensorSpec, ...] = (TensorSpec("Y0", "FP32", (4,)),)
+        self.gate = threading.Event()
+        self.running = 0
+        self.fed: list[object] = []
+
+    def run(self, feeds: list) -> list[np.ndarray]:
+        self.running += 1
+        self.gate.wait(CEILING_S)
+        self.fed.append(feeds[0])
+        return [feeds[0].host() if isinstance(feeds[0], Gather) else feeds[0]]
+
+
+async def serving_from(cuda: HostCuda) -> tuple[RuntimeCore, Scheduler, Holding]:
+    backend = Holding()
+    config = ModelConfig(name="m", source=Path("config.yaml"), max_batch_size=8,
+                         dynamic_batching=DynamicBatching(max_queue_delay_microseconds=0))
+    model = ServedModel(config, 1, [backend], warmup_ns=0.0)  # type: ignore[list-item]
+    store = ModelStore()
+    store.add(model)
+    scheduler = Scheduler(model)
+    scheduler.start()
+    core = RuntimeCore(store, {id(model): scheduler}, regions=regions_with(cuda))
+    core.ready = True
+    return core, scheduler, backend
+
+
+def in_region(offset: int) -> InferCall:
+    message = request([(f"{OWNER}/g", offset, 16)], [])
+    message.inputs[0].shape[:] = [1, 4]
+    return decode_infer(message.SerializeToString())
+
+
+async def test_a_request_in_a_cuda_region_is_gathered_where_it_lies() -> None:
+    cuda = HostCuda()
+    handle, device = cuda.export(64)
+    device[16:32] = np.frombuffer(row(1, 2, 3, 4), np.uint8)
+    core, scheduler, backend = await serving_from(cuda)
+    await core.regions.cuda.register(f"{OWNER}/g", handle, 0, 64)
+    backend.gate.set()
+    answer = await core.infer(in_region(16), None)
+    assert np.frombuffer(answer.raw_output_contents[0], np.float32).tolist() == [1, 2, 3, 4]
+    (fed,) = backend.fed
+    assert isinstance(fed, Gather) and isinstance(fed.parts[0], DeviceSpan)
+    assert fed.parts[0].pointer == device.ctypes.data + 16
+    assert core.regions.cuda.table[f"{OWNER}/g"].users == 0
+    await scheduler.stop()
+
+
+async def test_a_cancelled_callers_region_stays_open_until_its_batch_has_read_it() -> None:
+    cuda = HostCuda()
+    handle, device = cuda.export(64)
+    device[:16] = np.frombuffer(row(5, 6, 7, 8), np.uint8)
+    core, scheduler, backend = await serving_from(cuda)
+    await core.regions.cuda.register(f"{OWNER}/g", handle, 0, 64)
+    region = core.regions.cuda.table[f"{OWNER}/g"]
+    caller = asyncio.ensure_future(core.infer(in_region(0), None))
+    await until_async(lambda: backend.running == 1, "running the batch", every_s=0.001)
+    unregistering = asyncio.ensure_future(core.regions.cuda.unregister(f"{OWNER}/", wait_s=60))
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    await asyncio.sleep(0)
+    # The batch still reads the region: it is neither released nor closed yet.
+    assert region.users == 1 and not unregistering.done() and not cuda.closed
+    backend.gate.set()
+    await until_async(lambda: unregistering.done(), "unregistered", every_s=0.001)
+    assert cuda.closed == [device.ctypes.data]
+    (fed,) = backend.fed
+    assert isinstance(fed, Gather) and fed.host().tolist() == [[5, 6, 7, 8]]
+    await scheduler.stop()
