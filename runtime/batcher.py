@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import grpc
 
 from common.errors import TensorgateError
-from runtime.device_rows import Part
+from runtime.device_rows import DeviceSpan, Part
 from runtime.promise import Promise
 
 
@@ -45,8 +45,11 @@ class Pending:
     future: asyncio.Future | Promise
     outputs: tuple[str, ...] = ()
     timing: Timing | None = None
-    #: Some input is a DeviceSpan: the executor gathers this one's batch on the GPU.
+    #: Some input is a DeviceSpan or some output goes to a CUDA region (`places`): its batch
+    #: has GPU work of its own in the executor.
     device: bool = False
+    #: Output name → the span of a CUDA region it is written to.
+    places: dict[str, DeviceSpan] | None = None
 
 
 @dataclass

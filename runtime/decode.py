@@ -16,7 +16,7 @@ from common.arena import Mapping
 from common.proto import grpc_service_pb2 as pb
 from common.regions import MARK
 from common.wire import LENGTH_DELIMITED, Buffer, WireError, fields
-from runtime.device_rows import Part
+from runtime.device_rows import DeviceSpan, Part
 
 #: Below this many bytes the message is parsed whole: scanning its fields in Python costs more
 #: than copying them.
@@ -36,8 +36,10 @@ class InferCall:
     #: Some tensor names a shared-memory region (a cheap look at the bytes: may be a false
     #: positive, never a false negative).
     shm: bool = False
-    #: Some input is a DeviceSpan: its batch is gathered on the GPU.
+    #: Some input is a DeviceSpan (its batch is gathered on the GPU), or `places` is set.
     device: bool = False
+    #: Outputs wanted in CUDA regions: name → span; the executor writes them there.
+    places: dict[str, DeviceSpan] | None = None
 
     @classmethod
     def of(cls, message: pb.ModelInferRequest, shm: bool = False) -> InferCall:

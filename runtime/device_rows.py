@@ -1,5 +1,6 @@
-"""Input rows that stay on a GPU: a span of a CUDA shared-memory region, and one input of a batch
-whose rows are partly such spans, which a backend running on the GPU gathers there."""
+"""Tensors that stay on a GPU: a span of a CUDA shared-memory region (an input's rows, or where an
+output goes), and one input of a batch whose rows are partly such spans, which a backend running
+on the GPU gathers there."""
 
 from __future__ import annotations
 
@@ -33,6 +34,12 @@ class DeviceSpan:
         """The bytes into ``target`` (a host array of ``size`` bytes); waits for the GPU."""
         if self.size:
             self.copy(target.ctypes.data, self.pointer, self.size, self.device)
+
+    def fill(self, data: Buffer) -> None:
+        """``data`` (at most ``size`` bytes) to the span's start; waits for the GPU."""
+        source = np.frombuffer(data, np.uint8)
+        if source.nbytes:
+            self.copy(self.pointer, source.ctypes.data, source.nbytes, self.device)
 
 
 #: One request's bytes of one input: on the host, or a span on a GPU.

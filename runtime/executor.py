@@ -15,6 +15,7 @@ from common.tensors import encode_text, serialize_bytes, text_elements
 from common.wire import Buffer
 from runtime.backends.base import Backend
 from runtime.batcher import Pending
+from runtime.cuda_api import CudaError
 from runtime.device_rows import DeviceSpan, Gather
 
 #: Batches of fewer input bytes are joined into a new bytes object: cheaper than keeping a
@@ -65,7 +66,8 @@ class BatchResult:
 def execute(backend: Backend, batched: bool, batch: list[Pending], staging: Staging
             ) -> BatchResult:
     t0 = time.perf_counter_ns()
-    if any(p.device for p in batch):
+    device = any(p.device for p in batch)
+    if device:
         feeds = _gathers(backend, batched, batch, staging)
     else:
         feeds = [_assemble(batch, j, spec.datatype, batched, staging)
@@ -74,6 +76,8 @@ def execute(backend: Backend, batched: bool, batch: list[Pending], staging: Stag
     results = backend.run(feeds)
     t2 = time.perf_counter_ns()
     outputs = _split(backend, batched, batch, results, feeds)
+    if device:
+        _place(batch, outputs)
     t3 = time.perf_counter_ns()
     return BatchResult(outputs, t1 - t0, t2 - t1, t3 - t2)
 
@@ -94,6 +98,24 @@ def _gathers(backend: Backend, batched: bool, batch: list[Pending], staging: Sta
         # says it takes one.
         feeds.append(found if on_device else found.host())  # type: ignore[arg-type]
     return feeds
+
+
+def _place(batch: list[Pending], outputs: list[list[Output]]) -> None:
+    """Outputs wanted in CUDA regions, written there from here (a copy waits for the GPU, and
+    this is the instance's thread) and left out of the answer. One that does not fit, or whose
+    copy fails, stays in the answer: the lease then names what went wrong, for it alone."""
+    for pending, outs in zip(batch, outputs):
+        if not pending.places:
+            continue
+        for out in outs:
+            target = pending.places.get(out.name)
+            if target is None or not len(out.raw) or len(out.raw) > target.size:
+                continue
+            try:
+                target.fill(out.raw)
+            except CudaError:
+                continue
+            out.raw = b""
 
 
 def _shape(batch: list[Pending], j: int, batched: bool) -> tuple[int, ...]:

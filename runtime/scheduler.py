@@ -116,7 +116,7 @@ class Scheduler:
             timing.arrival = now
         item = Pending(checked.inputs, checked.shapes, checked.batch_size, checked.shape_key,
                        now, None if timeout is None else now + timeout, future, checked.outputs,
-                       timing, checked.device)
+                       timing, call.device, call.places)
         self.batcher.put(item, self.model.label)
         self._look()  # which also sets the queue depth gauge
         return Ticket(self, call.message, checked, now, future)

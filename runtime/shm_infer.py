@@ -11,6 +11,7 @@ import grpc
 import numpy as np
 
 from common.errors import TensorgateError, invalid_argument
+from runtime.classify import PARAMETER as CLASSES
 from runtime.cuda_api import CudaError
 from runtime.cuda_shm import CudaRegion
 from runtime.decode import InferCall
@@ -35,10 +36,12 @@ class Lease:
         self.device_inputs: list[tuple[int, CudaRegion, int, int, str, bool]] = []
         try:
             self.call = self._inputs(call)
-            self._outputs(call.message)
+            places = self._outputs(call.message)
         except BaseException:
             self.release()
             raise
+        if places:
+            self.call.places, self.call.device = places, True
 
     def _take(self, found: tuple[str, int, int], what: str
               ) -> tuple[Region | CudaRegion, int, int]:
@@ -82,12 +85,20 @@ class Lease:
                                    "shared memory")
         return InferCall(message, resolved)  # type: ignore[arg-type]
 
-    def _outputs(self, message: Any) -> None:
+    def _outputs(self, message: Any) -> dict[str, DeviceSpan]:
+        """Each output's region; those in CUDA regions (not asked as classes, which are made
+        from the output later) also as spans, for the executor to write there itself."""
+        places: dict[str, DeviceSpan] = {}
         for output in message.outputs:
             what = f"output '{output.name}'"
             found = span(output.parameters, what)
-            if found is not None:
-                self.outputs[output.name] = self._take(found, what)
+            if found is None:
+                continue
+            region, start, size = self.outputs[output.name] = self._take(found, what)
+            if isinstance(region, CudaRegion) and CLASSES not in output.parameters:
+                places[output.name] = DeviceSpan(region.pointer + start, size,
+                                                 region.device_id, region.api.copy)
+        return places
 
     async def fetch(self, on_device: bool) -> None:
         """Inputs in CUDA regions: left there as spans `on_device` (the model's backend gathers
@@ -131,7 +142,9 @@ class Lease:
                 continue
             region, start, _ = self.outputs[out.name]
             if isinstance(region, CudaRegion):
-                source = np.frombuffer(data, np.uint8) if len(data) else np.empty(0, np.uint8)
+                if not len(data):  # NOTE: written there by the executor (or empty)
+                    continue
+                source = np.frombuffer(data, np.uint8)
                 copies.append((region.pointer + start, source.ctypes.data, len(data),
                                region.device_id, f"output '{out.name}': writing "
                                f"{region.shown()}"))

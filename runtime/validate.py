@@ -29,8 +29,6 @@ class Checked:
     outputs: tuple[str, ...]
     #: Outputs asked as classes (the classification extension): name → k.
     classes: dict[str, int] | None = None
-    #: Some input is a DeviceSpan (see InferCall.device).
-    device: bool = False
 
 
 def check(call: InferCall, model: ServedModel) -> Checked:
@@ -60,7 +58,6 @@ def check(call: InferCall, model: ServedModel) -> Checked:
         tuple([s[1:] for s in shapes]) if model.batched else tuple(shapes),
         _requested(asked, model) if asked else (),
         _classes(asked, model) if asked else None,
-        call.device,
     )
 
 

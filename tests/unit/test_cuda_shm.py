@@ -132,7 +132,11 @@ async def test_inputs_are_copied_out_once_and_outputs_copied_in() -> None:
     lease = Lease(regions, decode_infer(request(
         [None, (f"{OWNER}/g", 32, 16)], [(f"{OWNER}/g", 128, 16)], raw=1).SerializeToString()))
     await lease.fetch(on_device=False)
-    assert not lease.call.device
+    # Copied, not spans; the output's region is also there for the executor to write into.
+    assert not any(isinstance(part, DeviceSpan) for part in lease.call.raw)
+    places = lease.call.places
+    assert lease.call.device and places is not None and list(places) == ["Y0"]
+    assert (places["Y0"].pointer, places["Y0"].size) == (device.ctypes.data + 128, 16)
     raw = lease.call.raw
     assert bytes(raw[0]) == b"\0" * 16  # type: ignore[arg-type]
     assert np.frombuffer(raw[1], np.float32).tolist() == [0, 1, 2, 3]  # type: ignore[arg-type]

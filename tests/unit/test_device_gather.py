@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.errors import TensorgateError
 from common.model_config import DynamicBatching, ModelConfig
 from common.model_spec import TensorSpec
 from runtime.batcher import Pending
@@ -162,4 +163,37 @@ async def test_a_cancelled_callers_region_stays_open_until_its_batch_has_read_it
     assert cuda.closed == [device.ctypes.data]
     (fed,) = backend.fed
     assert isinstance(fed, Gather) and fed.host().tolist() == [[5, 6, 7, 8]]
+    await scheduler.stop()
+
+
+async def test_an_output_wanted_in_a_cuda_region_is_written_there_by_the_batch() -> None:
+    cuda = HostCuda()
+    handle, memory = cuda.export(64)
+    memory[:16] = np.frombuffer(row(1, 2, 3, 4), np.uint8)
+    base = int(memory.ctypes.data)
+    writers: list[tuple[int, str]] = []
+    plain = cuda.copy
+
+    def copy(target: int, source: int, size: int, device: int) -> None:
+        writers.append((target - base, threading.current_thread().name))
+        plain(target, source, size, device)
+
+    cuda.copy = copy  # type: ignore[method-assign]
+    core, scheduler, backend = await serving_from(cuda)
+    await core.regions.cuda.register(f"{OWNER}/g", handle, 0, 64)
+    backend.gate.set()
+    message = request([(f"{OWNER}/g", 0, 16)], [(f"{OWNER}/g", 32, 16)])
+    message.inputs[0].shape[:] = [1, 4]
+    answer = await core.infer(decode_infer(message.SerializeToString()), None)
+    # Written by the model instance's own thread, right after its batch: no hop per request.
+    assert np.frombuffer(memory[32:48].tobytes(), np.float32).tolist() == [1, 2, 3, 4]
+    assert (32, "m-1_0") in writers and len(writers) == 2  # NOTE: the other: the input's read
+    assert list(answer.raw_output_contents) == [b""]
+    # Too small a region: the answer says so, for this request alone.
+    small = request([(f"{OWNER}/g", 0, 16)], [(f"{OWNER}/g", 48, 8)])
+    small.inputs[0].shape[:] = [1, 4]
+    with pytest.raises(TensorgateError, match=r"output 'Y0' takes 16 bytes; CUDA shared memory "
+                                              r"region 'g' gives it 8"):
+        await core.infer(decode_infer(small.SerializeToString()), None)
+    assert core.regions.cuda.table[f"{OWNER}/g"].users == 0
     await scheduler.stop()
