@@ -18,13 +18,15 @@ Copier = Callable[[int, int, int, int], None]
 
 @dataclass(frozen=True, slots=True, eq=False)
 class DeviceSpan:
-    """One request's input bytes in a CUDA region, mapped in this process: read by the batch's
-    gather on the device, never copied to the host on its own."""
+    """Part of a CUDA region, mapped in this process: a request's input bytes, read by its
+    batch's gather on the device and never copied to the host on their own, or the place one
+    of its outputs is written to."""
 
     pointer: int
     size: int
     device: int
-    #: The region's copy (cudaMemcpyDefault): for a backend that must have the rows on the host.
+    #: The region's copy (cudaMemcpyDefault): for an output, or rows a backend must have on
+    #: the host.
     copy: Copier
 
     def __len__(self) -> int:
