@@ -101,13 +101,18 @@ def test_bound_buffers_pad_a_batch_and_slice_the_answer_off() -> None:
         bound.run([np.zeros((65, 64), np.float32)])
 
 
+def saved_tiny_net(folder: Path) -> None:
+    """TinyNet with seeded weights, as TorchScript in ``folder``/model.pt."""
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)  # TorchScript's own
+        torch.jit.script(TinyNet()).save(str(folder / "model.pt"))
+
+
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_torch_on_cuda_with_graphs_answers_as_the_cpu(tmp_path: Path, precision: str) -> None:
     needs_cuda()
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        torch.jit.script(TinyNet()).save(str(tmp_path / "model.pt"))
+    saved_tiny_net(tmp_path)
     on_cpu = config(inputs=IMAGE, outputs=SCORES, device="cpu")
     on_gpu = config(inputs=IMAGE, outputs=SCORES, device="cuda:0", optimization=GRAPHS,
                     precision=precision)
@@ -125,10 +130,7 @@ def test_torch_on_cuda_with_graphs_answers_as_the_cpu(tmp_path: Path, precision:
 @pytest.mark.parametrize("graphs", [True, False])
 def test_torch_on_cuda_gathers_rows_from_device_memory(tmp_path: Path, graphs: bool) -> None:
     needs_cuda()
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        torch.jit.script(TinyNet()).save(str(tmp_path / "model.pt"))
+    saved_tiny_net(tmp_path)
     cpu = TorchBackend(tmp_path / "model.pt", config(inputs=IMAGE, outputs=SCORES,
                                                      device="cpu"), 1)
     gpu = TorchBackend(tmp_path / "model.pt", config(
@@ -151,9 +153,7 @@ def test_torch_on_cuda_gathers_rows_from_device_memory(tmp_path: Path, graphs: b
 
 def test_torch_on_cuda_replays_one_graph_for_a_model_without_batching(tmp_path: Path) -> None:
     needs_cuda()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        torch.jit.script(TinyNet()).save(str(tmp_path / "model.pt"))
+    saved_tiny_net(tmp_path)
     fixed = dict(inputs=(TensorSpec("IMAGE", "FP32", (2, 3, 16, 16)),),
                  outputs=(TensorSpec("SCORES", "FP32", (2, 4)),), max_batch_size=0,
                  dynamic_batching=None)
