@@ -14,7 +14,7 @@ from common.datatypes import ONNX_TO_OIP
 from common.model_config import ConfigError, ModelConfig, TensorSpec
 from runtime.backends.base import resolve_device
 from runtime.backends.batch_sizes import capture_sizes, check_fixed_shapes
-from runtime.backends.onnx_cuda import BoundRunner
+from runtime.backends.onnx_cuda import BoundRunner, run_gathered
 from runtime.backends.onnx_options import (
     CPU,
     CUDA,
@@ -27,6 +27,7 @@ from runtime.backends.onnx_options import (
     wants_tensorrt,
     warn_fallback,
 )
+from runtime.device_rows import Gather
 
 log = logging.getLogger("tensorgate.runtime")
 
@@ -63,8 +64,8 @@ class OnnxBackend:
         self._input_names = [s.name for s in self.inputs]
         self._output_names = [s.name for s in self.outputs]
         self.bound = self._bound_runner(config, quiet)
-        #: A batch's inputs in CUDA regions go to the bound device buffers as spans.
-        self.gathers_on_device = self.bound is not None
+        #: A batch's inputs in CUDA regions come as spans, copied into device buffers.
+        self.gathers_on_device = self.device.startswith("cuda")
         self._direct = _direct_run(self.session)
 
     def _providers(self, config: ModelConfig, path: Path, quiet: bool) -> list[Provider]:
@@ -104,17 +105,23 @@ class OnnxBackend:
                             "device %s; it runs without CUDA graphs", config.name, self.device)
             return None
         check_fixed_shapes(config, (*self.inputs, *self.outputs))
-        index = int(self.device.partition(":")[2] or 0)
-        return BoundRunner(self.session, self.inputs, self.outputs, capture_sizes(config), index)
+        return BoundRunner(self.session, self.inputs, self.outputs, capture_sizes(config),
+                           self._device_index())
 
     def run(self, feeds: list[np.ndarray]) -> list[np.ndarray]:
         if self.bound is not None:
             return self.bound.run(feeds)
+        if self.gathers_on_device and any(isinstance(f, Gather) for f in feeds):
+            return run_gathered(self.session, self.inputs, self._output_names, feeds, "cuda",
+                                self._device_index())
         feed = dict(zip(self._input_names, feeds))
         if self._direct is not None:
             return self._direct(self._output_names, feed, None)  # type: ignore[no-any-return]
         result = self.session.run(self._output_names, feed)
         return [np.asarray(r) for r in result]
+
+    def _device_index(self) -> int:
+        return int(self.device.partition(":")[2] or 0)
 
 
 def _direct_run(session: ort.InferenceSession) -> Callable[..., list] | None:

@@ -14,9 +14,10 @@ import torch
 
 from common.model_config import ConfigError, load_model_config
 from common.model_spec import Optimization, TensorSpec
+from runtime import cuda_api
 from runtime.backends.batch_sizes import capture_sizes, check_fixed_shapes, padded_size
 from runtime.backends.onnx import OnnxBackend
-from runtime.backends.onnx_cuda import BoundRunner
+from runtime.backends.onnx_cuda import BoundRunner, run_gathered
 from runtime.backends.torch import TorchBackend
 from runtime.backends.torch_cuda import PinnedStaging, wants_channels_last
 from runtime.device_rows import DeviceSpan, Gather, Part
@@ -101,6 +102,19 @@ def test_bound_buffers_pad_a_batch_and_slice_the_answer_off() -> None:
         bound.run([np.zeros((65, 64), np.float32)])
 
 
+def test_a_session_without_bound_buffers_gathers_into_a_buffer_per_batch() -> None:
+    # The same IOBinding calls on the CPU provider, with 'device memory' in host memory.
+    digits = dataclasses.replace(load_model_config(DIGITS / "config.yaml", "digits"),
+                                 device="cpu")
+    plain = OnnxBackend(ONNX, digits, 1)
+    assert not plain.gathers_on_device  # on the CPU a span is copied to the host first
+    x = np.random.default_rng(7).random((5, 64), dtype=np.float32)
+    gather, memory = scattered(x, "FP32")
+    got = run_gathered(plain.session, plain.inputs, ["OUTPUT0"], [gather], "cpu", 0)
+    np.testing.assert_allclose(got[0], plain.run([x])[0], rtol=1e-6)
+    del memory
+
+
 def saved_tiny_net(folder: Path) -> None:
     """TinyNet with seeded weights, as TorchScript in ``folder``/model.pt."""
     torch.manual_seed(0)
@@ -165,10 +179,34 @@ def test_torch_on_cuda_replays_one_graph_for_a_model_without_batching(tmp_path: 
     np.testing.assert_allclose(gpu.run([x])[0], cpu.run([x])[0], atol=1e-4)
 
 
-def test_onnx_on_cuda_with_graphs_answers_as_the_cpu() -> None:
+def needs_onnx_cuda() -> None:
     if "CUDAExecutionProvider" not in ort.InferenceSession(
             str(ONNX), providers=["CUDAExecutionProvider"]).get_providers():
         pytest.skip("needs a CUDA GPU and ONNX Runtime's CUDA provider: none loads here")
+
+
+@pytest.mark.parametrize("graphs", [True, False])
+def test_onnx_on_cuda_gathers_rows_from_device_memory(graphs: bool) -> None:
+    needs_onnx_cuda()
+    digits = load_model_config(DIGITS / "config.yaml", "digits")
+    cpu = OnnxBackend(ONNX, dataclasses.replace(digits, device="cpu"), 1)
+    gpu = OnnxBackend(ONNX, dataclasses.replace(
+        digits, device="cuda:0", optimization=GRAPHS if graphs else Optimization()), 1)
+    assert gpu.gathers_on_device and (gpu.bound is not None) == graphs
+    cuda = cuda_api.load()
+    assert cuda is not None, cuda_api.NO_LIBRARY
+    x = np.random.default_rng(8).random((5, 64), dtype=np.float32)
+    # Rows 1 and 3 in device memory, as a client's cudaIpc buffer would be; the rest bytes.
+    memory = torch.from_numpy(x).to("cuda:0")
+    parts: list[Part] = [
+        DeviceSpan(memory[i].data_ptr(), x[i].nbytes, 0, cuda.copy) if i % 2 else x[i].tobytes()
+        for i in range(5)]
+    got = gpu.run([Gather(tuple(parts), x.shape, "FP32")])[0]  # type: ignore[list-item]
+    np.testing.assert_allclose(got, cpu.run([x])[0], atol=1e-4)
+
+
+def test_onnx_on_cuda_with_graphs_answers_as_the_cpu() -> None:
+    needs_onnx_cuda()
     digits = load_model_config(DIGITS / "config.yaml", "digits")
     cpu = OnnxBackend(ONNX, dataclasses.replace(digits, device="cpu"), 1)
     gpu = OnnxBackend(ONNX, dataclasses.replace(digits, device="cuda:0", optimization=GRAPHS), 1)
