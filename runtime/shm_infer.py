@@ -1,6 +1,6 @@
 """One inference whose tensors live in shared-memory regions: its inputs resolved to views of the
-mappings (no copy before the batch gather) or copied once from a CUDA region, its outputs written
-into the regions it names."""
+mappings or spans of CUDA regions (no copy before the batch gather), its outputs written into the
+regions it names."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ Copy = tuple[int, int, int, int, str]
 
 class Lease:
     """The regions one request uses, held until `release`; `call` reads inputs in place (those
-    in CUDA regions once `fetch` has copied them to the host)."""
+    in CUDA regions once `fetch` has made them spans or copied them to the host) and names the
+    CUDA regions its outputs go to (`places`)."""
 
     def __init__(self, regions: Regions, call: InferCall) -> None:
         self.regions = regions
