@@ -13,7 +13,9 @@ from common.model_config import TensorSpec
 
 class Backend(Protocol):
     """One loaded model instance. `run` is called from one executor thread at a time, or from
-    as many at once as an optional `pipeline_depth` attribute says (default 1)."""
+    as many at once as an optional `pipeline_depth` attribute says (default 1). Where an
+    optional `gathers_on_device` is true, an input with rows in CUDA regions comes to `run` as
+    a `runtime.device_rows.Gather` for the backend to copy on the GPU (default: an array)."""
 
     platform: str
     backend_name: str
