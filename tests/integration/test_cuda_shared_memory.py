@@ -267,3 +267,37 @@ def test_no_cuda_regions_left_behind_by_a_perf_analyzer_run(served: tuple[str, s
         capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 0, run.stdout + run.stderr
     assert thttp.InferenceServerClient(served[0]).get_cuda_shared_memory_status() == []
+
+
+@pytest.mark.parametrize("version", ["1", "2"])  # ONNX Runtime, PyTorch
+def test_requests_in_and_out_of_a_cuda_region_share_batches(
+        served: tuple[str, str], regions: Callable[[str, int], Any], version: str) -> None:
+    """Requests whose rows lie in one CUDA region, sent at once beside requests with their
+    bytes (the shipped model waits 500 µs to fill a batch): gathered together on the GPU, each
+    answered with its own rows."""
+    helpers, (http, _) = cudashm(), served
+    count = 16
+    rows = np.random.default_rng(3).random((count, 64), dtype=np.float32)
+    inputs = regions(f"batch-in-{version}", count * IN_BYTES)
+    helpers.set_shared_memory_region(inputs, [rows])
+    client = thttp.InferenceServerClient(http, concurrency=count)
+    client.register_cuda_shared_memory(f"bin{version}", helpers.get_raw_handle(inputs), 0,
+                                       count * IN_BYTES)
+
+    def send(i: int) -> Any:
+        tensor = thttp.InferInput("INPUT0", [1, 64], "FP32")
+        if i % 2:
+            tensor.set_shared_memory(f"bin{version}", IN_BYTES, offset=i * IN_BYTES)
+        else:
+            tensor.set_data_from_numpy(rows[i : i + 1], binary_data=True)
+        return client.async_infer("digits", [tensor], model_version=version)
+
+    try:
+        sent = [send(i) for i in range(count)]
+        got = np.concatenate([s.get_result().as_numpy("OUTPUT0") for s in sent])
+    finally:
+        client.unregister_cuda_shared_memory()
+    whole = thttp.InferInput("INPUT0", [count, 64], "FP32")
+    whole.set_data_from_numpy(rows, binary_data=True)
+    expected = client.infer("digits", [whole], model_version=version).as_numpy("OUTPUT0")
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
