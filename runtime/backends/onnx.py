@@ -112,8 +112,8 @@ class OnnxBackend:
         if self.bound is not None:
             return self.bound.run(feeds)
         if self.gathers_on_device and any(isinstance(f, Gather) for f in feeds):
-            return run_gathered(self.session, self.inputs, self._output_names, feeds, "cuda",
-                                self._device_index())
+            return run_gathered(self.session, self.inputs, self._output_names, feeds,
+                                self.device.partition(":")[0], self._device_index())
         feed = dict(zip(self._input_names, feeds))
         if self._direct is not None:
             return self._direct(self._output_names, feed, None)  # type: ignore[no-any-return]

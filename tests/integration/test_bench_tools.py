@@ -281,8 +281,11 @@ def test_pathcost_times_each_stage_one_caller_and_many(capsys: pytest.CaptureFix
     rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines()
             if line.startswith("| runtime") or line.startswith("| gateway")]
     stages = {(cells[0].lstrip("| "), int(cells[1])) for cells in rows}
-    assert len(stages) == 8 and {c for _, c in stages} == set(pathcost.CONCURRENCY)
+    assert len(stages) == 14 and {c for _, c in stages} == set(pathcost.CONCURRENCY)
     assert all(float(cells[2].rstrip(" |")) > 0 for cells in rows)
+    # The CUDA shared-memory rows: copied to the host, gathered, and gathered with an output.
+    regions = {name for name, _ in stages if "CUDA region" in name}
+    assert len(regions) == 3 and any("copied to the host" in name for name in regions)
 
 
 def test_scaling_measures_each_process_count_over_both_protocols() -> None:

@@ -1,5 +1,6 @@
 """The runtime's CUDA shared-memory regions over a stand-in CUDA runtime whose 'device memory' is
-host memory: register checks, inputs copied out once, outputs copied in, unregister waiting."""
+host memory (loadtest.host_cuda): register checks, inputs copied out once, outputs copied in,
+unregister waiting."""
 
 from __future__ import annotations
 
@@ -16,53 +17,17 @@ import pytest
 
 from common.errors import TensorgateError
 from common.proto import grpc_service_pb2 as pb
+from loadtest.host_cuda import HostCuda, regions_with
 from runtime import cuda_api
 from runtime.cuda_api import CudaError
-from runtime.cuda_shm import NO_GPU, CudaRegions
+from runtime.cuda_shm import NO_GPU
 from runtime.decode import decode_infer
 from runtime.device_rows import DeviceSpan
-from runtime.shm import Regions
 from runtime.shm_api import shared_memory_methods
 from runtime.shm_infer import Lease
 from tests.unit.test_shm_regions import _answer, request
 
 OWNER, OTHER = "0123456789abcdef", "fedcba9876543210"
-
-
-class HostCuda:
-    """A CUDA runtime stand-in: each exported 'device buffer' is a host array, its handle 64
-    random bytes; copies are memmoves."""
-
-    def __init__(self, count: int = 1) -> None:
-        self.count = count
-        self.buffers: dict[bytes, np.ndarray] = {}
-        self.closed: list[int] = []
-
-    def export(self, size: int) -> tuple[bytes, np.ndarray]:
-        handle = os.urandom(cuda_api.HANDLE_BYTES)
-        self.buffers[handle] = np.zeros(size, np.uint8)
-        return handle, self.buffers[handle]
-
-    def device_count(self) -> int:
-        return self.count
-
-    def open(self, handle: bytes, device: int) -> tuple[int, int]:
-        if handle not in self.buffers:
-            raise CudaError("cudaIpcOpenMemHandle: cudaErrorInvalidResourceHandle")
-        found = self.buffers[handle]
-        return int(found.ctypes.data), found.nbytes
-
-    def close(self, pointer: int, device: int) -> None:
-        self.closed.append(pointer)
-
-    def copy(self, target: int, source: int, size: int, device: int) -> None:
-        ctypes.memmove(target, source, size)
-
-
-def regions_with(cuda: HostCuda | None, devices: int = 1) -> Regions:
-    regions = Regions()
-    regions.cuda = CudaRegions(regions.table, api=lambda: cuda, devices=lambda: devices)
-    return regions
 
 
 async def test_register_checks_the_request_before_touching_a_gpu() -> None:

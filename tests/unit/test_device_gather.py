@@ -14,6 +14,7 @@ import pytest
 from common.errors import TensorgateError
 from common.model_config import DynamicBatching, ModelConfig
 from common.model_spec import TensorSpec
+from loadtest.host_cuda import HostCuda, regions_with
 from runtime.batcher import Pending
 from runtime.core import RuntimeCore
 from runtime.decode import InferCall, decode_infer
@@ -23,7 +24,7 @@ from runtime.model import ModelStore, ServedModel
 from runtime.promise import Promise
 from runtime.scheduler import Scheduler
 from tests.unit.gpu_helpers import host_copy
-from tests.unit.test_cuda_shm import OWNER, HostCuda, regions_with
+from tests.unit.test_cuda_shm import OWNER
 from tests.unit.test_shm_regions import request
 from tests.waiting import CEILING_S, until_async
 
