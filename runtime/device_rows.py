@@ -65,15 +65,17 @@ class Gather:
         """The whole input on the host (spans copied one by one): for a backend that does not
         gather on the device."""
         whole = np.empty(self.nbytes, np.uint8)
-        at = 0
-        for part in self.parts:
-            size = len(part)
-            if isinstance(part, DeviceSpan):
-                part.into(whole[at : at + size])
-            else:
-                whole[at : at + size] = np.frombuffer(part, np.uint8)
-            at += size
+        for at, span in self.put_host(whole):
+            span.into(whole[at : at + span.size])
         return whole.view(NUMPY_DTYPES[self.datatype]).reshape(self.shape)
+
+    def put_host(self, flat: np.ndarray) -> list[tuple[int, DeviceSpan]]:
+        """The host parts copied to their places in ``flat`` (the batch's bytes); the spans,
+        with theirs, left for the caller to copy."""
+        spans, hosts = self.runs()
+        for at, part in hosts:
+            flat[at : at + len(part)] = np.frombuffer(part, np.uint8)
+        return spans
 
     def runs(self) -> tuple[list[tuple[int, DeviceSpan]], list[tuple[int, Buffer]]]:
         """The spans and the host parts, each with its byte offset in the batch."""

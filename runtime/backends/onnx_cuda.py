@@ -101,13 +101,8 @@ def _host_rows(feed: Gather, pad: np.ndarray | None
                ) -> tuple[list[tuple[int, DeviceSpan]], np.ndarray]:
     """A Gather's spans, and an array (``pad`` where the batch is padded) holding its host rows
     at their places; the spans' places are filled on the device after it is uploaded."""
-    spans, hosts = feed.runs()
-    dtype = NUMPY_DTYPES[feed.datatype]
-    whole = pad if pad is not None else np.empty(feed.shape, dtype)
-    flat = whole.reshape(-1).view(np.uint8)
-    for at, part in hosts:
-        flat[at : at + len(part)] = np.frombuffer(part, np.uint8)
-    return spans, whole
+    whole = pad if pad is not None else np.empty(feed.shape, NUMPY_DTYPES[feed.datatype])
+    return feed.put_host(whole.reshape(-1).view(np.uint8)), whole
 
 
 def run_gathered(session: ort.InferenceSession, inputs: Sequence[TensorSpec],

@@ -255,9 +255,7 @@ class CudaRunner:
             return
         # NOTE: keys below 0: input j's own staging (its dtype, whole batches) stays as it is.
         staged = lane.staged_in.take(-1 - j, (feed.nbytes,), torch.uint8)
-        rows = staged.numpy()
-        for at, part in hosts:
-            rows[at : at + len(part)] = np.frombuffer(part, np.uint8)
+        feed.put_host(staged.numpy())
         for start, end in _merged([(at, at + len(part)) for at, part in hosts]):
             flat[start:end].copy_(staged[start:end], non_blocking=True)
 
