@@ -158,10 +158,11 @@ def measure(opts: Options, children: Children, model: str, path: str, target: Ta
 
 
 def measure_floors(opts: Options, children: Children, case: Case) -> list[Row]:
-    """The do-nothing gRPC server, then the do-nothing HTTP app, each alone on the machine."""
+    """The do-nothing gRPC server, then the do-nothing HTTP app, each alone on the machine and
+    of as many processes as the gateway."""
     rows = []
     for protocol in ("grpc", "http"):
-        address = start_floor(children, protocol)
+        address = start_floor(children, protocol, processes=opts.gateway_processes)
         try:
             target, check = floor_target(protocol, address, case)
             rows += measure(opts, children, "-", FLOORS[protocol], target, check)
@@ -178,7 +179,8 @@ def measure_alternating(opts: Options, children: Children, case: Case,
     plan: list[tuple[str, Run]] = []
     try:
         for protocol, path in (("grpc", GW_GRPC), ("http", GW_BINARY)):
-            address = start_floor(children, protocol, f"floor-{protocol}")
+            address = start_floor(children, protocol, f"floor-{protocol}",
+                                  opts.gateway_processes)
             plan += [_turn(opts, children, results, FLOORS[protocol],
                            *floor_target(protocol, address, case)),
                      _turn(opts, children, results, path, *paths[path])]

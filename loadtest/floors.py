@@ -6,16 +6,20 @@
   httptools and uvloop that reads the body, parses its JSON (the JSON header only, for binary
   tensors) with orjson and answers a fixed OIP infer response;
 
-both with the gateway's garbage-collector threshold (common/gc_tuning.py); and what the
-benches send them and how they check the answers (``floor_target``).
+both with the gateway's garbage-collector threshold (common/gc_tuning.py); ``--processes N``
+serves one port from N such processes (SO_REUSEPORT), as ``tensorgate gateway --processes N``
+does; and what the benches send them and how they check the answers (``floor_target``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import socket
+import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -76,7 +80,7 @@ def _floor_http_check(address: str, case: Case) -> Check:
     return check
 
 
-async def serve_grpc(listen: str) -> None:
+async def serve_grpc(listen: str, ready: str) -> None:
     tune_allocator(GATEWAY_TUNED)  # as the gateway does, before grpc's threads start
     answer = grpc_answer()
 
@@ -90,7 +94,7 @@ async def serve_grpc(listen: str) -> None:
     await server.start()
     tune_collector()  # as the gateway and runtime do: the floors run on the same settings
     stop = stop_event()
-    print(f"{FLOOR_READY} {listen.rpartition(':')[0]}:{port}", file=sys.stderr, flush=True)
+    _ready(ready, f"{FLOOR_READY} {listen.rpartition(':')[0]}:{port}")
     await stop.wait()
     await server.stop(1.0)
 
@@ -125,20 +129,58 @@ def asgi_app() -> Callable[[dict[str, Any], Receive, Send], Any]:
     return app
 
 
-def serve_http(listen: str) -> None:
+def serve_http(listen: str, ready: str) -> None:
     import uvicorn
 
     host, _, port = listen.rpartition(":")
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, int(port)))
     sock.listen(2048)
     config = uvicorn.Config(asgi_app(), loop="uvloop", http="httptools", lifespan="off",
                             access_log=False, log_level="warning")
     tune_collector()
     tune_allocator(GATEWAY_TUNED)
-    print(f"{FLOOR_READY} {host}:{sock.getsockname()[1]}", file=sys.stderr, flush=True)
+    _ready(ready, f"{FLOOR_READY} {host}:{sock.getsockname()[1]}")
+    # NOTE: uvicorn raises the signal that stopped it again once it is done; as SystemExit
+    # (a clean stop, as the gRPC floor's), this floor's siblings are stopped on the way out.
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop, _exit)
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def _exit(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
+
+
+def _ready(where: str, line: str) -> None:
+    """Say so on stderr (the log the benches watch), or on stdout to the process that started
+    this one as a sibling."""
+    print(line, file=sys.stdout if where == "stdout" else sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def siblings(protocol: str, listen: str, count: int) -> Iterator[None]:
+    """`count` more floors on the same port, each serving before this returns; stopped (SIGTERM)
+    on the way out."""
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        for _ in range(count):
+            sibling = subprocess.Popen(
+                [sys.executable, "-m", "loadtest.floors", protocol, "--listen", listen,
+                 "--ready-on", "stdout"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+            started.append(sibling)
+            assert sibling.stdout is not None
+            if FLOOR_READY not in sibling.stdout.readline().decode(errors="replace"):
+                raise SystemExit(f"a sibling floor on {listen} exited before serving "
+                                 f"(code {sibling.wait()}); its errors are above")
+        yield
+    finally:
+        for sibling in started:
+            sibling.terminate()
+        for sibling in started:
+            sibling.wait()
 
 
 def main() -> None:
@@ -146,11 +188,20 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("protocol", choices=["grpc", "http"])
     parser.add_argument("--listen", default="127.0.0.1:0")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="processes serving the port, as the gateway's --processes (1)")
+    parser.add_argument("--ready-on", choices=["stderr", "stdout"], default="stderr",
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.protocol == "grpc":
-        uvloop.run(serve_grpc(args.listen))
-    else:
-        serve_http(args.listen)
+    if args.processes < 1:
+        parser.error("--processes must be at least 1")
+    if args.processes > 1 and args.listen.endswith(":0"):
+        parser.error("--processes above 1 needs a fixed port in --listen")
+    with siblings(args.protocol, args.listen, args.processes - 1):
+        if args.protocol == "grpc":
+            uvloop.run(serve_grpc(args.listen, args.ready_on))
+        else:
+            serve_http(args.listen, args.ready_on)
 
 
 if __name__ == "__main__":

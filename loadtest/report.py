@@ -108,8 +108,9 @@ tensor extension) forwarding over the lane to that same worker (a unix socket, a
 serve` connects its workers). The **do-nothing** servers
 answer a fixed infer response: a `grpc.aio` server (generic handler, bytes in and out) and a
 bare ASGI app on uvicorn with httptools and uvloop (reads the body, parses its JSON with
-orjson), both with the gateway's garbage-collector threshold. They are the floors: what one
-Python server process on these cores can answer these clients at all.
+orjson), both with the gateway's garbage-collector threshold and as many processes as the
+gateway (sharing one port, as `--gateway-processes` shares the gateway's). They are the floors:
+what a Python server of that many processes on these cores can answer these clients at all.
 
 Closed-loop rows: *concurrency* callers, each sending its next one-row request as soon as the
 previous one is answered; latencies are measured by the load generator (see *Load generators*).

@@ -198,11 +198,13 @@ class Children:
             self.stop(name)
 
 
-def start_floor(children: Children, protocol: str, name: str = "floor") -> str:
-    """A do-nothing server (``grpc`` or ``http``) named ``name``; its address."""
+def start_floor(children: Children, protocol: str, name: str = "floor",
+                processes: int = 1) -> str:
+    """A do-nothing server (``grpc`` or ``http``) named ``name``, of ``processes`` processes
+    sharing its port; its address."""
     address = f"127.0.0.1:{free_port()}"
-    children.start(name, [sys.executable, "-m", "loadtest.floors", protocol,
-                          "--listen", address], any_of(FLOOR_READY))
+    children.start(name, [sys.executable, "-m", "loadtest.floors", protocol, "--listen",
+                          address, "--processes", str(processes)], any_of(FLOOR_READY))
     return address
 
 

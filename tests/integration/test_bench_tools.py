@@ -6,6 +6,7 @@ the tools returned. Then the benchmarks run end to end with tiny settings."""
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -34,7 +36,7 @@ from loadtest.report import (
     Row,
     render,
 )
-from loadtest.servers import Children, any_of, free_port, start_gateway
+from loadtest.servers import Children, any_of, free_port, start_floor, start_gateway
 from loadtest.tools import hint, missing
 
 DELAY_S, INSTANCES = 0.02, 2
@@ -372,3 +374,47 @@ def test_gpu_bench_serves_the_torchscript_model_beside_the_device_alone(tmp_path
     assert (folder / "1" / "model.pt").is_file()
     config = (folder / "config.yaml").read_text()
     assert "backend: torch" in config and "datatype: FP16" in config
+
+
+def _sockets(pid: int) -> int:
+    fds = f"/proc/{pid}/fd"
+    return sum(os.readlink(f"{fds}/{fd}").startswith("socket:") for fd in os.listdir(fds))
+
+
+def _answered_on_fresh_connections(protocol: str, address: str, count: int) -> list[Any]:
+    """`count` connections kept open, each with one answer of the floor on it."""
+    if protocol == "grpc":
+        channels = [grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool",
+                                                             1)]) for _ in range(count)]
+        for channel in channels:
+            pb.ModelInferResponse.FromString(channel.unary_unary(METHOD)(b"", timeout=30))
+        return channels
+    host, _, port = address.rpartition(":")
+    connections = [http.client.HTTPConnection(host, int(port), timeout=30)
+                   for _ in range(count)]
+    for connection in connections:
+        connection.request("POST", "/v2/models/digits/infer", b"{}")
+        assert connection.getresponse().read().startswith(b'{"model_name":"digits"')
+    return connections
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_floor_of_two_processes_answers_from_both_and_stops_whole(protocol: str) -> None:
+    """As many floor processes as gateway processes (bench --gateway-processes 2): both serve
+    the one port, and stopping the floor stops both."""
+    children = Children(bench.LOGS)
+    try:
+        address = start_floor(children, protocol, "floor-pair", processes=2)
+        pids = list(children.process_cpu_seconds("floor-pair"))
+        assert len(pids) == 2
+        before = {pid: _sockets(pid) for pid in pids}
+        # NOTE: the kernel spreads connections over the two by a hash: 32 all on one process
+        # would happen once in 2**31 runs.
+        connections = _answered_on_fresh_connections(protocol, address, 32)
+        assert all(_sockets(pid) > before[pid] for pid in pids), (before, pids)
+        for connection in connections:
+            connection.close()
+        assert children.stop("floor-pair") == 0
+        assert not children.problems
+    finally:
+        children.close()
