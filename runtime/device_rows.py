@@ -90,3 +90,15 @@ class Gather:
             at += len(part)
         return spans, hosts
 
+
+def host_ranges(hosts: list[tuple[int, Buffer]]) -> list[tuple[int, int]]:
+    """The byte ranges of a Gather's host parts (from `runs`), those that touch made one:
+    neighbouring host rows go up in one copy."""
+    merged: list[tuple[int, int]] = []
+    for at, part in hosts:
+        end = at + len(part)
+        if merged and merged[-1][1] == at:
+            merged[-1] = (merged[-1][0], end)
+        else:
+            merged.append((at, end))
+    return merged

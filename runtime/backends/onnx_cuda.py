@@ -16,7 +16,7 @@ import onnxruntime as ort
 from common.datatypes import NUMPY_DTYPES
 from common.model_config import TensorSpec
 from runtime.backends.batch_sizes import padded_size
-from runtime.device_rows import DeviceSpan, Gather
+from runtime.device_rows import Gather, host_ranges
 
 
 @dataclass
@@ -73,8 +73,8 @@ class BoundRunner:
         return (size, *spec.shape) if size else spec.shape
 
     def run(self, feeds: Sequence[np.ndarray | Gather]) -> list[np.ndarray]:
-        """One batch; an input whose rows are partly in CUDA regions comes as a Gather: its
-        host rows go up with the rest, then its spans are copied device to device."""
+        """One batch; an input whose rows are partly in CUDA regions comes as a Gather, whose
+        rows are copied to their places in the bound buffer (`gather`)."""
         rows = feeds[0].shape[0] if self.sizes else 0
         size = padded_size(rows, self.sizes) if self.sizes else 0
         if size is None:
@@ -82,45 +82,55 @@ class BoundRunner:
                              f"size {self.sizes[-1]}")
         bound = self.bound[size]
         for value, feed, pad in zip(bound.inputs, feeds, bound.padding):
-            spans: list[tuple[int, DeviceSpan]] = []
             if isinstance(feed, Gather):
-                spans, feed = _host_rows(feed, pad if rows != size else None)
-            elif rows != size:
+                gather(value.data_ptr(), feed, self.device_id)
+                continue
+            if rows != size:
                 # NOTE: the rows past the batch keep an earlier batch's values: finite, and
                 # their outputs are sliced off.
                 pad[:rows] = feed
                 feed = pad
             value.update_inplace(np.ascontiguousarray(feed))
-            for at, span in spans:
-                span.copy(value.data_ptr() + at, span.pointer, span.size, span.device)
         self.session.run_with_iobinding(bound.binding, bound.options)
         return [out[:rows] if size else out for out in bound.binding.copy_outputs_to_cpu()]
 
 
-def _host_rows(feed: Gather, pad: np.ndarray | None
-               ) -> tuple[list[tuple[int, DeviceSpan]], np.ndarray]:
-    """A Gather's spans, and an array (``pad`` where the batch is padded) holding its host rows
-    at their places; the spans' places are filled on the device after it is uploaded."""
-    whole = pad if pad is not None else np.empty(feed.shape, NUMPY_DTYPES[feed.datatype])
-    return feed.put_host(whole.reshape(-1).view(np.uint8)), whole
+def gather(pointer: int, feed: Gather, device: int) -> None:
+    """A Gather's rows to their places in the device buffer at ``pointer`` (on ``device``):
+    its host rows up range by range, then its spans device to device, each copy waited for.
+    Nothing else there is written, so a padded batch's last rows keep earlier values.
+
+    NOTE: all through the regions' own copy (a stream of its own, synchronised), not
+    OrtValue.update_inplace: that copy from pageable memory may still be landing when the
+    spans' copies on another stream are done, and it would write over them."""
+    spans, hosts = feed.runs()
+    if not spans:  # NOTE: the executor makes a Gather only of an input with a span
+        raise ValueError("a Gather without rows in CUDA regions")
+    copy = spans[0][1].copy
+    if hosts:
+        staged = np.empty(feed.nbytes, np.uint8)
+        feed.put_host(staged)
+        for start, end in host_ranges(hosts):
+            copy(pointer + start, staged.ctypes.data + start, end - start, device)
+    for at, span in spans:
+        span.copy(pointer + at, span.pointer, span.size, span.device)
 
 
 def run_gathered(session: ort.InferenceSession, inputs: Sequence[TensorSpec],
                  output_names: Sequence[str], feeds: Sequence[np.ndarray | Gather],
                  device_type: str, device_id: int) -> list[np.ndarray]:
     """One batch with rows in CUDA regions on a session without bound buffers: each Gather
-    into a device buffer of its own (its host rows uploaded, then its spans copied device to
-    device), every other input bound from the host; the outputs come back to the host."""
+    into a device buffer of its own (`gather`), every other input bound from the host; the
+    outputs come back to the host."""
     binding = session.io_binding()
     held = []  # NOTE: a binding does not keep its OrtValues alive
     for spec, feed in zip(inputs, feeds):
         if not isinstance(feed, Gather):
             binding.bind_cpu_input(spec.name, np.ascontiguousarray(feed))
             continue
-        spans, host = _host_rows(feed, None)
-        value = ort.OrtValue.ortvalue_from_numpy(host, device_type, device_id)
-        for at, span in spans:
-            span.copy(value.data_ptr() + at, span.pointer, span.size, span.device)
+        value = ort.OrtValue.ortvalue_from_shape_and_type(
+            feed.shape, NUMPY_DTYPES[feed.datatype], device_type, device_id)
+        gather(value.data_ptr(), feed, device_id)
         binding.bind_ortvalue_input(spec.name, value)
         held.append(value)
     for name in output_names:

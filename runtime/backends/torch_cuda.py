@@ -23,7 +23,7 @@ from common.datatypes import NUMPY_DTYPES
 from common.model_config import ModelConfig, TensorSpec
 from runtime.backends.batch_sizes import capture_sizes, check_fixed_shapes, padded_size
 from runtime.backends.torch_common import FLOATS, as_outputs, declared_type
-from runtime.device_rows import DeviceSpan, Gather
+from runtime.device_rows import DeviceSpan, Gather, host_ranges
 
 log = logging.getLogger("tensorgate.runtime")
 
@@ -256,7 +256,7 @@ class CudaRunner:
         # NOTE: keys below 0: input j's own staging (its dtype, whole batches) stays as it is.
         staged = lane.staged_in.take(-1 - j, (feed.nbytes,), torch.uint8)
         feed.put_host(staged.numpy())
-        for start, end in _merged([(at, at + len(part)) for at, part in hosts]):
+        for start, end in host_ranges(hosts):
             flat[start:end].copy_(staged[start:end], non_blocking=True)
 
     def _stage(self, lane: Lane, j: int, feed: np.ndarray) -> torch.Tensor:
@@ -299,17 +299,6 @@ def device_view(span: DeviceSpan, device: torch.device) -> torch.Tensor:
         return torch.as_tensor(_CudaArray(span), device=device)
     memory = (ctypes.c_uint8 * span.size).from_address(span.pointer)
     return torch.frombuffer(memory, dtype=torch.uint8)
-
-
-def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Ranges in order, those that touch made one: neighbouring host rows go in one copy."""
-    merged: list[tuple[int, int]] = []
-    for start, end in ranges:
-        if merged and merged[-1][1] == start:
-            merged[-1] = (merged[-1][0], end)
-        else:
-            merged.append((start, end))
-    return merged
 
 
 def _dtype(spec: TensorSpec) -> torch.dtype:

@@ -17,7 +17,7 @@ from common.model_spec import Optimization, TensorSpec
 from runtime import cuda_api
 from runtime.backends.batch_sizes import capture_sizes, check_fixed_shapes, padded_size
 from runtime.backends.onnx import OnnxBackend
-from runtime.backends.onnx_cuda import BoundRunner, run_gathered
+from runtime.backends.onnx_cuda import BoundRunner, gather, run_gathered
 from runtime.backends.torch import TorchBackend
 from runtime.backends.torch_cuda import PinnedStaging, wants_channels_last
 from runtime.device_rows import DeviceSpan, Gather, Part
@@ -29,6 +29,7 @@ from tests.unit.gpu_helpers import (
     SCORES,
     TinyNet,
     config,
+    host_copy,
     needs_cuda,
     scattered,
 )
@@ -113,6 +114,31 @@ def test_a_session_without_bound_buffers_gathers_into_a_buffer_per_batch() -> No
     got = run_gathered(plain.session, plain.inputs, ["OUTPUT0"], [gather], "cpu", 0)
     np.testing.assert_allclose(got[0], plain.run([x])[0], rtol=1e-6)
     del memory
+
+
+def test_onnx_gather_writes_its_rows_alone_through_the_regions_copy() -> None:
+    # ONNX Runtime's update_inplace copies from pageable memory on a stream of its own, which
+    # may still be landing once the spans' copies are done; so the host rows go up through the
+    # regions' copy as well (merged where they touch), and nothing but the batch's rows.
+    rows = np.arange(24, dtype=np.float32).reshape(6, 4)
+    copies: list[tuple[int, int]] = []
+
+    def recording(target: int, source: int, size: int, device: int) -> None:
+        copies.append((target, size))
+        host_copy(target, source, size, device)
+
+    parts: list[Part] = [row.tobytes() if i in (0, 1, 3) else
+                         DeviceSpan(int(row.ctypes.data), row.nbytes, 0, recording)
+                         for i, row in enumerate(rows)]
+    padded = np.full((8, 4), -1.0, np.float32)  # a bound buffer of a captured size of 8
+    gather(padded.ctypes.data, Gather(tuple(parts), rows.shape, "FP32"), 0)
+    np.testing.assert_array_equal(padded[:6], rows)
+    assert (padded[6:] == -1).all()
+    base = padded.ctypes.data
+    assert copies == [(base, 32), (base + 48, 16), (base + 32, 16), (base + 64, 16),
+                      (base + 80, 16)]
+    with pytest.raises(ValueError, match="without rows in CUDA regions"):
+        gather(base, Gather((rows.tobytes(),), rows.shape, "FP32"), 0)
 
 
 def saved_tiny_net(folder: Path) -> None:
