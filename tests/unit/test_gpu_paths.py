@@ -184,6 +184,9 @@ def test_torch_on_cuda_gathers_rows_from_device_memory(tmp_path: Path, graphs: b
     x = np.random.default_rng(6).random((5, 3, 16, 16), dtype=np.float32)
     # Rows 1 and 3 in device memory, as a client's cudaIpc buffer would be; the rest bytes.
     memory = torch.from_numpy(x.reshape(5, -1)).to("cuda:0")
+    # NOTE: as a client's copy into its region has finished before it sends the request; the
+    # gather reads on streams of its own, which wait for no other work.
+    torch.cuda.synchronize()
     parts: list[Part] = [
         DeviceSpan(memory[i].data_ptr(), x[i].nbytes, 0, unused) if i % 2 else x[i].tobytes()
         for i in range(5)]
@@ -224,6 +227,9 @@ def test_onnx_on_cuda_gathers_rows_from_device_memory(graphs: bool) -> None:
     x = np.random.default_rng(8).random((5, 64), dtype=np.float32)
     # Rows 1 and 3 in device memory, as a client's cudaIpc buffer would be; the rest bytes.
     memory = torch.from_numpy(x).to("cuda:0")
+    # NOTE: as a client's copy into its region has finished before it sends the request; the
+    # gather reads on streams of its own, which wait for no other work.
+    torch.cuda.synchronize()
     parts: list[Part] = [
         DeviceSpan(memory[i].data_ptr(), x[i].nbytes, 0, cuda.copy) if i % 2 else x[i].tobytes()
         for i in range(5)]
