@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import grpc
 
 from common.errors import TensorgateError
-from runtime.device_rows import DeviceSpan, Part
+from runtime.device_rows import DeviceSpan, Hold, Part
 from runtime.promise import Promise
 
 
@@ -50,6 +50,8 @@ class Pending:
     device: bool = False
     #: Output name → the span of a CUDA region it is written to.
     places: dict[str, DeviceSpan] | None = None
+    #: With `device`: told when its batch is launched and when it is done.
+    hold: Hold | None = None
 
 
 @dataclass

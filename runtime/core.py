@@ -6,10 +6,8 @@ handler, and encode its answer; a TensorgateError carries the failure.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import Any
 
 import grpc
@@ -23,6 +21,7 @@ from common.proto import grpc_service_pb2 as pb
 from runtime import describe
 from runtime.batcher import Timing
 from runtime.decode import InferCall, decode_infer
+from runtime.device_rows import Hold
 from runtime.executor import Output
 from runtime.model import ModelStore
 from runtime.reload import Reloader
@@ -112,7 +111,7 @@ class RuntimeCore:
         """A request naming shared-memory regions: inputs read from them in place, outputs
         written into them; the regions stay in use until the answer is built."""
         lease = Lease(self.regions, call)
-        work: asyncio.Future[Message] | None = None
+        hold: Hold | None = None
         try:
             if lease.device_inputs:
                 request = call.message
@@ -120,17 +119,15 @@ class RuntimeCore:
                 await lease.fetch(all(getattr(b, "gathers_on_device", False)
                                       for b in model.backends))
             if lease.call.device:
-                # NOTE: its batch reads the inputs where they lie, on the GPU: a caller that
-                # goes first (cancelled) leaves it to run, and its regions held until it has.
-                work = asyncio.ensure_future(self.infer(lease.call, timeout))
-                answer = await asyncio.shield(work)
-            else:
-                answer = await self.infer(lease.call, timeout)
+                # NOTE: its batch reads and writes the regions where they lie, on the GPU: a
+                # caller that goes first (cancelled) leaves them held until that batch is done.
+                hold = lease.call.hold = Hold()
+            answer = await self.infer(lease.call, timeout)
             await lease.write(answer)
             return answer
         finally:
-            if work is not None and not work.done():
-                work.add_done_callback(partial(_release_after, lease))
+            if hold is not None and hold.running:
+                hold.after = lease.release
             else:
                 lease.release()
 
@@ -204,9 +201,3 @@ class RuntimeCore:
                                   "this runtime cannot load or unload models")
         return self.reloader
 
-
-def _release_after(lease: Lease, work: asyncio.Future[Message]) -> None:
-    """The regions of a request whose caller went first, once its batch has run."""
-    if not work.cancelled():
-        work.exception()  # NOTE: retrieved: nobody waits for it any more
-    lease.release()

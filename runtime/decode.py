@@ -16,7 +16,7 @@ from common.arena import Mapping
 from common.proto import grpc_service_pb2 as pb
 from common.regions import MARK
 from common.wire import LENGTH_DELIMITED, Buffer, WireError, fields
-from runtime.device_rows import DeviceSpan, Part
+from runtime.device_rows import DeviceSpan, Hold, Part
 
 #: Below this many bytes the message is parsed whole: scanning its fields in Python costs more
 #: than copying them.
@@ -40,6 +40,8 @@ class InferCall:
     device: bool = False
     #: Outputs wanted in CUDA regions: name → span; the executor writes them there.
     places: dict[str, DeviceSpan] | None = None
+    #: Set with `device`: whether its batch still runs, for the regions' release.
+    hold: Hold | None = None
 
     @classmethod
     def of(cls, message: pb.ModelInferRequest, shm: bool = False) -> InferCall:

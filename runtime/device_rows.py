@@ -44,6 +44,24 @@ class DeviceSpan:
             self.copy(self.pointer, source.ctypes.data, source.nbytes, self.device)
 
 
+class Hold:
+    """A request whose batch reads or writes CUDA regions, as the scheduler sees it: `running`
+    from its batch's launch until that batch is done, and what to do then (`after`: the
+    regions' release, for a caller that went first)."""
+
+    __slots__ = ("after", "running")
+
+    def __init__(self) -> None:
+        self.running = False
+        self.after: Callable[[], None] | None = None
+
+    def finished(self) -> None:
+        self.running = False
+        after, self.after = self.after, None
+        if after is not None:
+            after()
+
+
 #: One request's bytes of one input: on the host, or a span on a GPU.
 Part = Buffer | DeviceSpan
 

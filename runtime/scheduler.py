@@ -116,7 +116,7 @@ class Scheduler:
             timing.arrival = now
         item = Pending(checked.inputs, checked.shapes, checked.batch_size, checked.shape_key,
                        now, None if timeout is None else now + timeout, future, checked.outputs,
-                       timing, call.device, call.places)
+                       timing, call.device, call.places, call.hold)
         self.batcher.put(item, self.model.label)
         self._look()  # which also sets the queue depth gauge
         return Ticket(self, call.message, checked, now, future)
@@ -198,6 +198,8 @@ class Scheduler:
             queue_ns(int(waited * 1e9))
             if item.timing is not None:
                 item.timing.launched = now
+            if item.hold is not None:
+                item.hold.running = True
         self.metrics.queue.many(waits)
         if self.inline:
             try:
@@ -212,7 +214,10 @@ class Scheduler:
         work.add_done_callback(partial(self._finish, batch, instance))
 
     def _finish(self, batch: list[Pending], instance: tuple, work: asyncio.Future) -> None:
-        error = work.exception()
+        # NOTE: a batch the pool dropped unrun (its version stopping) fails as a broken one
+        # does: its callers are answered, and its regions let go.
+        error = (RuntimeError("the model version stopped before the batch ran")
+                 if work.cancelled() else work.exception())
         self._complete(batch, instance, None if error else work.result(), error)
 
     def _complete(self, batch: list[Pending], instance: tuple, result: BatchResult | None,
@@ -227,6 +232,8 @@ class Scheduler:
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(failure)
+                if item.hold is not None:
+                    item.hold.finished()
             return
         rows = sum(item.batch_size for item in batch)
         # NOTE: the statistics extension and /metrics count here, together, so they agree.
@@ -241,6 +248,8 @@ class Scheduler:
             if not item.future.done():
                 item.future.set_result(outputs)
                 answered.append(now - item.arrival)
+            if item.hold is not None:
+                item.hold.finished()
         self.metrics.request.many(answered)
 
 

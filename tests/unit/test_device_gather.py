@@ -18,7 +18,7 @@ from loadtest.host_cuda import HostCuda, regions_with
 from runtime.batcher import Pending
 from runtime.core import RuntimeCore
 from runtime.decode import InferCall, decode_infer
-from runtime.device_rows import DeviceSpan, Gather
+from runtime.device_rows import DeviceSpan, Gather, Hold
 from runtime.executor import Staging, execute
 from runtime.model import ModelStore, ServedModel
 from runtime.promise import Promise
@@ -99,11 +99,14 @@ class Holding:
         self.gate = threading.Event()
         self.running = 0
         self.fed: list[object] = []
+        self.fails = False
 
     def run(self, feeds: list) -> list[np.ndarray]:
         self.running += 1
         self.gate.wait(CEILING_S)
         self.fed.append(feeds[0])
+        if self.fails:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
         return [feeds[0].host() if isinstance(feeds[0], Gather) else feeds[0]]
 
 
@@ -163,6 +166,64 @@ async def test_a_cancelled_callers_region_stays_open_until_its_batch_has_read_it
     assert cuda.closed == [device.ctypes.data]
     (fed,) = backend.fed
     assert isinstance(fed, Gather) and fed.host().tolist() == [[5, 6, 7, 8]]
+    await scheduler.stop()
+
+
+async def test_a_cancelled_caller_still_queued_lets_its_region_go_at_once() -> None:
+    cuda = HostCuda()
+    handle, _ = cuda.export(64)
+    core, scheduler, backend = await serving_from(cuda)
+    await core.regions.cuda.register(f"{OWNER}/g", handle, 0, 64)
+    region = core.regions.cuda.table[f"{OWNER}/g"]
+    lanes = len(scheduler.free)
+    running = [asyncio.ensure_future(core.infer(in_region(0), None)) for _ in range(lanes)]
+    await until_async(lambda: backend.running == lanes, "every lane running", every_s=0.001)
+    queued = asyncio.ensure_future(core.infer(in_region(16), None))
+    await until_async(lambda: region.users == lanes + 1, "the last one queued", every_s=0.001)
+    queued.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    # Nothing will read its rows: dropped from the queue, its hold on the region goes now.
+    assert region.users == lanes
+    backend.gate.set()
+    await asyncio.gather(*running)
+    assert region.users == 0 and backend.running == lanes
+    await scheduler.stop()
+
+
+async def test_a_failed_batch_lets_a_cancelled_callers_region_go() -> None:
+    cuda = HostCuda()
+    handle, _ = cuda.export(64)
+    core, scheduler, backend = await serving_from(cuda)
+    backend.fails = True
+    await core.regions.cuda.register(f"{OWNER}/g", handle, 0, 64)
+    region = core.regions.cuda.table[f"{OWNER}/g"]
+    caller = asyncio.ensure_future(core.infer(in_region(0), None))
+    await until_async(lambda: backend.running == 1, "running the batch", every_s=0.001)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert region.users == 1
+    backend.gate.set()
+    await until_async(lambda: region.users == 0, "released after the failed batch",
+                      every_s=0.001)
+    await scheduler.stop()
+
+
+async def test_a_batch_its_pool_dropped_unrun_fails_its_callers_and_lets_go() -> None:
+    _, scheduler, _ = await serving_from(HostCuda())
+    hold = Hold()
+    hold.running = True
+    released: list[bool] = []
+    hold.after = lambda: released.append(True)
+    item = pending(row(1, 2), row(3, 4))
+    item.hold = hold
+    dropped: asyncio.Future = asyncio.get_running_loop().create_future()
+    dropped.cancel()
+    scheduler._finish([item], scheduler.free.pop(), dropped)
+    with pytest.raises(TensorgateError, match="stopped before the batch ran"):
+        item.future.result()
+    assert released == [True] and not hold.running
     await scheduler.stop()
 
 
