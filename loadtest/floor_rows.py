@@ -1,6 +1,7 @@
 """gpu_bench's floor rows: the do-nothing servers (loadtest/floors.py) fed the very requests the
-served rows send, by the same generators: what one Python server process carries for requests
-of this size, the bound the gateway's rows are read against."""
+served rows send, by the same generators, each of as many processes as the gateway: what a
+Python server carries for requests of this size, the bound the gateway's rows are read
+against."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def floor_rows(case: Case, opts: argparse.Namespace, children: Children) -> list
     for key, protocol in FLOOR_PATHS.items():
         if key not in opts.paths:
             continue
-        address = start_floor(children, protocol, key)
+        address = start_floor(children, protocol, key, opts.gateway_processes)
         try:
             target = (Target("grpc", address, METHOD, case.grpc_body,
                              answer_size=len(grpc_answer()) + 5) if protocol == "grpc" else

@@ -92,8 +92,9 @@ def render(opts: argparse.Namespace, facts: dict[str, str], points: list[BatchPo
     lines += [served_line(row, opts.rows, best, alone) for row in rows]
     if any(row.layout == "-" for row in rows):
         lines += ["", "Rows of layout `-` are do-nothing servers (loadtest/floors.py) fed the same "
-                  "requests by the same generators, their own CPU in the gateway columns: what "
-                  "one Python server process carries for requests of this size."]
+                  "requests by the same generators, their own CPU in the gateway columns, of "
+                  f"as many processes as the gateway's ({opts.gateway_processes}): what a Python "
+                  "server carries for requests of this size."]
     if against_floors:
         lines += ["", "Served ÷ the do-nothing server of its protocol:", "", *against_floors]
     return "\n".join(lines) + "\n"

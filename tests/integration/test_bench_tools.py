@@ -349,6 +349,7 @@ def test_gpu_bench_measures_the_path_alone_with_several_images_per_request(tmp_p
     for line in floors:
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert float(cells[3]) > 0 and cells[-1] == "0" and float(cells[12]) > 0  # CPU
+    assert "of as many processes as the gateway's (1)" in report
     ratio = re.search(r"1x1 gateway → runtime, gRPC: ([0-9.]+) of the do-nothing grpc", report)
     assert ratio is not None and float(ratio.group(1)) > 0, report
 
