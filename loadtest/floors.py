@@ -166,11 +166,11 @@ def siblings(protocol: str, listen: str, count: int) -> Iterator[None]:
     on the way out."""
     started: list[subprocess.Popen[bytes]] = []
     try:
-        for _ in range(count):
-            sibling = subprocess.Popen(
+        for _ in range(count):  # NOTE: all started before any is waited for: they start together
+            started.append(subprocess.Popen(
                 [sys.executable, "-m", "loadtest.floors", protocol, "--listen", listen,
-                 "--ready-on", "stdout"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
-            started.append(sibling)
+                 "--ready-on", "stdout"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE))
+        for sibling in started:
             assert sibling.stdout is not None
             if FLOOR_READY not in sibling.stdout.readline().decode(errors="replace"):
                 raise SystemExit(f"a sibling floor on {listen} exited before serving "
